@@ -1,0 +1,1 @@
+"""Placeholder: the gateway runner (owned by the lead; being written)."""
