@@ -1,1 +1,114 @@
-"""Placeholder: the gateway runner (owned by the lead; being written)."""
+"""Run the gateway: bind every listener, serve, and drain cleanly on SIGTERM/SIGINT.
+
+Shutdown contract (DESIGN §8): on the first SIGTERM or SIGINT the gateway stops accepting,
+lets in-flight batches finish and idle clients go, waits at most ``gateway.drain_timeout`` for
+the rest, then cancels what remains and exits 0. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+
+import trio
+
+from .config import Config
+from .net.listen import bind_tcp
+from .net.redis_cluster import RedisClusterRuntime
+
+__all__ = ["run", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: Exit code when a listener cannot be bound (address in use...): a runtime failure, unlike
+#: 2, which the CLI reserves for bad configuration.
+EXIT_CANNOT_LISTEN = 1
+
+
+def run(config: Config) -> int:
+    """Serve ``config`` until a signal asks to stop; returns the process exit code."""
+    try:
+        listeners = {
+            name: bind_tcp(
+                cluster.listen.host, cluster.listen.port, reuse_port=config.gateway.workers > 1
+            )
+            for name, cluster in config.clusters.items()
+        }
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        return EXIT_CANNOT_LISTEN
+    return trio.run(serve, config, listeners)
+
+
+async def serve(
+    config: Config,
+    listeners: dict[str, socket.socket],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Serve on already-bound ``listeners`` (cluster name → socket) until SIGTERM/SIGINT."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as backend:
+            runtimes = [
+                RedisClusterRuntime(cluster, config.users, backend)
+                for cluster in config.clusters.values()
+            ]
+            try:
+                async with trio.open_nursery() as connections:
+                    accepting = trio.CancelScope()
+                    connections.start_soon(_accept_all, accepting, runtimes, listeners, connections)
+                    for runtime in runtimes:
+                        log.info(
+                            "cluster %s listening on %s (redis) -> %s",
+                            runtime.name,
+                            runtime.listen,
+                            runtime.primary.node,
+                        )
+                    task_status.started()
+                    async for signum in signals:
+                        log.info("received %s: draining", signal.Signals(signum).name)
+                        break
+                    accepting.cancel()
+                    for listener in listeners.values():
+                        listener.close()
+                    for runtime in runtimes:
+                        runtime.start_drain()
+                    with trio.move_on_after(config.gateway.drain_timeout):
+                        async with trio.open_nursery() as waiters:
+                            waiters.start_soon(_skip_on_signal, signals, waiters.cancel_scope)
+                            await _wait_sessions_gone(runtimes)
+                            waiters.cancel_scope.cancel()
+                    connections.cancel_scope.cancel()
+            finally:
+                for runtime in runtimes:
+                    runtime.close()
+                backend.cancel_scope.cancel()
+    log.info("stopped")
+    return 0
+
+
+async def _accept_all(
+    scope: trio.CancelScope,
+    runtimes: list[RedisClusterRuntime],
+    listeners: dict[str, socket.socket],
+    connections: trio.Nursery,
+) -> None:
+    with scope:
+        async with trio.open_nursery() as accept:
+            for runtime in runtimes:
+                accept.start_soon(runtime.serve, listeners[runtime.name], connections)
+
+
+async def _wait_sessions_gone(runtimes: list[RedisClusterRuntime]) -> None:
+    """Poll until every client session has ended (bounded by the caller's drain deadline)."""
+    while any(runtime.sessions for runtime in runtimes):
+        await trio.sleep(0.02)
+
+
+async def _skip_on_signal(signals: trio.abc.ReceiveChannel[int], scope: trio.CancelScope) -> None:
+    """A second SIGTERM/SIGINT during the drain: stop waiting for in-flight work."""
+    async for _ in signals:
+        log.info("second signal: not waiting for in-flight work")
+        scope.cancel()
+        return

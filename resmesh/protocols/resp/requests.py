@@ -89,12 +89,13 @@ class RequestParser:
             framing is lost; the frontend answers with ``reply_hint`` and closes.
     """
 
-    __slots__ = ("_buf", "_limits", "_pos", "authenticated")
+    __slots__ = ("_buf", "_error", "_limits", "_pos", "authenticated")
 
     def __init__(self, limits: RequestLimits | None = None, *, authenticated: bool = True) -> None:
         self._limits = limits or RequestLimits()
         self._buf = bytearray()
         self._pos = 0
+        self._error: RemoteProtocolError | None = None
         #: Until the client authenticates, Redis' tighter pre-auth limits apply.
         self.authenticated = authenticated
 
@@ -115,15 +116,31 @@ class RequestParser:
             self._buf += data
 
     def commands(self) -> list[Command]:
-        """Every complete command buffered so far, in order (possibly none)."""
+        """Every complete command buffered so far, in order (possibly none).
+
+        When malformed input follows complete commands, those commands are returned first and
+        the error is raised by the next call: redis-server, too, executes what precedes a
+        protocol error in the same read before answering the error.
+
+        Raises:
+            RemoteProtocolError: the input is malformed (see the class docstring).
+        """
+        if self._error is not None:
+            raise self._error
         out: list[Command] = []
         buf = self._buf
         end = len(buf)
         while self._pos < end:
-            if buf[self._pos] == 0x2A:  # '*'
-                command = self._multibulk()
-            else:
-                command = self._inline()
+            try:
+                if buf[self._pos] == 0x2A:  # '*'
+                    command = self._multibulk()
+                else:
+                    command = self._inline()
+            except RemoteProtocolError as exc:
+                self._error = exc
+                if out:
+                    return out
+                raise
             if command is None:
                 break
             if command.args:

@@ -1,0 +1,233 @@
+"""One TCP connection to a Redis node, speaking RESP as a client.
+
+Two ways to use it:
+
+* *dedicated* (pinned to one client session: MULTI/WATCH, blocking commands, pub/sub): the
+  session's own task writes a request and reads its replies with :meth:`request`;
+* *multiplexed* (:class:`~resmesh.net.backend.redis_mux.MuxConnection` wraps it): many client
+  sessions' commands share it, replies paired to requests by FIFO order.
+
+Replies are framed, not decoded: :func:`scan_reply` finds where each one ends and the raw bytes
+are forwarded as they came (perf-baselines: forwarding raw replies cut CPU per op by ~25 %).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Final
+
+import trio
+
+from ...protocols._errors import ProtocolError
+from ...protocols.resp.framing import scan_reply
+from ...protocols.resp.requests import encode_command
+from ..sockio import close_quietly, open_tcp, recv, send_all
+from .errors import BackendError
+
+__all__ = ["RedisConnection", "ReplyBuffer", "connect"]
+
+#: Replies bigger than this are still accepted, but the buffer is compacted more eagerly.
+_COMPACT_AT: Final = 256 * 1024
+
+
+class ReplyBuffer:
+    """Receive buffer that hands out complete raw replies in order."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._pos == len(self._buf):
+            self._buf = bytearray(data)
+            self._pos = 0
+        else:
+            if self._pos > _COMPACT_AT:
+                del self._buf[: self._pos]
+                self._pos = 0
+            self._buf += data
+
+    def next_reply(self) -> bytes | None:
+        """The next complete reply's bytes, or ``None`` until more arrive.
+
+        Raises:
+            RemoteProtocolError: the node sent something that is not RESP.
+        """
+        end = scan_reply(self._buf, self._pos)
+        if end < 0:
+            return None
+        reply = bytes(self._buf[self._pos : end])
+        self._pos = end
+        return reply
+
+    @property
+    def empty(self) -> bool:
+        return self._pos == len(self._buf)
+
+
+class RedisConnection:
+    """A connected, logged-in RESP client connection to one node.
+
+    Attributes:
+        node: ``host:port``, for error messages and stats.
+        db: the database selected on it; ``resp``: 2 or 3 (what ``HELLO`` negotiated).
+        reusable: False once session state of a client may linger on it (a ``SELECT`` inside a
+            transaction, an aborted exchange): such a connection is closed, never pooled.
+    """
+
+    __slots__ = ("_closed", "db", "node", "replies", "resp", "reusable", "sock")
+
+    def __init__(self, sock: socket.socket, node: str, db: int, resp: int) -> None:
+        self.sock = sock
+        self.node = node
+        self.db = db
+        self.resp = resp
+        self.replies = ReplyBuffer()
+        self.reusable = True
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.reusable = False
+            close_quietly(self.sock)
+
+    def looks_alive(self) -> bool:
+        """Cheap check before reusing an idle connection: has the node closed it meanwhile?
+
+        Peeks without consuming; an idle connection must have nothing to read, so any byte
+        (or end of stream, or an error) means it is unusable.
+        """
+        if self._closed:
+            return False
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            pass
+        self.close()
+        return False
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` whole, or close the connection (a half-written request poisons it).
+
+        Raises:
+            BackendError: the connection broke or the write was cancelled.
+        """
+        if self._closed:
+            raise BackendError(self.node, "connection closed")
+        try:
+            await send_all(self.sock, data)
+        except OSError as exc:
+            self.close()
+            raise BackendError(self.node, exc.strerror or str(exc)) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    async def read_reply(self) -> bytes:
+        """Read one complete raw reply.
+
+        Raises:
+            BackendError: the connection closed, broke, or the node sent garbage.
+        """
+        while True:
+            try:
+                reply = self.replies.next_reply()
+            except ProtocolError as exc:
+                self.close()
+                raise BackendError(self.node, f"protocol error: {exc.reply_hint}") from exc
+            if reply is not None:
+                return reply
+            try:
+                data = await recv(self.sock)
+            except OSError as exc:
+                self.close()
+                raise BackendError(self.node, exc.strerror or str(exc)) from exc
+            except BaseException:
+                self.close()
+                raise
+            if not data:
+                self.close()
+                raise BackendError(self.node, "connection closed by the node")
+            self.replies.feed(data)
+
+    async def request(self, data: bytes, count: int, timeout: float) -> list[bytes]:
+        """Send ``data`` (``count`` commands) and read their ``count`` replies.
+
+        A timeout or cancellation closes the connection: replies still owed would otherwise
+        be read as answers to the next request.
+
+        Raises:
+            BackendError: connection failure or timeout.
+        """
+        deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
+        with trio.move_on_at(deadline) as scope:
+            await self.send(data)
+            return [await self.read_reply() for _ in range(count)]
+        assert scope.cancelled_caught
+        self.close()
+        raise BackendError(self.node, f"timed out after {timeout:g}s")
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    db: int,
+    resp: int,
+    username: str | None,
+    password: str | None,
+    timeout: float,
+) -> RedisConnection:
+    """Open a connection and bring it to the wanted state: logged in, ``db`` selected, ``resp``.
+
+    One pipelined round trip does the whole handshake (``HELLO``/``AUTH`` + ``SELECT``).
+
+    Raises:
+        BackendError: cannot connect, log in or select within ``timeout``.
+    """
+    node = f"{host}:{port}"
+    with trio.move_on_after(timeout) as scope:
+        try:
+            sock = await open_tcp(host, port)
+        except OSError as exc:
+            raise BackendError(node, (exc.strerror or str(exc)).lower()) from exc
+        conn = RedisConnection(sock, node, db, resp)
+        try:
+            commands: list[list[bytes]] = []
+            credentials = [password.encode()] if password is not None else []
+            if credentials and username is not None:
+                credentials.insert(0, username.encode())
+            if resp == 3:
+                hello: list[bytes] = [b"HELLO", b"3"]
+                if credentials:
+                    hello += [b"AUTH", (username or "default").encode(), credentials[-1]]
+                commands.append(hello)
+            elif credentials:
+                # Plain AUTH rather than HELLO 2: it also works against pre-6.0 servers.
+                commands.append([b"AUTH", *credentials])
+            if db:
+                commands.append([b"SELECT", str(db).encode()])
+            if commands:
+                payload = b"".join(encode_command(c) for c in commands)
+                replies = await conn.request(payload, len(commands), timeout)
+                for command, reply in zip(commands, replies, strict=True):
+                    if reply[:1] in (b"-", b"!"):
+                        text = reply[1:].split(b"\r\n", 1)[0].decode(errors="replace")
+                        conn.close()
+                        raise BackendError(node, f"{command[0].decode()} failed: {text}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+    assert scope.cancelled_caught
+    raise BackendError(node, f"connect timed out after {timeout:g}s")

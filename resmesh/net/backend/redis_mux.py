@@ -1,0 +1,196 @@
+"""A backend connection shared by many client sessions (the twemproxy/predixy design).
+
+Why multiplex: at ``-P 1`` most of a proxied command's CPU is per-socket wakeups, and one backend
+read here carries the replies of every client that sent a command since the last read: many
+commands per wakeup on the backend side (perf-baselines.md, recommendation 5).
+
+How replies find their request: Redis answers in order, so each submission of ``n`` commands
+appends a :class:`_Pending` to a FIFO and the reader task hands out the next ``n`` replies to it.
+Waiting costs one ``wait_task_rescheduled`` per submission, no Event, no channel, no task.
+
+Failure rules (twemproxy's): a connection that breaks, sends garbage, or leaves a submission
+unanswered past its deadline is closed, and every submission still waiting on it fails with a
+:class:`BackendError`. A submitter cancelled by its own client (disconnect) leaves its pending
+in place, marked abandoned, so the FIFO stays aligned; its replies are read and dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Final
+
+import trio
+
+from ...protocols._errors import ProtocolError
+from ..sockio import recv
+from .errors import BackendError
+from .redis_conn import RedisConnection
+
+__all__ = ["MuxConnection"]
+
+#: Bound on commands awaiting replies on one shared connection; past it new submissions are
+#: refused instead of queueing without limit behind a slow node.
+MAX_OUTSTANDING: Final = 100_000
+
+
+class _Pending:
+    """One submission: how many replies it waits for, and those received so far."""
+
+    __slots__ = ("error", "expected", "replies", "task")
+
+    def __init__(self, expected: int, task: trio.lowlevel.Task | None) -> None:
+        self.expected = expected
+        self.replies: list[bytes] = []
+        self.error: BackendError | None = None
+        #: The task to wake when complete; ``None`` once it stopped waiting (abandoned).
+        self.task = task
+
+
+class MuxConnection:
+    """Wraps a :class:`RedisConnection` with a reader task and a FIFO of submissions."""
+
+    __slots__ = ("_outstanding", "_queue", "_unsent", "_writer_lot", "conn")
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn = conn
+        self._queue: deque[_Pending] = deque()
+        self._outstanding = 0
+        #: Bytes accepted but not yet written: only non-empty while the socket is full.
+        self._unsent = bytearray()
+        self._writer_lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    @property
+    def outstanding(self) -> int:
+        """Commands sent (or queued to send) whose replies have not arrived."""
+        return self._outstanding
+
+    async def run(self) -> None:
+        """Reader and writer loops; runs until the connection fails or is cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._fail(self.conn.node, "connection closed")
+
+    async def call(self, payload: bytes, count: int, timeout: float) -> list[bytes]:
+        """Send ``count`` commands (``payload``) and return their ``count`` raw replies.
+
+        Raises:
+            BackendError: the connection failed, or no answer within ``timeout``.
+        """
+        if self.conn.closed:
+            raise BackendError(self.conn.node, "connection closed")
+        if self._outstanding + count > MAX_OUTSTANDING:
+            raise BackendError(self.conn.node, "too many commands in flight")
+        pending = _Pending(count, trio.lowlevel.current_task())
+        self._queue.append(pending)
+        self._outstanding += count
+        self._write(payload)
+        if pending.error is None and len(pending.replies) < pending.expected:
+
+            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+                pending.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
+            with trio.move_on_at(deadline) as scope:
+                await trio.lowlevel.wait_task_rescheduled(abort)
+            if scope.cancelled_caught:
+                self.conn.close()
+                self._fail(self.conn.node, f"timed out after {timeout:g}s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.replies
+
+    def _write(self, payload: bytes) -> None:
+        if not self._unsent:
+            try:
+                sent = self.conn.sock.send(payload)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.conn.close()
+                self._fail(self.conn.node, exc.strerror or str(exc))
+                return
+            if sent == len(payload):
+                return
+            payload = payload[sent:]
+            self._writer_lot.unpark()
+        self._unsent += payload
+
+    async def _write_loop(self) -> None:
+        sock = self.conn.sock
+        while True:
+            if not self._unsent:
+                await self._writer_lot.park()
+                continue
+            try:
+                await trio.lowlevel.wait_writable(sock)
+            except trio.ClosedResourceError:
+                return
+            try:
+                sent = sock.send(self._unsent)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self.conn.close()
+                self._fail(self.conn.node, exc.strerror or str(exc))
+                return
+            del self._unsent[:sent]
+
+    async def _read_loop(self) -> None:
+        conn = self.conn
+        buffer = conn.replies
+        queue = self._queue
+        while True:
+            try:
+                data = await recv(conn.sock)
+            except OSError as exc:
+                conn.close()
+                self._fail(conn.node, exc.strerror or str(exc))
+                return
+            if not data:
+                conn.close()
+                self._fail(conn.node, "connection closed by the node")
+                return
+            buffer.feed(data)
+            try:
+                while True:
+                    reply = buffer.next_reply()
+                    if reply is None:
+                        break
+                    if not queue:
+                        raise BackendError(conn.node, "reply without a request")
+                    pending = queue[0]
+                    pending.replies.append(reply)
+                    self._outstanding -= 1
+                    if len(pending.replies) == pending.expected:
+                        queue.popleft()
+                        if pending.task is not None:
+                            trio.lowlevel.reschedule(pending.task)
+                            pending.task = None
+            except (ProtocolError, BackendError) as exc:
+                conn.close()
+                reason = exc.reason if isinstance(exc, BackendError) else exc.reply_hint
+                self._fail(conn.node, f"protocol error: {reason}")
+                return
+
+    def _fail(self, node: str, reason: str) -> None:
+        """Fail every waiting submission; the connection is already closed or closing."""
+        error = BackendError(node, reason)
+        while self._queue:
+            pending = self._queue.popleft()
+            pending.error = error
+            if pending.task is not None:
+                trio.lowlevel.reschedule(pending.task)
+                pending.task = None
+        self._outstanding = 0
+        self._unsent.clear()
+        self._writer_lot.unpark_all()

@@ -1,0 +1,671 @@
+"""The per-client driver of the Redis frontend: one task per client connection.
+
+Each read from the client is parsed into every complete command it holds; the commands are
+handled in order and their replies written back together in one write (pipelining preserved
+and batched, perf-baselines recommendation 1). Runs of ordinary commands go to the backend as
+one write on a shared, multiplexed connection; the session answers connection-level commands
+itself (``HELLO``, ``AUTH``, ``SELECT``, ``CLIENT ...``, ``PING``), because the backend
+connection is not the client's own.
+
+A session leaves the shared connection for a *dedicated* one (``pinned``) while its state lives
+on the server: ``MULTI``..``EXEC``, ``WATCH``, a blocking command, and pub/sub. Pub/sub turns the
+session into a relay for the rest of its life, because RESP2 subscribers get unsolicited
+messages that cannot be paired with requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ...protocols._errors import ProtocolError
+from ...protocols.resp import commands as cmdtable
+from ...protocols.resp.requests import Command, RequestParser, encode_command
+from ..backend.errors import BackendError
+from ..backend.redis_conn import RedisConnection
+from ..sockio import close_quietly, recv, send_all
+from . import redis_replies as R
+
+if TYPE_CHECKING:
+    from ..redis_cluster import RedisClusterRuntime
+
+__all__ = ["RedisSession"]
+
+log = logging.getLogger(__name__)
+
+#: A client that does not take its replies within this long is dropped (redis-server's
+#: ``client-output-buffer-limit`` plays this role there): a stuck reader must not pin memory
+#: and a backend connection forever.
+CLIENT_WRITE_TIMEOUT: Final = 60.0
+#: Batches handled without parking before the session yields to others (fairness).
+_YIELD_EVERY: Final = 32
+
+_MULTI: Final = b"MULTI"
+_EXEC: Final = b"EXEC"
+_DISCARD: Final = b"DISCARD"
+_WATCH: Final = b"WATCH"
+_UNWATCH: Final = b"UNWATCH"
+_QUIT: Final = b"QUIT"
+_RESET: Final = b"RESET"
+_AUTH: Final = b"AUTH"
+_HELLO: Final = b"HELLO"
+
+#: Commands that turn the connection into a subscriber (the rest of pub/sub is ordinary).
+_SUBSCRIBE: Final = frozenset({b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"})
+#: What an unauthenticated client may still send (redis-server's rule).
+_PRE_AUTH: Final = frozenset({_AUTH, _HELLO, _QUIT, _RESET})
+#: Inside MULTI, a refused command is sent to the node as this arity error instead, so the node
+#: marks the transaction failed (EXECABORT), as it would for any rejected command; the reply in
+#: that slot is then replaced with the gateway's own error text.
+_QUEUE_TIME_FAILURE: Final = encode_command([b"ECHO"])
+
+
+def _eval_reply(kind: bytes, text: str) -> bytes:
+    """A command that makes the node itself answer ``text`` as a status or error reply.
+
+    Used on the pub/sub relay, where replies cannot be slotted in by the gateway: the node
+    emits it in its place in the stream, so order is kept.
+    """
+    script = b"return redis.%s(ARGV[1])" % kind
+    return encode_command([b"EVAL", script, b"0", text.encode()])
+
+
+class RedisSession:
+    """State and driver of one client connection."""
+
+    def __init__(
+        self, runtime: RedisClusterRuntime, sock: socket.socket, peer: str, client_id: int
+    ) -> None:
+        self.runtime = runtime
+        self.sock = sock
+        self.peer = peer
+        self.id = client_id
+        self.db = 0
+        self.resp = 2
+        self.name = b""
+        self.lib_name = b""
+        self.lib_ver = b""
+        self.user: str | None = None
+        self.authenticated = not runtime.auth_required
+        self.parser = RequestParser(runtime.request_limits, authenticated=self.authenticated)
+        #: Dedicated backend connection while the session's state lives on the node.
+        self.pinned: RedisConnection | None = None
+        self.in_multi = False
+        self.watching = False
+        self.closing = False
+        self.last_command = b""
+        #: Cancelled by a drain to interrupt the wait for the next request (never a batch).
+        self.idle_scope: trio.CancelScope | None = None
+        # Per-batch scratch: encoded replies in order, and the run of commands to forward.
+        self._out: list[bytes] = []
+        self._fwd: list[bytes] = []
+        self._fwd_slots: list[int] = []
+        self._substitutes: dict[int, bytes] = {}
+
+    # ----------------------------------------------------------------------------------------
+    # Connection loop
+
+    async def serve(self) -> None:
+        """Serve the client until it quits, breaks the protocol, or the gateway drains."""
+        idle_timeout = self.runtime.config.limits.client_idle_timeout
+        batches = 0
+        try:
+            while not self.closing and not self.runtime.draining:
+                with trio.CancelScope() as scope:
+                    self.idle_scope = scope
+                    if idle_timeout > 0:
+                        scope.deadline = trio.current_time() + idle_timeout
+                    data = await recv(self.sock)
+                self.idle_scope = None
+                if scope.cancelled_caught or not data:
+                    break
+                await self._handle_input(data)
+                batches += 1
+                if batches % _YIELD_EVERY == 0:
+                    await trio.lowlevel.checkpoint()
+        except OSError:
+            pass  # the client went away; nothing to answer
+        finally:
+            self._release_pinned()
+            close_quietly(self.sock)
+
+    async def _handle_input(self, data: bytes) -> None:
+        try:
+            self.parser.feed(data)
+            commands = self.parser.commands()
+        except ProtocolError as exc:
+            await self._write(R.error(exc.reply_hint))
+            self.closing = True
+            return
+        if commands:
+            await self._run_batch(commands)
+
+    async def _write(self, data: bytes) -> None:
+        with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
+            await send_all(self.sock, data)
+        if scope.cancelled_caught:
+            log.warning("client %s did not read its replies; closing it", self.peer)
+            self.closing = True
+
+    # ----------------------------------------------------------------------------------------
+    # One batch: every command of one read, replies written together
+
+    async def _run_batch(self, commands: list[Command]) -> None:
+        out = self._out
+        for index, command in enumerate(commands):
+            if self.closing:
+                break
+            name = command.args[0].upper()
+            self.last_command = name
+            if self.in_multi:
+                await self._queue_in_multi(name, command)
+            elif not self.authenticated and name not in _PRE_AUTH:
+                out.append(R.NOAUTH)
+            else:
+                spec = cmdtable.lookup(command.args)
+                refusal = cmdtable.refusal(spec, command.args) if spec is not None else None
+                if refusal is not None:
+                    out.append(R.error(refusal))
+                    continue
+                local = _LOCAL.get(name)
+                if local is not None:
+                    await local(self, command)
+                elif spec is None:
+                    self._queue(command.raw)  # unknown here: the node answers (modules, typos)
+                elif name in _SUBSCRIBE:
+                    await self._flush()
+                    await self._write_out()
+                    await self._relay(commands[index:])
+                    return
+                elif name == _MULTI:
+                    await self._begin_pinned()
+                    if self.pinned is not None:
+                        self.in_multi = True
+                        self._queue(command.raw)
+                elif name == _WATCH:
+                    await self._begin_pinned()
+                    if self.pinned is not None:
+                        self.watching = True
+                        self._queue(command.raw)
+                else:
+                    block = cmdtable.block_timeout(spec, command.args)
+                    if block is not None:
+                        await self._flush()
+                        await self._blocking(command, block)
+                    else:
+                        self._queue(command.raw)
+        await self._flush()
+        await self._write_out()
+
+    def _queue(self, raw: bytes) -> None:
+        """Add a command to the run forwarded in the next flush; reserve its reply slot."""
+        self._fwd.append(raw)
+        self._fwd_slots.append(len(self._out))
+        self._out.append(b"")
+
+    async def _flush(self) -> None:
+        """Forward the queued run in one write and put each reply in its slot."""
+        if not self._fwd:
+            return
+        payload = b"".join(self._fwd)
+        count = len(self._fwd)
+        slots = self._fwd_slots
+        self._fwd = []
+        self._fwd_slots = []
+        timeout = self.runtime.config.backend.command_timeout
+        try:
+            if self.pinned is not None:
+                replies = await self.pinned.request(payload, count, timeout)
+            else:
+                mux = await self.runtime.primary.shared(self.db, self.resp)
+                replies = await mux.call(payload, count, timeout)
+        except BackendError as exc:
+            failure = R.error(exc.reply_text)
+            replies = [failure] * count
+            if self.pinned is not None:
+                # The session's server-side state (transaction, watches) is gone with it.
+                self._release_pinned()
+        out = self._out
+        substitutes = self._substitutes
+        for slot, reply in zip(slots, replies, strict=True):
+            out[slot] = substitutes.pop(slot, reply) if substitutes else reply
+        if not self.in_multi and not self.watching and self.pinned is not None:
+            self._release_pinned()
+
+    async def _write_out(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            await self._write(data)
+
+    # ----------------------------------------------------------------------------------------
+    # Pinned sessions: MULTI/WATCH, blocking commands, pub/sub
+
+    async def _begin_pinned(self) -> None:
+        """Move the session onto a dedicated connection (flushing what is queued first)."""
+        if self.pinned is not None:
+            return
+        await self._flush()
+        try:
+            self.pinned = await self.runtime.primary.acquire_dedicated(self.db, self.resp)
+        except BackendError as exc:
+            self._out.append(R.error(exc.reply_text))
+
+    def _release_pinned(self) -> None:
+        conn, self.pinned = self.pinned, None
+        self.in_multi = self.watching = False
+        if conn is not None:
+            self.runtime.primary.release(conn)
+
+    async def _queue_in_multi(self, name: bytes, command: Command) -> None:
+        """Inside MULTI every command is queued on the node, with the few exceptions below."""
+        if name == _QUIT:
+            await self._cmd_quit(command)
+        elif name == _RESET:
+            await self._cmd_reset(command)
+        elif name in (_EXEC, _DISCARD):
+            self._queue(command.raw)
+            self.in_multi = self.watching = False
+            await self._flush()
+        else:
+            spec = cmdtable.lookup(command.args)
+            refusal = cmdtable.refusal(spec, command.args) if spec is not None else None
+            if refusal is None and name == _AUTH:
+                refusal = "ERR resmesh: AUTH inside MULTI is not supported"
+            if refusal is not None:
+                self._substitutes[len(self._out)] = R.error(refusal)
+                self._queue(_QUEUE_TIME_FAILURE)
+            else:
+                if name == b"SELECT" and self.pinned is not None:
+                    self.pinned.reusable = False
+                self._queue(command.raw)
+
+    async def _blocking(self, command: Command, block_seconds: float) -> None:
+        """Run a blocking command on a dedicated connection, honouring its own block time.
+
+        While it waits, the client is watched: a disconnect cancels the wait (and closes the
+        connection, whose reply is still owed), and pipelined commands are buffered.
+        """
+        conn = self.pinned
+        temporary = conn is None
+        if conn is None:
+            try:
+                conn = await self.runtime.primary.acquire_dedicated(self.db, self.resp)
+            except BackendError as exc:
+                self._out.append(R.error(exc.reply_text))
+                return
+        timeout = block_seconds + self.runtime.config.backend.command_timeout
+        reply: bytes | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_client_while_blocked, nursery.cancel_scope)
+                try:
+                    replies = await conn.request(command.raw, 1, timeout if math.isfinite(timeout) else math.inf)
+                    reply = replies[0]
+                except BackendError as exc:
+                    reply = R.error(exc.reply_text)
+                nursery.cancel_scope.cancel()
+        finally:
+            if temporary:
+                self.runtime.primary.release(conn)
+            elif conn.closed:
+                self._release_pinned()
+        if reply is not None:
+            self._out.append(reply)
+
+    async def _watch_client_while_blocked(self, cancel: trio.CancelScope) -> None:
+        while True:
+            try:
+                data = await recv(self.sock)
+            except OSError:
+                data = b""
+            if not data:
+                self.closing = True
+                cancel.cancel()
+                return
+            try:
+                self.parser.feed(data)
+            except ProtocolError as exc:
+                self._out.append(R.error(exc.reply_hint))
+                self.closing = True
+                cancel.cancel()
+                return
+
+    async def _relay(self, commands: list[Command]) -> None:
+        """Pub/sub: relay both directions on a dedicated connection until either side ends."""
+        await self._begin_pinned()
+        conn = self.pinned
+        if conn is None:
+            await self._write_out()
+            return
+        conn.reusable = False  # its subscriptions must never reach another client
+        try:
+            await conn.send(self._relay_payload(commands))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._relay_node_to_client, conn, nursery.cancel_scope)
+                await self._relay_client_to_node(conn)
+                nursery.cancel_scope.cancel()
+        except BackendError as exc:
+            await self._write(R.error(exc.reply_text))
+        finally:
+            self.closing = True
+
+    async def _relay_node_to_client(self, conn: RedisConnection, cancel: trio.CancelScope) -> None:
+        try:
+            while True:
+                data = await recv(conn.sock)
+                if not data:
+                    break
+                await self._write(data)
+                if self.closing:
+                    break
+        except OSError:
+            pass
+        cancel.cancel()
+
+    async def _relay_client_to_node(self, conn: RedisConnection) -> None:
+        while True:
+            data = await recv(self.sock)
+            if not data:
+                return
+            try:
+                self.parser.feed(data)
+                commands = self.parser.commands()
+            except ProtocolError as exc:
+                await conn.send(_eval_reply(b"error_reply", exc.reply_hint))
+                return
+            if commands:
+                await conn.send(self._relay_payload(commands))
+
+    def _relay_payload(self, commands: list[Command]) -> bytes:
+        """Translate a relayed run: the node answers everything, the gateway's words included."""
+        parts: list[bytes] = []
+        for command in commands:
+            name = command.args[0].upper()
+            spec = cmdtable.lookup(command.args)
+            refusal = cmdtable.refusal(spec, command.args) if spec is not None else None
+            if refusal is not None:
+                parts.append(_eval_reply(b"error_reply", refusal))
+            elif name == _AUTH:
+                reply = self._authenticate(command.args[1:])
+                kind = b"status_reply" if reply == R.OK else b"error_reply"
+                parts.append(_eval_reply(kind, reply[1:-2].decode()))
+            elif name == _HELLO:
+                parts.append(self._relay_hello(command))
+            elif name == _RESET:
+                self.db, self.resp = 0, 2
+                parts.append(command.raw)
+            else:
+                parts.append(command.raw)
+        return b"".join(parts)
+
+    def _relay_hello(self, command: Command) -> bytes:
+        """HELLO on the relay: check AUTH here, let the node switch protocol and answer."""
+        args = command.args
+        forwarded = args[:2]
+        i = 2
+        while i < len(args):
+            option = args[i].upper()
+            if option == _AUTH and i + 2 < len(args):
+                reply = self._authenticate(args[i + 1 : i + 3])
+                if reply != R.OK:
+                    return _eval_reply(b"error_reply", reply[1:-2].decode())
+                i += 3
+            else:
+                forwarded.append(args[i])
+                i += 1
+        if len(args) > 1 and args[1] in (b"2", b"3"):
+            self.resp = int(args[1])
+        return encode_command(forwarded)
+
+    # ----------------------------------------------------------------------------------------
+    # Commands the gateway answers itself
+
+    def _authenticate(self, credentials: list[bytes]) -> bytes:
+        """Check gateway credentials (never the backend's); returns the reply to send."""
+        users = self.runtime.users
+        if len(credentials) == 1:
+            if not users:
+                return R.NOPASS_CONFIGURED
+            password = credentials[0].decode(errors="replace")
+            default = users.get("default")
+            candidates = [default] if default is not None else list(users.values())
+            match = next((u for u in candidates if u.password == password), None)
+        elif len(credentials) == 2:
+            name = credentials[0].decode(errors="replace")
+            user = users.get(name)
+            password = credentials[1].decode(errors="replace")
+            match = user if user is not None and user.password == password else None
+        else:
+            return R.SYNTAX
+        if match is None:
+            return R.WRONGPASS
+        self.user = match.name
+        self.authenticated = self.parser.authenticated = True
+        return R.OK
+
+    async def _cmd_auth(self, command: Command) -> None:
+        if len(command.args) not in (2, 3):
+            self._out.append(R.wrong_arity(b"auth"))
+            return
+        self._out.append(self._authenticate(command.args[1:]))
+
+    async def _cmd_hello(self, command: Command) -> None:
+        args = command.args
+        resp = self.resp
+        if len(args) > 1:
+            try:
+                resp = int(args[1])
+            except ValueError:
+                self._out.append(R.error("ERR Protocol version is not an integer or out of range"))
+                return
+            if resp not in (2, 3):
+                self._out.append(R.NOPROTO)
+                return
+        name: bytes | None = None
+        credentials: list[bytes] | None = None
+        i = 2
+        while i < len(args):
+            option = args[i].upper()
+            if option == _AUTH and i + 2 < len(args):
+                credentials = args[i + 1 : i + 3]
+                i += 3
+            elif option == b"SETNAME" and i + 1 < len(args):
+                name = args[i + 1]
+                i += 2
+            else:
+                text = args[i].decode(errors="replace")
+                self._out.append(R.error(f"ERR Syntax error in HELLO option '{text}'"))
+                return
+        if credentials is not None:
+            reply = self._authenticate(credentials)
+            if reply != R.OK:
+                self._out.append(reply)
+                return
+        elif not self.authenticated:
+            self._out.append(
+                R.error(
+                    "NOAUTH HELLO must be called with the client already authenticated, "
+                    "otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+                    "authenticate the client and select the RESP protocol version at the same time"
+                )
+            )
+            return
+        if name is not None:
+            if not _valid_client_name(name):
+                self._out.append(R.BAD_CLIENT_NAME)
+                return
+            self.name = name
+        if resp != self.resp:
+            await self._flush()  # queued commands go out under the protocol they were sent in
+            self.resp = resp
+        self._out.append(
+            R.map_reply(
+                [
+                    (R.bulk(b"server"), R.bulk(b"redis")),
+                    (R.bulk(b"version"), R.bulk(self.runtime.server_version.encode())),
+                    (R.bulk(b"proto"), R.integer(self.resp)),
+                    (R.bulk(b"id"), R.integer(self.id)),
+                    (R.bulk(b"mode"), R.bulk(b"standalone")),
+                    (R.bulk(b"role"), R.bulk(b"master")),
+                    (R.bulk(b"modules"), R.array([])),
+                ],
+                self.resp,
+            )
+        )
+
+    async def _cmd_select(self, command: Command) -> None:
+        if len(command.args) != 2:
+            self._out.append(R.wrong_arity(b"select"))
+            return
+        try:
+            db = int(command.args[1])
+        except ValueError:
+            self._out.append(R.NOT_INTEGER)
+            return
+        if db < 0:
+            self._out.append(R.DB_OUT_OF_RANGE)
+            return
+        if self.pinned is not None:
+            # WATCH is active: the node's own SELECT applies to the pinned connection.
+            self.pinned.reusable = False
+            self.db = db
+            self._queue(command.raw)
+            return
+        await self._flush()
+        try:
+            # Opening the shared connection for that db validates it against the node.
+            await self.runtime.primary.shared(db, self.resp)
+        except BackendError as exc:
+            if "DB index is out of range" in exc.reason:
+                self._out.append(R.DB_OUT_OF_RANGE)
+            else:
+                self._out.append(R.error(exc.reply_text))
+            return
+        self.db = db
+        self._out.append(R.OK)
+
+    async def _cmd_ping(self, command: Command) -> None:
+        args = command.args
+        if len(args) == 1:
+            self._out.append(R.PONG)
+        elif len(args) == 2:
+            self._out.append(R.bulk(args[1]))
+        else:
+            self._out.append(R.wrong_arity(b"ping"))
+
+    async def _cmd_echo(self, command: Command) -> None:
+        if len(command.args) != 2:
+            self._out.append(R.wrong_arity(b"echo"))
+        else:
+            self._out.append(R.bulk(command.args[1]))
+
+    async def _cmd_quit(self, command: Command) -> None:
+        await self._flush()
+        self._out.append(R.OK)
+        self.closing = True
+
+    async def _cmd_reset(self, command: Command) -> None:
+        """RESET: back to a fresh connection's state (redis-server 6.2 semantics)."""
+        self._fwd_slots_discard()
+        self._release_pinned()
+        self.db = 0
+        self.resp = 2
+        self.name = b""
+        self.authenticated = self.parser.authenticated = not self.runtime.auth_required
+        self.user = None
+        self._out.append(R.RESET)
+
+    def _fwd_slots_discard(self) -> None:
+        """Before RESET drops a pinned transaction, its queued replies are not owed any more."""
+        if self.in_multi and self._fwd:
+            for slot in self._fwd_slots:
+                self._out[slot] = R.error("ERR resmesh: transaction discarded by RESET")
+            self._fwd = []
+            self._fwd_slots = []
+
+    async def _cmd_exec_without_multi(self, command: Command) -> None:
+        name = command.args[0].upper().decode()
+        self._out.append(R.error(f"ERR {name} without MULTI"))
+
+    async def _cmd_unwatch(self, command: Command) -> None:
+        if self.pinned is not None:
+            self.watching = False
+            self._queue(command.raw)
+        else:
+            self._out.append(R.OK)
+
+    async def _cmd_client(self, command: Command) -> None:
+        args = command.args
+        if len(args) < 2:
+            self._out.append(R.wrong_arity(b"client"))
+            return
+        sub = args[1].upper()
+        if sub == b"ID" and len(args) == 2:
+            self._out.append(R.integer(self.id))
+        elif sub == b"GETNAME" and len(args) == 2:
+            self._out.append(R.bulk(self.name) if self.name else R.null(self.resp))
+        elif sub == b"SETNAME" and len(args) == 3:
+            if not _valid_client_name(args[2]):
+                self._out.append(R.BAD_CLIENT_NAME)
+            else:
+                self.name = args[2]
+                self._out.append(R.OK)
+        elif sub == b"SETINFO" and len(args) == 4:
+            attribute = args[2].upper()
+            if attribute == b"LIB-NAME":
+                self.lib_name = args[3]
+            elif attribute == b"LIB-VER":
+                self.lib_ver = args[3]
+            else:
+                text = args[2].decode(errors="replace")
+                self._out.append(R.error(f"ERR Unrecognized option '{text}'"))
+                return
+            self._out.append(R.OK)
+        elif sub == b"INFO" and len(args) == 2:
+            self._out.append(R.verbatim(self.describe() + b"\n", self.resp))
+        elif sub == b"LIST":
+            lines = b"".join(s.describe() + b"\n" for s in self.runtime.sessions.values())
+            self._out.append(R.verbatim(lines, self.resp))
+        else:
+            text = b" ".join(args[:2]).decode(errors="replace").upper()
+            self._out.append(
+                R.error(f"ERR resmesh: '{text}' is not supported through the gateway")
+            )
+
+    def describe(self) -> bytes:
+        """One ``CLIENT LIST`` line for this session (redis-server's field names)."""
+        multi = -1 if not self.in_multi else 0
+        fields = (
+            f"id={self.id} addr={self.peer} laddr={self.runtime.listen} "
+            f"name={self.name.decode(errors='replace')} db={self.db} multi={multi} "
+            f"watch={int(self.watching)} resp={self.resp} "
+            f"user={self.user or 'default'} lib-name={self.lib_name.decode(errors='replace')} "
+            f"lib-ver={self.lib_ver.decode(errors='replace')} "
+            f"cmd={self.last_command.decode(errors='replace').lower()}"
+        )
+        return fields.encode()
+
+
+def _valid_client_name(name: bytes) -> bool:
+    """redis-server accepts printable ASCII without spaces (``clientSetName``)."""
+    return all(33 <= ch <= 126 for ch in name)
+
+
+_LOCAL: Final = {
+    b"AUTH": RedisSession._cmd_auth,
+    b"HELLO": RedisSession._cmd_hello,
+    b"SELECT": RedisSession._cmd_select,
+    b"PING": RedisSession._cmd_ping,
+    b"ECHO": RedisSession._cmd_echo,
+    b"QUIT": RedisSession._cmd_quit,
+    b"RESET": RedisSession._cmd_reset,
+    b"EXEC": RedisSession._cmd_exec_without_multi,
+    b"DISCARD": RedisSession._cmd_exec_without_multi,
+    b"UNWATCH": RedisSession._cmd_unwatch,
+    b"CLIENT": RedisSession._cmd_client,
+}

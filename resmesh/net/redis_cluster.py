@@ -1,0 +1,98 @@
+"""The runtime of one configured Redis cluster: its listener, sessions and backend pools."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import trio
+
+from ..config import ClusterConfig, UserConfig
+from ..protocols.resp.requests import RequestLimits
+from .backend.redis_pool import NodePool
+from .frontend.redis import RedisSession
+from .frontend.redis_replies import error
+from .listen import serve_listener
+from .sockio import close_quietly
+
+__all__ = ["RedisClusterRuntime"]
+
+log = logging.getLogger(__name__)
+
+#: Client ids are unique across every cluster of this process, as redis-server's are.
+_client_ids = itertools.count(1)
+
+
+class RedisClusterRuntime:
+    """Owns what serves one cluster; lives inside the gateway's nursery.
+
+    ``primary`` is the node that takes every command for now; governance (route, balance,
+    failover) chooses among all configured nodes once it is wired in.
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        users: Mapping[str, UserConfig],
+        backend_nursery: trio.Nursery,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.listen = str(config.listen)
+        self.users: Mapping[str, UserConfig] = MappingProxyType(
+            {name: user for name, user in users.items() if config.name in user.clusters}
+        )
+        self.auth_required = bool(self.users)
+        limits = config.limits
+        self.request_limits = RequestLimits(
+            max_bulk_len=limits.max_bulk_len,
+            max_multibulk_len=limits.max_multibulk_len,
+            max_buffer=limits.max_request_buffer,
+        )
+        #: What HELLO reports as the server version (that of the Redis line we speak).
+        self.server_version = "7.0.0"
+        self.sessions: dict[int, RedisSession] = {}
+        self.draining = False
+        first_node = _first_routed_node(config)
+        self.primary = NodePool(
+            first_node.address.host, first_node.address.port, config.backend, backend_nursery
+        )
+
+    async def serve(self, listener: socket.socket, connections: trio.Nursery) -> None:
+        """Accept clients on ``listener`` into ``connections`` until cancelled."""
+        await serve_listener(listener, self._handle_client, connections)
+
+    async def _handle_client(self, sock: socket.socket, peer: str) -> None:
+        if len(self.sessions) >= self.config.limits.max_clients:
+            # redis-server's own words, then close (its maxclients behaviour).
+            try:
+                sock.send(error("ERR max number of clients reached"))
+            except OSError:
+                pass
+            close_quietly(sock)
+            return
+        session = RedisSession(self, sock, peer, next(_client_ids))
+        self.sessions[session.id] = session
+        try:
+            await session.serve()
+        finally:
+            del self.sessions[session.id]
+
+    def start_drain(self) -> None:
+        """Stop taking new requests: idle sessions close now, busy ones after their batch."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            if session.idle_scope is not None:
+                session.idle_scope.cancel()
+
+    def close(self) -> None:
+        self.primary.close()
+
+
+def _first_routed_node(config: ClusterConfig):  # type: ignore[no-untyped-def]
+    """The first node of the highest-weighted group: the primary in replicated mode."""
+    group = max(config.route.items(), key=lambda item: item[1])[0]
+    return config.groups[group][0]

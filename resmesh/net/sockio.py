@@ -1,0 +1,105 @@
+"""Raw non-blocking socket I/O for the hot path.
+
+Why not ``trio.SocketStream``: every ``send_all``/``receive_some`` on a Trio stream passes through
+a checkpoint and a scheduler round trip even when the socket is ready, which measured at ~10 µs
+each, a large share of a proxied command's whole budget (``shared/reference/perf-baselines.md``,
+variant f). Here we try the syscall first and park on ``trio.lowlevel.wait_readable`` /
+``wait_writable`` only on ``EAGAIN``. Both waits are cancellation points, so cancel scopes and
+deadlines work as usual; a loop that never parks must call :func:`trio.lowlevel.checkpoint`
+itself now and then (the frontend does, every few batches).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+__all__ = ["RECV_SIZE", "close_quietly", "open_tcp", "recv", "send_all"]
+
+#: One read's size: large enough that a 16-command pipeline or a batch of replies is one read.
+RECV_SIZE: Final = 256 * 1024
+
+
+async def recv(sock: socket.socket, size: int = RECV_SIZE) -> bytes:
+    """Read what is available (at least one byte), or ``b""`` at end of stream.
+
+    Raises:
+        OSError: the connection broke (reset, etc.).
+    """
+    while True:
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            await _wait(trio.lowlevel.wait_readable, sock)
+
+
+async def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> None:
+    """Write every byte of ``data``.
+
+    Cancellation may leave a prefix written; callers that share the socket must close it then
+    (a half-written frame poisons the stream), and the callers here do.
+
+    Raises:
+        OSError: the connection broke.
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await _wait(trio.lowlevel.wait_writable, sock)
+            continue
+        view = view[sent:]
+
+
+async def _wait(
+    waiter: Callable[[socket.socket], Awaitable[None]], sock: socket.socket
+) -> None:
+    """Park until ``sock`` is ready; a socket closed meanwhile reads as a broken connection."""
+    try:
+        await waiter(sock)
+    except trio.ClosedResourceError:
+        raise OSError(errno.EBADF, "connection closed") from None
+
+
+async def open_tcp(host: str, port: int) -> socket.socket:
+    """Connect a non-blocking TCP socket (no Nagle), parking until the connect completes.
+
+    The caller bounds the wait with its own deadline.
+
+    Raises:
+        OSError: the connect failed (refused, unreachable...).
+    """
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last_error: OSError | None = None
+    for family, type_, proto, _, sockaddr in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(sockaddr)
+            if err in (errno.EINPROGRESS, errno.EAGAIN):
+                await trio.lowlevel.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, f"{errno.errorcode.get(err, err)}: {host}:{port}")
+            return sock
+        except BaseException as exc:
+            close_quietly(sock)
+            if not isinstance(exc, OSError):
+                raise
+            last_error = exc
+    raise last_error or OSError(f"no address for {host}:{port}")
+
+
+def close_quietly(sock: socket.socket) -> None:
+    """Close a socket, waking any task parked on it first (Trio requires the notify)."""
+    try:
+        if sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(sock)
+    finally:
+        sock.close()

@@ -1,0 +1,149 @@
+"""Tests for the ``resmesh`` command line, run the way a user runs it: as a separate process.
+
+Only the bad-config path of ``run`` is exercised here; serving is the integration tests' job.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resmesh import __version__
+from resmesh.cli import KeyValueFormatter, main, summarize
+from resmesh.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+
+
+def resmesh(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "resmesh", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def bad_config(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "clusters:\n"
+        "  feed-cache:\n"
+        "    protocol: redis\n"
+        "    listen: nonsense\n"
+        "    groups: {dc-a: [127.0.0.1:6379]}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_version() -> None:
+    result = resmesh("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"resmesh {__version__}" == "resmesh 0.1.0"
+
+
+def test_help_explains_itself() -> None:
+    result = resmesh("--help")
+    assert result.returncode == 0
+    for word in ("gateway", "run", "check", "ctl", "examples:", "resmesh run -c"):
+        assert word in result.stdout
+
+
+def test_check_ok_prints_a_summary() -> None:
+    result = resmesh("check", "-c", str(QUICKSTART))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    out = result.stdout
+    assert f"{QUICKSTART}: ok" in out
+    assert "cluster feed-cache: redis, listen 127.0.0.1:6380, replicated" in out
+    assert "groups dc-a (1 node)" in out
+    assert "route dc-a=100" in out
+
+
+def test_check_bad_config_is_one_line_on_stderr(tmp_path: Path) -> None:
+    path = bad_config(tmp_path)
+    result = resmesh("check", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{path}:4: clusters.feed-cache.listen: expected host:port")
+    assert "— fix: " in lines[0]
+
+
+def test_check_requires_a_file() -> None:
+    result = resmesh("check")
+    assert result.returncode == 2
+    assert "-c" in result.stderr
+
+
+def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
+    path = bad_config(tmp_path)
+    result = resmesh("run", "-c", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert "clusters.feed-cache.listen" in lines[0]
+
+
+def test_run_without_default_config_says_so(tmp_path: Path) -> None:
+    result = resmesh("run", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("examples/quickstart.yaml: default config file not found")
+    assert "pass -c FILE" in lines[0]
+
+
+def test_ctl_is_announced_but_not_implemented() -> None:
+    result = resmesh("ctl", "status")
+    assert result.returncode == 2
+    assert "not implemented yet" in result.stderr
+
+
+# In-process: fast, and covers main()'s return-code contract.
+
+
+def test_main_returns_codes_instead_of_exiting(capsys: pytest.CaptureFixture[str]) -> None:
+    """None of these reach logging setup, so global logging state is left alone."""
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == "resmesh 0.1.0"
+    assert main(["--log-level", "loud", "check", "-c", str(QUICKSTART)]) == 2
+    assert main([]) == 2
+
+
+def test_log_level_works_after_the_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        assert main(["check", "-c", str(QUICKSTART), "--log-level", "DEBUG"]) == 0
+        assert logging.getLogger().level == logging.DEBUG
+        assert main(["--log-level", "warning", "check", "-c", str(QUICKSTART)]) == 0
+        assert logging.getLogger().level == logging.WARNING
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    assert "feed-cache" in capsys.readouterr().out
+
+
+def test_summary_lists_users() -> None:
+    config = load_config(QUICKSTART)
+    assert summarize(config)[-1] == "users: none (clients connect without AUTH)"
+
+
+def test_log_format_is_one_key_value_line() -> None:
+    record = logging.LogRecord("resmesh.net", logging.INFO, __file__, 1, "listening", None, None)
+    record.__dict__.update(cluster="feed-cache", listen="127.0.0.1:6380", note="two words")
+    line = KeyValueFormatter().format(record)
+    stamp, level, logger, rest = line.split(" ", 3)
+    assert stamp.endswith("Z") and "T" in stamp
+    assert (level, logger) == ("info", "resmesh.net")
+    assert rest == 'listening cluster=feed-cache listen=127.0.0.1:6380 note="two words"'
