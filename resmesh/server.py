@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -106,7 +107,7 @@ async def _wait_sessions_gone(runtimes: list[RedisClusterRuntime]) -> None:
         await trio.sleep(0.02)
 
 
-async def _skip_on_signal(signals: trio.abc.ReceiveChannel[int], scope: trio.CancelScope) -> None:
+async def _skip_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
     """A second SIGTERM/SIGINT during the drain: stop waiting for in-flight work."""
     async for _ in signals:
         log.info("second signal: not waiting for in-flight work")

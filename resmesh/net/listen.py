@@ -30,7 +30,9 @@ _TRANSIENT_ACCEPT_ERRORS: Final = frozenset(
 ConnectionHandler = Callable[[socket.socket, str], Awaitable[None]]
 
 
-def bind_tcp(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+def bind_tcp(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
+) -> socket.socket:
     """Bind and listen; the socket is non-blocking, ready for :func:`serve_listener`.
 
     Raises:

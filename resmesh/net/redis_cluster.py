@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import socket
@@ -68,10 +69,8 @@ class RedisClusterRuntime:
     async def _handle_client(self, sock: socket.socket, peer: str) -> None:
         if len(self.sessions) >= self.config.limits.max_clients:
             # redis-server's own words, then close (its maxclients behaviour).
-            try:
+            with contextlib.suppress(OSError):
                 sock.send(error("ERR max number of clients reached"))
-            except OSError:
-                pass
             close_quietly(sock)
             return
         session = RedisSession(self, sock, peer, next(_client_ids))

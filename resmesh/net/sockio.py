@@ -56,9 +56,7 @@ async def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) ->
         view = view[sent:]
 
 
-async def _wait(
-    waiter: Callable[[socket.socket], Awaitable[None]], sock: socket.socket
-) -> None:
+async def _wait(waiter: Callable[[socket.socket], Awaitable[None]], sock: socket.socket) -> None:
     """Park until ``sock`` is ready; a socket closed meanwhile reads as a broken connection."""
     try:
         await waiter(sock)

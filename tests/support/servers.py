@@ -169,3 +169,149 @@ def redis_cluster_config(
     if users:
         config["users"] = users
     return config
+
+
+# ------------------------------------------------------------------------------------------------
+# Raw RESP over a plain socket: for byte-exact comparisons (gateway vs direct) and for clients
+# that misbehave on purpose. The frame scanner is written here, independently of the gateway's
+# own codec, so a bug there cannot hide itself in the tests.
+
+
+def encode_command(*args: bytes | str | int) -> bytes:
+    """A RESP2 multibulk request (what every client sends)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+_LINE_TYPES = frozenset(b"+-:,#_(")
+_BLOB_TYPES = frozenset(b"$!=")
+_AGGREGATE_TYPES = frozenset(b"*~>")
+_PAIR_TYPES = frozenset(b"%|")
+
+
+def resp_frame_end(buf: bytes | bytearray, pos: int = 0) -> int:
+    """Index just past the RESP2/RESP3 reply starting at ``pos``; -1 while incomplete.
+
+    Raises:
+        ValueError: the bytes at ``pos`` are not a RESP reply.
+    """
+    pending = 1  # frames still to skip
+    while pending:
+        if pos >= len(buf):
+            return -1
+        kind = buf[pos]
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return -1
+        header = bytes(buf[pos + 1 : eol])
+        pos = eol + 2
+        pending -= 1
+        if kind in _LINE_TYPES:
+            continue
+        try:
+            length = int(header)
+        except ValueError:
+            raise ValueError(f"bad RESP length {header!r}") from None
+        if kind in _BLOB_TYPES:
+            if length < 0:
+                continue
+            if len(buf) < pos + length + 2:
+                return -1
+            if buf[pos + length : pos + length + 2] != b"\r\n":
+                raise ValueError("RESP blob not followed by CRLF")
+            pos += length + 2
+        elif kind in _AGGREGATE_TYPES:
+            pending += max(length, 0)
+        elif kind in _PAIR_TYPES:
+            pending += 2 * length + (1 if kind == ord("|") else 0)
+        else:
+            raise ValueError(f"unknown RESP type byte {bytes([kind])!r}")
+    return pos
+
+
+class RawRedis:
+    """A plain socket speaking RESP: every read has a deadline, replies come back as raw bytes."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.timeout = timeout
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+
+    def __enter__(self) -> RawRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def call(self, *commands: tuple[bytes | str | int, ...]) -> list[bytes]:
+        """Send ``commands`` as one pipelined write; return their raw replies in order."""
+        self.send(b"".join(encode_command(*c) for c in commands))
+        return self.read_replies(len(commands))
+
+    def read_replies(self, count: int) -> list[bytes]:
+        """Read ``count`` complete replies.
+
+        Raises:
+            AssertionError: the peer closed first, or the deadline passed.
+        """
+        deadline = time.monotonic() + self.timeout
+        replies: list[bytes] = []
+        while len(replies) < count:
+            end = resp_frame_end(self.buf)
+            if end >= 0:
+                replies.append(bytes(self.buf[:end]))
+                del self.buf[:end]
+                continue
+            try:
+                self._fill(deadline, f"{count - len(replies)} more replies")
+            except EOFError:
+                raise AssertionError(
+                    f"connection closed after {len(replies)} of {count} replies: {replies!r}"
+                ) from None
+        return replies
+
+    def read_until_closed(self) -> bytes:
+        """Everything the peer sends until it closes the connection (within the timeout)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self._fill(deadline, "the connection to close")
+            except EOFError:
+                data = bytes(self.buf)
+                self.buf.clear()
+                return data
+
+    def _fill(self, deadline: float, what: str) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"timed out after {self.timeout}s waiting for {what}")
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(1 << 16)
+        except TimeoutError:
+            raise AssertionError(
+                f"timed out after {self.timeout}s waiting for {what}; got {bytes(self.buf)[:200]!r}"
+            ) from None
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            raise EOFError(what)
+        self.buf += data
+
+
+def vm_rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")

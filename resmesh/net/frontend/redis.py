@@ -102,7 +102,11 @@ class RedisSession:
         self.idle_scope: trio.CancelScope | None = None
         # Per-batch scratch: encoded replies in order, and the run of commands to forward.
         self._out: list[bytes] = []
-        self._fwd: list[bytes] = []
+        self._fwd: list[Command | bytes] = []
+        #: The client's own bytes for the whole current batch, when the parser kept them:
+        #: forwarded as they are when every command of the batch goes to the node unchanged.
+        self._batch_raw: bytes | None = None
+        self._batch_len = 0
         self._fwd_slots: list[int] = []
         self._substitutes: dict[int, bytes] = {}
 
@@ -143,6 +147,8 @@ class RedisSession:
             return
         if commands:
             await self._run_batch(commands)
+        if self.parser.failed and not self.closing:
+            await self._handle_input(b"")  # report the error that followed those commands
 
     async def _write(self, data: bytes) -> None:
         with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
@@ -156,6 +162,8 @@ class RedisSession:
 
     async def _run_batch(self, commands: list[Command]) -> None:
         out = self._out
+        self._batch_raw = self.parser.batch_raw
+        self._batch_len = len(commands)
         for index, command in enumerate(commands):
             if self.closing:
                 break
@@ -175,7 +183,7 @@ class RedisSession:
                 if local is not None:
                     await local(self, command)
                 elif spec is None:
-                    self._queue(command.raw)  # unknown here: the node answers (modules, typos)
+                    self._queue(command)  # unknown here: the node answers (modules, typos)
                 elif name in _SUBSCRIBE:
                     await self._flush()
                     await self._write_out()
@@ -185,25 +193,25 @@ class RedisSession:
                     await self._begin_pinned()
                     if self.pinned is not None:
                         self.in_multi = True
-                        self._queue(command.raw)
+                        self._queue(command)
                 elif name == _WATCH:
                     await self._begin_pinned()
                     if self.pinned is not None:
                         self.watching = True
-                        self._queue(command.raw)
+                        self._queue(command)
                 else:
                     block = cmdtable.block_timeout(spec, command.args)
                     if block is not None:
                         await self._flush()
                         await self._blocking(command, block)
                     else:
-                        self._queue(command.raw)
+                        self._queue(command)
         await self._flush()
         await self._write_out()
 
-    def _queue(self, raw: bytes) -> None:
+    def _queue(self, command: Command | bytes) -> None:
         """Add a command to the run forwarded in the next flush; reserve its reply slot."""
-        self._fwd.append(raw)
+        self._fwd.append(command)
         self._fwd_slots.append(len(self._out))
         self._out.append(b"")
 
@@ -211,8 +219,11 @@ class RedisSession:
         """Forward the queued run in one write and put each reply in its slot."""
         if not self._fwd:
             return
-        payload = b"".join(self._fwd)
         count = len(self._fwd)
+        if count == self._batch_len and self._batch_raw is not None:
+            payload = self._batch_raw
+        else:
+            payload = b"".join(c.raw if isinstance(c, Command) else c for c in self._fwd)
         slots = self._fwd_slots
         self._fwd = []
         self._fwd_slots = []
@@ -268,7 +279,7 @@ class RedisSession:
         elif name == _RESET:
             await self._cmd_reset(command)
         elif name in (_EXEC, _DISCARD):
-            self._queue(command.raw)
+            self._queue(command)
             self.in_multi = self.watching = False
             await self._flush()
         else:
@@ -278,11 +289,12 @@ class RedisSession:
                 refusal = "ERR resmesh: AUTH inside MULTI is not supported"
             if refusal is not None:
                 self._substitutes[len(self._out)] = R.error(refusal)
+                self._batch_raw = None
                 self._queue(_QUEUE_TIME_FAILURE)
             else:
                 if name == b"SELECT" and self.pinned is not None:
                     self.pinned.reusable = False
-                self._queue(command.raw)
+                self._queue(command)
 
     async def _blocking(self, command: Command, block_seconds: float) -> None:
         """Run a blocking command on a dedicated connection, honouring its own block time.
@@ -304,7 +316,9 @@ class RedisSession:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_client_while_blocked, nursery.cancel_scope)
                 try:
-                    replies = await conn.request(command.raw, 1, timeout if math.isfinite(timeout) else math.inf)
+                    replies = await conn.request(
+                        command.raw, 1, timeout if math.isfinite(timeout) else math.inf
+                    )
                     reply = replies[0]
                 except BackendError as exc:
                     reply = R.error(exc.reply_text)
@@ -534,7 +548,7 @@ class RedisSession:
             # WATCH is active: the node's own SELECT applies to the pinned connection.
             self.pinned.reusable = False
             self.db = db
-            self._queue(command.raw)
+            self._queue(command)
             return
         await self._flush()
         try:
@@ -595,7 +609,7 @@ class RedisSession:
     async def _cmd_unwatch(self, command: Command) -> None:
         if self.pinned is not None:
             self.watching = False
-            self._queue(command.raw)
+            self._queue(command)
         else:
             self._out.append(R.OK)
 
@@ -633,9 +647,7 @@ class RedisSession:
             self._out.append(R.verbatim(lines, self.resp))
         else:
             text = b" ".join(args[:2]).decode(errors="replace").upper()
-            self._out.append(
-                R.error(f"ERR resmesh: '{text}' is not supported through the gateway")
-            )
+            self._out.append(R.error(f"ERR resmesh: '{text}' is not supported through the gateway"))
 
     def describe(self) -> bytes:
         """One ``CLIENT LIST`` line for this session (redis-server's field names)."""

@@ -47,7 +47,9 @@ def error(text: str) -> bytes:
 
 
 def wrong_arity(name: bytes) -> bytes:
-    return error(f"ERR wrong number of arguments for '{name.decode(errors='replace').lower()}' command")
+    return error(
+        f"ERR wrong number of arguments for '{name.decode(errors='replace').lower()}' command"
+    )
 
 
 def integer(value: int) -> bytes:

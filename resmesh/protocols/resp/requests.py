@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+import hiredis
+
 from .._errors import RemoteProtocolError
 
-__all__ = ["Command", "RequestLimits", "RequestParser"]
+__all__ = ["Command", "RequestLimits", "RequestParser", "encode_command", "split_inline"]
 
 #: redis-server's PROTO_INLINE_MAX_SIZE: an inline command, or a multibulk/bulk header line,
 #: longer than this without a newline is an error rather than something to wait for.
@@ -46,39 +48,56 @@ class RequestLimits:
     max_buffer: int = 1024 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
 class Command:
     """One parsed command.
 
     Attributes:
         args: the command name and its arguments, exactly as sent (binary-safe).
-        raw: the command's bytes in multibulk form, ready to forward unchanged. For a multibulk
-            command it is the client's own bytes; an inline command is re-encoded.
     """
 
-    args: list[bytes]
-    raw: bytes
+    __slots__ = ("_raw", "args")
+
+    def __init__(self, args: list[bytes], raw: bytes | None = None) -> None:
+        self.args = args
+        self._raw = raw
+
+    @property
+    def raw(self) -> bytes:
+        """The command in multibulk form, ready to forward: the client's own bytes when the
+        parser kept them, else encoded on first use (the hiredis path keeps none per command).
+        """
+        if self._raw is None:
+            self._raw = encode_command(self.args)
+        return self._raw
 
     @property
     def name(self) -> bytes:
         """The upper-cased command name (``b"GET"``), the command table's key."""
         return self.args[0].upper() if self.args else b""
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Command):
+            return NotImplemented
+        return self.args == other.args and self.raw == other.raw
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Command(args={self.args!r})"
+
 
 def encode_command(args: list[bytes]) -> bytes:
     """Encode ``args`` as one multibulk command (the form every client library sends)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
+    packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+    return packed
 
 
 def _protocol_error(detail: str) -> RemoteProtocolError:
     return RemoteProtocolError(f"ERR Protocol error: {detail}")
 
 
-class RequestParser:
-    """Turns a client's byte stream into :class:`Command` objects.
+class _PureRequestParser:
+    """Turns a client's byte stream into :class:`Command` objects (pure Python).
 
     Use: ``feed(data)`` whenever bytes arrive, then ``commands()`` for every complete command so
     far. Incomplete input stays buffered; ``buffered`` tells how much.
@@ -89,13 +108,13 @@ class RequestParser:
             framing is lost; the frontend answers with ``reply_hint`` and closes.
     """
 
-    __slots__ = ("_buf", "_error", "_limits", "_pos", "authenticated")
+    __slots__ = ("_buf", "_limits", "_pos", "authenticated", "error")
 
     def __init__(self, limits: RequestLimits | None = None, *, authenticated: bool = True) -> None:
         self._limits = limits or RequestLimits()
         self._buf = bytearray()
         self._pos = 0
-        self._error: RemoteProtocolError | None = None
+        self.error: RemoteProtocolError | None = None
         #: Until the client authenticates, Redis' tighter pre-auth limits apply.
         self.authenticated = authenticated
 
@@ -125,19 +144,17 @@ class RequestParser:
         Raises:
             RemoteProtocolError: the input is malformed (see the class docstring).
         """
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         out: list[Command] = []
         buf = self._buf
         end = len(buf)
         while self._pos < end:
             try:
-                if buf[self._pos] == 0x2A:  # '*'
-                    command = self._multibulk()
-                else:
-                    command = self._inline()
+                # '*' starts a multibulk command; anything else is an inline one.
+                command = self._multibulk() if buf[self._pos] == 0x2A else self._inline()
             except RemoteProtocolError as exc:
-                self._error = exc
+                self.error = exc
                 if out:
                     return out
                 raise
@@ -162,9 +179,7 @@ class RequestParser:
             count = int(buf[start + 1 : line_end])
         except ValueError:
             raise _protocol_error("invalid multibulk length") from None
-        max_count = (
-            self._limits.max_multibulk_len if self.authenticated else UNAUTH_MAX_MULTIBULK
-        )
+        max_count = self._limits.max_multibulk_len if self.authenticated else UNAUTH_MAX_MULTIBULK
         if count > max_count:
             if not self.authenticated:
                 raise _protocol_error("unauthenticated multibulk length")
@@ -307,3 +322,142 @@ def split_inline(line: bytes) -> list[bytes]:
                     word.append(ch)
                 i += 1
         args.append(bytes(word))
+
+
+class RequestParser:
+    """Turns a client's byte stream into :class:`Command` objects.
+
+    Use: ``feed(data)`` whenever bytes arrive, then ``commands()`` for every complete command so
+    far; ``batch_raw`` then holds the exact bytes of that batch when known, so a batch that is
+    forwarded whole goes out as the client sent it, with no re-encoding.
+
+    Two engines behind one interface: hiredis' C reader for authenticated multibulk traffic
+    (about 0.2 µs a command against 2.5 µs in Python: ``bench/codec.py``), and the pure parser
+    for the rest: inline commands, the pre-AUTH limits, and exact redis-server error wording.
+    On anything hiredis rejects, the bytes it had not finished are re-parsed by the pure parser,
+    which stays in charge for the rest of the connection.
+
+    Raises:
+        RemoteProtocolError: from ``feed`` past the buffer cap, and from ``commands`` on
+            malformed input. When complete commands precede the bad bytes they are returned
+            first and ``failed`` turns true: the next ``commands()`` call raises.
+    """
+
+    __slots__ = (
+        "_fast",
+        "_fast_ok",
+        "_limits",
+        "_pending",
+        "_pending_used",
+        "_pure",
+        "_returned",
+        "batch_raw",
+    )
+
+    def __init__(self, limits: RequestLimits | None = None, *, authenticated: bool = True) -> None:
+        self._limits = limits or RequestLimits()
+        self._pure = _PureRequestParser(self._limits, authenticated=authenticated)
+        self._fast: hiredis.Reader | None = None
+        #: False once the client sent something hiredis cannot take (inline, bad bytes).
+        self._fast_ok = True
+        #: Bytes given to hiredis since it was last at a command boundary.
+        self._pending = bytearray()
+        #: Whether commands from ``_pending`` were already returned (then ``batch_raw`` is
+        #: unknown for the batch that finishes it).
+        self._pending_used = False
+        #: Non-empty commands hiredis returned since the last boundary (skipped on fallback).
+        self._returned = 0
+        self.batch_raw: bytes | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self._pure.authenticated
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        self._pure.authenticated = value
+
+    @property
+    def failed(self) -> bool:
+        """True when malformed input is waiting to be reported by the next ``commands()``."""
+        return self._fast is None and self._pure.error is not None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as commands."""
+        return len(self._pending) if self._fast is not None else self._pure.buffered
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes from the client."""
+        if self._fast is None:
+            pure = self._pure
+            if not (self._fast_ok and pure.authenticated and pure.buffered == 0):
+                pure.feed(data)
+                return
+            if pure.error is not None:
+                raise pure.error
+            self._fast = hiredis.Reader()  # authenticated: the pre-AUTH limits are behind us
+        if len(self._pending) + len(data) > self._limits.max_buffer:
+            raise _protocol_error("client query buffer limit exceeded")
+        if not self._pending and data[:1] != b"*":
+            self._fall_back(data)  # an inline command: the pure parser's job
+            return
+        self._pending += data
+        self._fast.feed(data)
+
+    def commands(self) -> list[Command]:
+        """Every complete command buffered so far, in order (possibly none)."""
+        fast = self._fast
+        self.batch_raw = None
+        if fast is None:
+            return self._pure.commands()
+        out: list[Command] = []
+        limits = self._limits
+        try:
+            while (args := fast.gets()) is not False:
+                if type(args) is not list or len(args) > limits.max_multibulk_len:
+                    raise _NotARequest
+                # join() is the cheapest "every element is bytes" test there is (a TypeError
+                # otherwise), and its size bounds every element's size.
+                if len(b"".join(args)) > limits.max_bulk_len and any(
+                    len(a) > limits.max_bulk_len for a in args
+                ):
+                    raise _NotARequest
+                if args:
+                    self._returned += 1
+                    out.append(Command(args))
+        except (hiredis.ProtocolError, _NotARequest, TypeError):
+            self._fall_back(b"")
+            try:
+                rest = self._pure.commands()[self._returned :]
+            except RemoteProtocolError:
+                rest = []  # nothing before the error: ``failed`` is set, raised below
+            if not out and not rest and self._pure.error is not None:
+                raise self._pure.error from None
+            return out + rest
+        if fast.has_data():
+            self._pending_used = self._pending_used or bool(out)
+        else:
+            if not self._pending_used:
+                self.batch_raw = bytes(self._pending)
+            self._pending = bytearray()
+            self._pending_used = False
+            self._returned = 0
+        return out
+
+    def _fall_back(self, data: bytes) -> None:
+        """Hand what hiredis holds (plus ``data``) to the pure parser, for good.
+
+        The pure parser re-reads the bytes since hiredis' last command boundary, so its own
+        errors, in redis-server's words, are what the client sees; the caller skips the
+        commands among them that hiredis had already returned.
+        """
+        pending = bytes(self._pending) + data
+        self._fast = None
+        self._fast_ok = False
+        self._pending = bytearray()
+        self._pure.feed(pending)
+
+
+class _NotARequest(Exception):
+    """hiredis parsed a valid RESP value that is not a valid request (or breaks a limit)."""

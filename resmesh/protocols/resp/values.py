@@ -58,7 +58,9 @@ _BIG_NUMBER_BOUND: Final = 10**BIG_NUMBER_MAX_DIGITS
 #: RESP3 double text: ``inf``/``-inf``/``nan`` (any case, as hiredis accepts) or a decimal number
 #: with an optional exponent. Stricter than ``float()``, which also takes ``1_0``, ``infinity``
 #: and surrounding blanks, none of which a RESP3 server emits.
-_DOUBLE_RE: Final = re.compile(rb"[+-]?(?:[iI][nN][fF]|[nN][aA][nN]|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
+_DOUBLE_RE: Final = re.compile(
+    rb"[+-]?(?:[iI][nN][fF]|[nN][aA][nN]|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
+)
 
 
 def _check_line(text: bytes, what: str) -> None:

@@ -1,0 +1,276 @@
+"""Helpers shared by the benchmarks: child processes, readiness polls, CPU accounting, py-spy.
+
+Everything that waits polls a condition against a deadline; nothing sleeps blindly. Child
+processes run in their own session (so a Ctrl-C in the terminal reaches only the benchmark,
+which then stops them in order) and get a parent-death signal, so they do not outlive a
+benchmark that is killed outright.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import hiredis
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+
+
+class BenchError(Exception):
+    """A failure to report in one line (missing tool, server that did not start...)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 10 ms until it is true; raise BenchError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _deathsig(sig: int) -> Callable[[], None]:
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return preexec
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    stdout: IO[Any] | int | None = subprocess.DEVNULL,
+    stderr: IO[Any] | int | None = subprocess.STDOUT,
+    death_signal: int = signal.SIGTERM,
+    **kwargs: Any,
+) -> subprocess.Popen[bytes]:
+    """Start a long-lived child in its own session that gets ``death_signal`` if we die."""
+    return subprocess.Popen(
+        list(argv),
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+        preexec_fn=_deathsig(death_signal),
+        **kwargs,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+    """Send ``sig`` and wait up to ``timeout`` s; SIGKILL after that. Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise BenchError(
+            f"pid {proc.pid} ({proc.args[0]}) ignored signal {sig} for {timeout:g}s"
+        ) from None
+
+
+# --- CPU accounting --------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                children[int(fields[1])].append(int(entry.name))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (gateway worker processes, for example)."""
+    children = _children_map()
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def cpu_seconds(pid: int, *, tree: bool = False) -> float:
+    """user+sys CPU seconds of ``pid`` (plus its reaped children's), or of its whole tree.
+
+    Fields after the command name: state(0) ppid(1) ... utime(11) stime(12) cutime(13)
+    cstime(14), in clock ticks.
+    """
+    pids = process_tree(pid) if tree else [pid]
+    ticks = 0
+    for index, current in enumerate(pids):
+        fields = _stat_fields(current)
+        if fields is None:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+        if index == 0:  # children the root reaped already (a worker that exited)
+            ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def system_cpu_seconds() -> tuple[float, float]:
+    """Busy CPU seconds on the whole machine so far (all CPUs; /proc/stat): (busy, irq).
+
+    ``busy`` counts everything but idle and iowait; ``irq`` is the part spent in hard and soft
+    interrupts (loopback TCP is processed in softirq, which no process is charged for).
+    """
+    with open("/proc/stat") as file:
+        values = [int(v) for v in file.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest is in user already.
+    busy = sum(values[:8]) - values[3] - values[4]
+    return busy / CLK_TCK, (values[5] + values[6]) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """user+sys CPU of every child this process has reaped (waited for) so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+# --- a tiny synchronous RESP client (setup and checks only, never on the measured path) ------
+
+
+class RespClient:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.reader = hiredis.Reader()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RespClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def pipeline(self, commands: Sequence[Sequence[str | bytes | int]]) -> list[Any]:
+        self.sock.sendall(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            reply = self.reader.gets()
+            if reply is False:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise BenchError("connection closed while waiting for replies")
+                self.reader.feed(data)
+                continue
+            replies.append(reply)
+        return replies
+
+    def call(self, *command: str | bytes | int) -> Any:
+        reply = self.pipeline([command])[0]
+        if isinstance(reply, hiredis.ReplyError):
+            raise BenchError(f"{command[0]!r} failed: {reply}")
+        return reply
+
+
+def ping(port: int) -> bool:
+    """True when something on ``port`` answers PING with PONG."""
+    try:
+        with RespClient(port, timeout=0.5) as client:
+            return bool(client.call("PING") in (b"PONG", "PONG"))
+    except (OSError, BenchError):
+        return False
+
+
+def info(port: int, section: str) -> dict[str, str]:
+    with RespClient(port) as client:
+        text = client.call("INFO", section).decode()
+    out = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            out[key] = value
+    return out
+
+
+# --- py-spy raw (collapsed stack) profiles ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCost:
+    name: str
+    self_pct: float
+    total_pct: float
+
+
+def _frame_key(frame: str) -> str:
+    """'send_all (trio/_highlevel_socket.py:123)' -> 'send_all (trio/_highlevel_socket.py)'."""
+    name, sep, location = frame.partition(" (")
+    if not sep:
+        return frame
+    location = location.rstrip(")")
+    path, _, line = location.rpartition(":")
+    if line.isdigit():
+        location = path
+    for marker in ("site-packages/", "/resmesh/", "lib/python3"):
+        index = location.find(marker)
+        if index >= 0:
+            location = location[index + len(marker) :].lstrip("/")
+            if marker == "/resmesh/":
+                location = "resmesh/" + location
+            elif marker == "lib/python3":
+                location = "stdlib:" + location.partition("/")[2]
+            break
+    return f"{name} ({location})"
+
+
+def top_functions(raw_profile: Path, limit: int = 15) -> tuple[int, list[FunctionCost]]:
+    """Parse py-spy ``--format raw`` output; the ``limit`` functions with most self time.
+
+    Each line is ``frame;frame;...;leaf COUNT`` (root first). Self time goes to the leaf;
+    inclusive time to every distinct function on the stack once.
+    """
+    self_counts: dict[str, int] = defaultdict(int)
+    total_counts: dict[str, int] = defaultdict(int)
+    samples = 0
+    for line in raw_profile.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [
+            _frame_key(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))
+        ]
+        if not frames:
+            continue
+        samples += count
+        self_counts[frames[-1]] += count
+        for frame in set(frames):
+            total_counts[frame] += count
+    ranked = sorted(self_counts.items(), key=lambda item: item[1], reverse=True)[:limit]
+    return samples, [
+        FunctionCost(name, 100 * n / samples, 100 * total_counts[name] / samples)
+        for name, n in ranked
+    ]

@@ -1,0 +1,793 @@
+"""Benchmark the resmesh Redis gateway against Redis itself, in the same run.
+
+Starts a redis-server (unless --redis-port is given) and a gateway in front of it, then for every
+pipeline depth and test runs ``redis-benchmark`` first directly against Redis and then through
+the gateway (alternating when --repeat > 1) and prints ops/s, latency, the gateway/direct ratio
+and the gateway's own CPU per operation. See bench/README.md.
+
+    python bench/redis.py                          # GET and SET, -P 1 and -P 16, 50 clients
+    python bench/redis.py --repeat 3 --json bench/out/today.json
+    python bench/redis.py --pipelines 16 --tests get --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from _common import (
+    BenchError,
+    RespClient,
+    children_cpu_seconds,
+    cpu_seconds,
+    free_port,
+    info,
+    ping,
+    process_tree,
+    spawn,
+    stop,
+    system_cpu_seconds,
+    top_functions,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "out"
+CSV_COLUMNS = (
+    "test",
+    "rps",
+    "avg_latency_ms",
+    "min_latency_ms",
+    "p50_latency_ms",
+    "p95_latency_ms",
+    "p99_latency_ms",
+    "max_latency_ms",
+)
+VALUE_SIZE = 16
+INSTALL_BENCHMARK = "redis-benchmark not found: install redis-tools (apt-get install redis-tools)"
+INSTALL_SERVER = (
+    "redis-server not found: install redis-server (apt-get install redis-server), "
+    "or point the benchmark at a running one with --redis-port"
+)
+INSTALL_PYSPY = "py-spy not found: pip install py-spy (it is in resmesh's [dev] extras)"
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    target: str  # "direct" or "gateway"
+    test: str
+    pipeline: int
+    requests: int
+    rps: float
+    avg_ms: float
+    min_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    wall_s: float
+    benchmark_cpu_s: float
+    redis_cpu_s: float | None
+    gateway_cpu_s: float | None
+    gateway_processes: int | None
+    other_cpu_s: float
+    """Busy CPU on the box not used by redis, redis-benchmark, the gateway or interrupts."""
+    irq_cpu_s: float
+    """CPU in hard/soft interrupts (loopback TCP processing), charged to no process."""
+    redis_calls: int | None
+    """How many GET/SET calls Redis counted during the run (INFO commandstats)."""
+    profiled: bool = False
+
+    @property
+    def gateway_us_per_op(self) -> float | None:
+        if self.gateway_cpu_s is None:
+            return None
+        return 1e6 * self.gateway_cpu_s / self.requests
+
+    @property
+    def redis_us_per_op(self) -> float | None:
+        if self.redis_cpu_s is None:
+            return None
+        return 1e6 * self.redis_cpu_s / self.requests
+
+
+@dataclass
+class Row:
+    """The median of the repeats for one (test, pipeline depth)."""
+
+    test: str
+    pipeline: int
+    requests: int
+    repeats: int
+    direct_rps: float
+    gateway_rps: float
+    ratio: float
+    direct_p50_ms: float
+    direct_p99_ms: float
+    gateway_p50_ms: float
+    gateway_p99_ms: float
+    gateway_us_per_op: float
+    direct_redis_us_per_op: float | None
+    gateway_redis_us_per_op: float | None
+    max_other_cpu_s: float
+    profile: dict[str, Any] | None = None
+    direct_rps_all: list[float] = field(default_factory=list)
+    gateway_rps_all: list[float] = field(default_factory=list)
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+
+def _csv_ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _tests(text: str) -> list[str]:
+    tests = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [t for t in tests if t not in ("get", "set")]
+    if not tests or unknown:
+        raise argparse.ArgumentTypeError(f"tests are get and/or set, got {text!r}")
+    return tests
+
+
+def _requests(text: str) -> dict[int, int] | int:
+    """``100000`` (every depth) or ``1:100000,16:400000`` (per depth)."""
+    try:
+        if ":" not in text:
+            return int(text)
+        return {int(p): int(n) for p, n in (part.split(":") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or P:N,P:N, got {text!r}") from None
+
+
+def requests_for(spec: dict[int, int] | int | None, pipeline: int) -> int:
+    if isinstance(spec, int):
+        return spec
+    if spec and pipeline in spec:
+        return spec[pipeline]
+    return 100_000 if pipeline == 1 else 400_000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="redis-benchmark directly against Redis and through the resmesh gateway, "
+        "in the same run; prints ops/s, p50/p99, the gateway/direct ratio and the gateway's "
+        "CPU per op.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--requests",
+        "-n",
+        type=_requests,
+        default=None,
+        help="requests per run: N, or P:N,P:N per pipeline depth "
+        "(default: 100000 at -P 1, 400000 at deeper pipelines)",
+    )
+    parser.add_argument("--clients", "-c", type=int, default=50, help="parallel connections")
+    parser.add_argument("--keyspace", "-r", type=int, default=100_000, help="random keys (-r)")
+    parser.add_argument(
+        "--pipelines", "-P", type=_csv_ints, default=[1, 16], help="pipeline depths, e.g. 1,16"
+    )
+    parser.add_argument("--tests", "-t", type=_tests, default=["get", "set"], help="get,set")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="gateway.workers (default: 1, or the config's)"
+    )
+    parser.add_argument(
+        "--gateway-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="base gateway config: its first cluster is pointed at the benchmark's Redis and "
+        "a free port; everything else (backend, limits, gateway settings) is kept",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per target; the median is reported"
+    )
+    parser.add_argument(
+        "--redis-port",
+        type=int,
+        default=None,
+        help="use the redis-server already on 127.0.0.1:PORT instead of starting one",
+    )
+    parser.add_argument(
+        "--no-prefill",
+        dest="prefill",
+        action="store_false",
+        help="do not SET every key of the keyspace first (GETs then mostly miss)",
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="save results")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the measured runs of each test and depth, do one more gateway run under "
+        "py-spy; the profile and its top functions go to --out",
+    )
+    parser.add_argument(
+        "--profile-format",
+        choices=("raw", "speedscope", "flamegraph"),
+        default="raw",
+        help="py-spy output: raw (collapsed stacks, text; top functions are printed), "
+        "speedscope (JSON) or flamegraph (SVG)",
+    )
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument(
+        "--profile-args", default="", help="extra py-spy record arguments, e.g. '--native'"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="where configs, logs and profiles go"
+    )
+    parser.add_argument(
+        "--run-timeout", type=float, default=600, help="seconds one redis-benchmark run may take"
+    )
+    return parser
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, stack: ExitStack) -> None:
+        self.args = args
+        self.stack = stack
+        self.out: Path = args.out
+        self.redis_port: int = 0
+        self.redis_pid: int | None = None
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self.gateway_port = 0
+        self.gateway_log: Path | None = None
+        self.gateway_exit: int | None = None
+        self.workers = 1
+        self.drain_timeout = 5.0
+        self.benchmark = shutil.which("redis-benchmark") or ""
+        self.last_profile: Path | None = None
+
+    # redis ---------------------------------------------------------------------------------
+
+    def start_redis(self) -> None:
+        if self.args.redis_port is not None:
+            self.redis_port = self.args.redis_port
+            if not ping(self.redis_port):
+                raise BenchError(f"no Redis answers PING on 127.0.0.1:{self.redis_port}")
+        else:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise BenchError(INSTALL_SERVER)
+            self.redis_port = free_port()
+            workdir = self.stack.enter_context(tempfile.TemporaryDirectory(prefix="resmesh-bench-"))
+            argv = [
+                binary,
+                "--port", str(self.redis_port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", workdir,
+            ]  # fmt: skip
+            proc = spawn(
+                argv,
+                death_signal=signal.SIGKILL,
+            )
+            self.stack.callback(stop, proc, signal.SIGKILL)
+
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    raise BenchError(f"redis-server exited with code {proc.returncode}")
+                return ping(self.redis_port)
+
+            wait_until(ready, 10, f"redis-server on port {self.redis_port}")
+        pid = int(info(self.redis_port, "server").get("process_id", "0"))
+        self.redis_pid = pid if pid and Path(f"/proc/{pid}/stat").exists() else None
+
+    def prefill(self) -> None:
+        """SET every key redis-benchmark -r can pick (key:%012d), so GETs always hit."""
+        value = b"x" * VALUE_SIZE
+        with RespClient(self.redis_port, timeout=60) as client:
+            for start in range(0, self.args.keyspace, 2000):
+                batch = range(start, min(start + 2000, self.args.keyspace))
+                client.pipeline([("SET", f"key:{i:012d}", value) for i in batch])
+
+    def redis_calls(self, test: str) -> int | None:
+        try:
+            stats = info(self.redis_port, "commandstats").get(f"cmdstat_{test}", "")
+        except (OSError, BenchError):
+            return None
+        fields = dict(part.split("=", 1) for part in stats.split(",") if "=" in part)
+        return int(fields.get("calls", 0))
+
+    # gateway -------------------------------------------------------------------------------
+
+    def gateway_config(self) -> dict[str, Any]:
+        node = f"127.0.0.1:{self.redis_port}"
+        listen = f"127.0.0.1:{self.gateway_port}"
+        if self.args.gateway_config is not None:
+            base = yaml.safe_load(self.args.gateway_config.read_text()) or {}
+            clusters = base.get("clusters") or {}
+            if not clusters:
+                raise BenchError(f"{self.args.gateway_config}: no clusters to start from")
+            name, cluster = next(iter(clusters.items()))
+            cluster = dict(cluster or {})
+            cluster.update(
+                protocol="redis", listen=listen, groups={"dc-a": [node]}, route={"dc-a": 100}
+            )
+            cluster.setdefault("mode", "replicated")
+            gateway = dict(base.get("gateway") or {})
+            config = {**base, "gateway": gateway, "clusters": {name: cluster}}
+        else:
+            gateway = {"app": "resmesh-bench", "admin": None, "drain_timeout": "5s"}
+            config = {
+                "gateway": gateway,
+                "users": {},
+                "clusters": {
+                    "bench": {
+                        "protocol": "redis",
+                        "listen": listen,
+                        "mode": "replicated",
+                        "groups": {"dc-a": [node]},
+                        "route": {"dc-a": 100},
+                    }
+                },
+            }
+        if self.args.workers is not None:
+            gateway["workers"] = self.args.workers
+        gateway.setdefault("workers", 1)
+        gateway.setdefault("admin", None)  # never fight another gateway for the admin port
+        self.workers = int(gateway["workers"])
+        return config
+
+    def start_gateway(self) -> None:
+        self.gateway_port = free_port()
+        config = self.gateway_config()
+        config_path = self.out / f"gateway-{self.gateway_port}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.gateway_log = config_path.with_suffix(".log")
+        log = self.stack.enter_context(self.gateway_log.open("wb"))
+        proc = spawn(
+            [sys.executable, "-m", "resmesh", "run", "-c", str(config_path)],
+            stdout=log,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.gateway = proc
+        self.stack.callback(self.stop_gateway)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"the gateway exited with code {proc.returncode} during startup; "
+                    f"its log:\n{self.log_tail()}"
+                )
+            return ping(self.gateway_port)
+
+        wait_until(ready, 30, f"the gateway to answer PING on port {self.gateway_port}")
+        processes = len(process_tree(proc.pid))
+        if processes != self.workers:
+            note(
+                f"note: gateway.workers={self.workers} but the gateway runs {processes} "
+                f"process(es); CPU is summed over all of them"
+            )
+
+    def stop_gateway(self) -> None:
+        proc, self.gateway = self.gateway, None
+        if proc is None:
+            return
+        code = stop(proc, signal.SIGTERM, timeout=self.drain_timeout + 15)
+        self.gateway_exit = code
+        if code != 0:
+            note(f"ERROR: the gateway exited with code {code} after SIGTERM (expected 0)")
+            note(self.log_tail())
+        else:
+            note(f"gateway stopped cleanly (exit 0); log: {self.gateway_log}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.gateway_log is None or not self.gateway_log.exists():
+            return ""
+        return "\n".join(self.gateway_log.read_text(errors="replace").splitlines()[-lines:])
+
+    # one redis-benchmark run ---------------------------------------------------------------
+
+    def run_once(self, target: str, test: str, pipeline: int, *, profile: bool = False) -> Run:
+        port = self.redis_port if target == "direct" else self.gateway_port
+        gateway_pid = self.gateway.pid if self.gateway and target == "gateway" else None
+        requests = requests_for(self.args.requests, pipeline)
+        argv = [
+            self.benchmark,
+            "-h", "127.0.0.1",
+            "-p", str(port),
+            "-c", str(self.args.clients),
+            "-n", str(requests),
+            "-r", str(self.args.keyspace),
+            "-d", str(VALUE_SIZE),
+            "-t", test,
+            "-P", str(pipeline),
+            "--csv",
+        ]  # fmt: skip
+        spy = None
+        profile_path = None
+        if profile:
+            assert gateway_pid is not None
+            spy, profile_path = self.start_profiler(gateway_pid, test, pipeline)
+
+        calls0 = self.redis_calls(test)
+        procs = len(process_tree(gateway_pid)) if gateway_pid else None
+        busy0, irq0 = system_cpu_seconds()
+        redis0 = cpu_seconds(self.redis_pid) if self.redis_pid else None
+        gw0 = cpu_seconds(gateway_pid, tree=True) if gateway_pid else None
+        bench0 = children_cpu_seconds()
+        t0 = time.monotonic()
+        try:
+            result = subprocess.run(
+                argv,
+                capture_output=True,
+                timeout=self.args.run_timeout,
+                start_new_session=True,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(
+                f"redis-benchmark against {target} ({test} -P {pipeline}) took more than "
+                f"{self.args.run_timeout:g}s; gateway log:\n{self.log_tail()}"
+            ) from None
+        finally:
+            if spy is not None:
+                self.stop_profiler(spy)
+        wall = time.monotonic() - t0
+        bench_cpu = children_cpu_seconds() - bench0
+        gw_cpu = (
+            cpu_seconds(gateway_pid, tree=True) - gw0 if gateway_pid and gw0 is not None else None
+        )
+        redis_cpu = (
+            cpu_seconds(self.redis_pid) - redis0 if self.redis_pid and redis0 is not None else None
+        )
+        busy1, irq1 = system_cpu_seconds()
+        busy, irq = busy1 - busy0, irq1 - irq0
+        calls1 = self.redis_calls(test)
+
+        row = parse_csv(result.stdout.decode(errors="replace"), test)
+        if result.returncode != 0 or row is None:
+            raise BenchError(
+                f"redis-benchmark against {target} ({test} -P {pipeline}) failed "
+                f"(exit {result.returncode}): {result.stderr.decode(errors='replace')[-2000:]}"
+                f"{result.stdout.decode(errors='replace')[-2000:]}"
+                + (f"\ngateway log:\n{self.log_tail()}" if target == "gateway" else "")
+            )
+        other = busy - irq - bench_cpu - (gw_cpu or 0) - (redis_cpu or 0)
+        run = Run(
+            target=target,
+            test=test,
+            pipeline=pipeline,
+            requests=requests,
+            rps=row["rps"],
+            avg_ms=row["avg_latency_ms"],
+            min_ms=row["min_latency_ms"],
+            p50_ms=row["p50_latency_ms"],
+            p95_ms=row["p95_latency_ms"],
+            p99_ms=row["p99_latency_ms"],
+            max_ms=row["max_latency_ms"],
+            wall_s=wall,
+            benchmark_cpu_s=bench_cpu,
+            redis_cpu_s=redis_cpu,
+            gateway_cpu_s=gw_cpu,
+            gateway_processes=procs,
+            other_cpu_s=other,
+            irq_cpu_s=irq,
+            redis_calls=calls1 - calls0 if calls0 is not None and calls1 is not None else None,
+            profiled=profile,
+        )
+        extra = ""
+        if run.gateway_us_per_op is not None:
+            extra = f"  gateway {run.gateway_us_per_op:.1f} µs/op"
+        if run.redis_calls is not None and run.redis_calls < requests:
+            note(
+                f"WARNING: Redis counted only {run.redis_calls} {test.upper()} calls of "
+                f"{requests} sent to the {target}"
+            )
+        note(
+            f"  {test.upper():3} -P {pipeline:<3} {target:7} {fmt_rps(run.rps):>7} ops/s  "
+            f"p50/p99 {run.p50_ms:.2f}/{run.p99_ms:.2f} ms{extra}  "
+            f"(other load {run.other_cpu_s:.1f} cpu-s{', profiled' if profile else ''})"
+        )
+        if profile_path is not None:
+            self.last_profile = profile_path
+        return run
+
+    # py-spy --------------------------------------------------------------------------------
+
+    def start_profiler(
+        self, pid: int, test: str, pipeline: int
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        pyspy = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if pyspy is None:
+            raise BenchError(INSTALL_PYSPY)
+        suffix = {"raw": "txt", "speedscope": "speedscope.json", "flamegraph": "svg"}
+        path = self.out / f"profile-{test}-P{pipeline}.{suffix[self.args.profile_format]}"
+        log_path = path.with_name(path.name + ".log")
+        argv = [
+            pyspy, "record",
+            "--pid", str(pid),
+            "--rate", str(self.args.profile_rate),
+            "--format", self.args.profile_format,
+            "-o", str(path),
+            *self.args.profile_args.split(),
+        ]  # fmt: skip
+        if self.workers > 1:
+            argv.append("--subprocesses")
+        log = log_path.open("wb")
+        proc = spawn(argv, stdout=log, death_signal=signal.SIGINT)
+        log.close()
+
+        def sampling() -> bool:
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"py-spy exited with code {proc.returncode}: {log_path.read_text()}"
+                )
+            return "Sampling process" in log_path.read_text(errors="replace")
+
+        wait_until(sampling, 15, "py-spy to attach to the gateway")
+        self.stack.callback(lambda: proc.poll() is None and proc.kill())
+        return proc, path
+
+    def stop_profiler(self, proc: subprocess.Popen[bytes]) -> None:
+        stop(proc, signal.SIGINT, timeout=60)  # py-spy writes its output on SIGINT
+
+
+# --- parsing and reporting -------------------------------------------------------------------
+
+
+def parse_csv(text: str, test: str) -> dict[str, float] | None:
+    reader = csv.reader(io.StringIO(text))
+    for record in reader:
+        if len(record) == len(CSV_COLUMNS) and record[0].upper() == test.upper():
+            return {col: float(val) for col, val in zip(CSV_COLUMNS[1:], record[1:], strict=True)}
+    return None
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def fmt_rps(value: float) -> str:
+    return f"{value / 1000:.1f}k" if value < 1_000_000 else f"{value / 1e6:.2f}M"
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def summarize(test: str, pipeline: int, direct: list[Run], gateway: list[Run]) -> Row:
+    def opt_median(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return median(present) if present else None
+
+    direct_rps = median([r.rps for r in direct])
+    gateway_rps = median([r.rps for r in gateway])
+    return Row(
+        test=test,
+        pipeline=pipeline,
+        requests=direct[0].requests,
+        repeats=len(direct),
+        direct_rps=direct_rps,
+        gateway_rps=gateway_rps,
+        ratio=gateway_rps / direct_rps,
+        direct_p50_ms=median([r.p50_ms for r in direct]),
+        direct_p99_ms=median([r.p99_ms for r in direct]),
+        gateway_p50_ms=median([r.p50_ms for r in gateway]),
+        gateway_p99_ms=median([r.p99_ms for r in gateway]),
+        gateway_us_per_op=median([r.gateway_us_per_op or 0.0 for r in gateway]),
+        direct_redis_us_per_op=opt_median([r.redis_us_per_op for r in direct]),
+        gateway_redis_us_per_op=opt_median([r.redis_us_per_op for r in gateway]),
+        max_other_cpu_s=max(r.other_cpu_s for r in [*direct, *gateway]),
+        direct_rps_all=[r.rps for r in direct],
+        gateway_rps_all=[r.rps for r in gateway],
+    )
+
+
+def print_table(rows: list[Row]) -> None:
+    header = (
+        "test",
+        "P",
+        "direct ops/s",
+        "gateway ops/s",
+        "ratio",
+        "direct p50/p99 ms",
+        "gateway p50/p99 ms",
+        "gateway µs/op",
+        "other cpu-s",
+    )
+    lines = [
+        (
+            row.test.upper(),
+            str(row.pipeline),
+            fmt_rps(row.direct_rps),
+            fmt_rps(row.gateway_rps),
+            f"{100 * row.ratio:.1f}%",
+            f"{row.direct_p50_ms:.2f} / {row.direct_p99_ms:.2f}",
+            f"{row.gateway_p50_ms:.2f} / {row.gateway_p99_ms:.2f}",
+            f"{row.gateway_us_per_op:.1f}",
+            f"{row.max_other_cpu_s:.1f}",
+        )
+        for row in rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    for line in lines:
+        print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+    print()
+    for pipeline in dict.fromkeys(row.pipeline for row in rows):
+        group = [row for row in rows if row.pipeline == pipeline]
+        ratios = ", ".join(f"{row.test.upper()} {100 * row.ratio:.1f}%" for row in group)
+        mean_ratio = statistics.fmean(row.ratio for row in group)
+        mean_us = statistics.fmean(row.gateway_us_per_op for row in group)
+        print(
+            f"P{pipeline}: mean gateway/direct ratio {100 * mean_ratio:.1f}% ({ratios}); "
+            f"gateway CPU {mean_us:.1f} µs/op"
+        )
+
+
+def print_profile(label: str, path: Path) -> dict[str, Any]:
+    samples, top = top_functions(path, 15)
+    lines = [f"py-spy {label}: {samples} samples (on-CPU), top functions by self time"]
+    lines.append(f"  {'self%':>6} {'total%':>6}  function")
+    lines += [f"  {f.self_pct:6.1f} {f.total_pct:6.1f}  {f.name}" for f in top]
+    text = "\n".join(lines)
+    print(text)
+    path.with_name(path.stem + "-top.txt").write_text(text + "\n")
+    return {
+        "file": str(path),
+        "samples": samples,
+        "top": [
+            {"function": f.name, "self_pct": f.self_pct, "total_pct": f.total_pct} for f in top
+        ],
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    if shutil.which("redis-benchmark") is None:
+        raise BenchError(INSTALL_BENCHMARK)
+    if args.profile and args.profile_format != "raw":
+        note("note: top functions are printed only for --profile-format raw")
+    args.out.mkdir(parents=True, exist_ok=True)
+    gitignore = args.out / ".gitignore"
+    if args.out == DEFAULT_OUT and not gitignore.exists():
+        gitignore.write_text("*\n")
+
+    rows: list[Row] = []
+    runs: list[Run] = []
+    with ExitStack() as stack:
+        bench = Bench(args, stack)
+        bench.start_redis()
+        if args.prefill:
+            bench.prefill()
+        bench.start_gateway()
+        redis_version = info(bench.redis_port, "server").get("redis_version", "?")
+        benchmark_version = subprocess.run(
+            [bench.benchmark, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        note(
+            f"redis {redis_version} on :{bench.redis_port}, gateway on :{bench.gateway_port} "
+            f"(workers={bench.workers}), {benchmark_version}, {os.cpu_count()} CPUs"
+        )
+        for pipeline in args.pipelines:
+            for test in args.tests:
+                direct: list[Run] = []
+                gateway: list[Run] = []
+                for _ in range(args.repeat):
+                    direct.append(bench.run_once("direct", test, pipeline))
+                    gateway.append(bench.run_once("gateway", test, pipeline))
+                runs += direct + gateway
+                row = summarize(test, pipeline, direct, gateway)
+                if args.profile:
+                    profiled = bench.run_once("gateway", test, pipeline, profile=True)
+                    runs.append(profiled)
+                    row.profile = {"rps": profiled.rps, "file": str(bench.last_profile)}
+                rows.append(row)
+        bench.stop_gateway()
+
+    print()
+    print_table(rows)
+    if args.profile:
+        for row in rows:
+            if row.profile is None:
+                continue
+            print()
+            path = Path(row.profile["file"])
+            label = f"{row.test.upper()} -P {row.pipeline} ({fmt_rps(row.profile['rps'])} ops/s)"
+            if args.profile_format == "raw":
+                row.profile.update(print_profile(label, path))
+            else:
+                print(f"py-spy {label}: {path}")
+
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "redis_version": redis_version,
+            "benchmark_version": benchmark_version,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "gateway_workers": bench.workers,
+            "gateway_exit": bench.gateway_exit,
+            "rows": [asdict(row) for row in rows],
+            "runs": [
+                {
+                    **asdict(run),
+                    "gateway_us_per_op": run.gateway_us_per_op,
+                    "redis_us_per_op": run.redis_us_per_op,
+                }
+                for run in runs
+            ],
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        note(f"results saved to {args.json}")
+    return 0 if bench.gateway_exit == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    try:
+        return run(args)
+    except BenchError as error:
+        note(f"bench/redis.py: {error}")
+        return 1
+    except KeyboardInterrupt:
+        note("interrupted: stopped the gateway and redis-server")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
