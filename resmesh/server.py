@@ -7,9 +7,14 @@ the rest, then cancels what remains and exits 0. A second signal skips the wait.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 
 import trio
@@ -27,19 +32,85 @@ log = logging.getLogger(__name__)
 EXIT_CANNOT_LISTEN = 1
 
 
+#: Set in worker processes' environment by the supervisor; its value is the worker's index.
+WORKER_ENV = "RESMESH_WORKER"
+
+
 def run(config: Config) -> int:
-    """Serve ``config`` until a signal asks to stop; returns the process exit code."""
+    """Serve ``config`` until a signal asks to stop; returns the process exit code.
+
+    With ``gateway.workers`` > 1 this process becomes a supervisor of that many worker
+    processes, each binding every listen port with ``SO_REUSEPORT`` (the kernel spreads new
+    connections across them): Trio runs on one core, and a proxied command's cost is mostly
+    per-wakeup CPU, so more processes is the way to use more cores (perf-baselines: +35 %).
+    """
+    workers = config.gateway.workers
+    worker = os.environ.get(WORKER_ENV)
     try:
         listeners = {
-            name: bind_tcp(
-                cluster.listen.host, cluster.listen.port, reuse_port=config.gateway.workers > 1
-            )
+            name: bind_tcp(cluster.listen.host, cluster.listen.port, reuse_port=workers > 1)
             for name, cluster in config.clusters.items()
         }
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return EXIT_CANNOT_LISTEN
+    if workers > 1 and worker is None:
+        for listener in listeners.values():
+            listener.close()  # only checked that binding works: workers bind their own
+        return _supervise(config)
     return trio.run(serve, config, listeners)
+
+
+def _supervise(config: Config) -> int:
+    """Run ``gateway.workers`` worker processes; forward SIGTERM/SIGINT; restart crashed ones.
+
+    Exit code: 0 when every worker drained and exited 0 after a signal, else 1.
+    """
+    stopping = False
+    children: dict[int, int] = {}  # pid -> worker index
+
+    def spawn(index: int) -> None:
+        env = {**os.environ, WORKER_ENV: str(index)}
+        command = [sys.executable, "-m", "resmesh", "run", "-c", str(config.source)]
+        proc = subprocess.Popen(command, env=env)
+        children[proc.pid] = index
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for index in range(config.gateway.workers):
+            spawn(index)
+        log.info("supervising %d workers", len(children))
+        failed = False
+        restarts: list[float] = []
+        while children:
+            pid, status = os.waitpid(-1, 0)
+            index = children.pop(pid, None)
+            if index is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if stopping:
+                failed = failed or code != 0
+                continue
+            log.error("worker %d (pid %d) exited with %d; restarting it", index, pid, code)
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 60] + [now]
+            if len(restarts) > 10:
+                log.error("workers keep crashing (more than 10 restarts a minute): stopping")
+                forward(signal.SIGTERM, None)
+                failed = True
+                continue
+            spawn(index)
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 async def serve(

@@ -63,6 +63,30 @@ class ReplyBuffer:
         self._pos = end
         return reply
 
+    def take(self, limit: int) -> tuple[bytes, int]:
+        """Up to ``limit`` complete replies as one bytes object, and how many it holds.
+
+        One slice for a whole run of replies: a client whose batch went out in one write gets
+        its replies back as one buffer, without a bytes object per reply.
+
+        Raises:
+            RemoteProtocolError: the node sent something that is not RESP.
+        """
+        buf = self._buf
+        start = self._pos
+        end = start
+        taken = 0
+        while taken < limit:
+            next_end = scan_reply(buf, end)
+            if next_end < 0:
+                break
+            end = next_end
+            taken += 1
+        if not taken:
+            return b"", 0
+        self._pos = end
+        return bytes(buf[start:end]), taken
+
     @property
     def empty(self) -> bool:
         return self._pos == len(self._buf)

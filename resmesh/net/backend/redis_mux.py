@@ -35,12 +35,22 @@ MAX_OUTSTANDING: Final = 100_000
 
 
 class _Pending:
-    """One submission: how many replies it waits for, and those received so far."""
+    """One submission: how many replies it waits for, and those received so far.
 
-    __slots__ = ("error", "expected", "replies", "task")
+    A *joined* submission collects its replies as runs of raw bytes (one slice per backend
+    read), for a caller that forwards them together; otherwise ``replies`` holds one bytes
+    object per reply.
+    """
 
-    def __init__(self, expected: int, task: trio.lowlevel.Task | None) -> None:
+    __slots__ = ("deadline", "error", "expected", "joined", "received", "replies", "task")
+
+    def __init__(
+        self, expected: int, joined: bool, deadline: float, task: trio.lowlevel.Task | None
+    ) -> None:
         self.expected = expected
+        self.deadline = deadline
+        self.joined = joined
+        self.received = 0
         self.replies: list[bytes] = []
         self.error: BackendError | None = None
         #: The task to wake when complete; ``None`` once it stopped waiting (abandoned).
@@ -50,7 +60,7 @@ class _Pending:
 class MuxConnection:
     """Wraps a :class:`RedisConnection` with a reader task and a FIFO of submissions."""
 
-    __slots__ = ("_outstanding", "_queue", "_unsent", "_writer_lot", "conn")
+    __slots__ = ("_outstanding", "_queue", "_unsent", "_watchdog_lot", "_writer_lot", "conn")
 
     def __init__(self, conn: RedisConnection) -> None:
         self.conn = conn
@@ -59,6 +69,7 @@ class MuxConnection:
         #: Bytes accepted but not yet written: only non-empty while the socket is full.
         self._unsent = bytearray()
         self._writer_lot = trio.lowlevel.ParkingLot()
+        self._watchdog_lot = trio.lowlevel.ParkingLot()
 
     @property
     def closed(self) -> bool:
@@ -74,13 +85,18 @@ class MuxConnection:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._watchdog)
                 await self._read_loop()
                 nursery.cancel_scope.cancel()
         finally:
             self._fail(self.conn.node, "connection closed")
 
-    async def call(self, payload: bytes, count: int, timeout: float) -> list[bytes]:
+    async def call(
+        self, payload: bytes, count: int, timeout: float, *, joined: bool = False
+    ) -> list[bytes]:
         """Send ``count`` commands (``payload``) and return their ``count`` raw replies.
+
+        With ``joined``, the replies come back concatenated, as a list of runs (usually one).
 
         Raises:
             BackendError: the connection failed, or no answer within ``timeout``.
@@ -89,22 +105,20 @@ class MuxConnection:
             raise BackendError(self.conn.node, "connection closed")
         if self._outstanding + count > MAX_OUTSTANDING:
             raise BackendError(self.conn.node, "too many commands in flight")
-        pending = _Pending(count, trio.lowlevel.current_task())
+        if not self._queue:
+            self._watchdog_lot.unpark()
+        deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
+        pending = _Pending(count, joined, deadline, trio.lowlevel.current_task())
         self._queue.append(pending)
         self._outstanding += count
         self._write(payload)
-        if pending.error is None and len(pending.replies) < pending.expected:
+        if pending.error is None and pending.received < pending.expected:
 
             def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
                 pending.task = None
                 return trio.lowlevel.Abort.SUCCEEDED
 
-            deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
-            with trio.move_on_at(deadline) as scope:
-                await trio.lowlevel.wait_task_rescheduled(abort)
-            if scope.cancelled_caught:
-                self.conn.close()
-                self._fail(self.conn.node, f"timed out after {timeout:g}s")
+            await trio.lowlevel.wait_task_rescheduled(abort)
         if pending.error is not None:
             raise pending.error
         return pending.replies
@@ -144,6 +158,26 @@ class MuxConnection:
             else:
                 del self._unsent[:sent]
 
+    async def _watchdog(self) -> None:
+        """Fail the connection when its oldest submission outlives its deadline.
+
+        Why one watchdog instead of a cancel scope per call: replies come in FIFO order, so
+        only the head of the queue can be the first to expire, and a scope per call cost
+        several microseconds of a command's budget. The watchdog sleeps until the head's
+        deadline and re-checks, which is about one wakeup per ``command_timeout``.
+        """
+        queue = self._queue
+        while True:
+            if not queue:
+                await self._watchdog_lot.park()
+                continue
+            head = queue[0]
+            if head.deadline <= trio.current_time():
+                self.conn.close()
+                self._fail(self.conn.node, "no reply in time (backend.command_timeout)")
+                return
+            await trio.sleep_until(head.deadline)
+
     async def _read_loop(self) -> None:
         conn = self.conn
         buffer = conn.replies
@@ -162,15 +196,25 @@ class MuxConnection:
             buffer.feed(data)
             try:
                 while True:
-                    reply = buffer.next_reply()
-                    if reply is None:
-                        break
                     if not queue:
+                        if buffer.empty:
+                            break
                         raise BackendError(conn.node, "reply without a request")
                     pending = queue[0]
-                    pending.replies.append(reply)
-                    self._outstanding -= 1
-                    if len(pending.replies) == pending.expected:
+                    if pending.joined:
+                        run, count = buffer.take(pending.expected - pending.received)
+                        if not count:
+                            break
+                        pending.replies.append(run)
+                    else:
+                        reply = buffer.next_reply()
+                        if reply is None:
+                            break
+                        pending.replies.append(reply)
+                        count = 1
+                    pending.received += count
+                    self._outstanding -= count
+                    if pending.received == pending.expected:
                         queue.popleft()
                         if pending.task is not None:
                             trio.lowlevel.reschedule(pending.task)

@@ -27,7 +27,7 @@ from ...protocols.resp import commands as cmdtable
 from ...protocols.resp.requests import Command, RequestParser, encode_command
 from ..backend.errors import BackendError
 from ..backend.redis_conn import RedisConnection
-from ..sockio import close_quietly, recv, send_all
+from ..sockio import RECV_SIZE, close_quietly, recv, send_all
 from . import redis_replies as R
 
 if TYPE_CHECKING:
@@ -118,14 +118,22 @@ class RedisSession:
         idle_timeout = self.runtime.config.limits.client_idle_timeout
         batches = 0
         try:
+            sock = self.sock
             while not self.closing and not self.runtime.draining:
-                with trio.CancelScope() as scope:
-                    self.idle_scope = scope
-                    if idle_timeout > 0:
-                        scope.deadline = trio.current_time() + idle_timeout
-                    data = await recv(self.sock)
-                self.idle_scope = None
-                if scope.cancelled_caught or not data:
+                try:
+                    data = sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    # Nothing to read: park, interruptible by a drain or the idle timeout.
+                    # (The scope is only paid for here, not on the pipelined fast path.)
+                    with trio.CancelScope() as scope:
+                        self.idle_scope = scope
+                        if idle_timeout > 0:
+                            scope.deadline = trio.current_time() + idle_timeout
+                        data = await recv(sock)
+                    self.idle_scope = None
+                    if scope.cancelled_caught:
+                        break
+                if not data:
                     break
                 await self._handle_input(data)
                 batches += 1
@@ -151,8 +159,14 @@ class RedisSession:
             await self._handle_input(b"")  # report the error that followed those commands
 
     async def _write(self, data: bytes) -> None:
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return  # the common case: the socket took it all, no deadline needed
         with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
-            await send_all(self.sock, data)
+            await send_all(self.sock, memoryview(data)[sent:])
         if scope.cancelled_caught:
             log.warning("client %s did not read its replies; closing it", self.peer)
             self.closing = True
@@ -233,6 +247,11 @@ class RedisSession:
                 replies = await self.pinned.request(payload, count, timeout)
             else:
                 mux = await self.runtime.primary.shared(self.db, self.resp)
+                if slots[-1] - slots[0] == count - 1 and not self._substitutes:
+                    # The replies fill adjacent slots: take them as one run of bytes.
+                    runs = await mux.call(payload, count, timeout, joined=True)
+                    self._out[slots[0]] = runs[0] if len(runs) == 1 else b"".join(runs)
+                    return
                 replies = await mux.call(payload, count, timeout)
         except BackendError as exc:
             failure = R.error(exc.reply_text)
