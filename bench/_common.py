@@ -138,11 +138,46 @@ def cpu_seconds(pid: int, *, tree: bool = False) -> float:
     return ticks / CLK_TCK
 
 
+def process_cpu_snapshot() -> dict[int, tuple[str, int]]:
+    """pid -> (command name, user+sys ticks) for every live process."""
+    snapshot = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        snapshot[int(entry.name)] = (
+            raw[raw.index("(") + 1 : raw.rindex(")")],
+            int(fields[11]) + int(fields[12]),
+        )
+    return snapshot
+
+
+def busiest_others(
+    before: dict[int, tuple[str, int]],
+    after: dict[int, tuple[str, int]],
+    exclude: set[int],
+    limit: int = 3,
+) -> list[tuple[str, float]]:
+    """The processes outside ``exclude`` that used the most CPU between two snapshots."""
+    used = []
+    for pid, (name, ticks) in after.items():
+        if pid in exclude:
+            continue
+        delta = ticks - before.get(pid, (name, 0))[1]
+        if delta > 0:
+            used.append((f"{name}[{pid}]", delta / CLK_TCK))
+    return sorted(used, key=lambda item: item[1], reverse=True)[:limit]
+
+
 def system_cpu_seconds() -> tuple[float, float]:
     """Busy CPU seconds on the whole machine so far (all CPUs; /proc/stat): (busy, irq).
 
     ``busy`` counts everything but idle and iowait; ``irq`` is the part spent in hard and soft
-    interrupts (loopback TCP is processed in softirq, which no process is charged for).
+    interrupts (loopback TCP is processed in softirq).
     """
     with open("/proc/stat") as file:
         values = [int(v) for v in file.readline().split()[1:]]

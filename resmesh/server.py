@@ -91,9 +91,9 @@ def _supervise(config: Config) -> int:
         restarts: list[float] = []
         while children:
             pid, status = os.waitpid(-1, 0)
-            index = children.pop(pid, None)
-            if index is None:
+            if pid not in children:
                 continue
+            index = children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             if stopping:
                 failed = failed or code != 0

@@ -393,8 +393,8 @@ class ReplyParser:
             out.append(value)
 
 
-def _hiredis_protocol_error(message: str) -> RemoteProtocolError:
-    return protocol_error(message)
+class _HiredisProtocolError(Exception):
+    """What hiredis raises for bad content (it instantiates the class with its message)."""
 
 
 def _hiredis_reply_error(message: str) -> SimpleError:
@@ -443,7 +443,7 @@ class HiredisReplyParser:
         # hiredis calls ``replyError`` to build each error reply and accepts any return value (its
         # stub says Exception), so errors come back as our own values with no second pass.
         self._reader = hiredis.Reader(
-            protocolError=_hiredis_protocol_error,
+            protocolError=_HiredisProtocolError,
             replyError=_hiredis_reply_error,  # type: ignore[arg-type]
         )
 
@@ -469,7 +469,10 @@ class HiredisReplyParser:
             if data[start] == _ARRAY and data[start + 1] not in b"-0":
                 # hiredis reads any buffer-protocol object; its stub only says bytes.
                 self._reader.feed(data, start, end - start)  # type: ignore[arg-type]
-                value = _from_hiredis(self._reader.gets())
+                try:
+                    value = _from_hiredis(self._reader.gets())
+                except _HiredisProtocolError as exc:
+                    raise protocol_error(str(exc)) from None
             else:
                 parsed, _ = _parse(data, start, [], DEFAULT_LIMITS)
                 assert parsed is not None  # framed, so complete

@@ -105,6 +105,8 @@ def collapse(value: Value) -> Value:
         return BulkString(value.value)
     if isinstance(value, Null):
         return NULL_BULK
+    if isinstance(value, SimpleError):
+        return SimpleError(value.value.decode("utf-8", "replace").encode())
     if isinstance(value, Array):
         return Array(tuple(collapse(item) for item in value.items))
     return value
