@@ -83,7 +83,7 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
         proc.kill()
         proc.wait()
         raise BenchError(
-            f"pid {proc.pid} ({proc.args[0]}) ignored signal {sig} for {timeout:g}s"
+            f"pid {proc.pid} ({proc.args!r}) ignored signal {sig} for {timeout:g}s"
         ) from None
 
 
@@ -161,8 +161,12 @@ def busiest_others(
     after: dict[int, tuple[str, int]],
     exclude: set[int],
     limit: int = 3,
-) -> list[tuple[str, float]]:
-    """The processes outside ``exclude`` that used the most CPU between two snapshots."""
+) -> tuple[list[tuple[str, float]], float]:
+    """The processes outside ``exclude`` that used the most CPU between two snapshots.
+
+    Returns the ``limit`` busiest as (``name[pid]``, CPU seconds) and the CPU seconds of all
+    of them; processes that started and exited in between appear in neither.
+    """
     used = []
     for pid, (name, ticks) in after.items():
         if pid in exclude:
@@ -170,7 +174,8 @@ def busiest_others(
         delta = ticks - before.get(pid, (name, 0))[1]
         if delta > 0:
             used.append((f"{name}[{pid}]", delta / CLK_TCK))
-    return sorted(used, key=lambda item: item[1], reverse=True)[:limit]
+    used.sort(key=lambda item: item[1], reverse=True)
+    return used[:limit], sum(cpu for _, cpu in used)
 
 
 def system_cpu_seconds() -> tuple[float, float]:
@@ -210,7 +215,9 @@ class RespClient:
         self.close()
 
     def pipeline(self, commands: Sequence[Sequence[str | bytes | int]]) -> list[Any]:
-        self.sock.sendall(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        # hiredis's stub types the argument as a 1-tuple; any tuple of args is accepted.
+        packed = (hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
+        self.sock.sendall(b"".join(packed))
         replies: list[Any] = []
         while len(replies) < len(commands):
             reply = self.reader.gets()

@@ -64,6 +64,8 @@ CSV_COLUMNS = (
     "max_latency_ms",
 )
 VALUE_SIZE = 16
+NOISE_FLOOR_S = 0.25
+"""Other load below this many CPU-seconds never causes a retry: /proc counts in 10 ms ticks."""
 INSTALL_BENCHMARK = "redis-benchmark not found: install redis-tools (apt-get install redis-tools)"
 INSTALL_SERVER = (
     "redis-server not found: install redis-server (apt-get install redis-server), "
@@ -196,7 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="redis-benchmark directly against Redis and through the resmesh gateway, "
         "in the same run; prints ops/s, p50/p99, the gateway/direct ratio and the gateway's "
         "CPU per op.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--requests",
@@ -206,12 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests per run: N, or P:N,P:N per pipeline depth "
         "(default: 100000 at -P 1, 400000 at deeper pipelines)",
     )
-    parser.add_argument("--clients", "-c", type=int, default=50, help="parallel connections")
-    parser.add_argument("--keyspace", "-r", type=int, default=100_000, help="random keys (-r)")
     parser.add_argument(
-        "--pipelines", "-P", type=_csv_ints, default=[1, 16], help="pipeline depths, e.g. 1,16"
+        "--clients", "-c", type=int, default=50, help="parallel connections (default: %(default)s)"
     )
-    parser.add_argument("--tests", "-t", type=_tests, default=["get", "set"], help="get,set")
+    parser.add_argument(
+        "--keyspace", "-r", type=int, default=100_000, help="random keys, -r (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--pipelines", "-P", type=_csv_ints, default=[1, 16], help="pipeline depths (default: 1,16)"
+    )
+    parser.add_argument(
+        "--tests", "-t", type=_tests, default=["get", "set"], help="get, set or get,set (default)"
+    )
     parser.add_argument(
         "--workers", type=int, default=None, help="gateway.workers (default: 1, or the config's)"
     )
@@ -225,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
         "gateway settings) is kept",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs per target; the median is reported"
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per target, alternating direct and gateway; medians are reported (default: 1)",
     )
     parser.add_argument(
         "--max-noise",
@@ -233,9 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.10,
         metavar="SHARE",
         help="retry a run when other processes used more than this share of the machine's CPU "
-        "during it (the box may be shared); a negative value keeps every run",
+        "during it (the box may be shared; default: %(default)s); a negative value keeps every run",
     )
-    parser.add_argument("--retries", type=int, default=3, help="retries per run for --max-noise")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries per run for --max-noise (default: %(default)s)",
+    )
     parser.add_argument(
         "--redis-port",
         type=int,
@@ -260,17 +275,28 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("raw", "speedscope", "flamegraph"),
         default="raw",
         help="py-spy output: raw (collapsed stacks, text; top functions are printed), "
-        "speedscope (JSON) or flamegraph (SVG)",
+        "speedscope (JSON) or flamegraph (SVG) (default: raw)",
     )
-    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument(
+        "--profile-rate",
+        type=int,
+        default=200,
+        help="py-spy samples per second (default: %(default)s)",
+    )
     parser.add_argument(
         "--profile-args", default="", help="extra py-spy record arguments, e.g. '--native'"
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="where configs, logs and profiles go"
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="where configs, logs and profiles go (default: bench/out)",
     )
     parser.add_argument(
-        "--run-timeout", type=float, default=600, help="seconds one redis-benchmark run may take"
+        "--run-timeout",
+        type=float,
+        default=600,
+        help="seconds one redis-benchmark run may take (default: %(default)s)",
     )
     return parser
 
@@ -290,6 +316,7 @@ class Bench:
         self.gateway_log: Path | None = None
         self.gateway_exit: int | None = None
         self.workers = 1
+        self.gateway_processes = 0
         self.drain_timeout = 5.0
         self.benchmark = shutil.which("redis-benchmark") or ""
         self.last_profile: Path | None = None
@@ -412,11 +439,11 @@ class Bench:
             return ping(self.gateway_port)
 
         wait_until(ready, 30, f"the gateway to answer PING on port {self.gateway_port}")
-        processes = len(process_tree(proc.pid))
-        if processes != self.workers:
+        self.gateway_processes = len(process_tree(proc.pid))
+        if self.gateway_processes < self.workers:
             note(
-                f"note: gateway.workers={self.workers} but the gateway runs {processes} "
-                f"process(es); CPU is summed over all of them"
+                f"note: gateway.workers={self.workers} but the gateway runs only "
+                f"{self.gateway_processes} process(es)"
             )
 
     def stop_gateway(self) -> None:
@@ -509,7 +536,7 @@ class Bench:
             ours.add(self.redis_pid)
         if spy is not None:
             ours.add(spy.pid)
-        others = busiest_others(procs0, procs1, ours)
+        others, others_live = busiest_others(procs0, procs1, ours)
         other = busy - bench_cpu - (gw_cpu or 0) - (redis_cpu or 0) - profiler_cpu
         run = Run(
             target=target,
@@ -549,8 +576,12 @@ class Bench:
             f"(noise {100 * run.noise:.0f}%{', profiled' if profile else ''})"
         )
         if run.noise > 0.05:
-            busiest = ", ".join(f"{name} {cpu:.1f}s" for name, cpu in others) or "short-lived"
-            note(f"    other load: {run.other_cpu_s:.1f} cpu-s, from {busiest}")
+            busiest = ", ".join(f"{name} {cpu:.1f}s" for name, cpu in others if cpu >= 0.05)
+            exited = run.other_cpu_s - others_live
+            note(
+                f"    other load: {run.other_cpu_s:.1f} cpu-s: {busiest or 'no live process'}"
+                + (f"; {exited:.1f}s in processes that exited meanwhile" if exited >= 0.1 else "")
+            )
         if profile_path is not None:
             self.last_profile = profile_path
         return run
@@ -561,7 +592,11 @@ class Bench:
         while True:
             run = self.run_once(target, test, pipeline, profile=profile)
             attempts.append(run)
-            if self.args.max_noise is None or run.noise <= self.args.max_noise:
+            if (
+                self.args.max_noise is None
+                or run.noise <= self.args.max_noise
+                or run.other_cpu_s <= NOISE_FLOOR_S
+            ):
                 break
             if len(attempts) > self.args.retries:
                 note(f"    still noisy after {self.args.retries} retries: keeping the quietest run")
@@ -584,7 +619,8 @@ class Bench:
         if pyspy is None:
             raise BenchError(INSTALL_PYSPY)
         suffix = {"raw": "txt", "speedscope": "speedscope.json", "flamegraph": "svg"}
-        path = self.out / f"profile-{test}-P{pipeline}.{suffix[self.args.profile_format]}"
+        name = f"profile-{self.gateway_port}-{test}-P{pipeline}"  # next to gateway-PORT.log
+        path = self.out / f"{name}.{suffix[self.args.profile_format]}"
         log_path = path.with_name(path.name + ".log")
         argv = [
             pyspy, "record",
@@ -608,11 +644,17 @@ class Bench:
             return "Sampling process" in log_path.read_text(errors="replace")
 
         wait_until(sampling, 15, "py-spy to attach to the gateway")
-        self.stack.callback(lambda: proc.poll() is None and proc.kill())
+        self.stack.callback(_kill_if_running, proc)
         return proc, path
 
     def stop_profiler(self, proc: subprocess.Popen[bytes]) -> None:
         stop(proc, signal.SIGINT, timeout=60)  # py-spy writes its output on SIGINT
+
+
+def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 # --- parsing and reporting -------------------------------------------------------------------
@@ -725,6 +767,23 @@ def print_profile(label: str, path: Path) -> dict[str, Any]:
     }
 
 
+def git_revision() -> str:
+    """The checkout's commit, with ``+dirty`` when resmesh/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "resmesh"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return (head or "?") + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -775,9 +834,12 @@ def run(args: argparse.Namespace) -> int:
         benchmark_version = subprocess.run(
             [bench.benchmark, "--version"], capture_output=True, text=True, check=False
         ).stdout.strip()
+        revision = git_revision()
         note(
-            f"redis {redis_version} on :{bench.redis_port}, gateway on :{bench.gateway_port} "
-            f"(workers={bench.workers}), {benchmark_version}, {os.cpu_count()} CPUs"
+            f"resmesh {revision}; redis {redis_version} on :{bench.redis_port}, "
+            f"gateway on :{bench.gateway_port} "
+            f"(workers={bench.workers}, {bench.gateway_processes} processes), "
+            f"{benchmark_version}, {os.cpu_count()} CPUs"
         )
         for pipeline in args.pipelines:
             for test in args.tests:
@@ -814,6 +876,7 @@ def run(args: argparse.Namespace) -> int:
         payload = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": machine(),
+            "git": revision,
             "redis_version": redis_version,
             "benchmark_version": benchmark_version,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

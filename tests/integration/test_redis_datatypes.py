@@ -269,9 +269,7 @@ def _dump(client: redis.Redis) -> dict[bytes, Any]:
     return state
 
 
-def test_ttl_set_through_the_gateway_is_on_the_node(
-    direct: redis.Redis, gateway: Gateway
-) -> None:
+def test_ttl_set_through_the_gateway_is_on_the_node(direct: redis.Redis, gateway: Gateway) -> None:
     via = redis.Redis(port=gateway.port, socket_timeout=10)
     assert via.set("session", "v", ex=100)
     assert via.pexpire("other", 5000) is False

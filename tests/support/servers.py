@@ -311,7 +311,16 @@ class RawRedis:
 
 def vm_rss_kib(pid: int) -> int:
     """Resident memory of process ``pid`` in KiB (Linux ``/proc``)."""
+    return _proc_status_kib(pid, "VmRSS")
+
+
+def vm_size_kib(pid: int) -> int:
+    """Virtual memory of process ``pid`` in KiB: catches huge reservations RSS does not show."""
+    return _proc_status_kib(pid, "VmSize")
+
+
+def _proc_status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    raise AssertionError(f"no {field} for pid {pid}")

@@ -15,6 +15,7 @@ messages that cannot be paired with requests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -96,6 +97,8 @@ class RedisSession:
         self.pinned: RedisConnection | None = None
         self.in_multi = False
         self.watching = False
+        #: The database a SELECT queued inside MULTI switches to if EXEC succeeds.
+        self._multi_db: int | None = None
         self.closing = False
         self.last_command = b""
         #: Cancelled by a drain to interrupt the wait for the next request (never a batch).
@@ -286,10 +289,19 @@ class RedisSession:
             self._out.append(R.error(exc.reply_text))
 
     def _release_pinned(self) -> None:
+        """Give the dedicated connection back; one still in MULTI or WATCH is closed instead.
+
+        A transaction or watch left open on a pooled connection would be inherited by the next
+        session that takes it (its EXEC would run our queued commands), so only a connection
+        with no server-side session state goes back to the pool.
+        """
         conn, self.pinned = self.pinned, None
-        self.in_multi = self.watching = False
         if conn is not None:
+            if self.in_multi or self.watching:
+                conn.reusable = False
             self.runtime.primary.release(conn)
+        self.in_multi = self.watching = False
+        self._multi_db = None
 
     async def _queue_in_multi(self, name: bytes, command: Command) -> None:
         """Inside MULTI every command is queued on the node, with the few exceptions below."""
@@ -298,9 +310,13 @@ class RedisSession:
         elif name == _RESET:
             await self._cmd_reset(command)
         elif name in (_EXEC, _DISCARD):
+            slot = len(self._out)
             self._queue(command)
             self.in_multi = self.watching = False
+            selected, self._multi_db = self._multi_db, None
             await self._flush()
+            if selected is not None and name == _EXEC and _is_exec_success(self._out[slot]):
+                self.db = selected  # the SELECT queued in the transaction took effect
         else:
             spec = cmdtable.lookup(command.args)
             refusal = cmdtable.refusal(spec, command.args) if spec is not None else None
@@ -313,6 +329,8 @@ class RedisSession:
             else:
                 if name == b"SELECT" and self.pinned is not None:
                     self.pinned.reusable = False
+                    with contextlib.suppress(IndexError, ValueError):
+                        self._multi_db = int(command.args[1])
                 self._queue(command)
 
     async def _blocking(self, command: Command, block_seconds: float) -> None:
@@ -470,8 +488,14 @@ class RedisSession:
             match = next((u for u in candidates if u.password == password), None)
         elif len(credentials) == 2:
             name = credentials[0].decode(errors="replace")
-            user = users.get(name)
             password = credentials[1].decode(errors="replace")
+            if name == "default" and "default" not in users:
+                # redis-server's ``default`` user is whoever ``AUTH <password>`` logs in as:
+                # redis-py sends ``HELLO 3 AUTH default <password>`` for a bare password.
+                if not users:
+                    return R.OK  # like a passwordless default user: any password is accepted
+                return self._authenticate(credentials[1:])
+            user = users.get(name)
             match = user if user is not None and user.password == password else None
         else:
             return R.SYNTAX
@@ -603,8 +627,12 @@ class RedisSession:
         self.closing = True
 
     async def _cmd_reset(self, command: Command) -> None:
-        """RESET: back to a fresh connection's state (redis-server 6.2 semantics)."""
-        self._fwd_slots_discard()
+        """RESET: back to a fresh connection's state (redis-server 6.2 semantics).
+
+        What was queued before it is answered first, as redis-server would; then a pinned
+        connection (its transaction or watches discarded) is closed, not pooled.
+        """
+        await self._flush()
         self._release_pinned()
         self.db = 0
         self.resp = 2
@@ -612,14 +640,6 @@ class RedisSession:
         self.authenticated = self.parser.authenticated = not self.runtime.auth_required
         self.user = None
         self._out.append(R.RESET)
-
-    def _fwd_slots_discard(self) -> None:
-        """Before RESET drops a pinned transaction, its queued replies are not owed any more."""
-        if self.in_multi and self._fwd:
-            for slot in self._fwd_slots:
-                self._out[slot] = R.error("ERR resmesh: transaction discarded by RESET")
-            self._fwd = []
-            self._fwd_slots = []
 
     async def _cmd_exec_without_multi(self, command: Command) -> None:
         name = command.args[0].upper().decode()
@@ -680,6 +700,11 @@ class RedisSession:
             f"cmd={self.last_command.decode(errors='replace').lower()}"
         )
         return fields.encode()
+
+
+def _is_exec_success(reply: bytes) -> bool:
+    """EXEC ran the transaction: an array reply (not a nil for a failed WATCH, not an error)."""
+    return reply[:1] == b"*" and reply[:3] != b"*-1"
 
 
 def _valid_client_name(name: bytes) -> bool:

@@ -33,6 +33,7 @@ from .._errors import LocalProtocolError, RemoteProtocolError
 from .framing import (
     _AGGREGATE_KINDS,
     _LINE_KINDS,
+    _RESP2_KINDS,
     _SMALL_GET,
     DEFAULT_LIMITS,
     NEED_DATA,
@@ -177,13 +178,19 @@ def _parse(
     size = len(data)
     find = data.find
     value: Any
+    # The innermost open aggregate's items and expected count, kept in locals (one tuple
+    # unpack less per element); ``items`` is None while no aggregate is open.
+    items: list[Any] | None = None
+    expected = 0
+    if stack:
+        _, expected, items = stack[-1]
     while True:
         if pos >= size:
             return None, pos
         kind = data[pos]
         if kind == 36 or kind == 33 or kind == 61:  # '$' '!' '='
-            nl = find(b"\r\n", pos + 1, pos + _HEADER_SPAN)
-            if nl < 0:
+            nl = find(b"\r\n", pos + 1)
+            if nl < 0 or nl - pos >= _HEADER_SPAN:
                 if size >= pos + _HEADER_SPAN:
                     raise bulk_length_error()
                 return None, pos
@@ -226,8 +233,8 @@ def _parse(
             value = _line_value(kind, bytes(data[pos + 1 : nl]))
             pos = nl + 2
         elif kind in _AGGREGATE_KINDS:
-            nl = find(b"\r\n", pos + 1, pos + _HEADER_SPAN)
-            if nl < 0:
+            nl = find(b"\r\n", pos + 1)
+            if nl < 0 or nl - pos >= _HEADER_SPAN:
                 if size >= pos + _HEADER_SPAN:
                     raise multibulk_length_error()
                 return None, pos
@@ -241,14 +248,18 @@ def _parse(
                 pos = nl + 2
                 if kind == _ATTRIBUTE:
                     stack.append((_ANNOTATED, 2, []))
-                stack.append((kind, count * 2 if kind in (_MAP, _ATTRIBUTE) else count, []))
+                expected = count * 2 if kind in (_MAP, _ATTRIBUTE) else count
+                items = []
+                stack.append((kind, expected, items))
                 if len(stack) > limits.max_depth:
                     raise depth_error()
                 continue
             if count == 0:
                 pos = nl + 2
                 if kind == _ATTRIBUTE:
-                    stack.append((_ANNOTATED, 2, [()]))
+                    expected = 2
+                    items = [()]
+                    stack.append((_ANNOTATED, expected, items))
                     if len(stack) > limits.max_depth:
                         raise depth_error()
                     continue
@@ -262,15 +273,20 @@ def _parse(
             raise bad_type_error(kind)
         # ``value`` is complete: hand it to the innermost open aggregate, closing every one it
         # completes.
-        while stack:
-            frame_kind, expected, items = stack[-1]
+        if items is None:
+            return value, pos
+        items.append(value)
+        if len(items) < expected:
+            continue
+        while True:
+            frame_kind, _, done = stack.pop()
+            value = _build(frame_kind, done)
+            if not stack:
+                return value, pos
+            _, expected, items = stack[-1]
             items.append(value)
             if len(items) < expected:
                 break
-            stack.pop()
-            value = _build(frame_kind, items)
-        else:
-            return value, pos
 
 
 _EMPTY: Final[dict[int, Value]] = {
@@ -419,12 +435,13 @@ def _from_hiredis(obj: Any) -> Value:
 class HiredisReplyParser:
     """RESP2 reply parser using hiredis for arrays: **values only, types collapsed**.
 
-    Top-level replies other than arrays are parsed exactly, as :class:`ReplyParser` would. Inside
-    an array, hiredis' collapses apply: a simple string becomes a :class:`.BulkString`, a nested
-    null array a ``$-1`` null, and error text is decoded as UTF-8 with replacement. RESP3 type
-    bytes are refused (hiredis mangles them; see the module docstring).
+    Top-level replies other than non-empty arrays are parsed exactly, by the same code as
+    :class:`ReplyParser`. Inside an array, hiredis' collapses apply: a simple string becomes a
+    :class:`.BulkString`, a nested null array a ``$-1`` null, and error text is decoded as UTF-8
+    with replacement. RESP3 type bytes are refused (hiredis mangles them; see the module
+    docstring).
 
-    The reply is framed by :class:`~.framing.ReplyFramer` before hiredis sees it: that is what
+    An array is framed by :class:`~.framing.ReplyFramer` before hiredis sees it: that is what
     enforces :class:`~.framing.ReplyLimits` (hiredis' own reader has no byte cap, and its
     ``maxbuf`` is a compaction threshold, not a limit) and it keeps error reporting identical to
     the pure parser's for framing errors.
@@ -434,12 +451,13 @@ class HiredisReplyParser:
             wording (``ERR Protocol error: Bad integer value``).
     """
 
-    __slots__ = ("_framer", "_reader")
+    __slots__ = ("_framer", "_limits", "_reader")
 
     def __init__(self, limits: ReplyLimits | None = None) -> None:
         if hiredis is None:  # pragma: no cover - hiredis is a pinned dependency
             raise RuntimeError("hiredis is not installed")
-        self._framer = ReplyFramer(limits, resp2_only=True)
+        self._limits = limits or DEFAULT_LIMITS
+        self._framer = ReplyFramer(self._limits, resp2_only=True)
         # hiredis calls ``replyError`` to build each error reply and accepts any return value (its
         # stub says Exception), so errors come back as our own values with no second pass.
         self._reader = hiredis.Reader(
@@ -459,14 +477,21 @@ class HiredisReplyParser:
     def next_value(self) -> Value | NeedData:
         """The next complete reply, or :data:`NEED_DATA`."""
         framer = self._framer
-        end = framer.next_end()
-        if end < 0:
-            return NEED_DATA
+        if framer._error is not None:
+            raise framer._error
         buffer = framer.buffer
         data = buffer.data
         start = buffer.start
+        if start >= len(data):
+            return NEED_DATA
         try:
-            if data[start] == _ARRAY and data[start + 1] not in b"-0":
+            kind = data[start]
+            if framer._stack or (kind == _ARRAY and data[start + 1 : start + 2] not in b"-0"):
+                # A non-empty array (possibly already partly framed): frame it, then hiredis.
+                end = framer.next_end()
+                if end < 0:
+                    return NEED_DATA
+                data = buffer.data
                 # hiredis reads any buffer-protocol object; its stub only says bytes.
                 self._reader.feed(data, start, end - start)  # type: ignore[arg-type]
                 try:
@@ -474,8 +499,13 @@ class HiredisReplyParser:
                 except _HiredisProtocolError as exc:
                     raise protocol_error(str(exc)) from None
             else:
-                parsed, _ = _parse(data, start, [], DEFAULT_LIMITS)
-                assert parsed is not None  # framed, so complete
+                # Anything else is one scalar (or an empty/null array): the exact parser reads
+                # it in one pass, limits included, as fast as hiredis plus framing would.
+                if kind not in _RESP2_KINDS:
+                    raise bad_type_error(kind)
+                parsed, end = _parse(data, start, [], self._limits)
+                if parsed is None:
+                    return NEED_DATA
                 value = parsed
         except RemoteProtocolError as exc:
             framer._error = exc

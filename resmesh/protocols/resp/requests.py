@@ -23,6 +23,7 @@ from typing import Final
 import hiredis
 
 from .._errors import RemoteProtocolError
+from .parser import parse_integer
 
 __all__ = ["Command", "RequestLimits", "RequestParser", "encode_command", "split_inline"]
 
@@ -108,12 +109,16 @@ class _PureRequestParser:
             framing is lost; the frontend answers with ``reply_hint`` and closes.
     """
 
-    __slots__ = ("_buf", "_limits", "_pos", "authenticated", "error")
+    __slots__ = ("_buf", "_limits", "_partial", "_pos", "authenticated", "error")
 
     def __init__(self, limits: RequestLimits | None = None, *, authenticated: bool = True) -> None:
         self._limits = limits or RequestLimits()
         self._buf = bytearray()
         self._pos = 0
+        #: An incomplete multibulk command: (count, args so far, offset past them from
+        #: ``_pos``), so the next call resumes instead of re-parsing every argument (a large
+        #: MSET arriving in small reads would otherwise cost O(n^2)).
+        self._partial: tuple[int, list[bytes], int] | None = None
         self.error: RemoteProtocolError | None = None
         #: Until the client authenticates, Redis' tighter pre-auth limits apply.
         self.authenticated = authenticated
@@ -170,59 +175,62 @@ class _PureRequestParser:
     def _multibulk(self) -> Command | None:
         buf = self._buf
         start = self._pos
-        line_end = buf.find(b"\r\n", start)
-        if line_end < 0:
-            if len(buf) - start > INLINE_MAX_SIZE:
-                raise _protocol_error("too big mbulk count string")
-            return None
-        try:
-            count = int(buf[start + 1 : line_end])
-        except ValueError:
-            raise _protocol_error("invalid multibulk length") from None
-        max_count = self._limits.max_multibulk_len if self.authenticated else UNAUTH_MAX_MULTIBULK
-        if count > max_count:
-            if not self.authenticated:
-                raise _protocol_error("unauthenticated multibulk length")
-            raise _protocol_error("invalid multibulk length")
-        pos = line_end + 2
-        if count <= 0:
-            # redis-server ignores ``*0`` and ``*-1``: an empty command.
-            self._pos = pos
-            return Command([], b"")
-        max_bulk = self._limits.max_bulk_len if self.authenticated else UNAUTH_MAX_BULK
-        args: list[bytes] = []
-        total = len(buf)
-        for _ in range(count):
-            if pos >= total:
+        partial = self._partial
+        if partial is None:
+            line_end = buf.find(b"\r\n", start)
+            if line_end < 0:
+                if len(buf) - start > INLINE_MAX_SIZE:
+                    raise _protocol_error("too big mbulk count string")
                 return None
+            # string2ll, as redis-server: no sign, blank or leading zero (``int()`` takes them,
+            # and the raw bytes are forwarded to a server that would not).
+            count = parse_integer(buf[start + 1 : line_end])
+            if count is None or count > self._limits.max_multibulk_len:
+                raise _protocol_error("invalid multibulk length")
+            if count > UNAUTH_MAX_MULTIBULK and not self.authenticated:
+                raise _protocol_error("unauthenticated multibulk length")
+            pos = line_end + 2
+            if count <= 0:
+                # redis-server ignores ``*0`` and ``*-1``: an empty command.
+                self._pos = pos
+                return Command([], b"")
+            args: list[bytes] = []
+        else:
+            count, args, resume = partial
+            pos = start + resume
+        total = len(buf)
+        while len(args) < count:
+            if pos >= total:
+                break
             if buf[pos] != 0x24:  # '$'
                 raise _protocol_error(f"expected '$', got '{chr(buf[pos])}'")
             line_end = buf.find(b"\r\n", pos)
             if line_end < 0:
                 if total - pos > INLINE_MAX_SIZE:
                     raise _protocol_error("too big bulk count string")
-                return None
-            try:
-                length = int(buf[pos + 1 : line_end])
-            except ValueError:
-                raise _protocol_error("invalid bulk length") from None
-            if length < 0 or length > max_bulk:
-                if not self.authenticated and length >= 0:
-                    raise _protocol_error("unauthenticated bulk length")
+                break
+            length = parse_integer(buf[pos + 1 : line_end])
+            if length is None or length < 0 or length > self._limits.max_bulk_len:
                 raise _protocol_error("invalid bulk length")
+            if length > UNAUTH_MAX_BULK and not self.authenticated:
+                raise _protocol_error("unauthenticated bulk length")
             data_start = line_end + 2
             data_end = data_start + length
             if data_end + 2 > total:
-                return None
+                break
             if buf[data_end : data_end + 2] != b"\r\n":
                 # redis-server trusts the length and then skips two bytes blindly; a gateway
                 # cannot, because it forwards the bytes: refuse a bulk without its terminator.
                 raise _protocol_error("invalid bulk length")
             args.append(bytes(buf[data_start:data_end]))
             pos = data_end + 2
-        raw = bytes(buf[start:pos])
-        self._pos = pos
-        return Command(args, raw)
+        else:
+            self._partial = None
+            raw = bytes(buf[start:pos])
+            self._pos = pos
+            return Command(args, raw)
+        self._partial = (count, args, pos - start)
+        return None
 
     def _inline(self) -> Command | None:
         buf = self._buf
@@ -257,10 +265,17 @@ def split_inline(line: bytes) -> list[bytes]:
     Raises:
         RemoteProtocolError: ``unbalanced quotes in request``, as redis-server answers.
     """
+    nul = line.find(b"\x00")
+    if nul >= 0:
+        # sdssplitargs reads a C string: redis-server ignores everything from a NUL on.
+        line = line[:nul]
     args: list[bytes] = []
     i = 0
     n = len(line)
-    blanks = b" \n\r\t\v\f\x00"
+    # isspace(): skipped between words and allowed after a closing quote. Only these four end
+    # an unquoted word, so ``a\vb`` is one word to redis-server.
+    blanks = b" \t\n\v\f\r"
+    separators = b" \n\r\t"
     while True:
         while i < n and line[i] in blanks:
             i += 1
@@ -313,7 +328,7 @@ def split_inline(line: bytes) -> list[bytes]:
                 word.append(ch)
                 i += 1
             else:
-                if i >= n or line[i] in blanks:
+                if i >= n or line[i] in separators:
                     break
                 ch = line[i]
                 if ch in (0x22, 0x27):
@@ -413,6 +428,8 @@ class RequestParser:
             return self._pure.commands()
         out: list[Command] = []
         limits = self._limits
+        pending = self._pending
+        verified = 0
         try:
             while (args := fast.gets()) is not False:
                 if type(args) is not list or len(args) > limits.max_multibulk_len:
@@ -423,10 +440,21 @@ class RequestParser:
                     len(a) > limits.max_bulk_len for a in args
                 ):
                     raise _NotARequest
+                # hiredis reads replies, not requests: it takes ``+x`` or ``(1`` elements as
+                # bytes and skips a bulk's CRLF unchecked. A command counts only if the client
+                # sent exactly its canonical encoding, which also says where it ended (hiredis'
+                # has_data() cannot: it is false mid-command once the type byte is read).
+                raw = encode_command(args)
+                if not pending.startswith(raw, verified):
+                    raise _NotARequest
+                verified += len(raw)
                 if args:
                     self._returned += 1
-                    out.append(Command(args))
-        except (hiredis.ProtocolError, _NotARequest, TypeError):
+                    out.append(Command(args, raw))
+            if verified < len(pending):
+                _check_in_progress(pending, verified, limits)
+        except (hiredis.ProtocolError, _NotARequest, TypeError, MemoryError):
+            # MemoryError: hiredis allocates a declared array up front (``*4000000000``).
             self._fall_back(b"")
             try:
                 rest = self._pure.commands()[self._returned :]
@@ -435,14 +463,18 @@ class RequestParser:
             if not out and not rest and self._pure.error is not None:
                 raise self._pure.error from None
             return out + rest
-        if fast.has_data():
-            self._pending_used = self._pending_used or bool(out)
-        else:
+        self._returned = 0
+        if verified == len(pending):
+            # hiredis consumed exactly the verified bytes: a command boundary.
             if not self._pending_used:
-                self.batch_raw = bytes(self._pending)
+                self.batch_raw = bytes(pending)
             self._pending = bytearray()
             self._pending_used = False
-            self._returned = 0
+        elif verified:
+            # Mid-command: drop what was returned, so ``_pending`` (and the cap) only holds
+            # the command in progress and a fallback re-parses from a boundary.
+            del pending[:verified]
+            self._pending_used = True
         return out
 
     def _fall_back(self, data: bytes) -> None:
@@ -461,3 +493,27 @@ class RequestParser:
 
 class _NotARequest(Exception):
     """hiredis parsed a valid RESP value that is not a valid request (or breaks a limit)."""
+
+
+def _check_in_progress(pending: bytearray, start: int, limits: RequestLimits) -> None:
+    """Refuse now what redis-server would refuse before a command is complete.
+
+    hiredis waits for the whole command, while redis-server rejects a bad count as soon as the
+    header line is in (and hiredis allocates the declared array at once), and a header line
+    over 64 KiB without waiting for the rest. So: check the count, and leave any command still
+    incomplete after 64 KiB to the pure parser, which applies redis-server's line limits with
+    its wording (and resumes large commands without re-parsing them).
+
+    Raises:
+        _NotARequest: the pure parser must take over.
+    """
+    if pending[start] != 0x2A or len(pending) - start > INLINE_MAX_SIZE:  # '*'
+        raise _NotARequest
+    header_end = pending.find(b"\r\n", start + 1, start + 24)
+    if header_end < 0:
+        if len(pending) - start >= 24:
+            raise _NotARequest
+        return
+    count = parse_integer(pending[start + 1 : header_end])
+    if count is None or count > limits.max_multibulk_len:
+        raise _NotARequest

@@ -90,7 +90,7 @@ _NULL_BYTES: Final = {
 
 
 def _check_line(text: bytes, what: str) -> None:
-    if b"\r" in text or b"\n" in text:
+    if 13 in text or 10 in text:  # int needles: a plain memchr
         raise LocalProtocolError(f"ERR {what} must not contain CR or LF: {text[:40]!r}")
 
 

@@ -7,6 +7,7 @@ so every test compares against data written independently of the parser.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ from resmesh.protocols.resp.values import (
     Integer,
     Map,
     Null,
-    NullKind,
     Push,
     Set,
     SimpleError,
@@ -48,7 +48,9 @@ def wire(spec: str | list[Any]) -> bytes:
     """A vector's byte string: latin-1 text, or a list of segments / ``[text, repeat]`` pairs."""
     if isinstance(spec, str):
         return spec.encode("latin-1")
-    return b"".join(wire(part) if isinstance(part, str) else wire(part[0]) * part[1] for part in spec)
+    return b"".join(
+        wire(part) if isinstance(part, str) else wire(part[0]) * part[1] for part in spec
+    )
 
 
 _NULL_FORMS = {"bulk": NULL_BULK, "array": NULL_ARRAY, "resp3": NULL}
@@ -145,7 +147,9 @@ resp3_scalars = st.one_of(
 )
 
 
-def _pairs(children: st.SearchStrategy[Value]) -> st.SearchStrategy[tuple[tuple[Value, Value], ...]]:
+def _pairs(
+    children: st.SearchStrategy[Value],
+) -> st.SearchStrategy[tuple[tuple[Value, Value], ...]]:
     return st.lists(st.tuples(children, children), max_size=3).map(tuple)
 
 
@@ -174,7 +178,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     if not data:
         return [data]
     points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 cut_lists = st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=12)
@@ -200,8 +204,11 @@ def mutated(draw: st.DrawFn, stream: bytes) -> bytes:
 
 resp_alphabet_garbage = st.binary(max_size=64) | st.lists(
     st.sampled_from(
-        [b"+", b"-", b":", b"$", b"*", b"_", b",", b"#", b"(", b"!", b"=", b"%", b"~", b">"]
-        + [b"|", b"\r\n", b"0", b"1", b"2", b"-1", b"10", b"3", b"txt:", b"OK", b"t", b"\n"]
+        [
+            *(b"+", b"-", b":", b"$", b"*", b"_", b",", b"#", b"(", b"!", b"=", b"%", b"~"),
+            *(b">", b"|", b"\r\n", b"0", b"1", b"2", b"-1", b"10", b"3", b"txt:", b"OK", b"t"),
+            b"\n",
+        ]
     ),
     max_size=40,
 ).map(b"".join)

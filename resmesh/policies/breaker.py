@@ -1,0 +1,289 @@
+"""A circuit breaker per node: stop sending to a node that fails, probe it, take it back.
+
+States (Hystrix/Sentinel/resilience4j, anchors §3.1-3.3)::
+
+    CLOSED ──trip──▶ OPEN ──open_duration elapsed, next allow()──▶ HALF_OPEN
+      ▲                ▲                                              │
+      │                └────────────── a probe fails ◀────────────────┤
+      └─────────────────────────────── a probe succeeds ◀─────────────┘
+
+It trips when, in the rolling window, at least ``minimum_calls`` calls ended and the share of
+failures reaches ``failure_ratio``, or the share of slow calls reaches ``slow_call_ratio``; or
+after ``consecutive_failures`` failures in a row, whatever the volume (motan-go ``failfast``).
+
+What counts: ``UPSTREAM_ERROR`` and ``LOCAL_ERROR`` are failures (:attr:`Outcome.node_failure`);
+``OK`` and ``APP_ERROR`` are successes (a WRONGTYPE or a duplicate key says nothing bad about
+the node: anchors §1.3); ``REJECTED`` is ignored (the node never saw the call). A call is slow
+when its latency exceeds ``slow_call_duration``, whatever its outcome (resilience4j counts slow
+failures as slow too).
+
+The ratio rules are evaluated when a failure (or a slow call) is recorded, the moments a
+ratio can cross its threshold on the node's account; a ratio that rises only because old
+successes left the window trips at the next failure.
+
+Synchronous and O(1): the caller asks :meth:`CircuitBreaker.allow` with ``now`` before sending
+and reports :meth:`CircuitBreaker.record` after; nothing here awaits or allocates per call.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final, final
+
+from resmesh.call import Outcome
+from resmesh.policies.window import RollingCounter
+
+__all__ = ["BreakerConfig", "BreakerState", "BreakerStatistics", "CircuitBreaker"]
+
+
+class BreakerState(enum.IntEnum):
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+
+_CLOSED: Final = BreakerState.CLOSED
+_OPEN: Final = BreakerState.OPEN
+_HALF_OPEN: Final = BreakerState.HALF_OPEN
+_NODE_FAILURES: Final = frozenset({Outcome.UPSTREAM_ERROR, Outcome.LOCAL_ERROR})
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """When a node's breaker trips and how it recovers.
+
+    Attributes:
+        failure_ratio: trip when failures / calls in the window reach this (0.5: Hystrix
+            ``errorThresholdPercentage`` 50, resilience4j ``failureRateThreshold`` 50 %).
+        slow_call_duration: a call slower than this (seconds) is slow; ``None`` turns the
+            slow-call rule off (resmesh default: off unless set, anchors §5).
+        slow_call_ratio: trip when slow calls / calls in the window reach this (1.0:
+            resilience4j ``slowCallRateThreshold`` 100 %, Sentinel ``slowRatioThreshold`` 1.0).
+        minimum_calls: the ratio rules apply only once the window holds this many calls
+            (20: Hystrix ``requestVolumeThreshold``; Sentinel's 5 is too twitchy for a proxy).
+        window: rolling window length in seconds (10 s: Hystrix ``rollingStats``).
+        buckets: buckets in the window (10: Hystrix; Sentinel's single tumbling bucket lets a
+            burst straddle a boundary, anchors gap 4).
+        consecutive_failures: trip after this many failures in a row, whatever the volume
+            (10: motan-go ``failfast``); 0 turns the rule off.
+        open_duration: how long the breaker stays open before probing (5 s: Hystrix
+            ``sleepWindowInMilliseconds``, hystrix-go ``SleepWindow``; resilience4j's 60 s is
+            long for a gateway).
+        half_open_probes: concurrent probes allowed while half-open (1: Sentinel and Hystrix;
+            resilience4j allows 10).
+    """
+
+    failure_ratio: float = 0.5
+    slow_call_duration: float | None = None
+    slow_call_ratio: float = 1.0
+    minimum_calls: int = 20
+    window: float = 10.0
+    buckets: int = 10
+    consecutive_failures: int = 10
+    open_duration: float = 5.0
+    half_open_probes: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.failure_ratio <= 1.0:
+            raise ValueError(f"failure_ratio must be in (0, 1], got {self.failure_ratio!r}")
+        if not 0.0 < self.slow_call_ratio <= 1.0:
+            raise ValueError(f"slow_call_ratio must be in (0, 1], got {self.slow_call_ratio!r}")
+        if self.slow_call_duration is not None and not self.slow_call_duration > 0:
+            raise ValueError(
+                f"slow_call_duration must be > 0 s or None, got {self.slow_call_duration!r}"
+            )
+        if self.minimum_calls < 1:
+            raise ValueError(f"minimum_calls must be >= 1, got {self.minimum_calls!r}")
+        if self.consecutive_failures < 0:
+            raise ValueError(
+                f"consecutive_failures must be >= 0 (0 = off), got {self.consecutive_failures!r}"
+            )
+        if not self.open_duration > 0:
+            raise ValueError(f"open_duration must be > 0 s, got {self.open_duration!r}")
+        if self.half_open_probes < 1:
+            raise ValueError(f"half_open_probes must be >= 1, got {self.half_open_probes!r}")
+        if not self.window > 0 or self.buckets < 1:
+            raise ValueError(
+                f"need window > 0 s and buckets >= 1, got {self.window!r}, {self.buckets!r}"
+            )
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BreakerStatistics:
+    state: BreakerState
+    calls: int
+    failures: int
+    slow: int
+    consecutive_failures: int
+    probes_in_flight: int
+    trips: int
+    rejected: int
+    #: Why it last tripped ("error ratio 60% >= 50% over 20 calls"); "" if it never did.
+    reason: str
+    #: When an OPEN breaker starts probing (Trio time); ``None`` unless OPEN.
+    retry_at: float | None
+
+
+@final
+class CircuitBreaker:
+    """The breaker of one node. Not thread-safe (one Trio run uses it)."""
+
+    __slots__ = (
+        "_consecutive",
+        "_consecutive_limit",
+        "_duration_limit",
+        "_failure_ratio",
+        "_minimum_calls",
+        "_open_duration",
+        "_probe_limit",
+        "_slow_ratio",
+        "_window",
+        "config",
+        "opened_at",
+        "probes_in_flight",
+        "reason",
+        "rejected",
+        "state",
+        "trips",
+    )
+
+    def __init__(self, config: BreakerConfig | None = None) -> None:
+        config = config or BreakerConfig()
+        self.config = config
+        self._window = RollingCounter(config.window, config.buckets)
+        self._failure_ratio = config.failure_ratio
+        self._slow_ratio = config.slow_call_ratio
+        self._duration_limit = (
+            float("inf") if config.slow_call_duration is None else config.slow_call_duration
+        )
+        self._minimum_calls = config.minimum_calls
+        self._consecutive_limit = config.consecutive_failures or 1 << 62
+        self._open_duration = config.open_duration
+        self._probe_limit = config.half_open_probes
+        self._consecutive = 0
+        self.state: BreakerState = _CLOSED
+        self.opened_at = 0.0
+        self.probes_in_flight = 0
+        self.trips = 0
+        self.rejected = 0
+        self.reason = ""
+
+    def allow(self, now: float) -> bool:
+        """May a call go to this node at ``now``?
+
+        CLOSED: yes. OPEN: no, until ``open_duration`` has passed; then the breaker turns
+        HALF_OPEN and this call is its first probe. HALF_OPEN: yes while fewer than
+        ``half_open_probes`` probes are in flight. A call this returns ``True`` for must be
+        reported to :meth:`record` (or :meth:`release` if it never reached the node).
+        """
+        state = self.state
+        if state is _CLOSED:
+            return True
+        if state is _OPEN:
+            if now - self.opened_at < self._open_duration:
+                self.rejected += 1
+                return False
+            self.state = _HALF_OPEN
+            self.probes_in_flight = 0
+        if self.probes_in_flight < self._probe_limit:
+            self.probes_in_flight += 1
+            return True
+        self.rejected += 1
+        return False
+
+    def record(self, outcome: Outcome, latency: float, now: float) -> None:
+        """Report how an allowed call ended (``latency`` in seconds, ``now`` its end time).
+
+        While HALF_OPEN, the first result decides: a success (not slow) closes the breaker
+        with a fresh window, a failure or slow call re-opens it for another ``open_duration``.
+        Results arriving while OPEN are from calls sent before it tripped and are ignored; one
+        such late result arriving while HALF_OPEN is taken as the probe's (it is as recent a
+        word on the node's health, and :meth:`allow` hands out no token to tell them apart).
+        """
+        if outcome is Outcome.REJECTED:
+            self.release()
+            return
+        failed = outcome in _NODE_FAILURES
+        slow = latency > self._duration_limit
+        state = self.state
+        if state is _CLOSED:
+            window = self._window
+            window.add(now, failed, slow)
+            if failed:
+                self._consecutive += 1
+                if self._consecutive >= self._consecutive_limit:
+                    self._trip(now, f"{self._consecutive} consecutive failures")
+                    return
+            else:
+                self._consecutive = 0
+            if (failed or slow) and window.total >= self._minimum_calls:
+                total = window.total
+                if window.failures >= self._failure_ratio * total:
+                    self._trip(
+                        now,
+                        f"error ratio {window.failures / total:.0%} >= "
+                        f"{self._failure_ratio:.0%} over {total} calls",
+                    )
+                elif slow and window.slow >= self._slow_ratio * total:
+                    self._trip(
+                        now,
+                        f"slow-call ratio {window.slow / total:.0%} >= "
+                        f"{self._slow_ratio:.0%} over {total} calls "
+                        f"(slow = over {self._duration_limit:g}s)",
+                    )
+        elif state is _HALF_OPEN:
+            if failed or slow:
+                self._trip(now, "probe failed" if failed else "probe slow")
+            else:
+                self._close()
+
+    def release(self) -> None:
+        """An allowed call never reached the node (cancelled, or refused further on).
+
+        Frees its probe slot while HALF_OPEN and counts nothing: without this a cancelled
+        probe would leave the breaker half-open with no probe able to start (the bug behind
+        Sentinel issue #1638, which Sentinel fixes by re-opening instead).
+        """
+        if self.state is _HALF_OPEN and self.probes_in_flight > 0:
+            self.probes_in_flight -= 1
+
+    def _trip(self, now: float, reason: str) -> None:
+        self.state = _OPEN
+        self.opened_at = now
+        self.probes_in_flight = 0
+        self.trips += 1
+        self.reason = reason
+        self._consecutive = 0
+
+    def _close(self) -> None:
+        self.state = _CLOSED
+        self.probes_in_flight = 0
+        self._consecutive = 0
+        self._window.reset()
+
+    def state_at(self, now: float) -> BreakerState:
+        """The state a call at ``now`` would see (OPEN reads as HALF_OPEN once it may probe),
+        without changing anything."""
+        if self.state is _OPEN and now - self.opened_at >= self._open_duration:
+            return _HALF_OPEN
+        return self.state
+
+    def statistics(self, now: float) -> BreakerStatistics:
+        window = self._window
+        window.advance(now)
+        state = self.state_at(now)
+        return BreakerStatistics(
+            state=state,
+            calls=window.total,
+            failures=window.failures,
+            slow=window.slow,
+            consecutive_failures=self._consecutive,
+            probes_in_flight=self.probes_in_flight if self.state is _HALF_OPEN else 0,
+            trips=self.trips,
+            rejected=self.rejected,
+            reason=self.reason,
+            retry_at=self.opened_at + self._open_duration if state is _OPEN else None,
+        )

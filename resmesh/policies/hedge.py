@@ -1,0 +1,330 @@
+"""Backup requests (hedging): if the first answer is slow, ask another node too.
+
+Dean & Barroso, *The Tail at Scale* (CACM 2013): defer a second copy of an idempotent request
+until the first has been outstanding longer than a high percentile of its expected latency;
+the first answer wins. motan-go's ``backupRequest`` waits the **p90** of the method's recent
+latency, **floored at 10 ms**, and allows **15 backups per 100 requests** (anchors §3.8).
+
+resmesh's version closes motan-go's gaps (anchors §5): the budget is a continuous token bucket
+(:class:`HedgeBudget`), not a per-round count that lets backups bunch up; the backup goes to a
+*different* node (the attempts share the set of nodes tried); and the loser is cancelled, not
+left running.
+
+Pieces:
+
+* :class:`HedgeBudget`: each call earns ``ratio`` (0.15) of a token, a hedge spends one, at most
+  ``max_tokens`` are held. Synchronous.
+* :class:`HedgeDelay`: a per-operation rolling latency histogram and the hedge delay read from
+  it (``max(floor, p90)``), recomputed at most every ``refresh`` seconds. Synchronous.
+* :func:`hedge_delay`: the same rule as a function of a histogram.
+* :func:`hedged`: the async adapter that races the attempts in a nursery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar, final
+
+import trio
+
+from resmesh.call import Call, Outcome, Reply
+from resmesh.policies.window import RollingHistogram
+
+__all__ = [
+    "Attempt",
+    "HedgeBudget",
+    "HedgeBudgetStatistics",
+    "HedgeConfig",
+    "HedgeDelay",
+    "HedgeDelayStatistics",
+    "hedge_delay",
+    "hedged",
+]
+
+T = TypeVar("T")
+
+#: One attempt of a call: picks a node *not* in the shared ``tried`` set, adds it to the set
+#: before sending (so a concurrent attempt avoids it), and returns the reply. It must turn I/O
+#: errors into ``LOCAL_ERROR`` replies and return ``REJECTED`` when no untried node is left;
+#: it should not raise (except ``trio.Cancelled``, which it must let through).
+Attempt = Callable[[set[T]], Awaitable[Reply]]
+
+#: Budget arithmetic in millionths of a token, so "15 % of calls" is exact, not float drift.
+_UNIT: Final = 1_000_000
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HedgeConfig:
+    """How a cluster/operation hedges.
+
+    Attributes:
+        quantile: the latency percentile to wait before hedging (90: motan-go
+            ``backupRequestDelayRatio``; Tail at Scale suggests 95).
+        floor: never hedge sooner than this many seconds (0.010: motan-go's 10 ms floor).
+        fixed_delay: a fixed delay instead of the percentile (motan-go
+            ``backupRequestDelayTime``; gRPC ``hedgingDelay``); ``None`` to measure.
+        initial_delay: the delay to use before enough latencies are measured (motan-go
+            ``backupRequestInitDelayTime``); ``None`` means no hedging on a cold start.
+        min_samples: latencies needed in the window before the percentile is trusted (20:
+            resmesh's choice; a p90 of a handful of calls is just their maximum).
+        refresh: recompute the percentile at most this often, in seconds (1.0: resmesh; motan-go
+            reads its periodic metrics snapshot).
+        window: seconds of latency history the percentile covers (10.0, in ``buckets`` buckets:
+            see :class:`~resmesh.policies.window.RollingHistogram`).
+        buckets: see ``window`` (5).
+        ratio: hedges per call at most, as a token-bucket earn rate (0.15: motan-go
+            ``backupRequestMaxRetryRatio`` 15 per 100).
+        max_tokens: the most hedges that can be saved up for a burst (10: resmesh's choice,
+            the size of gRPC A6's example throttle bucket; motan-go's round allowed 15 at once).
+    """
+
+    quantile: float = 90.0
+    floor: float = 0.010
+    fixed_delay: float | None = None
+    initial_delay: float | None = None
+    min_samples: int = 20
+    refresh: float = 1.0
+    window: float = 10.0
+    buckets: int = 5
+    ratio: float = 0.15
+    max_tokens: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.quantile <= 100.0:
+            raise ValueError(f"quantile must be in [0, 100], got {self.quantile!r}")
+        if self.floor < 0:
+            raise ValueError(f"floor must be >= 0 s, got {self.floor!r}")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"ratio must be in [0, 1], got {self.ratio!r}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens!r}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HedgeBudgetStatistics:
+    ratio: float
+    tokens: float
+    calls: int
+    hedges: int
+    denied: int
+    #: Hedges whose answer won the race.
+    wins: int
+
+
+@final
+class HedgeBudget:
+    """A token bucket for hedges: each call earns ``ratio`` of a token, a hedge costs one.
+
+    Over any run of calls, hedges ≤ ``ratio`` x calls (plus nothing: the bucket starts empty,
+    so a cold gateway does not hedge its first calls). At most ``max_tokens`` are saved, which
+    bounds a burst of hedges after a quiet spell (motan-go's per-round count allowed 15 at the
+    start of every round: anchors gap 3).
+    """
+
+    __slots__ = ("_cap", "_earn", "_tokens", "calls", "denied", "hedges", "ratio", "wins")
+
+    def __init__(self, ratio: float = 0.15, max_tokens: float = 10.0) -> None:
+        """Create an empty budget.
+
+        Raises:
+            ValueError: ``ratio`` is outside ``[0, 1]`` or ``max_tokens`` is below 1.
+        """
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
+        self.ratio = ratio
+        self._earn = round(ratio * _UNIT)
+        self._cap = round(max_tokens * _UNIT)
+        self._tokens = 0
+        self.calls = 0
+        self.hedges = 0
+        self.denied = 0
+        self.wins = 0
+
+    def record_call(self) -> None:
+        """A call that could be hedged started: earn ``ratio`` of a token."""
+        self.calls += 1
+        tokens = self._tokens + self._earn
+        self._tokens = tokens if tokens < self._cap else self._cap
+
+    def try_hedge(self) -> bool:
+        """Spend a token on a hedge if one is there; say whether it was."""
+        if self._tokens >= _UNIT:
+            self._tokens -= _UNIT
+            self.hedges += 1
+            return True
+        self.denied += 1
+        return False
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens / _UNIT
+
+    def statistics(self) -> HedgeBudgetStatistics:
+        return HedgeBudgetStatistics(
+            ratio=self.ratio,
+            tokens=self.tokens,
+            calls=self.calls,
+            hedges=self.hedges,
+            denied=self.denied,
+            wins=self.wins,
+        )
+
+
+def hedge_delay(
+    histogram: RollingHistogram,
+    now: float,
+    *,
+    quantile: float = 90.0,
+    floor: float = 0.010,
+    min_samples: int = 20,
+    initial_delay: float | None = None,
+) -> float | None:
+    """``max(floor, p<quantile>)`` of the latencies in ``histogram``'s window at ``now``.
+
+    With fewer than ``min_samples`` latencies: ``initial_delay`` (``None`` = do not hedge),
+    as motan-go does before its first metrics snapshot. Costs a histogram merge (tens of µs):
+    use :class:`HedgeDelay` on the per-call path, which caches it.
+    """
+    if histogram.count(now) < min_samples:
+        return initial_delay
+    return max(floor, histogram.percentile(quantile, now))
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HedgeDelayStatistics:
+    #: The delay in force (seconds), ``None`` when not hedging (cold start).
+    delay: float | None
+    samples: int
+    computed_at: float
+
+
+@final
+class HedgeDelay:
+    """The hedge delay of one (cluster, operation): its latency window and cached percentile.
+
+    Record every call's latency with :meth:`record` (O(1)); read the delay with :meth:`delay`,
+    which recomputes it at most every ``config.refresh`` seconds.
+    """
+
+    __slots__ = ("_delay", "_next_refresh", "computed_at", "config", "histogram")
+
+    def __init__(self, config: HedgeConfig | None = None) -> None:
+        self.config = config or HedgeConfig()
+        self.histogram = RollingHistogram(self.config.window, self.config.buckets)
+        self._delay: float | None = self.config.fixed_delay
+        self._next_refresh = -float("inf")
+        self.computed_at = -float("inf")
+
+    def record(self, latency: float, now: float) -> None:
+        """One call of this operation took ``latency`` seconds, ending at ``now``."""
+        self.histogram.record(latency, now)
+
+    def delay(self, now: float) -> float | None:
+        """Seconds to wait before hedging a call starting at ``now``; ``None`` = do not hedge."""
+        config = self.config
+        if config.fixed_delay is not None:
+            return config.fixed_delay
+        if now >= self._next_refresh:
+            self._next_refresh = now + config.refresh
+            self.computed_at = now
+            self._delay = hedge_delay(
+                self.histogram,
+                now,
+                quantile=config.quantile,
+                floor=config.floor,
+                min_samples=config.min_samples,
+                initial_delay=config.initial_delay,
+            )
+        return self._delay
+
+    def statistics(self, now: float) -> HedgeDelayStatistics:
+        return HedgeDelayStatistics(
+            delay=self.delay(now), samples=self.histogram.count(now), computed_at=self.computed_at
+        )
+
+
+def _wins(reply: Reply) -> bool:
+    """An answer that ends the race: the node answered (even with the caller's error)."""
+    return reply.outcome is Outcome.OK or reply.outcome is Outcome.APP_ERROR
+
+
+async def hedged(
+    call: Call, attempt: Attempt[T], delay: float | None, budget: HedgeBudget
+) -> Reply:
+    """Run ``call`` through ``attempt``, backing it up on another node if it is slow.
+
+    The first attempt starts at once. If it has not answered after ``delay`` seconds, and the
+    call is idempotent and not pinned, and ``budget`` has a token, a second attempt starts in
+    the same nursery (it avoids the first's node through the shared ``tried`` set). The first
+    answer that is OK or APP_ERROR wins and the other attempt is cancelled. A node failure
+    (or REJECTED) does not win: the other attempt is awaited, and if the first attempt fails
+    before ``delay`` is up the backup starts at once, budget permitting (motan-go and gRPC A6
+    skip the delay after a fast failure). If every attempt fails, the last failure is returned
+    (a node failure in preference to a REJECTED).
+
+    ``delay`` ``None`` (cold start, or hedging off) runs the one attempt. Every call through
+    here earns hedge budget, hedged or not.
+
+    Raises:
+        Exception: whatever an attempt raises (attempts should not raise; a single exception
+            is re-raised as itself, not wrapped in an exception group).
+    """
+    budget.record_call()
+    tried: set[T] = set()
+    if delay is None or not call.idempotent or call.pinned:
+        return await attempt(tried)
+    send, receive = trio.open_memory_channel[tuple[int, Reply]](2)
+
+    async def run(index: int) -> None:
+        reply = await attempt(tried)
+        send.send_nowait((index, reply))
+
+    failure: Reply | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, 0)
+            running = 1
+            may_hedge = True
+            hedge_at = trio.current_time() + delay
+            while True:
+                got: tuple[int, Reply] | None = None
+                if may_hedge:
+                    with trio.move_on_at(hedge_at):
+                        got = await receive.receive()
+                    if got is None:  # the first attempt is slow: back it up
+                        may_hedge = False
+                        if budget.try_hedge():
+                            nursery.start_soon(run, 1)
+                            running += 1
+                        continue
+                else:
+                    got = await receive.receive()
+                index, reply = got
+                running -= 1
+                if _wins(reply):
+                    if index:
+                        budget.wins += 1
+                    nursery.cancel_scope.cancel()
+                    return reply
+                if failure is None or reply.outcome is not Outcome.REJECTED:
+                    failure = reply
+                if running == 0:
+                    if may_hedge:  # failed fast, before the delay: back it up now
+                        may_hedge = False
+                        if budget.try_hedge():
+                            nursery.start_soon(run, 1)
+                            running += 1
+                            continue
+                    break
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    assert failure is not None
+    return failure

@@ -1,0 +1,129 @@
+"""The retry budget: retries in flight are capped at a share of the requests in flight.
+
+Envoy's ``retry_budget`` (anchors §3.5, Istio ``RetryBudget``): a retry may start while the
+retries already in flight are fewer than ``max(min_concurrent, ratio x active requests)``,
+with ratio 20 % and floor 3. A fixed "retries: 2" triples the load in exactly the outage where
+it hurts most (anchors §1.1); a budget keeps extra work a fraction of live traffic, and the
+floor keeps retries possible at low traffic.
+
+"Active requests" counts the original calls in flight (:meth:`RetryBudget.request_started` /
+:meth:`RetryBudget.request_finished`), not the retries themselves: Envoy counts every upstream
+request, which lets retries inflate their own budget; counting originals is stricter.
+
+Also here: :func:`backoff`, Envoy's fully jittered exponential back-off (base 25 ms, cap
+10 x base), for callers that retry the *same* target. Failover to a different node does not
+need to wait and :func:`resmesh.policies.failover.with_failover` does not, by default.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import final
+
+__all__ = ["RetryBudget", "RetryBudgetStatistics", "backoff"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RetryBudgetStatistics:
+    ratio: float
+    min_concurrent: int
+    active_requests: int
+    active_retries: int
+    #: The number of concurrent retries allowed right now.
+    allowed: int
+    retries: int
+    denied: int
+
+
+@final
+class RetryBudget:
+    """Concurrent retries at most ``max(min_concurrent, ratio x active requests)``.
+
+    Defaults: ``ratio`` 0.2, ``min_concurrent`` 3 (Envoy ``budget_percent`` 20 %,
+    ``min_retry_concurrency`` 3; Istio the same).
+    """
+
+    __slots__ = (
+        "active_requests",
+        "active_retries",
+        "denied",
+        "min_concurrent",
+        "ratio",
+        "retries",
+    )
+
+    def __init__(self, ratio: float = 0.2, min_concurrent: int = 3) -> None:
+        """Create an idle budget.
+
+        Raises:
+            ValueError: ``ratio`` is outside ``[0, 1]`` or ``min_concurrent`` is negative.
+        """
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
+        if min_concurrent < 0:
+            raise ValueError(f"min_concurrent must be >= 0, got {min_concurrent!r}")
+        self.ratio = ratio
+        self.min_concurrent = min_concurrent
+        self.active_requests = 0
+        self.active_retries = 0
+        self.retries = 0
+        self.denied = 0
+
+    def request_started(self) -> None:
+        """An original call started (count it whether or not it will ever retry)."""
+        self.active_requests += 1
+
+    def request_finished(self) -> None:
+        """An original call counted by :meth:`request_started` ended."""
+        if self.active_requests > 0:
+            self.active_requests -= 1
+
+    def allowed(self) -> int:
+        """How many retries may be in flight at once right now."""
+        return max(self.min_concurrent, int(self.ratio * self.active_requests))
+
+    def try_start_retry(self) -> bool:
+        """Start a retry if the budget allows; if this returns ``True``, call
+        :meth:`finish_retry` when the retry ends (in a ``finally``)."""
+        limit = int(self.ratio * self.active_requests)
+        if limit < self.min_concurrent:
+            limit = self.min_concurrent
+        if self.active_retries < limit:
+            self.active_retries += 1
+            self.retries += 1
+            return True
+        self.denied += 1
+        return False
+
+    def finish_retry(self) -> None:
+        """A retry started by :meth:`try_start_retry` ended."""
+        if self.active_retries > 0:
+            self.active_retries -= 1
+
+    def statistics(self) -> RetryBudgetStatistics:
+        return RetryBudgetStatistics(
+            ratio=self.ratio,
+            min_concurrent=self.min_concurrent,
+            active_requests=self.active_requests,
+            active_retries=self.active_retries,
+            allowed=self.allowed(),
+            retries=self.retries,
+            denied=self.denied,
+        )
+
+
+def backoff(
+    attempt: int, base: float = 0.025, cap: float | None = None, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (1 for the first retry).
+
+    Envoy's fully jittered exponential back-off: uniform in ``[0, base x (2**attempt - 1)]``,
+    capped at ``cap`` (default 10 x ``base``, Envoy's ``max_interval``); base 25 ms (Envoy,
+    Istio).
+    """
+    if cap is None:
+        cap = 10.0 * base
+    ceiling = min(cap, base * ((1 << min(attempt, 32)) - 1))
+    return (rng or random).uniform(0.0, ceiling)

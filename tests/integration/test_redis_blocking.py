@@ -1,0 +1,215 @@
+"""Blocking commands through the gateway: woken promptly, time out on their own clock.
+
+A blocked client is recognised on the node by ``INFO clients`` (``blocked_clients``): the tests
+wait for that rather than sleeping, then wake it from another client and measure how long the
+wake-up took to reach the blocked caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from tests.support.servers import Gateway, RawRedis, RedisServer, wait_for
+
+#: A woken client must see its reply within this long of the wake-up (generous for CI).
+PROMPT = 0.5
+
+
+@pytest.fixture
+def direct(redis_node: RedisServer) -> redis.Redis:
+    client = redis.Redis(port=redis_node.port, socket_timeout=10)
+    client.flushall()
+    return client
+
+
+def blocked_clients(client: redis.Redis) -> int:
+    return int(client.info("clients")["blocked_clients"])
+
+
+class Background:
+    """Runs a blocking call in a thread; records its result and when it returned."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.finished_at = 0.0
+        self._call = call
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._call()
+        except BaseException as exc:
+            self.error = exc
+        self.finished_at = time.monotonic()
+
+    def join(self, timeout: float = 10) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the blocking call never returned"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _client(gateway: Gateway, protocol: int) -> redis.Redis:
+    return redis.Redis(port=gateway.port, protocol=protocol, socket_timeout=20)
+
+
+WAKERS: dict[str, tuple[Callable[[redis.Redis], Any], Callable[[redis.Redis], Any], Any]] = {
+    # name: (blocking call, waking call, expected result)
+    "blpop": (
+        lambda c: c.blpop(["q1", "q2"], timeout=10),
+        lambda c: c.rpush("q2", "v"),
+        [b"q2", b"v"],
+    ),
+    "brpop": (lambda c: c.brpop(["q"], timeout=0), lambda c: c.lpush("q", "a", "b"), [b"q", b"a"]),
+    "blmove": (
+        lambda c: c.blmove("src", "dst", 10, "LEFT", "RIGHT"),
+        lambda c: c.rpush("src", "moved"),
+        b"moved",
+    ),
+    "bzpopmin": (
+        lambda c: c.bzpopmin(["z"], timeout=10),
+        lambda c: c.zadd("z", {"low": 1, "high": 9}),
+        [b"z", b"low", 1.0],
+    ),
+    "xread": (
+        lambda c: c.xread({"s": "$"}, block=10_000),
+        lambda c: c.xadd("s", {"f": "v"}, id="5-1"),
+        None,  # shape differs by protocol; checked below
+    ),
+}
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+@pytest.mark.parametrize("name", list(WAKERS))
+def test_blocking_command_woken_promptly(
+    name: str, protocol: int, direct: redis.Redis, gateway: Gateway
+) -> None:
+    block, wake, expected = WAKERS[name]
+    waiter = Background(lambda: block(_client(gateway, protocol)))
+    wait_for(lambda: blocked_clients(direct) == 1, 5, f"{name} to block on the node")
+    # Other clients are not held up by the blocked one.
+    other = _client(gateway, protocol)
+    started = time.monotonic()
+    assert other.ping()
+    assert time.monotonic() - started < PROMPT
+    woken_at = time.monotonic()
+    wake(other)
+    result = waiter.join()
+    assert waiter.finished_at - woken_at < PROMPT
+    if name == "xread":
+        entries = result[b"s"][0] if protocol == 3 else result[0][1]
+        assert entries == [(b"5-1", {b"f": b"v"})]
+    else:
+        assert _tuples_to_lists(result) == expected
+    assert blocked_clients(direct) == 0
+
+
+def _tuples_to_lists(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_blpop_times_out_on_its_own_clock(
+    protocol: int, direct: redis.Redis, gateway: Gateway
+) -> None:
+    client = _client(gateway, protocol)
+    started = time.monotonic()
+    assert client.blpop(["never"], timeout=1) is None
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 3, elapsed
+    started = time.monotonic()
+    assert client.blpop(["never"], timeout=0.2) is None
+    assert 0.15 <= time.monotonic() - started < 2
+    assert client.set("after", "ok") and client.get("after") == b"ok"
+
+
+def test_blocking_timeouts_raw_match_direct(
+    direct: redis.Redis, redis_node: RedisServer, gateway: Gateway
+) -> None:
+    commands = [
+        ("BLPOP", "none", "0.1"),
+        ("PING",),
+        ("RPUSH", "l", "x"),
+        ("BLPOP", "l", "0"),
+        ("BZPOPMIN", "nz", "0.1"),
+        ("XREAD", "BLOCK", "100", "STREAMS", "ns", "$"),
+        ("BLPOP", "l", "notanumber"),
+        ("BLPOP", "l", "-1"),
+        ("WAIT", "0", "0"),
+        ("GET", "l"),
+    ]
+    outputs = []
+    for protocol in (2, 3):
+        for port in (redis_node.port, gateway.port):
+            direct.flushall()
+            with RawRedis(port) as conn:
+                if protocol == 3:
+                    conn.call(("HELLO", "3"))
+                outputs.append(conn.call(*commands))
+    assert outputs[1] == outputs[0]
+    assert outputs[3] == outputs[2]
+    assert outputs[0][0] == b"*-1\r\n" and outputs[2][0] == b"_\r\n"
+    assert outputs[0][8] == b":0\r\n"
+
+
+def test_wait_zero_replicas(gateway: Gateway) -> None:
+    client = _client(gateway, 2)
+    started = time.monotonic()
+    assert client.wait(0, 0) == 0
+    assert time.monotonic() - started < PROMPT
+
+
+def test_many_blocked_clients_each_get_one_item(direct: redis.Redis, gateway: Gateway) -> None:
+    count = 20
+    waiters = [
+        Background(lambda: _client(gateway, 3).blpop(["jobs"], timeout=10)) for _ in range(count)
+    ]
+    wait_for(lambda: blocked_clients(direct) == count, 10, f"{count} blocked clients")
+    redis.Redis(port=gateway.port).rpush("jobs", *[f"job-{i}" for i in range(count)])
+    items = sorted(waiter.join()[1] for waiter in waiters)
+    assert items == sorted(f"job-{i}".encode() for i in range(count))
+
+
+def test_blocked_client_disconnect_releases_the_node(direct: redis.Redis, gateway: Gateway) -> None:
+    conn = RawRedis(gateway.port)
+    conn.send(b"*3\r\n$5\r\nBLPOP\r\n$4\r\ngone\r\n$1\r\n0\r\n")
+    wait_for(lambda: blocked_clients(direct) == 1, 5, "BLPOP to block on the node")
+    conn.close()
+    wait_for(lambda: blocked_clients(direct) == 0, 5, "the node connection to be released")
+    # A later push is not swallowed by the abandoned BLPOP.
+    direct.rpush("gone", "kept")
+    assert direct.lrange("gone", 0, -1) == [b"kept"]
+
+
+def test_blpop_asyncio(direct: redis.Redis, gateway: Gateway) -> None:
+    async def main() -> tuple[Any, float]:
+        waiter = redis.asyncio.Redis(port=gateway.port, protocol=3)
+        pusher = redis.asyncio.Redis(port=gateway.port, protocol=3)
+        try:
+            task = asyncio.create_task(waiter.blpop(["aq"], timeout=10))
+            deadline = time.monotonic() + 5
+            while blocked_clients(direct) != 1:
+                assert time.monotonic() < deadline, "BLPOP never blocked"
+                await asyncio.sleep(0.01)
+            woken_at = time.monotonic()
+            await pusher.lpush("aq", "async")
+            result = await asyncio.wait_for(task, 5)
+            return result, time.monotonic() - woken_at
+        finally:
+            await waiter.aclose()
+            await pusher.aclose()
+
+    result, latency = asyncio.run(main())
+    assert list(result) == [b"aq", b"async"]
+    assert latency < PROMPT

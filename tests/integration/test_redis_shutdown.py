@@ -1,0 +1,114 @@
+"""Graceful shutdown: SIGTERM/SIGINT drain the gateway and exit 0 within ``drain_timeout``."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.support.servers import (
+    Gateway,
+    RawRedis,
+    RedisServer,
+    port_open,
+    redis_cluster_config,
+    wait_for,
+)
+
+DRAIN = 2.0
+#: Process exit and interpreter teardown on a loaded 2-core machine.
+MARGIN = 2.5
+
+
+def _config(redis_node: RedisServer, drain: float = DRAIN) -> dict[str, Any]:
+    config = redis_cluster_config("feed-cache", {"dc-a": [redis_node.port]})
+    config["gateway"]["drain_timeout"] = f"{drain:g}s"
+    return config
+
+
+def _stop(gw: Gateway, signum: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, float]:
+    """Signal the gateway; return its exit code and how long it took to exit."""
+    started = time.monotonic()
+    gw.proc.send_signal(signum)
+    code = gw.proc.wait(timeout)
+    return code, time.monotonic() - started
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_idle_clients_exit_zero_promptly(
+    signum: int, redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
+) -> None:
+    gw = start_gateway(_config(redis_node))
+    idle = RawRedis(gw.port, timeout=DRAIN + MARGIN)
+    assert idle.call(("SET", "k", "v"), ("GET", "k")) == [b"+OK\r\n", b"$1\r\nv\r\n"]
+    client = redis.Redis(port=gw.port)
+    assert client.ping()
+    code, elapsed = _stop(gw, signum)
+    assert code == 0, gw.log()
+    assert elapsed < DRAIN, f"took {elapsed:.2f}s with only idle clients"
+    assert idle.read_until_closed() == b""  # the idle client was closed, not left hanging
+    idle.close()
+    assert not port_open(gw.port)
+
+
+def test_sigterm_during_blpop_forever(
+    redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
+) -> None:
+    gw = start_gateway(_config(redis_node))
+    direct = redis.Redis(port=redis_node.port)
+    outcome: list[Any] = []
+
+    def block() -> None:
+        client = redis.Redis(port=gw.port, socket_timeout=30, retry=Retry(NoBackoff(), 0))
+        try:
+            outcome.append(client.blpop(["drain-q"], timeout=0))
+        except redis.RedisError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=block, daemon=True)
+    thread.start()
+    wait_for(lambda: int(direct.info("clients")["blocked_clients"]) >= 1, 5, "BLPOP to block")
+    code, elapsed = _stop(gw)
+    assert code == 0, gw.log()
+    assert elapsed < DRAIN + MARGIN, elapsed
+    thread.join(5)
+    assert not thread.is_alive(), "the blocked client was left hanging after the gateway exited"
+    assert outcome and isinstance(outcome[0], redis.RedisError), outcome
+    wait_for(
+        lambda: int(direct.info("clients")["blocked_clients"]) == 0,
+        5,
+        "the node-side BLPOP to go away with the gateway",
+    )
+    direct.rpush("drain-q", "kept")
+    assert direct.lpop("drain-q") == b"kept"  # not swallowed by an orphaned BLPOP
+
+
+def test_in_flight_command_finishes_during_drain(
+    redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
+) -> None:
+    """A BLPOP with a 1 s timeout gets its reply during a 5 s drain; then the gateway exits."""
+    gw = start_gateway(_config(redis_node, drain=5))
+    direct = redis.Redis(port=redis_node.port)
+    conn = RawRedis(gw.port, timeout=10)
+    conn.send(b"*3\r\n$5\r\nBLPOP\r\n$7\r\nshort-q\r\n$1\r\n1\r\n")
+    wait_for(lambda: int(direct.info("clients")["blocked_clients"]) >= 1, 5, "BLPOP to block")
+    started = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+    # Stops accepting at once, while the in-flight command is still owed its answer.
+    wait_for(lambda: not port_open(gw.port), 2, "the listener to close")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
+    assert conn.read_replies(1) == [b"*-1\r\n"]
+    code = gw.proc.wait(10)
+    elapsed = time.monotonic() - started
+    assert code == 0, gw.log()
+    assert elapsed < 5, f"exited after {elapsed:.2f}s: it waited for the whole drain"
+    conn.close()

@@ -1,0 +1,360 @@
+"""The client → server parser (``requests.py``): multibulk and inline commands, limits, wording.
+
+Golden vectors (``protocols/resp-vectors.json``, sections ``requests`` and ``request_errors``)
+pin redis-server's behaviour; ``split_inline`` is checked against a line-by-line transliteration
+of redis-server's ``sdssplitargs`` (sds.c) on generated lines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resmesh.protocols._errors import RemoteProtocolError
+from resmesh.protocols.resp.requests import (
+    Command,
+    RequestLimits,
+    RequestParser,
+    _PureRequestParser,
+    encode_command,
+    split_inline,
+)
+from tests.protocols.resp.resp_support import (
+    VECTORS,
+    cut_lists,
+    mutated,
+    request_limits,
+    split,
+    wire,
+)
+
+REQUESTS = VECTORS["requests"]
+REQUEST_ERRORS = VECTORS["request_errors"]
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def command_args(spec: list[Any]) -> list[bytes]:
+    return [wire(arg) for arg in spec]
+
+
+def parse_all(chunks: list[bytes], parser: RequestParser | None = None) -> list[Command]:
+    parser = parser or RequestParser()
+    out: list[Command] = []
+    for chunk in chunks:
+        parser.feed(chunk)
+        out.extend(parser.commands())
+    return out
+
+
+def args_of(commands: list[Command]) -> list[list[bytes]]:
+    return [command.args for command in commands]
+
+
+# -- a reference model of redis-server's sdssplitargs ------------------------------------------
+
+_C_SPACE = b" \t\n\v\f\r"
+
+
+def sdssplitargs(line: bytes) -> list[bytes] | None:
+    """redis-server's ``sdssplitargs`` (sds.c), transliterated; None where it fails.
+
+    It works on a NUL-terminated C string, so ``*p`` past the end (or at a NUL) is 0.
+    """
+
+    def at(i: int) -> int:
+        return line[i] if i < len(line) else 0
+
+    def is_hex(c: int) -> bool:
+        return c != 0 and chr(c) in "0123456789abcdefABCDEF"
+
+    p = 0
+    vector: list[bytes] = []
+    while True:
+        while at(p) and at(p) in _C_SPACE:
+            p += 1
+        if not at(p):
+            return vector
+        inq = insq = done = False
+        current = bytearray()
+        while not done:
+            c = at(p)
+            if inq:
+                if c == 0x5C and at(p + 1) == ord("x") and is_hex(at(p + 2)) and is_hex(at(p + 3)):
+                    current.append(int(bytes([at(p + 2), at(p + 3)]), 16))
+                    p += 3
+                elif c == 0x5C and at(p + 1):
+                    p += 1
+                    current.append(
+                        {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}.get(
+                            at(p), at(p)
+                        )
+                    )
+                elif c == 0x22:
+                    if at(p + 1) and at(p + 1) not in _C_SPACE:
+                        return None
+                    done = True
+                elif not c:
+                    return None
+                else:
+                    current.append(c)
+            elif insq:
+                if c == 0x5C and at(p + 1) == 0x27:
+                    p += 1
+                    current.append(0x27)
+                elif c == 0x27:
+                    if at(p + 1) and at(p + 1) not in _C_SPACE:
+                        return None
+                    done = True
+                elif not c:
+                    return None
+                else:
+                    current.append(c)
+            else:
+                if c in (0x20, 0x0A, 0x0D, 0x09, 0x00):
+                    done = True
+                elif c == 0x22:
+                    inq = True
+                elif c == 0x27:
+                    insq = True
+                else:
+                    current.append(c)
+            if at(p):
+                p += 1
+        vector.append(bytes(current))
+
+
+inline_lines = st.lists(
+    st.sampled_from(
+        [
+            *(b"a", b"bc", b" ", b"  ", b"\t", b"\v", b"\f", b"\r", b"\x00", b'"', b"'"),
+            *(b"\\", b"\\x4", b"\\x41", b"\\n", b"\\'", b'\\"', b"x", b"\xff", b"SET", b"k"),
+        ]
+    ),
+    max_size=14,
+).map(b"".join)
+
+
+@FAST
+@given(inline_lines)
+def test_split_inline_matches_redis(line: bytes) -> None:
+    expected = sdssplitargs(line)
+    if expected is None:
+        with pytest.raises(RemoteProtocolError) as caught:
+            split_inline(line)
+        assert caught.value.reply_hint == "ERR Protocol error: unbalanced quotes in request"
+    else:
+        assert split_inline(line) == expected
+
+
+def test_reference_model_sanity() -> None:
+    assert sdssplitargs(b'SET k "a b"') == [b"SET", b"k", b"a b"]
+    assert sdssplitargs(b'"a"b') is None
+    assert sdssplitargs(b"a\x00b") == [b"a"]
+
+
+# -- golden vectors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", REQUESTS, ids=[v["name"] for v in REQUESTS])
+def test_golden_requests(vector: dict[str, Any]) -> None:
+    data = wire(vector["wire"])
+    expected = [command_args(c) for c in vector["commands"]]
+    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+        parser = RequestParser(authenticated=vector["authenticated"])
+        commands = parse_all(chunks, parser)
+        assert args_of(commands) == expected
+        assert parser.buffered == 0
+        for command in commands:
+            # ``raw`` is always a forwardable multibulk encoding of exactly these args.
+            assert args_of(parse_all([command.raw])) == [command.args]
+
+
+@pytest.mark.parametrize("vector", REQUEST_ERRORS, ids=[v["name"] for v in REQUEST_ERRORS])
+def test_golden_request_errors(vector: dict[str, Any]) -> None:
+    data = wire(vector["wire"])
+    limits = request_limits(vector.get("limits"))
+    chunkings = [[data]]
+    if len(data) < 2000:
+        chunkings.append([data[i : i + 1] for i in range(len(data))])
+    for chunks in chunkings:
+        parser = RequestParser(limits, authenticated=vector["authenticated"])
+        with pytest.raises(RemoteProtocolError) as caught:
+            parse_all(chunks, parser)
+        assert caught.value.reply_hint == vector["reply_hint"]
+        if "buffer" not in vector["reply_hint"]:  # raised by feed(), which keeps no state
+            with pytest.raises(RemoteProtocolError):
+                parser.commands()
+
+
+def test_multibulk_raw_is_the_clients_bytes() -> None:
+    data = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*1\r\n$4\r\nPING\r\n"
+    commands = parse_all([data])
+    assert b"".join(c.raw for c in commands) == data
+    assert commands[0].name == b"GET"
+    assert parse_all([b"get a\r\n"])[0].name == b"GET"
+
+
+def test_inline_raw_is_reencoded() -> None:
+    (command,) = parse_all([b'SET k "a b"\r\n'])
+    assert command.raw == encode_command([b"SET", b"k", b"a b"])
+
+
+def test_commands_before_an_error_are_returned_first() -> None:
+    parser = RequestParser()
+    parser.feed(b"*1\r\n$4\r\nPING\r\n*x\r\n")
+    assert args_of(parser.commands()) == [[b"PING"]]
+    with pytest.raises(RemoteProtocolError, match="invalid multibulk length"):
+        parser.commands()
+
+
+def test_authentication_lifts_the_pre_auth_limits() -> None:
+    parser = RequestParser(authenticated=False)
+    parser.feed(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n")
+    assert args_of(parser.commands()) == [[b"AUTH", b"pw"]]
+    parser.authenticated = True
+    parser.feed(encode_command([b"MSET"] + [b"k", b"v"] * 10))
+    assert len(parser.commands()[0].args) == 21
+
+
+# -- hypothesis --------------------------------------------------------------------------------
+
+arg_lists = st.lists(st.binary(max_size=30), min_size=1, max_size=8)
+inline_safe_words = st.lists(
+    st.binary(min_size=1, max_size=8).filter(
+        lambda w: not any(c in w for c in b" \t\r\n\v\f\x00\"'")
+    ),
+    min_size=1,
+    max_size=6,
+).filter(lambda words: not words[0].startswith(b"*"))  # a line starting with '*' is multibulk
+
+
+@FAST
+@given(arg_lists)
+def test_round_trip(args: list[bytes]) -> None:
+    (command,) = parse_all([encode_command(args)])
+    assert command.args == args
+    assert command.raw == encode_command(args)
+
+
+@FAST
+@given(
+    st.lists(
+        st.one_of(arg_lists.map(lambda a: (a, True)), inline_safe_words.map(lambda a: (a, False))),
+        min_size=1,
+        max_size=8,
+    ),
+    cut_lists,
+)
+def test_split_invariance(commands: list[tuple[list[bytes], bool]], cuts: list[int]) -> None:
+    stream = b"".join(
+        encode_command(args) if multibulk else b" ".join(args) + b"\r\n"
+        for args, multibulk in commands
+    )
+    expected = [args for args, _ in commands]
+    assert args_of(parse_all([stream])) == expected
+    assert args_of(parse_all(split(stream, cuts))) == expected
+
+
+SMALL = RequestLimits(max_bulk_len=64, max_multibulk_len=16, max_buffer=512)
+
+
+def _garbage_run(chunks: list[bytes], authenticated: bool) -> None:
+    parser = RequestParser(SMALL, authenticated=authenticated)
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+            for command in parser.commands():
+                assert command.args
+                assert all(isinstance(a, bytes) for a in command.args)
+                assert len(command.args) <= SMALL.max_multibulk_len
+                assert all(len(a) <= SMALL.max_bulk_len for a in command.args)
+            assert parser.buffered <= SMALL.max_buffer
+    except RemoteProtocolError as exc:
+        assert exc.reply_hint.startswith("ERR Protocol error: ")
+
+
+request_garbage = st.binary(max_size=80) | st.lists(
+    st.sampled_from(
+        [
+            *(b"*", b"$", b"\r\n", b"\n", b"1", b"2", b"-1", b"0", b"a", b" ", b'"', b"'"),
+            *(b"\\x", b"PING", b"*1\r\n", b"$1\r\n", b"\x00", b"+", b":"),
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@FAST
+@given(request_garbage, cut_lists, st.booleans())
+def test_garbage_gives_commands_or_protocol_error(
+    data: bytes, cuts: list[int], authenticated: bool
+) -> None:
+    _garbage_run(split(data, cuts), authenticated)
+
+
+@FAST
+@given(st.data())
+def test_mutated_pipelines(data: st.DataObject) -> None:
+    commands = data.draw(st.lists(arg_lists, min_size=1, max_size=5))
+    stream = data.draw(mutated(b"".join(encode_command(a) for a in commands)))
+    _garbage_run(split(stream, data.draw(cut_lists)), data.draw(st.booleans()))
+
+
+def test_huge_declared_count_is_a_protocol_error() -> None:
+    """A count far beyond any limit is refused with redis-server's words, never a MemoryError."""
+    for header in (b"*4000000000\r\n", b"*2147483648\r\n", b"*99999999999999999999\r\n"):
+        parser = RequestParser()
+        parser.feed(header + b"$1\r\na\r\n")
+        with pytest.raises(RemoteProtocolError, match="invalid multibulk length"):
+            parser.commands()
+
+
+def test_many_args_in_small_chunks() -> None:
+    args = [b"MSET"] + [b"k%d" % i for i in range(20000)]
+    stream = encode_command(args)
+    commands = parse_all([stream[i : i + 1024] for i in range(0, len(stream), 1024)])
+    assert args_of(commands) == [args]
+
+
+def _outcome(parser: Any, chunks: list[bytes]) -> tuple[list[list[bytes]], str | None]:
+    got: list[list[bytes]] = []
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+            got.extend(c.args for c in parser.commands())
+        got.extend(c.args for c in parser.commands())
+    except RemoteProtocolError as exc:
+        return got, exc.reply_hint
+    return got, None
+
+
+@FAST
+@given(st.data())
+def test_hiredis_path_agrees_with_the_pure_parser(data: st.DataObject) -> None:
+    """The hiredis engine never returns a command the pure parser would not.
+
+    On valid input both give the same commands. On malformed input the hiredis engine may
+    still be waiting where the pure parser already refuses (hiredis reads nested arrays, so
+    ``*5`` where an argument should be looks like an incomplete command to it): it then returns
+    a prefix of the pure parser's commands, and whenever it raises, it is the same error.
+    """
+    commands = data.draw(st.lists(arg_lists, min_size=1, max_size=5))
+    stream = b"".join(encode_command(a) for a in commands)
+    if data.draw(st.booleans()):
+        stream = data.draw(mutated(stream))
+    chunks = split(stream, data.draw(cut_lists))
+    fast_commands, fast_error = _outcome(RequestParser(SMALL), chunks)
+    pure_commands, pure_error = _outcome(_PureRequestParser(SMALL), chunks)
+    assert fast_commands == pure_commands[: len(fast_commands)]
+    if fast_error == CAP_ERROR and pure_error != CAP_ERROR:
+        # An incomplete command is judged by its count only until it passes 64 KiB, so a cap
+        # below that can be hit before its over-long bulk header is refused.
+        return
+    if fast_error is not None or pure_error is None:
+        assert (fast_commands, fast_error) == (pure_commands, pure_error)
+
+
+CAP_ERROR = "ERR Protocol error: client query buffer limit exceeded"
