@@ -87,8 +87,11 @@ def bench_scan(quick: bool) -> list[tuple[str, float]]:
         ("error     -ERR", ERR_REPLY),
         ("MGET x10  *10", MGET_10),
     ]:
-        buf = bytes(reply)
-        rows.append((f"scan_reply, {name}", per_op(lambda b=buf: scan_reply(b, 0), 1, quick)))
+
+        def scan(buf: bytes = reply) -> int:
+            return scan_reply(buf, 0)
+
+        rows.append((f"scan_reply, {name}", per_op(scan, 1, quick)))
     pipeline = GET_REPLY * 16
 
     def scan_pipeline() -> None:

@@ -200,7 +200,7 @@ def build(examples: int) -> list[Any]:
         for chunk in split(stream, cuts):
             framer.feed(chunk)
             while (reply := framer.next_reply()) is not NEED_DATA:
-                framed.append(reply)  # type: ignore[arg-type]
+                framed.append(reply)
         assert framed == encoded
 
     @config

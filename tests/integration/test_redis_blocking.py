@@ -213,3 +213,19 @@ def test_blpop_asyncio(direct: redis.Redis, gateway: Gateway) -> None:
     result, latency = asyncio.run(main())
     assert list(result) == [b"aq", b"async"]
     assert latency < PROMPT
+
+
+def test_commands_sent_while_blocked_are_answered_after_the_pop(
+    direct: redis.Redis, gateway: Gateway
+) -> None:
+    """A client may pipeline past a blocking command in a later write; those commands wait in
+    the gateway's buffer and must be answered once the pop returns, without further input."""
+    direct.delete("blk:later")
+    direct.set("blk:later:v", "v")
+    with RawRedis(gateway.port, timeout=5) as conn:
+        conn.send(b"*3\r\n$5\r\nBLPOP\r\n$9\r\nblk:later\r\n$1\r\n0\r\n")
+        wait_for(lambda: blocked_clients(direct) >= 1, 5, "the BLPOP to block on the node")
+        conn.send(b"*2\r\n$3\r\nGET\r\n$11\r\nblk:later:v\r\n")
+        direct.lpush("blk:later", "item")
+        replies = conn.read_replies(2)
+    assert replies == [b"*2\r\n$9\r\nblk:later\r\n$4\r\nitem\r\n", b"$1\r\nv\r\n"]

@@ -15,40 +15,39 @@ from __future__ import annotations
 
 import math
 import socket
-from typing import Final
 
 import trio
 
 from ...protocols._errors import ProtocolError
-from ...protocols.resp.framing import scan_reply
+from ...protocols.resp.framing import NEED_DATA, ReplyFramer, scan_reply
 from ...protocols.resp.requests import encode_command
 from ..sockio import close_quietly, open_tcp, recv, send_all
 from .errors import BackendError
 
 __all__ = ["RedisConnection", "ReplyBuffer", "connect"]
 
-#: Replies bigger than this are still accepted, but the buffer is compacted more eagerly.
-_COMPACT_AT: Final = 256 * 1024
-
 
 class ReplyBuffer:
-    """Receive buffer that hands out complete raw replies in order."""
+    """Receive buffer that hands out complete raw replies in order.
 
-    __slots__ = ("_buf", "_pos")
+    The first reply in line is framed by a :class:`ReplyFramer`, which resumes an incomplete
+    aggregate where it stopped (a 100k-element ``LRANGE`` arriving in many reads is scanned
+    once, not once per read) and caps what may be buffered; the replies after it in the same
+    read are framed by the stateless :func:`scan_reply`, the fastest path for small replies.
+    """
+
+    __slots__ = ("_framer",)
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._framer = ReplyFramer()
 
     def feed(self, data: bytes) -> None:
-        if self._pos == len(self._buf):
-            self._buf = bytearray(data)
-            self._pos = 0
-        else:
-            if self._pos > _COMPACT_AT:
-                del self._buf[: self._pos]
-                self._pos = 0
-            self._buf += data
+        """Append bytes from the node.
+
+        Raises:
+            RemoteProtocolError: the reply in progress exceeds the framer's buffer cap.
+        """
+        self._framer.feed(data)
 
     def next_reply(self) -> bytes | None:
         """The next complete reply's bytes, or ``None`` until more arrive.
@@ -56,12 +55,8 @@ class ReplyBuffer:
         Raises:
             RemoteProtocolError: the node sent something that is not RESP.
         """
-        end = scan_reply(self._buf, self._pos)
-        if end < 0:
-            return None
-        reply = bytes(self._buf[self._pos : end])
-        self._pos = end
-        return reply
+        reply = self._framer.next_reply()
+        return None if reply is NEED_DATA else reply
 
     def take(self, limit: int) -> tuple[bytes, int]:
         """Up to ``limit`` complete replies as one bytes object, and how many it holds.
@@ -72,24 +67,23 @@ class ReplyBuffer:
         Raises:
             RemoteProtocolError: the node sent something that is not RESP.
         """
-        buf = self._buf
-        start = self._pos
-        end = start
-        taken = 0
+        framer = self._framer
+        end = framer.next_end()
+        if end < 0:
+            return b"", 0
+        data = framer.buffer.data
+        taken = 1
         while taken < limit:
-            next_end = scan_reply(buf, end)
+            next_end = scan_reply(data, end)
             if next_end < 0:
                 break
             end = next_end
             taken += 1
-        if not taken:
-            return b"", 0
-        self._pos = end
-        return bytes(buf[start:end]), taken
+        return framer.buffer.take(end), taken
 
     @property
     def empty(self) -> bool:
-        return self._pos == len(self._buf)
+        return len(self._framer.buffer) == 0
 
 
 class RedisConnection:
@@ -163,8 +157,11 @@ class RedisConnection:
         Raises:
             BackendError: the connection closed, broke, or the node sent garbage.
         """
+        data = b""
         while True:
             try:
+                if data:
+                    self.replies.feed(data)
                 reply = self.replies.next_reply()
             except ProtocolError as exc:
                 self.close()
@@ -182,7 +179,6 @@ class RedisConnection:
             if not data:
                 self.close()
                 raise BackendError(self.node, "connection closed by the node")
-            self.replies.feed(data)
 
     async def request(self, data: bytes, count: int, timeout: float) -> list[bytes]:
         """Send ``data`` (``count`` commands) and read their ``count`` replies.

@@ -193,8 +193,8 @@ class MuxConnection:
                 conn.close()
                 self._fail(conn.node, "connection closed by the node")
                 return
-            buffer.feed(data)
             try:
+                buffer.feed(data)
                 while True:
                     if not queue:
                         if buffer.empty:

@@ -149,17 +149,19 @@ class RedisSession:
             close_quietly(self.sock)
 
     async def _handle_input(self, data: bytes) -> None:
+        """Feed ``data`` and run every complete command, including any that arrived while a
+        batch waited (a blocking command buffers the client's next commands) and any error
+        that followed them."""
         try:
             self.parser.feed(data)
-            commands = self.parser.commands()
+            while not self.closing:
+                commands = self.parser.commands()
+                if not commands:
+                    break
+                await self._run_batch(commands)
         except ProtocolError as exc:
             await self._write(R.error(exc.reply_hint))
             self.closing = True
-            return
-        if commands:
-            await self._run_batch(commands)
-        if self.parser.failed and not self.closing:
-            await self._handle_input(b"")  # report the error that followed those commands
 
     async def _write(self, data: bytes) -> None:
         try:
@@ -420,14 +422,19 @@ class RedisSession:
 
     async def _relay_client_to_node(self, conn: RedisConnection) -> None:
         while True:
-            data = await recv(self.sock)
-            if not data:
-                return
+            if self.parser.failed:
+                data = b""  # malformed bytes already buffered: report them without waiting
+            else:
+                data = await recv(self.sock)
+                if not data:
+                    return
             try:
                 self.parser.feed(data)
                 commands = self.parser.commands()
             except ProtocolError as exc:
-                await conn.send(_eval_reply(b"error_reply", exc.reply_hint))
+                # The connection is closed after this; replies the node still owes for
+                # earlier commands are dropped with it (redis-server would send them first).
+                await self._write(R.error(exc.reply_hint))
                 return
             if commands:
                 await conn.send(self._relay_payload(commands))

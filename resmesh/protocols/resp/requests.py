@@ -431,7 +431,17 @@ class RequestParser:
         pending = self._pending
         verified = 0
         try:
-            while (args := fast.gets()) is not False:
+            while True:
+                # hiredis allocates a declared array as soon as it reads the header, so a
+                # header over the limit (``*2147483648``) must be refused before gets() sees
+                # it. Six digits or fewer is always within bounds: one find() per command.
+                if verified < len(pending):
+                    header_end = pending.find(b"\r\n", verified, verified + 9)
+                    if header_end < 0 or header_end - verified > 7:
+                        _check_in_progress(pending, verified, limits)
+                args = fast.gets()
+                if args is False:
+                    break
                 if type(args) is not list or len(args) > limits.max_multibulk_len:
                     raise _NotARequest
                 # join() is the cheapest "every element is bytes" test there is (a TypeError
@@ -517,3 +527,19 @@ def _check_in_progress(pending: bytearray, start: int, limits: RequestLimits) ->
     count = parse_integer(pending[start + 1 : header_end])
     if count is None or count > limits.max_multibulk_len:
         raise _NotARequest
+    # The bulk headers received so far: redis-server refuses a bad length on sight.
+    pos = header_end + 2
+    for _ in range(count):
+        if pos >= len(pending):
+            return
+        if pending[pos] != 0x24:  # '$'
+            raise _NotARequest
+        line_end = pending.find(b"\r\n", pos + 1, pos + 24)
+        if line_end < 0:
+            if len(pending) - pos >= 24:
+                raise _NotARequest
+            return
+        length = parse_integer(pending[pos + 1 : line_end])
+        if length is None or length < 0 or length > limits.max_bulk_len:
+            raise _NotARequest
+        pos = line_end + 2 + length + 2
