@@ -21,6 +21,7 @@ import trio
 
 from .config import Config
 from .net.listen import bind_tcp
+from .net.sockio import close_quietly
 from .net.redis_cluster import RedisClusterRuntime
 
 __all__ = ["run", "serve"]
@@ -141,9 +142,7 @@ async def serve(
                     async for signum in signals:
                         log.info("received %s: draining", signal.Signals(signum).name)
                         break
-                    accepting.cancel()
-                    for listener in listeners.values():
-                        listener.close()
+                    accepting.cancel()  # the accept tasks close the listeners as they exit
                     for runtime in runtimes:
                         runtime.start_drain()
                     with trio.move_on_after(config.gateway.drain_timeout):
@@ -166,10 +165,16 @@ async def _accept_all(
     listeners: dict[str, socket.socket],
     connections: trio.Nursery,
 ) -> None:
-    with scope:
-        async with trio.open_nursery() as accept:
-            for runtime in runtimes:
-                accept.start_soon(runtime.serve, listeners[runtime.name], connections)
+    try:
+        with scope:
+            async with trio.open_nursery() as accept:
+                for runtime in runtimes:
+                    accept.start_soon(runtime.serve, listeners[runtime.name], connections)
+    finally:
+        # Closed here, once no accept task can touch them any more (closing under a parked
+        # accept() would hand it a dead descriptor).
+        for listener in listeners.values():
+            close_quietly(listener)
 
 
 async def _wait_sessions_gone(runtimes: list[RedisClusterRuntime]) -> None:
