@@ -21,8 +21,8 @@ import trio
 
 from .config import Config
 from .net.listen import bind_tcp
-from .net.sockio import close_quietly
 from .net.redis_cluster import RedisClusterRuntime
+from .net.sockio import close_quietly
 
 __all__ = ["run", "serve"]
 
