@@ -183,10 +183,20 @@ class RedisSession:
         out = self._out
         self._batch_raw = self.parser.batch_raw
         self._batch_len = len(commands)
+        plain_ok = self.authenticated and not self.in_multi
         for index, command in enumerate(commands):
             if self.closing:
                 break
-            name = command.args[0].upper()
+            first = command.args[0]
+            if plain_ok:
+                plain = _PLAIN.get(first)
+                if plain is None:
+                    plain = _classify_plain(first)
+                if plain:
+                    self.last_command = first
+                    self._queue(command)
+                    continue
+            name = first.upper()
             self.last_command = name
             if self.in_multi:
                 await self._queue_in_multi(name, command)
@@ -225,6 +235,8 @@ class RedisSession:
                         await self._blocking(command, block)
                     else:
                         self._queue(command)
+            # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
+            plain_ok = self.authenticated and not self.in_multi
         await self._flush()
         await self._write_out()
 
@@ -707,6 +719,30 @@ class RedisSession:
             f"cmd={self.last_command.decode(errors='replace').lower()}"
         )
         return fields.encode()
+
+
+#: Command names, as clients spell them, that need nothing but forwarding in a normal session:
+#: known to the table, never refused, not answered here, never pinning or blocking. Filled on
+#: first sight (one dict get per command after that); bounded, as names come from clients.
+_PLAIN: dict[bytes, bool] = {}
+_PLAIN_CACHE_MAX: Final = 4096
+
+
+def _classify_plain(name: bytes) -> bool:
+    spec = cmdtable.lookup([name])
+    upper = name.upper()
+    plain = (
+        spec is not None
+        and not spec.container
+        and spec.name not in cmdtable.REFUSALS
+        and not spec.flags & cmdtable.CommandFlag.BLOCKING
+        and upper not in _LOCAL
+        and upper not in _SUBSCRIBE
+        and upper not in (_MULTI, _WATCH)
+    )
+    if len(_PLAIN) < _PLAIN_CACHE_MAX:
+        _PLAIN[name] = plain
+    return plain
 
 
 def _is_exec_success(reply: bytes) -> bool:
