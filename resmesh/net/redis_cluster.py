@@ -13,10 +13,10 @@ import trio
 
 from ..config import ClusterConfig, UserConfig
 from ..protocols.resp.requests import RequestLimits
-from .backend.redis_pool import NodePool
 from .frontend.redis import RedisSession
 from .frontend.redis_replies import error
 from .listen import serve_listener
+from .redis_upstream import RedisUpstream
 from .sockio import close_quietly
 
 __all__ = ["RedisClusterRuntime"]
@@ -30,8 +30,8 @@ _client_ids = itertools.count(1)
 class RedisClusterRuntime:
     """Owns what serves one cluster; lives inside the gateway's nursery.
 
-    ``primary`` is the node that takes every command for now; governance (route, balance,
-    failover) chooses among all configured nodes once it is wired in.
+    ``upstream`` chooses the node of each forwarded run (reads spread over the cluster, writes
+    to the primary); sessions pin dedicated connections on ``primary``.
     """
 
     def __init__(
@@ -57,10 +57,9 @@ class RedisClusterRuntime:
         self.server_version = "7.0.0"
         self.sessions: dict[int, RedisSession] = {}
         self.draining = False
-        first_node = _first_routed_node(config)
-        self.primary = NodePool(
-            first_node.address.host, first_node.address.port, config.backend, backend_nursery
-        )
+        self.upstream = RedisUpstream(config, backend_nursery)
+        #: Where writes, transactions, blocking commands and pub/sub go.
+        self.primary = self.upstream.primary
 
     async def serve(self, listener: socket.socket, connections: trio.Nursery) -> None:
         """Accept clients on ``listener`` into ``connections`` until cancelled."""
@@ -88,10 +87,4 @@ class RedisClusterRuntime:
                 session.idle_scope.cancel()
 
     def close(self) -> None:
-        self.primary.close()
-
-
-def _first_routed_node(config: ClusterConfig):  # type: ignore[no-untyped-def]
-    """The first node of the highest-weighted group: the primary in replicated mode."""
-    group = max(config.route.items(), key=lambda item: item[1])[0]
-    return config.groups[group][0]
+        self.upstream.close()

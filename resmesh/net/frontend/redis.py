@@ -110,6 +110,10 @@ class RedisSession:
         #: forwarded as they are when every command of the batch goes to the node unchanged.
         self._batch_raw: bytes | None = None
         self._batch_len = 0
+        #: Whether every command queued since the last flush is an idempotent read.
+        self._fwd_reads = True
+        #: Whether this batch already sent a write (its later reads then go to the primary).
+        self._batch_wrote = False
         self._fwd_slots: list[int] = []
         self._substitutes: dict[int, bytes] = {}
 
@@ -183,6 +187,7 @@ class RedisSession:
         out = self._out
         self._batch_raw = self.parser.batch_raw
         self._batch_len = len(commands)
+        self._batch_wrote = False
         plain_ok = self.authenticated and not self.in_multi
         for index, command in enumerate(commands):
             if self.closing:
@@ -194,7 +199,7 @@ class RedisSession:
                     plain = _classify_plain(first)
                 if plain:
                     self.last_command = first
-                    self._queue(command)
+                    self._queue(command, plain == _PLAIN_READ)
                     continue
             name = first.upper()
             self.last_command = name
@@ -212,7 +217,7 @@ class RedisSession:
                 if local is not None:
                     await local(self, command)
                 elif spec is None:
-                    self._queue(command)  # unknown here: the node answers (modules, typos)
+                    self._queue(command, False)  # unknown here: the node answers (modules)
                 elif name in _SUBSCRIBE:
                     await self._flush()
                     await self._write_out()
@@ -222,26 +227,31 @@ class RedisSession:
                     await self._begin_pinned()
                     if self.pinned is not None:
                         self.in_multi = True
-                        self._queue(command)
+                        self._queue(command, False)
                 elif name == _WATCH:
                     await self._begin_pinned()
                     if self.pinned is not None:
                         self.watching = True
-                        self._queue(command)
+                        self._queue(command, False)
                 else:
                     block = cmdtable.block_timeout(spec, command.args)
                     if block is not None:
                         await self._flush()
                         await self._blocking(command, block)
                     else:
-                        self._queue(command)
+                        self._queue(command, cmdtable.is_idempotent_read(spec, command.args))
             # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
             plain_ok = self.authenticated and not self.in_multi
         await self._flush()
         await self._write_out()
 
-    def _queue(self, command: Command | bytes) -> None:
-        """Add a command to the run forwarded in the next flush; reserve its reply slot."""
+    def _queue(self, command: Command | bytes, read: bool = False) -> None:
+        """Add a command to the run forwarded in the next flush; reserve its reply slot.
+
+        ``read``: an idempotent read, which the upstream may send to any node of the cluster
+        (and retry elsewhere) as long as its whole run is reads.
+        """
+        self._fwd_reads = self._fwd_reads and read
         self._fwd.append(command)
         self._fwd_slots.append(len(self._out))
         self._out.append(b"")
@@ -258,18 +268,27 @@ class RedisSession:
         slots = self._fwd_slots
         self._fwd = []
         self._fwd_slots = []
+        # Reads after a write of the same batch go where the write went: a pipeline reads
+        # its own writes even when reads are spread over replicas.
+        read = self._fwd_reads and not self._batch_wrote
+        self._fwd_reads = True
+        self._batch_wrote = self._batch_wrote or not read
         timeout = self.runtime.config.backend.command_timeout
         try:
             if self.pinned is not None:
                 replies = await self.pinned.request(payload, count, timeout)
             else:
-                mux = await self.runtime.primary.shared(self.db, self.resp)
+                upstream = self.runtime.upstream
                 if slots[-1] - slots[0] == count - 1 and not self._substitutes:
                     # The replies fill adjacent slots: take them as one run of bytes.
-                    runs = await mux.call(payload, count, timeout, joined=True)
+                    runs = await upstream.forward(
+                        payload, count, self.db, self.resp, read=read, joined=True
+                    )
                     self._out[slots[0]] = runs[0] if len(runs) == 1 else b"".join(runs)
                     return
-                replies = await mux.call(payload, count, timeout)
+                replies = await upstream.forward(
+                    payload, count, self.db, self.resp, read=read, joined=False
+                )
         except BackendError as exc:
             failure = R.error(exc.reply_text)
             replies = [failure] * count
@@ -724,11 +743,14 @@ class RedisSession:
 #: Command names, as clients spell them, that need nothing but forwarding in a normal session:
 #: known to the table, never refused, not answered here, never pinning or blocking. Filled on
 #: first sight (one dict get per command after that); bounded, as names come from clients.
-_PLAIN: dict[bytes, bool] = {}
+_PLAIN: dict[bytes, int] = {}
+_NOT_PLAIN: Final = 0
+_PLAIN_WRITE: Final = 1
+_PLAIN_READ: Final = 2
 _PLAIN_CACHE_MAX: Final = 4096
 
 
-def _classify_plain(name: bytes) -> bool:
+def _classify_plain(name: bytes) -> int:
     spec = cmdtable.lookup([name])
     upper = name.upper()
     plain = (
@@ -740,9 +762,12 @@ def _classify_plain(name: bytes) -> bool:
         and upper not in _SUBSCRIBE
         and upper not in (_MULTI, _WATCH)
     )
+    kind = _NOT_PLAIN
+    if plain and spec is not None:
+        kind = _PLAIN_READ if cmdtable.is_idempotent_read(spec) else _PLAIN_WRITE
     if len(_PLAIN) < _PLAIN_CACHE_MAX:
-        _PLAIN[name] = plain
-    return plain
+        _PLAIN[name] = kind
+    return kind
 
 
 def _is_exec_success(reply: bytes) -> bool:

@@ -1,0 +1,198 @@
+"""Where a Redis cluster's forwarded commands go: node choice, health and failover.
+
+The session hands over a *run* (commands it forwards together in one write) and whether every
+command in it is an idempotent read. Writes, and any run with a write in it, go to the primary.
+Read runs in a replicated cluster are spread over every enabled node: a group (data center) is
+chosen by route weights and health, then a node by the balancer among those the outlier
+detector and the breakers leave available. A read run that fails on its node (connection
+lost, timeout, or an error that is the node's fault such as ``LOADING``) is retried once on a
+different node while the retry budget allows, so a replica dying under load costs the client
+nothing.
+
+Governance sees runs as calls and outcomes only (``resmesh/policies``); this module is the
+bridge that knows what a Redis reply means for a node's health.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import trio
+
+from ..call import Outcome, classify_redis_error
+from ..cluster.topology import Node, Topology, topology_from_config
+from ..config import ClusterConfig
+from ..policies.balance import LeastLoadedBalancer
+from ..policies.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from ..policies.outlier import OutlierConfig, OutlierDetector
+from ..policies.retry import RetryBudget
+from ..policies.route import GroupRouter
+from ..protocols.resp.framing import scan_reply
+from .backend.errors import BackendError
+from .backend.redis_pool import NodePool
+
+__all__ = ["RedisUpstream"]
+
+#: Attempts for one read run: the first and one failover (Envoy's num_retries 1 / Istio).
+MAX_READ_ATTEMPTS: Final = 2
+#: How often group health is recomputed for the router at most (seconds).
+_HEALTH_REFRESH: Final = 0.1
+
+
+class RedisUpstream:
+    """The nodes of one Redis cluster and the policies that choose among them."""
+
+    def __init__(self, config: ClusterConfig, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.topology: Topology = topology_from_config(config)
+        nodes = self.topology.nodes
+        self.pools: dict[Node, NodePool] = {
+            node: NodePool(node.host, node.port, config.backend, nursery) for node in nodes
+        }
+        self.breakers: dict[Node, CircuitBreaker] = {
+            node: CircuitBreaker(BreakerConfig()) for node in nodes
+        }
+        self.outlier = OutlierDetector(nodes, OutlierConfig())
+        self.router = GroupRouter(dict(self.topology.route))
+        self.balancer: LeastLoadedBalancer[Node] = LeastLoadedBalancer()
+        self.retry_budget = RetryBudget()
+        #: Nodes reads may use: configured weight above zero.
+        self._readable = {
+            group: tuple(n for n in members if n.weight > 0)
+            for group, members in self.topology.groups.items()
+        }
+        self._spread_reads = len([n for g in self._readable.values() for n in g]) > 1
+        self._health_at = -math.inf
+
+    @property
+    def primary(self) -> NodePool:
+        return self.pools[self.topology.primary]
+
+    async def forward(
+        self, payload: bytes, count: int, db: int, resp: int, *, read: bool, joined: bool
+    ) -> list[bytes]:
+        """Send a run of ``count`` commands and return their raw replies (see MuxConnection).
+
+        Raises:
+            BackendError: no node could answer (the text says why); for a write, the primary's
+                failure as it happened.
+        """
+        timeout = self.config.backend.command_timeout
+        now = trio.current_time()
+        node: Node | None = None
+        if read and self._spread_reads:
+            node = self._pick_read(now, ())
+        if node is None:
+            node = self.topology.primary
+        tried: list[Node] = []
+        #: What the last attempt produced: the node's own error replies, or a failure.
+        answer: list[bytes] | BackendError
+        budget = self.retry_budget
+        budget.request_started()
+        try:
+            while True:
+                tried.append(node)
+                answer, outcome = await self._attempt(
+                    node, payload, count, db, resp, timeout, joined
+                )
+                if outcome is Outcome.OK or not read:
+                    break
+                if len(tried) >= MAX_READ_ATTEMPTS or not budget.try_start_retry():
+                    break
+                budget.finish_retry()
+                other = self._pick_read(trio.current_time(), tried)
+                if other is None:
+                    break
+                node = other
+        finally:
+            budget.request_finished()
+        if isinstance(answer, BackendError):
+            raise answer
+        return answer  # replies, possibly the node's own errors (LOADING...) if no retry helped
+
+    async def _attempt(
+        self,
+        node: Node,
+        payload: bytes,
+        count: int,
+        db: int,
+        resp: int,
+        timeout: float,
+        joined: bool,
+    ) -> tuple[list[bytes] | BackendError, Outcome]:
+        """One try on one node, recorded for its breaker and the outlier detector."""
+        breaker = self.breakers[node]
+        started = trio.current_time()
+        if not breaker.allow(started):
+            reason = f"circuit breaker open ({breaker.reason})"
+            return BackendError(node.address, reason), Outcome.REJECTED
+        self.balancer.start(node)
+        answer: list[bytes] | BackendError
+        try:
+            mux = await self.pools[node].shared(db, resp)
+            answer = await mux.call(payload, count, timeout, joined=joined)
+            outcome = _outcome(answer)
+        except BackendError as exc:
+            answer, outcome = exc, Outcome.LOCAL_ERROR
+        except BaseException:
+            breaker.release()  # cancelled: neither a success nor the node's failure
+            raise
+        finally:
+            self.balancer.finish(node)
+        now = trio.current_time()
+        breaker.record(outcome, now - started, now)
+        self.outlier.record(node, outcome, now)
+        return answer, outcome
+
+    def _pick_read(self, now: float, exclude: list[Node] | tuple[()]) -> Node | None:
+        """A node for a read run: group by route and health, node by load among the healthy."""
+        if now - self._health_at > _HEALTH_REFRESH:
+            self._health_at = now
+            self.router.set_health(
+                {group: self._health(members, now) for group, members in self._readable.items()}
+            )
+        group = self.router.choose()
+        candidates = self._available(self._readable.get(group or "", ()), now)
+        node = self.balancer.pick(candidates, exclude=exclude) if candidates else None
+        if node is None:
+            # The chosen group has nothing left: any healthy node anywhere, then anything.
+            everything = [n for members in self._readable.values() for n in members]
+            node = self.balancer.pick(self._available(everything, now), exclude=exclude)
+            if node is None:
+                node = self.balancer.pick(everything, exclude=exclude)
+        return node
+
+    def _available(self, nodes: tuple[Node, ...] | list[Node], now: float) -> list[Node]:
+        return [
+            n
+            for n in self.outlier.available(nodes, now)
+            if self.breakers[n].state_at(now) is not BreakerState.OPEN
+        ]
+
+    def _health(self, members: tuple[Node, ...], now: float) -> float:
+        if not members:
+            return 0.0
+        return len(self._available(members, now)) / len(members)
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+def _outcome(replies: list[bytes]) -> Outcome:
+    """The run's outcome for the node's health: an error that is the node's fault wins."""
+    for blob in replies:
+        if blob[:1] != b"-" and b"\r\n-" not in blob:
+            continue
+        pos = 0
+        while pos < len(blob):
+            end = scan_reply(blob, pos)
+            if end < 0:
+                break
+            if blob[pos] == 0x2D and classify_redis_error(blob[pos + 1 : end - 2]) is (
+                Outcome.UPSTREAM_ERROR
+            ):
+                return Outcome.UPSTREAM_ERROR
+            pos = end
+    return Outcome.OK

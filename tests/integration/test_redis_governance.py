@@ -1,0 +1,157 @@
+"""Governance on the Redis path with real nodes: a primary and replicas in two data centers.
+
+Reads spread over every enabled node by route weight; a replica killed mid-run costs the
+client nothing (failover to another node, then the breaker and outlier detector keep traffic
+off it) and takes traffic again once restarted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.support.servers import Gateway, RedisServer, redis_cluster_config, wait_for
+
+
+def _replica_of(primary: RedisServer) -> RedisServer:
+    replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port))
+    client = redis.Redis(port=replica.port)
+    wait_for(
+        lambda: client.info("replication").get("master_link_status") == "up",
+        10,
+        f"replica {replica.port} to sync",
+    )
+    return replica
+
+
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[tuple[RedisServer, RedisServer, RedisServer]]:
+    primary = RedisServer()
+    replica_a = _replica_of(primary)
+    replica_b = _replica_of(primary)
+    yield primary, replica_a, replica_b
+    for server in (replica_b, replica_a, primary):
+        server.stop()
+
+
+def _gets(port: int) -> int:
+    stats = redis.Redis(port=port).info("commandstats")
+    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+def _reset_stats(*servers: RedisServer) -> None:
+    for server in servers:
+        redis.Redis(port=server.port).config_resetstat()
+
+
+def test_reads_follow_route_weights(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    """dc-a 80 / dc-b 20: the observed split of 2,000 reads is within ±5 points."""
+    primary, replica_a, replica_b = nodes
+    gw: Gateway = start_gateway(
+        redis_cluster_config(
+            "feed-cache",
+            {"dc-a": [primary.port, replica_a.port], "dc-b": [replica_b.port]},
+            route={"dc-a": 80, "dc-b": 20},
+        )
+    )
+    client = redis.Redis(port=gw.port)
+    client.set("route:k", "v")
+    wait_for(lambda: redis.Redis(port=replica_b.port).get("route:k") == b"v", 5, "replication")
+    _reset_stats(primary, replica_a, replica_b)
+    for _ in range(2000):
+        assert client.get("route:k") == b"v"
+    in_a = _gets(primary.port) + _gets(replica_a.port)
+    in_b = _gets(replica_b.port)
+    assert in_a + in_b == 2000
+    assert abs(in_b / 2000 - 0.20) <= 0.05, (in_a, in_b)
+    assert _gets(primary.port) > 0 and _gets(replica_a.port) > 0  # spread inside dc-a too
+
+
+def test_writes_go_to_the_primary_and_a_pipeline_reads_its_own_writes(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    primary, replica_a, replica_b = nodes
+    gw: Gateway = start_gateway(
+        redis_cluster_config(
+            "feed-cache",
+            {"dc-a": [primary.port, replica_a.port, replica_b.port]},
+        )
+    )
+    client = redis.Redis(port=gw.port)
+    for i in range(200):
+        pipe = client.pipeline(transaction=False)
+        pipe.set(f"own:{i}", i)
+        pipe.get(f"own:{i}")
+        assert pipe.execute() == [True, str(i).encode()]
+    assert redis.Redis(port=primary.port).get("own:199") == b"199"
+
+
+def test_killed_replica_costs_no_client_errors_and_comes_back(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    """kill -9 a replica during 2,000 reads: zero errors; after restart it serves again."""
+    primary, replica_a, replica_b = nodes
+    gw: Gateway = start_gateway(
+        redis_cluster_config(
+            "feed-cache",
+            {"dc-a": [primary.port, replica_a.port, replica_b.port]},
+            backend={"connect_timeout": "500ms", "command_timeout": "2s"},
+        )
+    )
+    seeder = redis.Redis(port=gw.port)
+    seeder.set("kill:k", "v")
+    wait_for(
+        lambda: all(redis.Redis(port=s.port).get("kill:k") == b"v" for s in nodes),
+        5,
+        "replication of the key",
+    )
+    errors: list[BaseException] = []
+    done = 0
+    killed = threading.Event()
+
+    def reader() -> None:
+        nonlocal done
+        client = redis.Redis(port=gw.port, socket_timeout=10)
+        for _ in range(1000):
+            try:
+                assert client.get("kill:k") == b"v"
+            except BaseException as exc:  # every failure is what this test is about
+                errors.append(exc)
+            done += 1
+            if done == 400:
+                killed.set()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    assert killed.wait(30), "readers made no progress"
+    replica_b.kill()
+    for thread in threads:
+        thread.join(60)
+    assert done == 2000
+    assert errors == [], errors[:3]
+
+    replica_b.start()
+    wait_for(
+        lambda: (
+            redis.Redis(port=replica_b.port).info("replication").get("master_link_status") == "up"
+        ),
+        10,
+        "the restarted replica to sync",
+    )
+    client = redis.Redis(port=gw.port)
+
+    def serves_again() -> bool:
+        before = _gets(replica_b.port)
+        for _ in range(50):
+            assert client.get("kill:k") == b"v"
+        return _gets(replica_b.port) > before
+
+    # Ejection lasts 30 s the first time (Envoy's base_ejection_time); the breaker probes after
+    # 5 s. Either way the node must be back well within a minute.
+    wait_for(serves_again, 60, "the restarted replica to take reads again")
