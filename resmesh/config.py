@@ -21,6 +21,18 @@ The shape is DESIGN.md §8, with one obvious way to say each thing::
         route: {dc-a: 100}
         backend: {password: null, connect_timeout: 2s, command_timeout: 5s}
         limits: {max_bulk_len: 512MiB, client_idle_timeout: 0}
+        policy: cache                        # governance preset: policies/cache.yaml
+        governance:                          # what this cluster changes in it
+          limit: {rate: 50000, concurrency: 1024}
+          operations: {KEYS: {limit: {concurrency: 1}}}
+
+Governance (DESIGN.md §4: limits, breaker, outlier ejection, balance, failover, hedge, switch)
+comes from a *preset*, a YAML file of the same shape as ``governance:``: ``policy: NAME``
+picks ``policies/NAME.yaml`` next to the config file or, failing that, the one bundled with
+resmesh (``default`` when the cluster names none). The cluster's ``governance:`` section is
+deep-merged over it: mappings merge key by key, anything else replaces, and ``null`` puts a
+value back to its built-in default (for a limit: no limit). Errors in a preset name the preset
+file, its key path, and the cluster using it.
 
 Everything here is plain data: the result is immutable (frozen dataclasses, read-only
 mappings) so a config snapshot can be shared between tasks and swapped atomically later, the
@@ -35,6 +47,7 @@ import ipaddress
 import math
 import re
 import reprlib
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,14 +59,24 @@ import yaml
 __all__ = [
     "Address",
     "BackendConfig",
+    "BalanceName",
+    "BreakerSettings",
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "FailoverSettings",
     "GatewayConfig",
+    "GovernanceConfig",
+    "HedgeSettings",
+    "LimitSettings",
     "Mode",
     "NodeConfig",
+    "OperationSettings",
+    "OutlierSettings",
     "Protocol",
     "RedisLimits",
+    "SwitchModeName",
+    "SwitchSettings",
     "UserConfig",
     "load_config",
     "parse_config",
@@ -212,6 +235,224 @@ class RedisLimits:
     """Seconds of client silence before the gateway closes it; 0 means never."""
 
 
+# --------------------------------------------------------------------------------------------
+# Governance (DESIGN.md §4): what each policy of a cluster does, from a preset plus overrides
+# --------------------------------------------------------------------------------------------
+
+
+class BalanceName(enum.StrEnum):
+    """How a node is picked inside a group (:mod:`resmesh.policies.balance`).
+
+    ``least_loaded`` is power-of-two-choices on in-flight calls: it steers around a slow node
+    without any tuning, which is why it is the default for replicated clusters. ``hash`` is
+    consistent hashing (ketama) on the call's key; a sharded cluster always uses it, and a
+    replicated one may (each key then sticks to one node, which keeps node-local caches warm).
+    """
+
+    RANDOM = "random"
+    ROUND_ROBIN = "round_robin"
+    WEIGHTED = "weighted"
+    LEAST_LOADED = "least_loaded"
+    HASH = "hash"
+
+
+class SwitchModeName(enum.StrEnum):
+    """A degrade switch's mode as config spells it (:class:`resmesh.policies.switch.SwitchMode`
+    plus ``off``, so a preset can state "no switch" and an override can clear one)."""
+
+    OFF = "off"
+    MISS = "miss"
+    ERROR = "error"
+    READONLY = "readonly"
+    FALLBACK = "fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Admission limits of one scope: a cluster, or one operation of it (DESIGN.md §4 limit).
+
+    Over a limit a call is rejected at once, never queued (:mod:`resmesh.policies.limit`). An
+    operation's limits apply *in addition to* its cluster's.
+
+    Attributes:
+        rate: calls per second (token bucket refill); ``None`` for no rate limit.
+        burst: bucket size; ``None`` means 2 x ``rate`` (motan-go, DESIGN.md §4), which the
+            user of this config applies (:class:`~resmesh.policies.limit.TokenBucket`).
+        concurrency: calls in flight at most; ``None`` for no cap (new limits default to off:
+            Envoy's "0 % enforced, for safety").
+    """
+
+    rate: float | None = None
+    burst: float | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """The per-node circuit breaker (:class:`resmesh.policies.breaker.BreakerConfig`).
+
+    Attributes:
+        enabled: whether nodes have breakers at all.
+        error_ratio: trip when node failures / calls in the window reach this (0.5: Hystrix
+            ``errorThresholdPercentage`` 50, resilience4j ``failureRateThreshold`` 50 %).
+        slow_call: seconds after which a call counts as slow; ``None`` turns the slow-call rule
+            off (resmesh default).
+        slow_ratio: trip when slow calls / calls reach this (1.0: resilience4j, Sentinel).
+        min_calls: the ratio rules apply once the window holds this many calls (20: Hystrix
+            ``requestVolumeThreshold``).
+        window: rolling window in seconds (10: Hystrix ``rollingStats``).
+        consecutive_failures: trip after this many node failures in a row, whatever the
+            volume (10: motan-go ``failfast``); 0 turns the rule off.
+        open_for: seconds open before probing (5: Hystrix ``sleepWindowInMilliseconds``).
+        half_open_probes: probes at once while half-open (1: Sentinel, Hystrix).
+    """
+
+    enabled: bool = True
+    error_ratio: float = 0.5
+    slow_call: float | None = None
+    slow_ratio: float = 1.0
+    min_calls: int = 20
+    window: float = 10.0
+    consecutive_failures: int = 10
+    open_for: float = 5.0
+    half_open_probes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierSettings:
+    """Outlier ejection per group (:class:`resmesh.policies.outlier.OutlierConfig`, Envoy).
+
+    Attributes:
+        enabled: whether failing nodes are ejected.
+        consecutive_failures: node failures in a row that eject a node (5: Envoy
+            ``consecutive_5xx``).
+        base_ejection: seconds per ejection, times the node's ejection count (30: Envoy
+            ``base_ejection_time``).
+        max_ejection: cap on one ejection in seconds (300: Envoy ``max_ejection_time``).
+        max_ejection_percent: share of a group ejected at once, but at least one node of a
+            group of two or more (10: Envoy; "at least one": gRPC A50).
+        panic_threshold: below this percentage of healthy nodes, use them all (50: Envoy
+            ``healthy_panic_threshold``); 0 turns panic mode off.
+    """
+
+    enabled: bool = True
+    consecutive_failures: int = 5
+    base_ejection: float = 30.0
+    max_ejection: float = 300.0
+    max_ejection_percent: int = 10
+    panic_threshold: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverSettings:
+    """Retrying an idempotent call on a *different* node (:mod:`resmesh.policies.failover`).
+
+    Attributes:
+        enabled: whether node failures of idempotent calls are retried.
+        max_attempts: attempts in all, the first included (2: one retry; Envoy
+            ``num_retries`` 1).
+        budget_ratio: retries in flight at most this share of calls in flight (0.2: Envoy
+            ``retry_budget.budget_percent`` 20 %).
+        budget_min: ...but always allow this many (3: Envoy ``min_retry_concurrency``).
+    """
+
+    enabled: bool = True
+    max_attempts: int = 2
+    budget_ratio: float = 0.2
+    budget_min: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeSettings:
+    """Backup requests for idempotent calls (:class:`resmesh.policies.hedge.HedgeConfig`).
+
+    Off by default: a hedge is extra load by design, so a cluster opts in (the ``cache``
+    preset does).
+
+    Attributes:
+        enabled: whether slow idempotent calls are hedged.
+        percentile: hedge after this latency percentile of the operation (90: motan-go
+            ``backupRequestDelayRatio``; The Tail at Scale).
+        floor: never hedge sooner than this many seconds (0.010: motan-go's 10 ms floor).
+        budget: hedges per call at most, as a token-bucket earn rate (0.15: motan-go
+            ``backupRequestMaxRetryRatio`` 15 per 100).
+    """
+
+    enabled: bool = False
+    percentile: float = 90.0
+    floor: float = 0.010
+    budget: float = 0.15
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchSettings:
+    """A degrade switch set in config (:mod:`resmesh.policies.switch`; the registry can set
+    and clear switches at run time too).
+
+    Attributes:
+        mode: ``off`` (serve normally), ``miss``, ``error``, ``readonly`` or ``fallback``:
+            see :class:`SwitchModeName` and DESIGN.md §4 switch.
+        value: the reply for ``fallback`` (required there, refused with any other mode).
+    """
+
+    mode: SwitchModeName = SwitchModeName.OFF
+    value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OperationSettings:
+    """What one operation (a Redis command such as ``GET``) does differently from its cluster.
+
+    Attributes:
+        limit: limits of this operation, *in addition to* the cluster's.
+        hedge: this operation's hedging; ``None`` follows the cluster's. Fields the file leaves
+            out are the cluster's (``GET: {hedge: {percentile: 99}}`` keeps the cluster's floor
+            and budget).
+        switch: this operation's switch; ``None`` follows the cluster's (a more specific
+            switch wins: :class:`resmesh.policies.switch.Switchboard`).
+        idempotent: whether retry and hedge are allowed; ``None`` takes it from the protocol
+            (the Redis command table's readonly flag).
+    """
+
+    limit: LimitSettings = field(default_factory=LimitSettings)
+    hedge: HedgeSettings | None = None
+    switch: SwitchSettings | None = None
+    idempotent: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GovernanceConfig:
+    """Every policy of one cluster (DESIGN.md §4), resolved from its preset and overrides.
+
+    Attributes:
+        preset: the preset it started from (``policies/NAME.yaml``), ``None`` if built by hand.
+        limit: the cluster's own limits.
+        breaker: per-node circuit breakers.
+        outlier: per-group outlier ejection.
+        balance: node choice within a group; always ``hash`` for a sharded cluster (the key
+            decides the node that holds it).
+        failover: retries on another node.
+        hedge: backup requests.
+        switch: the cluster's degrade switch.
+        local_group: the group (data center) to prefer while it is healthy, spilling to the
+            others as it is not (:mod:`resmesh.policies.route`); ``None`` splits by weight.
+        operations: per-operation settings, keyed by upper-cased operation name (``GET``).
+    """
+
+    preset: str | None = None
+    limit: LimitSettings = field(default_factory=LimitSettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    outlier: OutlierSettings = field(default_factory=OutlierSettings)
+    balance: BalanceName = BalanceName.LEAST_LOADED
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
+    hedge: HedgeSettings = field(default_factory=HedgeSettings)
+    switch: SwitchSettings = field(default_factory=SwitchSettings)
+    local_group: str | None = None
+    operations: Mapping[str, OperationSettings] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """One logical backend service that apps reach through one listen address.
@@ -230,7 +471,10 @@ class ClusterConfig:
     backend: BackendConfig = field(default_factory=BackendConfig, kw_only=True)
     limits: RedisLimits = field(default_factory=RedisLimits, kw_only=True)
     policy: str | None = field(default=None, kw_only=True)
-    """Name of a preset in the top-level ``policies/`` folder; stored, applied later."""
+    """The preset the file names with ``policy: NAME`` (``policies/NAME.yaml``); ``None`` when
+    it names none, and then ``governance`` comes from the ``default`` preset."""
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig, kw_only=True)
+    """Every policy of the cluster: the preset, deep-merged with the cluster's ``governance:``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +670,10 @@ _LATER_TOP_KEYS: Final[Mapping[str, str]] = MappingProxyType(
         "registry": "this version has no registry yet; remove the 'registry' section",
         "metrics": "this version exports no metrics yet; remove the 'metrics' section",
         "motan2": "Motan2 is not implemented yet in this version; remove the 'motan2' section",
-        "policies": "presets are named per cluster with 'policy: NAME'; remove this section",
+        "policies": (
+            "presets are files, policies/NAME.yaml next to this config, that a cluster names "
+            "with 'policy: NAME' (and changes under its 'governance:'); remove this section"
+        ),
     }
 )
 _GATEWAY_KEYS: Final = ("app", "admin", "drain_timeout", "workers")
@@ -436,6 +683,7 @@ _CLUSTER_KEYS: Final = (
     "listen",
     "mode",
     "policy",
+    "governance",
     "groups",
     "route",
     "backend",
@@ -475,12 +723,17 @@ def load_config(path: str | Path) -> Config:
             errors; nothing else escapes, so the CLI can print ``str(error)`` and exit.
     """
     source = Path(path)
+    text = _read_text(source, "config file not found", "check the path, or pass -c FILE")
+    data, lines = _read_yaml(text, source)
+    return _parse(data, _Context(source, lines))
+
+
+def _read_text(source: Path, missing: str, missing_fix: str) -> str:
+    """The file's text, or a :class:`ConfigError` naming it (a config or a preset file)."""
     try:
-        text = source.read_text(encoding="utf-8")
+        return source.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            source, None, "config file not found", "check the path, or pass -c FILE"
-        ) from None
+        raise ConfigError(source, None, missing, missing_fix) from None
     except IsADirectoryError:
         raise ConfigError(
             source, None, "is a directory, not a config file", "pass the YAML file itself"
@@ -496,8 +749,6 @@ def load_config(path: str | Path) -> Config:
             f"cannot read the file ({exc.strerror or exc})",
             "check that the file exists and is readable",
         ) from None
-    data, lines = _read_yaml(text, source)
-    return _parse(data, _Context(source, lines))
 
 
 def parse_config(data: object, source: Path) -> Config:
@@ -608,6 +859,16 @@ def _index_lines(
             _index_lines(item, (*path, index), lines, seen, source)
 
 
+class _Errors(typing.Protocol):
+    """Anything that turns a key path into a :class:`ConfigError` pointing at the right file.
+
+    :class:`_Context` for one file; :class:`_Merged` for governance, whose values come from a
+    preset file and the config file layered on it.
+    """
+
+    def error(self, path: _KeyPath, problem: str, fix: str) -> ConfigError: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Context:
     """Where errors point: the file, and (when read from disk) the line of each key."""
@@ -665,7 +926,7 @@ def _suggest(word: str, known: Iterable[str]) -> str | None:
 
 
 def _mapping(
-    ctx: _Context,
+    ctx: _Errors,
     value: object,
     path: _KeyPath,
     known: tuple[str, ...] | None,
@@ -713,13 +974,13 @@ def _unknown_fix(key: str, known: Iterable[str]) -> str:
     return f"remove it; known keys here: {', '.join(known)}"
 
 
-def _name(ctx: _Context, name: str, path: _KeyPath, what: str) -> str:
+def _name(ctx: _Errors, name: str, path: _KeyPath, what: str) -> str:
     if not _NAME_RE.match(name):
         raise ctx.error(path, f"{name!r} is not a valid {what} name", _NAME_FIX)
     return name
 
 
-def _string(ctx: _Context, value: object, path: _KeyPath, *, example: str) -> str:
+def _string(ctx: _Errors, value: object, path: _KeyPath, *, example: str) -> str:
     if isinstance(value, str):
         if not value:
             raise ctx.error(path, "empty string", f"give a value, e.g. {example}")
@@ -731,7 +992,7 @@ def _string(ctx: _Context, value: object, path: _KeyPath, *, example: str) -> st
     raise ctx.error(path, f"expected a string, got {_describe(value)}", fix)
 
 
-def _int(ctx: _Context, value: object, path: _KeyPath, low: int, high: int) -> int:
+def _int(ctx: _Errors, value: object, path: _KeyPath, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and value.strip().isdigit():
             fix = f"remove the quotes: {value.strip()}"
@@ -750,7 +1011,7 @@ def _int(ctx: _Context, value: object, path: _KeyPath, low: int, high: int) -> i
 
 
 def _duration(
-    ctx: _Context, value: object, path: _KeyPath, *, positive: bool, example: str
+    ctx: _Errors, value: object, path: _KeyPath, *, positive: bool, example: str
 ) -> float:
     try:
         seconds = parse_duration(value)
@@ -765,7 +1026,7 @@ def _duration(
     return seconds
 
 
-def _size(ctx: _Context, value: object, path: _KeyPath, *, example: str) -> int:
+def _size(ctx: _Errors, value: object, path: _KeyPath, *, example: str) -> int:
     try:
         size = parse_size(value)
     except ValueError as exc:
@@ -781,7 +1042,7 @@ def _size(ctx: _Context, value: object, path: _KeyPath, *, example: str) -> int:
 
 
 def _address(
-    ctx: _Context, value: object, path: _KeyPath, *, example: str, allow_port_zero: bool
+    ctx: _Errors, value: object, path: _KeyPath, *, example: str, allow_port_zero: bool
 ) -> Address:
     fix = f"write it as host:port, e.g. {example}"
     if not isinstance(value, str):
@@ -798,7 +1059,7 @@ def _address(
 _E = TypeVar("_E", bound=enum.StrEnum)
 
 
-def _choice(ctx: _Context, value: object, path: _KeyPath, kind: type[_E]) -> _E:
+def _choice(ctx: _Errors, value: object, path: _KeyPath, kind: type[_E]) -> _E:
     options = [member.value for member in kind]
     if isinstance(value, str):
         try:
@@ -831,7 +1092,8 @@ def _parse(data: object, ctx: _Context) -> Config:
     top = _mapping(ctx, data, (), _TOP_KEYS, example="clusters: {...}", required=("clusters",))
 
     gateway = _gateway(ctx, top.get("gateway"), ("gateway",))
-    clusters = _clusters(ctx, top["clusters"], ("clusters",), gateway)
+    presets = _Presets.beside(ctx.source)
+    clusters = _clusters(ctx, top["clusters"], ("clusters",), gateway, presets)
     users = _users(ctx, top.get("users"), ("users",), clusters)
     return Config(
         source=ctx.source,
@@ -872,7 +1134,7 @@ def _gateway(ctx: _Context, value: object, path: _KeyPath) -> GatewayConfig:
 
 
 def _clusters(
-    ctx: _Context, value: object, path: _KeyPath, gateway: GatewayConfig
+    ctx: _Context, value: object, path: _KeyPath, gateway: GatewayConfig, presets: _Presets
 ) -> dict[str, ClusterConfig]:
     section = _mapping(ctx, value, path, None, example="{feed-cache: {protocol: redis, ...}}")
     if not section:
@@ -890,7 +1152,7 @@ def _clusters(
     for name, raw in section.items():
         cluster_path = (*path, name)
         _name(ctx, name, cluster_path, "cluster")
-        cluster = _cluster(ctx, name, raw, cluster_path)
+        cluster = _cluster(ctx, name, raw, cluster_path, presets)
         for other, other_path in bound:
             if _same_socket(cluster.listen, other):
                 raise ctx.error(
@@ -932,7 +1194,9 @@ def _same_socket(a: Address, b: Address) -> bool:
     return host_a == host_b or host_a in _WILDCARD_HOSTS or host_b in _WILDCARD_HOSTS
 
 
-def _cluster(ctx: _Context, name: str, value: object, path: _KeyPath) -> ClusterConfig:
+def _cluster(
+    ctx: _Context, name: str, value: object, path: _KeyPath, presets: _Presets
+) -> ClusterConfig:
     example = "{protocol: redis, listen: 127.0.0.1:6380, groups: {dc-a: [127.0.0.1:6379]}}"
     section = _mapping(ctx, value, path, None, example=example)
     # Protocol first: a MySQL or Motan2 cluster has keys of its own, and "not implemented
@@ -973,6 +1237,15 @@ def _cluster(ctx: _Context, name: str, value: object, path: _KeyPath) -> Cluster
     route = _route(ctx, section.get("route"), (*path, "route"), groups)
     backend = _backend(ctx, section.get("backend"), (*path, "backend"))
     limits = _limits(ctx, section.get("limits"), (*path, "limits"))
+    governance = _governance(
+        ctx,
+        presets,
+        policy,
+        section.get("governance"),
+        path,
+        mode=mode,
+        groups=list(groups),
+    )
     return ClusterConfig(
         name=name,
         protocol=protocol,
@@ -983,6 +1256,7 @@ def _cluster(ctx: _Context, name: str, value: object, path: _KeyPath) -> Cluster
         backend=backend,
         limits=limits,
         policy=policy,
+        governance=governance,
     )
 
 
@@ -1185,6 +1459,736 @@ def _limits(ctx: _Context, value: object, path: _KeyPath) -> RedisLimits:
         max_clients=max_clients,
         client_idle_timeout=client_idle_timeout,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Governance: presets, the deep merge, validation
+# --------------------------------------------------------------------------------------------
+
+_PRESET_FOLDER: Final = "policies"
+_BUNDLED_PRESETS: Final = Path(__file__).resolve().parent.parent / _PRESET_FOLDER
+"""The presets that come with resmesh: the project's top-level ``policies/`` folder."""
+_DEFAULT_PRESET: Final = "default"
+"""What a cluster that names no ``policy:`` gets; built in, so it works without any file."""
+
+_GOVERNANCE_KEYS: Final = (
+    "limit",
+    "breaker",
+    "outlier",
+    "balance",
+    "failover",
+    "hedge",
+    "switch",
+    "local_group",
+    "operations",
+)
+_GOV_LIMIT_KEYS: Final = ("rate", "burst", "concurrency")
+_BREAKER_KEYS: Final = (
+    "enabled",
+    "error_ratio",
+    "slow_call",
+    "slow_ratio",
+    "min_calls",
+    "window",
+    "consecutive_failures",
+    "open_for",
+    "half_open_probes",
+)
+_OUTLIER_KEYS: Final = (
+    "enabled",
+    "consecutive_failures",
+    "base_ejection",
+    "max_ejection",
+    "max_ejection_percent",
+    "panic_threshold",
+)
+_FAILOVER_KEYS: Final = ("enabled", "max_attempts", "budget_ratio", "budget_min")
+_HEDGE_KEYS: Final = ("enabled", "percentile", "floor", "budget")
+_SWITCH_KEYS: Final = ("mode", "value")
+_OPERATION_KEYS: Final = ("limit", "hedge", "switch", "idempotent")
+
+_OPERATION_RE: Final = re.compile(r"^[!-~](?:[ -~]{0,126}[!-~])?$")
+"""Printable ASCII, no spaces at either end, up to 128 characters: command names, methods."""
+_MAX_RATE: Final = 1e9
+"""Calls per second: far above what one gateway can pass, low enough to be clearly a typo."""
+_MAX_COUNT: Final = 1_000_000
+
+_PRESET_LAYER: Final = 0
+_CLUSTER_LAYER: Final = 1
+
+
+@dataclass(slots=True)
+class _Presets:
+    """Finds and reads preset files, each at most once per config parse.
+
+    Search order: ``policies/`` next to the config file (the operator's own presets, which may
+    also replace a bundled one), then the presets bundled with resmesh.
+    """
+
+    folders: tuple[Path, ...]
+    loaded: dict[str, tuple[_Context, object] | None] = field(default_factory=dict)
+
+    @classmethod
+    def beside(cls, source: Path) -> _Presets:
+        local = source.parent / _PRESET_FOLDER
+        if _same_folder(local, _BUNDLED_PRESETS):
+            return cls((local,))
+        return cls((local, _BUNDLED_PRESETS))
+
+    def names(self) -> list[str]:
+        """Every preset name on the search path (``default`` always exists)."""
+        names = {_DEFAULT_PRESET}
+        for folder in self.folders:
+            try:
+                names.update(
+                    candidate.stem
+                    for candidate in folder.glob("*.yaml")
+                    if _NAME_RE.match(candidate.stem) and candidate.is_file()
+                )
+            except OSError:
+                continue
+        return sorted(names)
+
+    def read(self, name: str) -> tuple[_Context, object] | None:
+        """The preset's context (file and lines) and YAML data; ``None`` if no file has it.
+
+        Raises:
+            ConfigError: the file exists but cannot be read or is not YAML (naming the file).
+        """
+        if name not in self.loaded:
+            self.loaded[name] = None
+            for folder in self.folders:
+                candidate = folder / f"{name}.yaml"
+                if candidate.is_file():
+                    text = _read_text(
+                        candidate, "preset file disappeared while reading", "run again"
+                    )
+                    data, lines = _read_yaml(text, candidate)
+                    self.loaded[name] = (_Context(candidate, lines), data)
+                    break
+        return self.loaded[name]
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    """One source of governance settings: a preset file, or a cluster's ``governance:``.
+
+    Paths given to :meth:`error` are relative to the governance root, with operation names
+    upper-cased; ``prefix`` puts them where they are in the file, ``spellings`` turns each
+    operation name back into what the file wrote (so the line is found), and ``note`` says
+    which cluster uses the preset.
+    """
+
+    ctx: _Context
+    prefix: _KeyPath
+    note: str
+    spellings: dict[str, str]
+
+    def error(self, path: _KeyPath, problem: str, fix: str) -> ConfigError:
+        if len(path) >= 2 and path[0] == "operations" and isinstance(path[1], str):
+            path = (path[0], self.spellings.get(path[1], path[1]), *path[2:])
+        return self.error_as_written(path, problem, fix)
+
+    def error_as_written(self, path: _KeyPath, problem: str, fix: str) -> ConfigError:
+        return self.ctx.error((*self.prefix, *path), problem + self.note, fix)
+
+
+@dataclass(frozen=True, slots=True)
+class _Merged:
+    """The error sink for merged governance data: blames the layer a value came from.
+
+    ``origin`` maps a key path to the layer that set it; a path not in it came, with its
+    nearest recorded parent, from that parent's layer.
+    """
+
+    layers: tuple[_Layer, ...]
+    origin: Mapping[_KeyPath, int]
+
+    def came_from(self, path: _KeyPath) -> int:
+        for depth in range(len(path), -1, -1):
+            index = self.origin.get(path[:depth])
+            if index is not None:
+                return index
+        return len(self.layers) - 1
+
+    def error(self, path: _KeyPath, problem: str, fix: str) -> ConfigError:
+        return self.layers[self.came_from(path)].error(path, problem, fix)
+
+
+def _governance(
+    ctx: _Context,
+    presets: _Presets,
+    policy: str | None,
+    override: object,
+    cluster_path: _KeyPath,
+    *,
+    mode: Mode,
+    groups: list[str],
+) -> GovernanceConfig:
+    """The cluster's preset deep-merged with its ``governance:`` section, then validated."""
+    name = policy or _DEFAULT_PRESET
+    found = presets.read(name)
+    if found is None:
+        if name != _DEFAULT_PRESET:
+            available = presets.names()
+            suggestion = _suggest(name, available)
+            where = " or ".join(str(folder) for folder in presets.folders)
+            raise ctx.error(
+                (*cluster_path, "policy"),
+                f"unknown preset {name!r}: no {name}.yaml in {where}",
+                (f"did you mean {suggestion!r}? " if suggestion else "")
+                + f"presets available: {', '.join(available)}; or write your own as "
+                f"{presets.folders[0] / (name + '.yaml')}",
+            )
+        # No default.yaml anywhere (an installed package without the folder): the built-in
+        # defaults are the default preset, so a config that names no preset always works.
+        found = (_Context(Path(f"<built-in {_DEFAULT_PRESET} preset>"), {}), None)
+    preset_ctx, preset_data = found
+    note = f" (preset {name!r}, used by {_dotted(cluster_path)})"
+    base_layer, base = _governance_layer(preset_ctx, (), note, preset_data)
+    top_layer, top = _governance_layer(ctx, (*cluster_path, "governance"), "", override)
+    layers = (base_layer, top_layer)
+    origin: dict[_KeyPath, int] = {(): _PRESET_LAYER}
+    merged = _deep_merge(base, top, (), layers, origin)
+    assert isinstance(merged, dict)  # both roots are mappings, checked above
+    return _governance_settings(
+        _Merged(layers, origin), merged, preset=name, mode=mode, groups=groups
+    )
+
+
+def _governance_layer(
+    ctx: _Context, prefix: _KeyPath, note: str, value: object
+) -> tuple[_Layer, dict[str, object]]:
+    """Check one layer's shape and upper-case its operation names, before merging.
+
+    Operation names are normalised per layer so that ``get`` in a cluster's ``governance:``
+    merges with ``GET`` in its preset.
+    """
+    layer = _Layer(ctx, prefix, note, {})
+    section = _mapping(
+        layer,
+        value,
+        (),
+        _GOVERNANCE_KEYS,
+        example="{limit: {rate: 1000}, hedge: {enabled: true}}",
+        allow_null=True,
+    )
+    data = dict(section)
+    if data.get("operations") is not None:
+        raw = _mapping(
+            layer,
+            data["operations"],
+            ("operations",),
+            None,
+            example="{GET: {hedge: {enabled: true}}}",
+        )
+        operations: dict[str, object] = {}
+        for written, settings in raw.items():
+            path = ("operations", written)
+            if not _OPERATION_RE.match(written):
+                raise layer.error_as_written(
+                    path,
+                    f"{written!r} is not a valid operation name",
+                    "write the operation as the protocol names it, e.g. GET (printable "
+                    "characters, up to 128, no spaces at either end)",
+                )
+            name = written.upper()
+            if name in operations:
+                raise layer.error_as_written(
+                    path,
+                    f"operation {written!r} is also listed as {layer.spellings[name]!r} "
+                    "(operation names ignore case)",
+                    "keep one of them",
+                )
+            layer.spellings[name] = written
+            operations[name] = settings
+        data["operations"] = operations
+    return layer, data
+
+
+def _deep_merge(
+    base: object,
+    top: object,
+    path: _KeyPath,
+    layers: tuple[_Layer, ...],
+    origin: dict[_KeyPath, int],
+) -> object:
+    """``top`` over ``base``: mappings merge key by key, anything else (null too) replaces.
+
+    ``base`` is all from the preset layer and ``top`` all from the cluster layer, which
+    ``origin`` records for every path where they meet, so errors can blame the right file.
+    """
+    if isinstance(base, dict) and isinstance(top, dict):
+        # Non-string keys would be blamed on the merged mapping; blame their own file now.
+        _mapping(layers[_PRESET_LAYER], base, path, None, example="{key: value}")
+        _mapping(layers[_CLUSTER_LAYER], top, path, None, example="{key: value}")
+        merged = dict(base)
+        for key in base:
+            if key not in top:
+                origin[(*path, key)] = _PRESET_LAYER
+        for key, value in top.items():
+            key_path = (*path, key)
+            if key in merged:
+                merged[key] = _deep_merge(merged[key], value, key_path, layers, origin)
+            else:
+                merged[key] = value
+                origin[key_path] = _CLUSTER_LAYER
+        origin[path] = _CLUSTER_LAYER
+        return merged
+    for stale in [known for known in origin if known[: len(path)] == path and known != path]:
+        del origin[stale]
+    origin[path] = _CLUSTER_LAYER
+    return top
+
+
+def _governance_settings(
+    where: _Merged,
+    data: Mapping[str, object],
+    *,
+    preset: str,
+    mode: Mode,
+    groups: list[str],
+) -> GovernanceConfig:
+    # In the order of _GOVERNANCE_KEYS, so that the first error reported is the first in
+    # the file.
+    limit = _limit_settings(where, data.get("limit"), ("limit",))
+    breaker = _breaker_settings(where, data.get("breaker"), ("breaker",))
+    outlier = _outlier_settings(where, data.get("outlier"), ("outlier",))
+    balance = BalanceName.LEAST_LOADED
+    if data.get("balance") is not None:
+        balance = _choice(where, data["balance"], ("balance",), BalanceName)
+    if mode is Mode.SHARDED and balance is not BalanceName.HASH:
+        # A preset serves clusters of both modes, so its balance yields to sharding; a
+        # cluster that asks for another balance in its own section is told why it cannot.
+        if data.get("balance") is not None and where.came_from(("balance",)) == _CLUSTER_LAYER:
+            raise where.error(
+                ("balance",),
+                f"balance {balance.value!r} cannot apply to a sharded cluster: each key lives "
+                "on one node of the group, so the key's consistent hash must pick the node",
+                "remove balance (sharded clusters always use hash), or set mode: replicated",
+            )
+        balance = BalanceName.HASH
+    failover = _failover_settings(where, data.get("failover"), ("failover",))
+    hedge = _hedge_settings(where, data.get("hedge"), ("hedge",), HedgeSettings())
+    switch = _switch_settings(where, data.get("switch"), ("switch",))
+    local_group = None
+    if data.get("local_group") is not None:
+        local_group = _string(where, data["local_group"], ("local_group",), example=groups[0])
+        if local_group not in groups:
+            suggestion = _suggest(local_group, groups)
+            if where.came_from(("local_group",)) == _PRESET_LAYER:
+                # A preset serves many clusters, and group names are each cluster's own.
+                fix = (
+                    f"set it per cluster instead, under {_dotted(where.layers[-1].prefix)}, "
+                    f"e.g. local_group: {suggestion or groups[0]} (null there ignores the preset's)"
+                )
+            elif suggestion:
+                fix = f"did you mean {suggestion!r}?"
+            else:
+                fix = f"name a group of the cluster, e.g. local_group: {groups[0]}"
+            raise where.error(
+                ("local_group",),
+                f"{local_group!r} is not one of the cluster's groups ({', '.join(groups)})",
+                fix,
+            )
+    section = _mapping(
+        where,
+        data.get("operations"),
+        ("operations",),
+        None,
+        example="{GET: {hedge: {enabled: true}}}",
+        allow_null=True,
+    )
+    operations = {
+        name: _operation(where, raw, ("operations", name), hedge) for name, raw in section.items()
+    }
+    return GovernanceConfig(
+        preset=preset,
+        limit=limit,
+        breaker=breaker,
+        outlier=outlier,
+        balance=balance,
+        failover=failover,
+        hedge=hedge,
+        switch=switch,
+        local_group=local_group,
+        operations=MappingProxyType(operations),
+    )
+
+
+def _operation(
+    where: _Merged, value: object, path: _KeyPath, hedge: HedgeSettings
+) -> OperationSettings:
+    section = _mapping(
+        where,
+        value,
+        path,
+        _OPERATION_KEYS,
+        example="{limit: {rate: 1000}, hedge: {percentile: 99}, idempotent: true}",
+        allow_null=True,
+    )
+    return OperationSettings(
+        limit=_limit_settings(where, section.get("limit"), (*path, "limit")),
+        hedge=None
+        if section.get("hedge") is None
+        else _hedge_settings(where, section["hedge"], (*path, "hedge"), hedge),
+        switch=None
+        if section.get("switch") is None
+        else _switch_settings(where, section["switch"], (*path, "switch")),
+        idempotent=None
+        if section.get("idempotent") is None
+        else _bool(where, section["idempotent"], (*path, "idempotent")),
+    )
+
+
+def _section(
+    where: _Errors, value: object, path: _KeyPath, known: tuple[str, ...], *, example: str
+) -> dict[str, object]:
+    """A policy's mapping; null means all defaults. ``breaker: false`` gets a pointed fix."""
+    if isinstance(value, bool) and "enabled" in known:
+        raise where.error(
+            path,
+            f"expected a mapping, got {_describe(value)}",
+            f"write {{enabled: {'true' if value else 'false'}}}",
+        )
+    return _mapping(where, value, path, known, example=example, allow_null=True)
+
+
+def _limit_settings(where: _Errors, value: object, path: _KeyPath) -> LimitSettings:
+    section = _section(
+        where, value, path, _GOV_LIMIT_KEYS, example="{rate: 1000, concurrency: 256}"
+    )
+    rate = None
+    if section.get("rate") is not None:
+        if section["rate"] == 0 and not isinstance(section["rate"], bool):
+            raise where.error(
+                (*path, "rate"),
+                "a rate of 0 would refuse every call",
+                "write rate: null for no limit; to refuse calls on purpose, use "
+                "switch: {mode: error}",
+            )
+        rate = _number(
+            where, section["rate"], (*path, "rate"), 0, _MAX_RATE, low_open=True, example="1000"
+        )
+    burst = None
+    if section.get("burst") is not None:
+        burst = _number(where, section["burst"], (*path, "burst"), 1, _MAX_RATE, example="2000")
+        if rate is None:
+            raise where.error(
+                (*path, "burst"),
+                "burst without rate limits nothing (burst is the size of the token bucket "
+                "that rate refills)",
+                "add rate: calls per second, or remove burst (burst: null drops one set "
+                "in the preset)",
+            )
+    concurrency = None
+    if section.get("concurrency") is not None:
+        concurrency = _int(where, section["concurrency"], (*path, "concurrency"), 1, _MAX_COUNT)
+    return LimitSettings(rate=rate, burst=burst, concurrency=concurrency)
+
+
+def _breaker_settings(where: _Merged, value: object, path: _KeyPath) -> BreakerSettings:
+    section = _section(
+        where, value, path, _BREAKER_KEYS, example="{enabled: true, error_ratio: 0.5}"
+    )
+    defaults = BreakerSettings()
+
+    def given(key: str) -> bool:
+        return section.get(key) is not None
+
+    return BreakerSettings(
+        enabled=_bool(where, section["enabled"], (*path, "enabled"))
+        if given("enabled")
+        else defaults.enabled,
+        error_ratio=_number(
+            where,
+            section["error_ratio"],
+            (*path, "error_ratio"),
+            0,
+            1,
+            low_open=True,
+            ratio=True,
+            example="0.5",
+        )
+        if given("error_ratio")
+        else defaults.error_ratio,
+        slow_call=_duration(
+            where, section["slow_call"], (*path, "slow_call"), positive=True, example="500ms"
+        )
+        if given("slow_call")
+        else defaults.slow_call,
+        slow_ratio=_number(
+            where,
+            section["slow_ratio"],
+            (*path, "slow_ratio"),
+            0,
+            1,
+            low_open=True,
+            ratio=True,
+            example="0.8",
+        )
+        if given("slow_ratio")
+        else defaults.slow_ratio,
+        min_calls=_int(where, section["min_calls"], (*path, "min_calls"), 1, _MAX_COUNT)
+        if given("min_calls")
+        else defaults.min_calls,
+        window=_duration(where, section["window"], (*path, "window"), positive=True, example="10s")
+        if given("window")
+        else defaults.window,
+        consecutive_failures=_int(
+            where,
+            section["consecutive_failures"],
+            (*path, "consecutive_failures"),
+            0,
+            _MAX_COUNT,
+        )
+        if given("consecutive_failures")
+        else defaults.consecutive_failures,
+        open_for=_duration(
+            where, section["open_for"], (*path, "open_for"), positive=True, example="5s"
+        )
+        if given("open_for")
+        else defaults.open_for,
+        half_open_probes=_int(
+            where, section["half_open_probes"], (*path, "half_open_probes"), 1, 1000
+        )
+        if given("half_open_probes")
+        else defaults.half_open_probes,
+    )
+
+
+def _outlier_settings(where: _Merged, value: object, path: _KeyPath) -> OutlierSettings:
+    section = _section(
+        where, value, path, _OUTLIER_KEYS, example="{enabled: true, consecutive_failures: 5}"
+    )
+    defaults = OutlierSettings()
+
+    def given(key: str) -> bool:
+        return section.get(key) is not None
+
+    base_ejection = (
+        _duration(
+            where,
+            section["base_ejection"],
+            (*path, "base_ejection"),
+            positive=True,
+            example="30s",
+        )
+        if given("base_ejection")
+        else defaults.base_ejection
+    )
+    max_ejection = (
+        _duration(
+            where, section["max_ejection"], (*path, "max_ejection"), positive=True, example="5m"
+        )
+        if given("max_ejection")
+        else defaults.max_ejection
+    )
+    if max_ejection < base_ejection:
+        # Blame whichever of the two the later layer set: that is the edit that broke it.
+        base_path, max_path = (*path, "base_ejection"), (*path, "max_ejection")
+        blamed = max_path
+        if where.came_from(base_path) > where.came_from(max_path):
+            blamed = base_path
+        raise where.error(
+            blamed,
+            f"max_ejection ({max_ejection:g}s) is shorter than base_ejection "
+            f"({base_ejection:g}s), the length of a first ejection",
+            "raise max_ejection or lower base_ejection",
+        )
+    return OutlierSettings(
+        enabled=_bool(where, section["enabled"], (*path, "enabled"))
+        if given("enabled")
+        else defaults.enabled,
+        consecutive_failures=_int(
+            where,
+            section["consecutive_failures"],
+            (*path, "consecutive_failures"),
+            1,
+            _MAX_COUNT,
+        )
+        if given("consecutive_failures")
+        else defaults.consecutive_failures,
+        base_ejection=base_ejection,
+        max_ejection=max_ejection,
+        max_ejection_percent=_int(
+            where, section["max_ejection_percent"], (*path, "max_ejection_percent"), 0, 100
+        )
+        if given("max_ejection_percent")
+        else defaults.max_ejection_percent,
+        panic_threshold=_int(where, section["panic_threshold"], (*path, "panic_threshold"), 0, 100)
+        if given("panic_threshold")
+        else defaults.panic_threshold,
+    )
+
+
+def _failover_settings(where: _Merged, value: object, path: _KeyPath) -> FailoverSettings:
+    section = _section(
+        where, value, path, _FAILOVER_KEYS, example="{enabled: true, max_attempts: 2}"
+    )
+    defaults = FailoverSettings()
+
+    def given(key: str) -> bool:
+        return section.get(key) is not None
+
+    return FailoverSettings(
+        enabled=_bool(where, section["enabled"], (*path, "enabled"))
+        if given("enabled")
+        else defaults.enabled,
+        max_attempts=_int(where, section["max_attempts"], (*path, "max_attempts"), 1, 10)
+        if given("max_attempts")
+        else defaults.max_attempts,
+        budget_ratio=_number(
+            where,
+            section["budget_ratio"],
+            (*path, "budget_ratio"),
+            0,
+            1,
+            ratio=True,
+            example="0.2",
+        )
+        if given("budget_ratio")
+        else defaults.budget_ratio,
+        budget_min=_int(where, section["budget_min"], (*path, "budget_min"), 0, 1000)
+        if given("budget_min")
+        else defaults.budget_min,
+    )
+
+
+def _hedge_settings(
+    where: _Merged, value: object, path: _KeyPath, defaults: HedgeSettings
+) -> HedgeSettings:
+    """``defaults`` fills what the file leaves out: built-in for a cluster, the cluster's
+    hedge for an operation."""
+    section = _section(
+        where, value, path, _HEDGE_KEYS, example="{enabled: true, percentile: 90, floor: 10ms}"
+    )
+
+    def given(key: str) -> bool:
+        return section.get(key) is not None
+
+    return HedgeSettings(
+        enabled=_bool(where, section["enabled"], (*path, "enabled"))
+        if given("enabled")
+        else defaults.enabled,
+        percentile=_number(
+            where, section["percentile"], (*path, "percentile"), 0, 100, example="90"
+        )
+        if given("percentile")
+        else defaults.percentile,
+        floor=_duration(where, section["floor"], (*path, "floor"), positive=False, example="10ms")
+        if given("floor")
+        else defaults.floor,
+        budget=_number(
+            where, section["budget"], (*path, "budget"), 0, 1, ratio=True, example="0.15"
+        )
+        if given("budget")
+        else defaults.budget,
+    )
+
+
+def _switch_settings(where: _Merged, value: object, path: _KeyPath) -> SwitchSettings:
+    section = _section(where, value, path, _SWITCH_KEYS, example="{mode: miss}")
+    mode = SwitchModeName.OFF
+    raw_mode = section.get("mode")
+    # YAML 1.1 reads a bare `off` as false; accept it, since `mode: off` is what people write.
+    if raw_mode is not None and raw_mode is not False:
+        mode = _choice(where, raw_mode, (*path, "mode"), SwitchModeName)
+    reply = None
+    if section.get("value") is not None:
+        raw_value = section["value"]
+        if not isinstance(raw_value, str):
+            raise where.error(
+                (*path, "value"),
+                f"expected a string (the fallback reply), got {_describe(raw_value)}",
+                f"quote it: value: '{raw_value}'"
+                if isinstance(raw_value, bool | int | float)
+                else "write the reply as a string, e.g. value: 'n/a'",
+            )
+        reply = raw_value
+    if mode is SwitchModeName.FALLBACK and reply is None:
+        raise where.error(
+            (*path, "mode"),
+            "mode fallback needs a value: the reply every switched call gets",
+            "add value, e.g. switch: {mode: fallback, value: 'n/a'}",
+        )
+    if mode is not SwitchModeName.FALLBACK and reply is not None:
+        raise where.error(
+            (*path, "value"),
+            f"a value is only used by mode fallback, and the mode is {mode.value!r}",
+            "remove value or set mode: fallback (value: null drops one set in the preset)",
+        )
+    return SwitchSettings(mode=mode, value=reply)
+
+
+def _bool(where: _Errors, value: object, path: _KeyPath) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise where.error(
+        path,
+        f"expected true or false, got {_describe(value)}",
+        "write true or false, without quotes",
+    )
+
+
+def _number(
+    where: _Errors,
+    value: object,
+    path: _KeyPath,
+    low: float,
+    high: float,
+    *,
+    example: str,
+    low_open: bool = False,
+    ratio: bool = False,
+) -> float:
+    """A finite number in ``low..high`` (``low`` excluded with ``low_open``).
+
+    ``ratio`` marks a 0..1 share, so that ``50%`` gets the fix "write 0.5".
+    """
+    span = f"{'above ' if low_open else ''}{_plain(low)} to {_plain(high)}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        fix = f"write a number from {span}, e.g. {example}"
+        if isinstance(value, str):
+            text = value.strip()
+            if ratio and text.endswith("%") and _finite(text[:-1]):
+                fix = (
+                    f"write the share as a ratio from 0 to 1: {text} is {float(text[:-1]) / 100:g}"
+                )
+            elif text.endswith("%"):
+                fix = f"write the number without '%', e.g. {example}"
+            elif _finite(text):
+                fix = f"remove the quotes: {text}"
+        raise where.error(path, f"expected a number, got {_describe(value)}", fix)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise where.error(
+            path, f"expected a finite number, got {_describe(value)}", f"use e.g. {example}"
+        )
+    if value < low or value > high or (low_open and value == low):
+        raise where.error(
+            path,
+            f"{_describe(value)} is out of range {span}",
+            f"use a number from {span}, e.g. {example}",
+        )
+    return float(value)
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _finite(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _users(

@@ -25,6 +25,7 @@ from resmesh.config import (
     Config,
     ConfigError,
     GatewayConfig,
+    GovernanceConfig,
     Mode,
     NodeConfig,
     Protocol,
@@ -99,7 +100,9 @@ def test_quickstart_loads() -> None:
     assert dict(feed.route) == {"dc-a": 100}
     assert feed.backend == BackendConfig()
     assert feed.limits == RedisLimits()
-    assert feed.policy is None
+    assert feed.policy == "cache"
+    assert feed.governance.preset == "cache"
+    assert feed.governance.hedge.enabled
 
 
 def test_full_config_parses() -> None:
@@ -130,6 +133,8 @@ def test_defaults_fill_in() -> None:
     c = config.clusters["c"]
     assert c.mode is Mode.REPLICATED
     assert dict(c.route) == {"x": 100, "y": 0}
+    assert c.policy is None
+    assert c.governance == GovernanceConfig(preset="default")
     assert c.listen == Address("::1", 0)
     assert str(c.listen) == "[::1]:0"
 
@@ -846,6 +851,8 @@ _KEYS = [
     "password",
     "app",
     "admin",
+    "policy",
+    "governance",
 ]
 _WORDS = [
     "redis",
@@ -860,6 +867,8 @@ _WORDS = [
     "512MiB",
     "dc-a",
     "feed-cache",
+    "cache",
+    "default",
     "",
 ]
 scalars = (

@@ -25,11 +25,13 @@ from ..cluster.topology import Node, Topology, topology_from_config
 from ..config import ClusterConfig
 from ..policies.balance import LeastLoadedBalancer
 from ..policies.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from ..policies.hedge import HedgeBudget, HedgeConfig, HedgeDelay
 from ..policies.outlier import OutlierConfig, OutlierDetector
 from ..policies.retry import RetryBudget
 from ..policies.route import GroupRouter
 from ..protocols.resp.framing import scan_reply
 from .backend.errors import BackendError
+from .backend.redis_mux import Pending, Waiter, wait_first
 from .backend.redis_pool import NodePool
 
 __all__ = ["RedisUpstream"]
@@ -57,6 +59,9 @@ class RedisUpstream:
         self.router = GroupRouter(dict(self.topology.route))
         self.balancer: LeastLoadedBalancer[Node] = LeastLoadedBalancer()
         self.retry_budget = RetryBudget()
+        self._hedging = False
+        self.hedge_delay = HedgeDelay(HedgeConfig())
+        self.hedge_budget = HedgeBudget()
         #: Nodes reads may use: configured weight above zero.
         self._readable = {
             group: tuple(n for n in members if n.weight > 0)
@@ -94,7 +99,7 @@ class RedisUpstream:
             while True:
                 tried.append(node)
                 answer, outcome = await self._attempt(
-                    node, payload, count, db, resp, timeout, joined
+                    node, payload, count, db, resp, timeout, joined, read
                 )
                 if outcome is Outcome.OK or not read:
                     break
@@ -120,30 +125,89 @@ class RedisUpstream:
         resp: int,
         timeout: float,
         joined: bool,
+        read: bool,
     ) -> tuple[list[bytes] | BackendError, Outcome]:
-        """One try on one node, recorded for its breaker and the outlier detector."""
-        breaker = self.breakers[node]
+        """One try, recorded for the nodes' breakers and the outlier detector.
+
+        A read may be hedged (a backup request, Tail at Scale): if ``node`` has not answered
+        after the measured p90 of read runs, the same run also goes to another node and the
+        first good answer wins; the other is left to finish unobserved. Hedges are capped by
+        a token bucket (15 % of read runs: motan-go).
+        """
         started = trio.current_time()
-        if not breaker.allow(started):
-            reason = f"circuit breaker open ({breaker.reason})"
-            return BackendError(node.address, reason), Outcome.REJECTED
-        self.balancer.start(node)
-        answer: list[bytes] | BackendError
+        delay = self.hedge_delay.delay(started) if read and self._hedging else None
+        if read:
+            self.hedge_budget.record_call()
+        waiter = Waiter()
+        first = await self._submit(node, payload, count, db, resp, timeout, joined, waiter)
+        if not isinstance(first, Pending):
+            return first, Outcome.REJECTED if "breaker" in first.reason else Outcome.LOCAL_ERROR
+        racing: list[tuple[Node, Pending]] = [(node, first)]
+        try:
+            winner = await wait_first([first], waiter, started + delay if delay else math.inf)
+            if winner is None:
+                backup = self._pick_read(trio.current_time(), [node])
+                if backup is not None and self.hedge_budget.try_hedge():
+                    second = await self._submit(
+                        backup, payload, count, db, resp, timeout, joined, waiter
+                    )
+                    if isinstance(second, Pending):
+                        racing.append((backup, second))
+                winner = await wait_first([p for _, p in racing], waiter, math.inf)
+                if winner is not None and winner.error is not None and len(racing) > 1:
+                    # A node failure does not win the race: wait for the other attempt.
+                    loser = racing[0][1] if winner is racing[1][1] else racing[1][1]
+                    winner = await wait_first([loser], waiter, math.inf) or winner
+        except BaseException:
+            for racer, _ in racing:
+                self.breakers[racer].release()
+                self.balancer.finish(racer)
+            raise
+        assert winner is not None
+        now = trio.current_time()
+        answer: list[bytes] | BackendError = winner.error or winner.replies
+        outcome = Outcome.LOCAL_ERROR if winner.error else _outcome(winner.replies)
+        for racer, pending in racing:
+            self.balancer.finish(racer)
+            if pending is winner or pending.done:
+                racer_outcome = Outcome.LOCAL_ERROR if pending.error else _outcome(pending.replies)
+                self.breakers[racer].record(racer_outcome, now - started, now)
+                self.outlier.record(racer, racer_outcome, now)
+            else:
+                self.breakers[racer].release()  # still running: no verdict on that node
+        if outcome is Outcome.OK and read:
+            self.hedge_delay.record(now - started, now)
+        return answer, outcome
+
+    async def _submit(
+        self,
+        node: Node,
+        payload: bytes,
+        count: int,
+        db: int,
+        resp: int,
+        timeout: float,
+        joined: bool,
+        waiter: Waiter,
+    ) -> Pending | BackendError:
+        """Queue the run on ``node`` if its breaker allows; a refusal or failure is returned."""
+        breaker = self.breakers[node]
+        now = trio.current_time()
+        if not breaker.allow(now):
+            return BackendError(node.address, f"circuit breaker open ({breaker.reason})")
         try:
             mux = await self.pools[node].shared(db, resp)
-            answer = await mux.call(payload, count, timeout, joined=joined)
-            outcome = _outcome(answer)
+            pending = mux.submit(payload, count, timeout, joined, waiter)
         except BackendError as exc:
-            answer, outcome = exc, Outcome.LOCAL_ERROR
+            later = trio.current_time()
+            breaker.record(Outcome.LOCAL_ERROR, later - now, later)
+            self.outlier.record(node, Outcome.LOCAL_ERROR, later)
+            return exc
         except BaseException:
-            breaker.release()  # cancelled: neither a success nor the node's failure
+            breaker.release()
             raise
-        finally:
-            self.balancer.finish(node)
-        now = trio.current_time()
-        breaker.record(outcome, now - started, now)
-        self.outlier.record(node, outcome, now)
-        return answer, outcome
+        self.balancer.start(node)
+        return pending
 
     def _pick_read(self, now: float, exclude: list[Node] | tuple[()]) -> Node | None:
         """A node for a read run: group by route and health, node by load among the healthy."""

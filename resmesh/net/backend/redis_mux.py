@@ -5,7 +5,7 @@ read here carries the replies of every client that sent a command since the last
 commands per wakeup on the backend side (perf-baselines.md, recommendation 5).
 
 How replies find their request: Redis answers in order, so each submission of ``n`` commands
-appends a :class:`_Pending` to a FIFO and the reader task hands out the next ``n`` replies to it.
+appends a :class:`Pending` to a FIFO and the reader task hands out the next ``n`` replies to it.
 Waiting costs one ``wait_task_rescheduled`` per submission, no Event, no channel, no task.
 
 Failure rules (twemproxy's): a connection that breaks, sends garbage, or leaves a submission
@@ -27,14 +27,32 @@ from ..sockio import recv
 from .errors import BackendError
 from .redis_conn import RedisConnection
 
-__all__ = ["MuxConnection"]
+__all__ = ["MuxConnection", "Pending", "Waiter", "wait_first"]
 
 #: Bound on commands awaiting replies on one shared connection; past it new submissions are
 #: refused instead of queueing without limit behind a slow node.
 MAX_OUTSTANDING: Final = 100_000
 
 
-class _Pending:
+class Waiter:
+    """The task parked on one or more submissions (several when a request is hedged).
+
+    Completing a submission wakes ``task`` and clears it, so the second of two hedged
+    submissions to finish cannot wake the task twice.
+    """
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: trio.lowlevel.Task | None = None) -> None:
+        self.task = task
+
+    def wake(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+
+class Pending:
     """One submission: how many replies it waits for, and those received so far.
 
     A *joined* submission collects its replies as runs of raw bytes (one slice per backend
@@ -42,19 +60,56 @@ class _Pending:
     object per reply.
     """
 
-    __slots__ = ("deadline", "error", "expected", "joined", "received", "replies", "task")
+    __slots__ = ("deadline", "error", "expected", "joined", "received", "replies", "waiter")
 
-    def __init__(
-        self, expected: int, joined: bool, deadline: float, task: trio.lowlevel.Task | None
-    ) -> None:
+    def __init__(self, expected: int, joined: bool, deadline: float, waiter: Waiter) -> None:
         self.expected = expected
         self.deadline = deadline
         self.joined = joined
         self.received = 0
         self.replies: list[bytes] = []
         self.error: BackendError | None = None
-        #: The task to wake when complete; ``None`` once it stopped waiting (abandoned).
-        self.task = task
+        self.waiter = waiter
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or self.received == self.expected
+
+    def result(self) -> list[bytes]:
+        """The replies of a finished submission.
+
+        Raises:
+            BackendError: it failed.
+        """
+        if self.error is not None:
+            raise self.error
+        return self.replies
+
+
+async def wait_first(pendings: list[Pending], waiter: Waiter, deadline: float) -> Pending | None:
+    """Park until one of ``pendings`` (all sharing ``waiter``) is done, or ``deadline``.
+
+    Returns the first one done (in list order when several are), or ``None`` on the deadline.
+    The others are left to finish unobserved: their replies are read and dropped.
+    """
+    for pending in pendings:
+        if pending.done:
+            return pending
+    waiter.task = trio.lowlevel.current_task()
+
+    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        waiter.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    if math.isfinite(deadline):
+        with trio.move_on_at(deadline):
+            await trio.lowlevel.wait_task_rescheduled(abort)
+    else:
+        await trio.lowlevel.wait_task_rescheduled(abort)
+    for pending in pendings:
+        if pending.done:
+            return pending
+    return None
 
 
 class MuxConnection:
@@ -64,7 +119,7 @@ class MuxConnection:
 
     def __init__(self, conn: RedisConnection) -> None:
         self.conn = conn
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[Pending] = deque()
         self._outstanding = 0
         #: Bytes accepted but not yet written: only non-empty while the socket is full.
         self._unsent = bytearray()
@@ -101,6 +156,18 @@ class MuxConnection:
         Raises:
             BackendError: the connection failed, or no answer within ``timeout``.
         """
+        pending = self.submit(payload, count, timeout, joined, Waiter())
+        await wait_first([pending], pending.waiter, math.inf)
+        return pending.result()
+
+    def submit(
+        self, payload: bytes, count: int, timeout: float, joined: bool, waiter: Waiter
+    ) -> Pending:
+        """Queue ``count`` commands without waiting; :func:`wait_first` waits for them.
+
+        Raises:
+            BackendError: the connection is closed or has too many commands in flight.
+        """
         if self.conn.closed:
             raise BackendError(self.conn.node, "connection closed")
         if self._outstanding + count > MAX_OUTSTANDING:
@@ -108,20 +175,11 @@ class MuxConnection:
         if not self._queue:
             self._watchdog_lot.unpark()
         deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
-        pending = _Pending(count, joined, deadline, trio.lowlevel.current_task())
+        pending = Pending(count, joined, deadline, waiter)
         self._queue.append(pending)
         self._outstanding += count
         self._write(payload)
-        if pending.error is None and pending.received < pending.expected:
-
-            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-                pending.task = None
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        if pending.error is not None:
-            raise pending.error
-        return pending.replies
+        return pending
 
     def _write(self, payload: bytes) -> None:
         """Queue ``payload`` for the writer task, waking it if it sleeps.
@@ -216,9 +274,7 @@ class MuxConnection:
                     self._outstanding -= count
                     if pending.received == pending.expected:
                         queue.popleft()
-                        if pending.task is not None:
-                            trio.lowlevel.reschedule(pending.task)
-                            pending.task = None
+                        pending.waiter.wake()
             except (ProtocolError, BackendError) as exc:
                 conn.close()
                 reason = exc.reason if isinstance(exc, BackendError) else exc.reply_hint
@@ -231,9 +287,7 @@ class MuxConnection:
         while self._queue:
             pending = self._queue.popleft()
             pending.error = error
-            if pending.task is not None:
-                trio.lowlevel.reschedule(pending.task)
-                pending.task = None
+            pending.waiter.wake()
         self._outstanding = 0
         self._unsent.clear()
         self._writer_lot.unpark_all()
