@@ -23,12 +23,13 @@ import trio
 from ..call import Outcome, classify_redis_error
 from ..cluster.topology import Node, Topology, topology_from_config
 from ..config import ClusterConfig
-from ..policies.balance import LeastLoadedBalancer
-from ..policies.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from ..policies.hedge import HedgeBudget, HedgeConfig, HedgeDelay
-from ..policies.outlier import OutlierConfig, OutlierDetector
+from ..policies.balance import Balancer
+from ..policies.breaker import BreakerState, CircuitBreaker
+from ..policies.hedge import HedgeBudget, HedgeDelay
+from ..policies.outlier import OutlierDetector
 from ..policies.retry import RetryBudget
 from ..policies.route import GroupRouter
+from ..policies.settings import balancer_for, breaker_config, hedge_config, outlier_config
 from ..protocols.resp.framing import scan_reply
 from .backend.errors import BackendError
 from .backend.redis_mux import Pending, Waiter, wait_first
@@ -36,8 +37,6 @@ from .backend.redis_pool import NodePool
 
 __all__ = ["RedisUpstream"]
 
-#: Attempts for one read run: the first and one failover (Envoy's num_retries 1 / Istio).
-MAX_READ_ATTEMPTS: Final = 2
 #: How often group health is recomputed for the router at most (seconds).
 _HEALTH_REFRESH: Final = 0.1
 
@@ -52,16 +51,23 @@ class RedisUpstream:
         self.pools: dict[Node, NodePool] = {
             node: NodePool(node.host, node.port, config.backend, nursery) for node in nodes
         }
-        self.breakers: dict[Node, CircuitBreaker] = {
-            node: CircuitBreaker(BreakerConfig()) for node in nodes
+        governance = config.governance
+        self.governance = governance
+        breaker = breaker_config(governance.breaker)
+        self.breakers: dict[Node, CircuitBreaker | _NoBreaker] = {
+            node: CircuitBreaker(breaker) if governance.breaker.enabled else _NoBreaker()
+            for node in nodes
         }
-        self.outlier = OutlierDetector(nodes, OutlierConfig())
-        self.router = GroupRouter(dict(self.topology.route))
-        self.balancer: LeastLoadedBalancer[Node] = LeastLoadedBalancer()
-        self.retry_budget = RetryBudget()
-        self._hedging = False
-        self.hedge_delay = HedgeDelay(HedgeConfig())
-        self.hedge_budget = HedgeBudget()
+        self.outlier = OutlierDetector(nodes, outlier_config(governance.outlier))
+        self._outlier_on = governance.outlier.enabled
+        self.router = GroupRouter(dict(self.topology.route), governance.local_group)
+        self.balancer: Balancer[Node] = balancer_for(governance.balance)
+        failover = governance.failover
+        self.retry_budget = RetryBudget(failover.budget_ratio, failover.budget_min)
+        self._max_attempts = failover.max_attempts if failover.enabled else 1
+        self._hedging = governance.hedge.enabled
+        self.hedge_delay = HedgeDelay(hedge_config(governance.hedge))
+        self.hedge_budget = HedgeBudget(governance.hedge.budget)
         #: Nodes reads may use: configured weight above zero.
         self._readable = {
             group: tuple(n for n in members if n.weight > 0)
@@ -103,7 +109,7 @@ class RedisUpstream:
                 )
                 if outcome is Outcome.OK or not read:
                     break
-                if len(tried) >= MAX_READ_ATTEMPTS or not budget.try_start_retry():
+                if len(tried) >= self._max_attempts or not budget.try_start_retry():
                     break
                 budget.finish_retry()
                 other = self._pick_read(trio.current_time(), tried)
@@ -172,9 +178,13 @@ class RedisUpstream:
             if pending is winner or pending.done:
                 racer_outcome = Outcome.LOCAL_ERROR if pending.error else _outcome(pending.replies)
                 self.breakers[racer].record(racer_outcome, now - started, now)
-                self.outlier.record(racer, racer_outcome, now)
+                self._record_outlier(racer, racer_outcome, now)
             else:
-                self.breakers[racer].release()  # still running: no verdict on that node
+                # Still running: no verdict yet. It stays in flight on its node until it ends,
+                # so a stalled node's load keeps the least-loaded balancer away from it.
+                self.breakers[racer].release()
+                self.balancer.start(racer)
+                pending.on_done = lambda done, node=racer: self._loser_done(node, done)
         if outcome is Outcome.OK and read:
             self.hedge_delay.record(now - started, now)
         return answer, outcome
@@ -201,13 +211,23 @@ class RedisUpstream:
         except BackendError as exc:
             later = trio.current_time()
             breaker.record(Outcome.LOCAL_ERROR, later - now, later)
-            self.outlier.record(node, Outcome.LOCAL_ERROR, later)
+            self._record_outlier(node, Outcome.LOCAL_ERROR, later)
             return exc
         except BaseException:
             breaker.release()
             raise
         self.balancer.start(node)
         return pending
+
+    def _loser_done(self, node: Node, pending: Pending) -> None:
+        """A hedge's losing attempt ended: it leaves the node's load, and counts if it failed."""
+        self.balancer.finish(node)
+        if pending.error is not None:
+            self._record_outlier(node, Outcome.LOCAL_ERROR, trio.current_time())
+
+    def _record_outlier(self, node: Node, outcome: Outcome, now: float) -> None:
+        if self._outlier_on:
+            self.outlier.record(node, outcome, now)
 
     def _pick_read(self, now: float, exclude: list[Node] | tuple[()]) -> Node | None:
         """A node for a read run: group by route and health, node by load among the healthy."""
@@ -242,6 +262,25 @@ class RedisUpstream:
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+
+
+class _NoBreaker:
+    """Stands in for a node's breaker when the cluster's governance turns breakers off."""
+
+    __slots__ = ()
+    reason = ""
+
+    def allow(self, now: float) -> bool:
+        return True
+
+    def record(self, outcome: Outcome, latency: float, now: float) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def state_at(self, now: float) -> BreakerState:
+        return BreakerState.CLOSED
 
 
 def _outcome(replies: list[bytes]) -> Outcome:

@@ -7,7 +7,10 @@ off it) and takes traffic again once restarted.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -155,3 +158,101 @@ def test_killed_replica_costs_no_client_errors_and_comes_back(
     # Ejection lasts 30 s the first time (Envoy's base_ejection_time); the breaker probes after
     # 5 s. Either way the node must be back well within a minute.
     wait_for(serves_again, 60, "the restarted replica to take reads again")
+
+
+def _single_node_gateway(node: RedisServer, start_gateway, governance: dict) -> redis.Redis:
+    gw: Gateway = start_gateway(
+        redis_cluster_config("feed-cache", {"dc-a": [node.port]}, governance=governance)
+    )
+    return redis.Redis(port=gw.port, socket_timeout=5)
+
+
+def test_miss_degrade_answers_empty_reads_and_acknowledges_writes(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    primary = nodes[0]
+    direct = redis.Redis(port=primary.port)
+    direct.set("miss:there", "v")
+    direct.hset("miss:h", "f", "v")
+    client = _single_node_gateway(primary, start_gateway, {"switch": {"mode": "miss"}})
+    assert client.get("miss:there") is None
+    assert client.mget("miss:there", "miss:other", "x") == [None, None, None]
+    assert client.hgetall("miss:h") == {}
+    assert client.exists("miss:there") == 0
+    assert client.set("miss:new", "v") is True
+    assert client.delete("miss:there") == 0
+    assert direct.get("miss:new") is None  # acknowledged, not stored
+    assert direct.get("miss:there") == b"v"  # and nothing deleted
+
+
+def test_error_degrade_names_the_switch(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    client = _single_node_gateway(
+        nodes[0], start_gateway, {"operations": {"GET": {"switch": {"mode": "error"}}}}
+    )
+    with pytest.raises(redis.ResponseError, match="degraded by switch feed-cache GET"):
+        client.get("err:k")
+    assert client.set("err:k", "v") is True  # only GET is switched
+
+
+def test_rate_limit_refuses_with_the_limit_named_and_admits_rate_times_time_plus_burst(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    client = _single_node_gateway(nodes[0], start_gateway, {"limit": {"rate": 200, "burst": 50}})
+    started = time.monotonic()
+    pipe = client.pipeline(transaction=False)
+    for _ in range(400):
+        pipe.get("limited:k")
+    results = pipe.execute(raise_on_error=False)
+    elapsed = time.monotonic() - started
+    refused = [r for r in results if isinstance(r, redis.ResponseError)]
+    admitted = len(results) - len(refused)
+    assert refused, "nothing was limited"
+    assert "rate limit of cluster feed-cache (200/s) exceeded" in str(refused[0])
+    # A token bucket admits at most rate x t + burst in any window; at least the burst.
+    assert 50 <= admitted <= 200 * elapsed + 50 + 1, (admitted, elapsed)
+
+
+def test_hedged_reads_keep_p99_low_when_a_replica_stalls(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    """SIGSTOP a replica: backup requests answer from another node; hedges stay under 15 %."""
+    primary, replica_a, replica_b = nodes
+    gw: Gateway = start_gateway(
+        redis_cluster_config(
+            "feed-cache",
+            {"dc-a": [primary.port, replica_a.port, replica_b.port]},
+            policy="cache",
+            governance={"hedge": {"floor": "2ms"}},
+        )
+    )
+    client = redis.Redis(port=gw.port, socket_timeout=10)
+    client.set("hedge:k", "v")
+    wait_for(
+        lambda: all(redis.Redis(port=s.port).get("hedge:k") == b"v" for s in nodes),
+        5,
+        "replication of the key",
+    )
+
+    def p99(reads: int) -> float:
+        latencies = []
+        for _ in range(reads):
+            started = time.perf_counter()
+            assert client.get("hedge:k") == b"v"
+            latencies.append(time.perf_counter() - started)
+        latencies.sort()
+        return latencies[int(len(latencies) * 0.99) - 1]
+
+    healthy = p99(400)  # also teaches the gateway the p90 and fills the hedge budget
+    _reset_stats(primary, replica_a)
+    os.kill(replica_b.proc.pid, signal.SIGSTOP)
+    try:
+        stalled = p99(600)
+    finally:
+        os.kill(replica_b.proc.pid, signal.SIGCONT)
+    answered = _gets(primary.port) + _gets(replica_a.port)
+    # Every read was answered by a live node; hedges (reads sent twice) are capped at 15 %.
+    assert answered >= 600
+    assert answered - 600 <= 0.15 * 600 + 10, answered
+    assert stalled < 3 * max(healthy, 0.002), (healthy, stalled)

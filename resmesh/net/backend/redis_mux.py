@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -60,7 +61,16 @@ class Pending:
     object per reply.
     """
 
-    __slots__ = ("deadline", "error", "expected", "joined", "received", "replies", "waiter")
+    __slots__ = (
+        "deadline",
+        "error",
+        "expected",
+        "joined",
+        "on_done",
+        "received",
+        "replies",
+        "waiter",
+    )
 
     def __init__(self, expected: int, joined: bool, deadline: float, waiter: Waiter) -> None:
         self.expected = expected
@@ -70,6 +80,15 @@ class Pending:
         self.replies: list[bytes] = []
         self.error: BackendError | None = None
         self.waiter = waiter
+        #: Called once it finishes, for a caller that stopped waiting but still accounts
+        #: for it (the loser of a hedge stays "in flight" on its node until then).
+        self.on_done: Callable[[Pending], None] | None = None
+
+    def finish(self) -> None:
+        self.waiter.wake()
+        if self.on_done is not None:
+            on_done, self.on_done = self.on_done, None
+            on_done(self)
 
     @property
     def done(self) -> bool:
@@ -274,7 +293,7 @@ class MuxConnection:
                     self._outstanding -= count
                     if pending.received == pending.expected:
                         queue.popleft()
-                        pending.waiter.wake()
+                        pending.finish()
             except (ProtocolError, BackendError) as exc:
                 conn.close()
                 reason = exc.reason if isinstance(exc, BackendError) else exc.reply_hint
@@ -287,7 +306,7 @@ class MuxConnection:
         while self._queue:
             pending = self._queue.popleft()
             pending.error = error
-            pending.waiter.wake()
+            pending.finish()
         self._outstanding = 0
         self._unsent.clear()
         self._writer_lot.unpark_all()

@@ -30,6 +30,7 @@ from ..backend.errors import BackendError
 from ..backend.redis_conn import RedisConnection
 from ..sockio import RECV_SIZE, close_quietly, recv, send_all
 from . import redis_replies as R
+from .redis_degrade import limit_reply, switch_reply
 
 if TYPE_CHECKING:
     from ..redis_cluster import RedisClusterRuntime
@@ -112,6 +113,8 @@ class RedisSession:
         self._batch_len = 0
         #: Whether every command queued since the last flush is an idempotent read.
         self._fwd_reads = True
+        #: Operations admitted by the limiter whose run has not returned yet.
+        self._admitted: list[str] = []
         #: Whether this batch already sent a write (its later reads then go to the primary).
         self._batch_wrote = False
         self._fwd_slots: list[int] = []
@@ -189,6 +192,7 @@ class RedisSession:
         self._batch_len = len(commands)
         self._batch_wrote = False
         plain_ok = self.authenticated and not self.in_multi
+        governed = self.runtime.governed
         for index, command in enumerate(commands):
             if self.closing:
                 break
@@ -199,6 +203,11 @@ class RedisSession:
                     plain = _classify_plain(first)
                 if plain:
                     self.last_command = first
+                    if governed:
+                        reply = self._govern(first.upper(), plain == _PLAIN_READ, command.args)
+                        if reply is not None:
+                            out.append(reply)
+                            continue
                     self._queue(command, plain == _PLAIN_READ)
                     continue
             name = first.upper()
@@ -239,11 +248,34 @@ class RedisSession:
                         await self._flush()
                         await self._blocking(command, block)
                     else:
-                        self._queue(command, cmdtable.is_idempotent_read(spec, command.args))
+                        read = cmdtable.is_idempotent_read(spec, command.args)
+                        if governed:
+                            reply = self._govern(name, read, command.args)
+                            if reply is not None:
+                                out.append(reply)
+                                continue
+                        self._queue(command, read)
             # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
             plain_ok = self.authenticated and not self.in_multi
+        governed = self.runtime.governed
         await self._flush()
         await self._write_out()
+
+    def _govern(self, name: bytes, read: bool, args: list[bytes]) -> bytes | None:
+        """Per-command governance: a degrade switch's answer, or a limit's refusal, or
+        ``None`` to forward (then the limiter counts the command until its run returns)."""
+        runtime = self.runtime
+        operation = name.decode("ascii", "replace")
+        decision = runtime.switchboard.decide(runtime.name, operation, not read)
+        if decision is not None:
+            return switch_reply(decision, name, args, self.resp)
+        limiter = runtime.limiter
+        if limiter is not None:
+            rejection = limiter.admit(operation, trio.current_time())
+            if rejection is not None:
+                return limit_reply(rejection)
+            self._admitted.append(operation)
+        return None
 
     def _queue(self, command: Command | bytes, read: bool = False) -> None:
         """Add a command to the run forwarded in the next flush; reserve its reply slot.
@@ -272,6 +304,7 @@ class RedisSession:
         # its own writes even when reads are spread over replicas.
         read = self._fwd_reads and not self._batch_wrote
         self._fwd_reads = True
+        admitted, self._admitted = self._admitted, []
         self._batch_wrote = self._batch_wrote or not read
         timeout = self.runtime.config.backend.command_timeout
         try:
@@ -295,6 +328,12 @@ class RedisSession:
             if self.pinned is not None:
                 # The session's server-side state (transaction, watches) is gone with it.
                 self._release_pinned()
+        finally:
+            if admitted:
+                limiter = self.runtime.limiter
+                assert limiter is not None
+                for operation in admitted:
+                    limiter.done(operation)
         out = self._out
         substitutes = self._substitutes
         for slot, reply in zip(slots, replies, strict=True):
