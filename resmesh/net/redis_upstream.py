@@ -22,8 +22,8 @@ import trio
 
 from ..call import Outcome, classify_redis_error
 from ..cluster.topology import Node, Topology, topology_from_config
-from ..config import ClusterConfig
-from ..policies.balance import Balancer
+from ..config import ClusterConfig, Mode
+from ..policies.balance import Balancer, ConsistentHashBalancer
 from ..policies.breaker import BreakerState, CircuitBreaker
 from ..policies.hedge import HedgeBudget, HedgeDelay
 from ..policies.outlier import OutlierDetector
@@ -74,6 +74,15 @@ class RedisUpstream:
             for group, members in self.topology.groups.items()
         }
         self._spread_reads = len([n for g in self._readable.values() for n in g]) > 1
+        #: Sharded mode: the nodes of the heaviest-routed group, each holding a slice of the
+        #: keys (ketama over their addresses, as twemproxy places them).
+        self.sharded = config.mode is Mode.SHARDED
+        heaviest = max(self.topology.route.items(), key=lambda item: item[1])[0]
+        self.shards: tuple[Node, ...] = self._readable[heaviest] or self.topology.groups[heaviest]
+        self._ring: ConsistentHashBalancer[Node] = ConsistentHashBalancer(
+            name=lambda node: node.address
+        )
+        self._shard_index = {node: index for index, node in enumerate(self.shards)}
         self._health_at = -math.inf
 
     @property
@@ -218,6 +227,51 @@ class RedisUpstream:
             raise
         self.balancer.start(node)
         return pending
+
+    def shard_of(self, key: bytes) -> int:
+        """The index in ``shards`` of the node holding ``key`` (already reduced to its tag)."""
+        node = self._ring.pick(self.shards, key)
+        assert node is not None
+        return self._shard_index[node]
+
+    async def forward_to_shards(
+        self, runs: dict[int, tuple[bytes, int]], db: int, resp: int
+    ) -> dict[int, list[bytes] | BackendError]:
+        """Send each shard its run concurrently (no task per shard: one shared waiter) and
+        return every shard's replies, or why it could not answer. No failover: a key lives on
+        one node only."""
+        timeout = self.config.backend.command_timeout
+        waiter = Waiter()
+        results: dict[int, list[bytes] | BackendError] = {}
+        waiting: dict[int, Pending] = {}
+        started = trio.current_time()
+        for index, (payload, count) in runs.items():
+            node = self.shards[index]
+            submitted = await self._submit(node, payload, count, db, resp, timeout, False, waiter)
+            if isinstance(submitted, Pending):
+                waiting[index] = submitted
+            else:
+                results[index] = submitted
+        try:
+            while waiting:
+                done = await wait_first(list(waiting.values()), waiter, math.inf)
+                assert done is not None
+                index = next(i for i, p in waiting.items() if p is done)
+                del waiting[index]
+                node = self.shards[index]
+                self.balancer.finish(node)
+                now = trio.current_time()
+                outcome = Outcome.LOCAL_ERROR if done.error else _outcome(done.replies)
+                self.breakers[node].record(outcome, now - started, now)
+                self._record_outlier(node, outcome, now)
+                results[index] = done.error or done.replies
+        except BaseException:
+            for index in waiting:
+                node = self.shards[index]
+                self.breakers[node].release()
+                self.balancer.finish(node)
+            raise
+        return results
 
     def _loser_done(self, node: Node, pending: Pending) -> None:
         """A hedge's losing attempt ended: it leaves the node's load, and counts if it failed."""

@@ -25,9 +25,12 @@ import trio
 
 from ...protocols._errors import ProtocolError
 from ...protocols.resp import commands as cmdtable
+from ...protocols.resp import sharding
 from ...protocols.resp.requests import Command, RequestParser, encode_command
+from ...protocols.resp.sharding import Plan
 from ..backend.errors import BackendError
 from ..backend.redis_conn import RedisConnection
+from ..backend.redis_pool import NodePool
 from ..sockio import RECV_SIZE, close_quietly, recv, send_all
 from . import redis_replies as R
 from .redis_degrade import limit_reply, switch_reply
@@ -58,6 +61,28 @@ _HELLO: Final = b"HELLO"
 
 #: Commands that turn the connection into a subscriber (the rest of pub/sub is ordinary).
 _SUBSCRIBE: Final = frozenset({b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"})
+#: Commands that would pin a connection: in sharded mode, planned per key instead.
+_SHARDED_PINNING: Final = frozenset(
+    {
+        b"MULTI",
+        b"EXEC",
+        b"DISCARD",
+        b"WATCH",
+        b"UNWATCH",
+        b"BLPOP",
+        b"BRPOP",
+        b"BLMOVE",
+        b"BRPOPLPUSH",
+        b"BLMPOP",
+        b"BZPOPMIN",
+        b"BZPOPMAX",
+        b"BZMPOP",
+        b"XREAD",
+        b"XREADGROUP",
+        b"WAIT",
+        b"WAITAOF",
+    }
+)
 #: What an unauthenticated client may still send (redis-server's rule).
 _PRE_AUTH: Final = frozenset({_AUTH, _HELLO, _QUIT, _RESET})
 #: Inside MULTI, a refused command is sent to the node as this arity error instead, so the node
@@ -223,7 +248,10 @@ class RedisSession:
                     out.append(R.error(refusal))
                     continue
                 local = _LOCAL.get(name)
-                if local is not None:
+                if self.runtime.upstream.sharded and name in _SHARDED_PINNING:
+                    # One dedicated connection cannot follow keys across nodes.
+                    await self._sharded_pinned(command)
+                elif local is not None:
                     await local(self, command)
                 elif spec is None:
                     self._queue(command, False)  # unknown here: the node answers (modules)
@@ -298,6 +326,7 @@ class RedisSession:
         else:
             payload = b"".join(c.raw if isinstance(c, Command) else c for c in self._fwd)
         slots = self._fwd_slots
+        commands = self._fwd
         self._fwd = []
         self._fwd_slots = []
         # Reads after a write of the same batch go where the write went: a pipeline reads
@@ -310,6 +339,10 @@ class RedisSession:
         try:
             if self.pinned is not None:
                 replies = await self.pinned.request(payload, count, timeout)
+            elif self.runtime.upstream.sharded:
+                fwd = [c if isinstance(c, Command) else Command([b""], c) for c in commands]
+                await self._flush_sharded(fwd, slots)
+                return
             else:
                 upstream = self.runtime.upstream
                 if slots[-1] - slots[0] == count - 1 and not self._substitutes:
@@ -340,6 +373,65 @@ class RedisSession:
             out[slot] = substitutes.pop(slot, reply) if substitutes else reply
         if not self.in_multi and not self.watching and self.pinned is not None:
             self._release_pinned()
+
+    async def _sharded_pinned(self, command: Command) -> None:
+        """MULTI/WATCH are refused in sharded mode; a blocking command runs on its key's node."""
+        upstream = self.runtime.upstream
+        planned = sharding.plan(command.args, upstream.shard_of, len(upstream.shards))
+        if isinstance(planned, sharding.RefusedPlan):
+            self._out.append(planned.reply)
+            return
+        spec = cmdtable.lookup(command.args)
+        block = cmdtable.block_timeout(spec, command.args) if spec is not None else None
+        if block is None or planned.parts:
+            self._queue(command)
+            return
+        await self._flush()
+        await self._blocking(command, block, upstream.pools[upstream.shards[planned.shard]])
+
+    async def _flush_sharded(self, commands: list[Command], slots: list[int]) -> None:
+        """Sharded mode: each command to the node of its keys; multi-key commands split
+        across nodes and their replies merged (``protocols/resp/sharding``). Every node's
+        share of the run goes out in one write, all nodes at once."""
+        upstream = self.runtime.upstream
+        shard_of = upstream.shard_of
+        shard_count = len(upstream.shards)
+        out = self._out
+        per_shard: dict[int, list[bytes]] = {}
+        # Where each node's replies go: a slot, or (slot, part index) of a split command.
+        routes: dict[int, list[int | tuple[int, int]]] = {}
+        splits: dict[int, tuple[Plan, list[bytes]]] = {}
+        for slot, command in zip(slots, commands, strict=True):
+            planned = sharding.plan(command.args, shard_of, shard_count)
+            if isinstance(planned, sharding.RefusedPlan):
+                out[slot] = planned.reply
+            elif not planned.parts:
+                per_shard.setdefault(planned.shard, []).append(command.raw)
+                routes.setdefault(planned.shard, []).append(slot)
+            else:
+                splits[slot] = (planned, [b""] * len(planned.parts))
+                for index, part in enumerate(planned.parts):
+                    per_shard.setdefault(part.shard, []).append(encode_command(part.args))
+                    routes.setdefault(part.shard, []).append((slot, index))
+        runs = {shard: (b"".join(p), len(p)) for shard, p in per_shard.items()}
+        results = await upstream.forward_to_shards(runs, self.db, self.resp)
+        for shard, result in results.items():
+            targets = routes[shard]
+            replies = (
+                [R.error(result.reply_text)] * len(targets)
+                if isinstance(result, BackendError)
+                else result
+            )
+            for target, reply in zip(targets, replies, strict=True):
+                if isinstance(target, int):
+                    out[target] = reply
+                else:
+                    splits[target[0]][1][target[1]] = reply
+        for slot, (planned, part_replies) in splits.items():
+            try:
+                out[slot] = sharding.merge(planned, part_replies)
+            except ProtocolError as exc:
+                out[slot] = R.error(exc.reply_hint)
 
     async def _write_out(self) -> None:
         if self._out:
@@ -405,17 +497,20 @@ class RedisSession:
                         self._multi_db = int(command.args[1])
                 self._queue(command)
 
-    async def _blocking(self, command: Command, block_seconds: float) -> None:
+    async def _blocking(
+        self, command: Command, block_seconds: float, pool: NodePool | None = None
+    ) -> None:
         """Run a blocking command on a dedicated connection, honouring its own block time.
 
         While it waits, the client is watched: a disconnect cancels the wait (and closes the
         connection, whose reply is still owed), and pipelined commands are buffered.
         """
+        pool = pool or self.runtime.primary
         conn = self.pinned
         temporary = conn is None
         if conn is None:
             try:
-                conn = await self.runtime.primary.acquire_dedicated(self.db, self.resp)
+                conn = await pool.acquire_dedicated(self.db, self.resp)
             except BackendError as exc:
                 self._out.append(R.error(exc.reply_text))
                 return
@@ -434,7 +529,7 @@ class RedisSession:
                 nursery.cancel_scope.cancel()
         finally:
             if temporary:
-                self.runtime.primary.release(conn)
+                pool.release(conn)
             elif conn.closed:
                 self._release_pinned()
         if reply is not None:
