@@ -72,7 +72,8 @@ class RedisClusterRuntime:
         self.switchboard = Switchboard(_configured_switches(config))
         #: Whether any per-command governance (limits, switches) applies: the fast path skips
         #: it entirely otherwise.
-        self.governed = self.limiter is not None or bool(self.switchboard.switches())
+        self.switchboard_active = bool(self.switchboard.switches())
+        self.governed = self.limiter is not None or self.switchboard_active
         #: Where writes, transactions, blocking commands and pub/sub go.
         self.primary = self.upstream.primary
 

@@ -47,6 +47,7 @@ class RedisUpstream:
     def __init__(self, config: ClusterConfig, nursery: trio.Nursery) -> None:
         self.config = config
         self.topology: Topology = topology_from_config(config)
+        self.sharded = config.mode is Mode.SHARDED
         nodes = self.topology.nodes
         self.pools: dict[Node, NodePool] = {
             node: NodePool(node.host, node.port, config.backend, nursery) for node in nodes
@@ -74,9 +75,9 @@ class RedisUpstream:
             for group, members in self.topology.groups.items()
         }
         self._spread_reads = len([n for g in self._readable.values() for n in g]) > 1
+        self._hedging = self._hedging and self._spread_reads and not self.sharded
         #: Sharded mode: the nodes of the heaviest-routed group, each holding a slice of the
         #: keys (ketama over their addresses, as twemproxy places them).
-        self.sharded = config.mode is Mode.SHARDED
         heaviest = max(self.topology.route.items(), key=lambda item: item[1])[0]
         self.shards: tuple[Node, ...] = self._readable[heaviest] or self.topology.groups[heaviest]
         self._ring: ConsistentHashBalancer[Node] = ConsistentHashBalancer(
@@ -151,7 +152,7 @@ class RedisUpstream:
         """
         started = trio.current_time()
         delay = self.hedge_delay.delay(started) if read and self._hedging else None
-        if read:
+        if delay is not None:
             self.hedge_budget.record_call()
         waiter = Waiter()
         first = await self._submit(node, payload, count, db, resp, timeout, joined, waiter)
@@ -215,7 +216,8 @@ class RedisUpstream:
         if not breaker.allow(now):
             return BackendError(node.address, f"circuit breaker open ({breaker.reason})")
         try:
-            mux = await self.pools[node].shared(db, resp)
+            pool = self.pools[node]
+            mux = pool.shared_nowait(db, resp) or await pool.shared(db, resp)
             pending = mux.submit(payload, count, timeout, joined, waiter)
         except BackendError as exc:
             later = trio.current_time()

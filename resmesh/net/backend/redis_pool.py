@@ -53,6 +53,17 @@ class NodePool:
         self._dedicated = trio.CapacityLimiter(backend.max_dedicated)
         self._in_use: set[RedisConnection] = set()
 
+    def shared_nowait(self, db: int, resp: int) -> MuxConnection | None:
+        """The next live shared connection for ``(db, resp)`` if it is open already.
+
+        The hot path: no coroutine, no await. ``None`` means :meth:`shared` must open one.
+        """
+        slots = self._shared.get((db, resp))
+        if slots is None:
+            return None
+        mux = slots[next(self._turn) % len(slots)]
+        return mux if mux is not None and not mux.closed else None
+
     async def shared(self, db: int, resp: int) -> MuxConnection:
         """A live shared connection for ``(db, resp)``, picked round-robin.
 

@@ -218,6 +218,7 @@ class RedisSession:
         self._batch_wrote = False
         plain_ok = self.authenticated and not self.in_multi
         governed = self.runtime.governed
+        now = trio.current_time() if governed else 0.0
         for index, command in enumerate(commands):
             if self.closing:
                 break
@@ -229,7 +230,7 @@ class RedisSession:
                 if plain:
                     self.last_command = first
                     if governed:
-                        reply = self._govern(first.upper(), plain == _PLAIN_READ, command.args)
+                        reply = self._govern(first, plain == _PLAIN_READ, command.args, now)
                         if reply is not None:
                             out.append(reply)
                             continue
@@ -278,7 +279,7 @@ class RedisSession:
                     else:
                         read = cmdtable.is_idempotent_read(spec, command.args)
                         if governed:
-                            reply = self._govern(name, read, command.args)
+                            reply = self._govern(first, read, command.args, now)
                             if reply is not None:
                                 out.append(reply)
                                 continue
@@ -286,20 +287,24 @@ class RedisSession:
             # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
             plain_ok = self.authenticated and not self.in_multi
         governed = self.runtime.governed
+        now = trio.current_time() if governed else 0.0
         await self._flush()
         await self._write_out()
 
-    def _govern(self, name: bytes, read: bool, args: list[bytes]) -> bytes | None:
+    def _govern(self, first: bytes, read: bool, args: list[bytes], now: float) -> bytes | None:
         """Per-command governance: a degrade switch's answer, or a limit's refusal, or
         ``None`` to forward (then the limiter counts the command until its run returns)."""
         runtime = self.runtime
-        operation = name.decode("ascii", "replace")
-        decision = runtime.switchboard.decide(runtime.name, operation, not read)
-        if decision is not None:
-            return switch_reply(decision, name, args, self.resp)
+        operation = _OPERATIONS.get(first)
+        if operation is None:
+            operation = _operation_name(first)
+        if runtime.switchboard_active:
+            decision = runtime.switchboard.decide(runtime.name, operation, not read)
+            if decision is not None:
+                return switch_reply(decision, first.upper(), args, self.resp)
         limiter = runtime.limiter
         if limiter is not None:
-            rejection = limiter.admit(operation, trio.current_time())
+            rejection = limiter.admit(operation, now)
             if rejection is not None:
                 return limit_reply(rejection)
             self._admitted.append(operation)
@@ -882,6 +887,17 @@ _NOT_PLAIN: Final = 0
 _PLAIN_WRITE: Final = 1
 _PLAIN_READ: Final = 2
 _PLAIN_CACHE_MAX: Final = 4096
+
+
+#: Operation names (what limits and switches key on) by command name as clients spell it.
+_OPERATIONS: dict[bytes, str] = {}
+
+
+def _operation_name(name: bytes) -> str:
+    operation = name.upper().decode("ascii", "replace")
+    if len(_OPERATIONS) < _PLAIN_CACHE_MAX:
+        _OPERATIONS[name] = operation
+    return operation
 
 
 def _classify_plain(name: bytes) -> int:
