@@ -165,24 +165,11 @@ class MuxConnection:
         finally:
             self._fail(self.conn.node, "connection closed")
 
-    async def call(
-        self, payload: bytes, count: int, timeout: float, *, joined: bool = False
-    ) -> list[bytes]:
-        """Send ``count`` commands (``payload``) and return their ``count`` raw replies.
-
-        With ``joined``, the replies come back concatenated, as a list of runs (usually one).
-
-        Raises:
-            BackendError: the connection failed, or no answer within ``timeout``.
-        """
-        pending = self.submit(payload, count, timeout, joined, Waiter())
-        await wait_first([pending], pending.waiter, math.inf)
-        return pending.result()
-
     def submit(
         self, payload: bytes, count: int, timeout: float, joined: bool, waiter: Waiter
     ) -> Pending:
-        """Queue ``count`` commands without waiting; :func:`wait_first` waits for them.
+        """Queue ``count`` commands (``payload``) without waiting; :func:`wait_first` waits
+        for them. With ``joined``, the replies come back concatenated, as runs of bytes.
 
         Raises:
             BackendError: the connection is closed or has too many commands in flight.
