@@ -233,3 +233,38 @@ class LimiterModel(RuleBasedStateMachine):
 
 TestLimiterModel = LimiterModel.TestCase
 TestLimiterModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_admit_many_is_all_or_nothing_and_counts_every_call() -> None:
+    config = LimiterConfig(
+        cluster=LimitConfig(rate=100.0, burst=20.0, concurrency=30),
+        operations={"GET": LimitConfig(rate=100.0, burst=10.0)},
+    )
+    limiter = Limiter("c", config)
+    assert limiter.admit_many("GET", 8, 0.0)
+    # 8 in flight; the operation bucket holds 2: a batch of 5 is refused whole, nothing taken.
+    assert not limiter.admit_many("GET", 5, 0.0)
+    assert limiter.admit("GET", 0.0) is None and limiter.admit("GET", 0.0) is None
+    assert limiter.admit("GET", 0.0) is not None  # the operation's bucket is empty now
+    stats = limiter.statistics(0.0)
+    cluster_cap = stats.cluster.concurrency
+    assert cluster_cap is not None and cluster_cap.in_flight == 10
+    # The cluster bucket gave back what the refused batch and the refused call had taken.
+    cluster_bucket = stats.cluster.rate
+    assert cluster_bucket is not None and (cluster_bucket.admitted, cluster_bucket.tokens) == (
+        10,
+        10.0,
+    )
+    limiter.done_many("GET", 8)
+    limiter.done("GET")
+    limiter.done("GET")
+    stats = limiter.statistics(0.0)
+    assert stats.cluster.concurrency is not None and stats.cluster.concurrency.in_flight == 0
+
+
+def test_admit_many_respects_concurrency_caps() -> None:
+    limiter = Limiter("c", LimiterConfig(cluster=LimitConfig(concurrency=10)))
+    assert limiter.admit_many("SET", 10, 0.0)
+    assert not limiter.admit_many("SET", 1, 0.0)
+    limiter.done_many("SET", 10)
+    assert limiter.admit_many("SET", 10, 0.0)

@@ -36,6 +36,7 @@ from . import redis_replies as R
 from .redis_degrade import limit_reply, switch_reply
 
 if TYPE_CHECKING:
+    from ...policies.limit import Limiter
     from ..redis_cluster import RedisClusterRuntime
 
 __all__ = ["RedisSession"]
@@ -212,6 +213,33 @@ class RedisSession:
     # One batch: every command of one read, replies written together
 
     async def _run_batch(self, commands: list[Command]) -> None:
+        limiter = self.runtime.limiter
+        admitted = None
+        if limiter is not None and len(commands) > 1 and self.authenticated and not self.in_multi:
+            admitted = self._admit_batch(limiter, commands)
+        try:
+            await self._run_commands(commands, admitted)
+        finally:
+            if admitted is not None:
+                assert limiter is not None
+                limiter.done_many(admitted, len(commands))
+
+    def _admit_batch(self, limiter: Limiter, commands: list[Command]) -> str | None:
+        """A pipeline of one plain command (16 GETs) is admitted by the limiter in one step.
+
+        Returns the operation so admitted, or ``None``: then each command is admitted on its
+        own (mixed pipelines, or not enough tokens for all: individual admission finds which
+        are refused).
+        """
+        first = commands[0].args[0]
+        if not _PLAIN.get(first) or any(c.args[0] != first for c in commands):
+            return None
+        operation = _OPERATIONS.get(first) or _operation_name(first)
+        if limiter.admit_many(operation, len(commands), trio.current_time()):
+            return operation
+        return None
+
+    async def _run_commands(self, commands: list[Command], admitted: str | None) -> None:
         out = self._out
         self._batch_raw = self.parser.batch_raw
         self._batch_len = len(commands)
@@ -230,7 +258,9 @@ class RedisSession:
                 if plain:
                     self.last_command = first
                     if governed:
-                        reply = self._govern(first, plain == _PLAIN_READ, command.args, now)
+                        reply = self._govern(
+                            first, plain == _PLAIN_READ, command.args, now, admitted is None
+                        )
                         if reply is not None:
                             out.append(reply)
                             continue
@@ -279,7 +309,7 @@ class RedisSession:
                     else:
                         read = cmdtable.is_idempotent_read(spec, command.args)
                         if governed:
-                            reply = self._govern(first, read, command.args, now)
+                            reply = self._govern(first, read, command.args, now, True)
                             if reply is not None:
                                 out.append(reply)
                                 continue
@@ -291,9 +321,12 @@ class RedisSession:
         await self._flush()
         await self._write_out()
 
-    def _govern(self, first: bytes, read: bool, args: list[bytes], now: float) -> bytes | None:
+    def _govern(
+        self, first: bytes, read: bool, args: list[bytes], now: float, limit: bool
+    ) -> bytes | None:
         """Per-command governance: a degrade switch's answer, or a limit's refusal, or
-        ``None`` to forward (then the limiter counts the command until its run returns)."""
+        ``None`` to forward (then the limiter counts the command until its run returns).
+        ``limit`` is false when the whole batch was admitted at once."""
         runtime = self.runtime
         operation = _OPERATIONS.get(first)
         if operation is None:
@@ -303,7 +336,7 @@ class RedisSession:
             if decision is not None:
                 return switch_reply(decision, first.upper(), args, self.resp)
         limiter = runtime.limiter
-        if limiter is not None:
+        if limiter is not None and limit:
             rejection = limiter.admit(operation, now)
             if rejection is not None:
                 return limit_reply(rejection)
