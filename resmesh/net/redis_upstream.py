@@ -66,8 +66,19 @@ class RedisUpstream:
         failover = governance.failover
         self.retry_budget = RetryBudget(failover.budget_ratio, failover.budget_min)
         self._max_attempts = failover.max_attempts if failover.enabled else 1
-        self._hedging = governance.hedge.enabled
-        self.hedge_delay = HedgeDelay(hedge_config(governance.hedge))
+        #: Hedge delay trackers: the cluster's (key ``None``) and each operation with its own
+        #: hedge settings; ``None`` where hedging is off.
+        self._hedges: dict[str | None, HedgeDelay | None] = {
+            None: HedgeDelay(hedge_config(governance.hedge)) if governance.hedge.enabled else None
+        }
+        for name, op in governance.operations.items():
+            if op.hedge is not None:
+                self._hedges[name] = (
+                    HedgeDelay(hedge_config(op.hedge)) if op.hedge.enabled else None
+                )
+        #: Whether any operation hedges differently from the cluster (then the session names
+        #: the operation of each read run).
+        self.operation_hedges = len(self._hedges) > 1
         self.hedge_budget = HedgeBudget(governance.hedge.budget)
         #: Nodes reads may use: configured weight above zero.
         self._readable = {
@@ -75,7 +86,8 @@ class RedisUpstream:
             for group, members in self.topology.groups.items()
         }
         self._spread_reads = len([n for g in self._readable.values() for n in g]) > 1
-        self._hedging = self._hedging and self._spread_reads and not self.sharded
+        #: Backup requests need another node holding the same keys.
+        self._can_hedge = self._spread_reads and not self.sharded
         #: Sharded mode: the nodes of the heaviest-routed group, each holding a slice of the
         #: keys (ketama over their addresses, as twemproxy places them).
         heaviest = max(self.topology.route.items(), key=lambda item: item[1])[0]
@@ -91,9 +103,20 @@ class RedisUpstream:
         return self.pools[self.topology.primary]
 
     async def forward(
-        self, payload: bytes, count: int, db: int, resp: int, *, read: bool, joined: bool
+        self,
+        payload: bytes,
+        count: int,
+        db: int,
+        resp: int,
+        *,
+        read: bool,
+        joined: bool,
+        operation: str | None = None,
     ) -> list[bytes]:
         """Send a run of ``count`` commands and return their raw replies (see MuxConnection).
+
+        ``operation``: the run's command when all of its commands are the same one, so that
+        command's own hedge settings apply.
 
         Raises:
             BackendError: no node could answer (the text says why); for a write, the primary's
@@ -106,6 +129,9 @@ class RedisUpstream:
             node = self._pick_read(now, ())
         if node is None:
             node = self.topology.primary
+        hedger = None
+        if read and self._can_hedge:
+            hedger = self._hedges.get(operation, self._hedges[None])
         tried: list[Node] = []
         #: What the last attempt produced: the node's own error replies, or a failure.
         answer: list[bytes] | BackendError
@@ -115,7 +141,7 @@ class RedisUpstream:
             while True:
                 tried.append(node)
                 answer, outcome = await self._attempt(
-                    node, payload, count, db, resp, timeout, joined, read
+                    node, payload, count, db, resp, timeout, joined, hedger
                 )
                 if outcome is Outcome.OK or not read:
                     break
@@ -141,7 +167,7 @@ class RedisUpstream:
         resp: int,
         timeout: float,
         joined: bool,
-        read: bool,
+        hedger: HedgeDelay | None,
     ) -> tuple[list[bytes] | BackendError, Outcome]:
         """One try, recorded for the nodes' breakers and the outlier detector.
 
@@ -151,7 +177,7 @@ class RedisUpstream:
         a token bucket (15 % of read runs: motan-go).
         """
         started = trio.current_time()
-        delay = self.hedge_delay.delay(started) if read and self._hedging else None
+        delay = hedger.delay(started) if hedger is not None else None
         if delay is not None:
             self.hedge_budget.record_call()
         waiter = Waiter()
@@ -195,8 +221,8 @@ class RedisUpstream:
                 self.breakers[racer].release()
                 self.balancer.start(racer)
                 pending.on_done = lambda done, node=racer: self._loser_done(node, done)
-        if outcome is Outcome.OK and read:
-            self.hedge_delay.record(now - started, now)
+        if outcome is Outcome.OK and hedger is not None:
+            hedger.record(now - started, now)
         return answer, outcome
 
     async def _submit(

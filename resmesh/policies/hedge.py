@@ -209,10 +209,12 @@ class HedgeDelay:
     """The hedge delay of one (cluster, operation): its latency window and cached percentile.
 
     Record every call's latency with :meth:`record` (O(1)); read the delay with :meth:`delay`,
-    which recomputes it at most every ``config.refresh`` seconds.
+    which recomputes it at most every ``config.refresh`` seconds, and, while still cold (no
+    delay yet), as soon as ``min_samples`` new latencies are in: otherwise a busy gateway would
+    not hedge at all during its first refresh interval.
     """
 
-    __slots__ = ("_delay", "_next_refresh", "computed_at", "config", "histogram")
+    __slots__ = ("_cold_samples", "_delay", "_next_refresh", "computed_at", "config", "histogram")
 
     def __init__(self, config: HedgeConfig | None = None) -> None:
         self.config = config or HedgeConfig()
@@ -220,10 +222,16 @@ class HedgeDelay:
         self._delay: float | None = self.config.fixed_delay
         self._next_refresh = -float("inf")
         self.computed_at = -float("inf")
+        #: Latencies recorded since the last computation that found no delay.
+        self._cold_samples = 0
 
     def record(self, latency: float, now: float) -> None:
         """One call of this operation took ``latency`` seconds, ending at ``now``."""
         self.histogram.record(latency, now)
+        if self._delay is None:
+            self._cold_samples += 1
+            if self._cold_samples >= self.config.min_samples:
+                self._next_refresh = now  # enough to try: recompute at the next delay()
 
     def delay(self, now: float) -> float | None:
         """Seconds to wait before hedging a call starting at ``now``; ``None`` = do not hedge."""
@@ -233,6 +241,7 @@ class HedgeDelay:
         if now >= self._next_refresh:
             self._next_refresh = now + config.refresh
             self.computed_at = now
+            self._cold_samples = 0
             self._delay = hedge_delay(
                 self.histogram,
                 now,

@@ -87,12 +87,19 @@ def test_delay_is_the_p90_with_a_floor_and_none_on_a_cold_start() -> None:
 def test_hedge_delay_is_cached_for_its_refresh_period() -> None:
     delay = HedgeDelay(HedgeConfig(min_samples=5, refresh=1.0))
     assert delay.delay(0.0) is None
-    for _ in range(10):
+    for _ in range(4):
         delay.record(0.050, now=0.1)
-    assert delay.delay(0.5) is None  # computed at 0.0, cached until 1.0
-    assert delay.delay(1.0) == pytest.approx(0.050, rel=1 / 32)
-    stats = delay.statistics(1.0)
-    assert (stats.samples, stats.computed_at) == (10, 1.0)
+    assert delay.delay(0.2) is None  # cold, and too few samples to try again
+    for _ in range(6):
+        delay.record(0.050, now=0.3)
+    # Cold with enough new samples: computed at once, not at the next refresh (1.0).
+    assert delay.delay(0.5) == pytest.approx(0.050, rel=1 / 32)
+    for _ in range(20):
+        delay.record(0.200, now=0.6)
+    assert delay.delay(0.9) == pytest.approx(0.050, rel=1 / 32)  # warm: cached until 1.5
+    assert delay.delay(1.5) == pytest.approx(0.200, rel=1 / 32)
+    stats = delay.statistics(1.5)
+    assert (stats.samples, stats.computed_at) == (30, 1.5)
     fixed = HedgeDelay(HedgeConfig(fixed_delay=0.02))
     assert fixed.delay(0.0) == 0.02
 

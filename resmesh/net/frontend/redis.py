@@ -374,6 +374,8 @@ class RedisSession:
         admitted, self._admitted = self._admitted, []
         self._batch_wrote = self._batch_wrote or not read
         timeout = self.runtime.config.backend.command_timeout
+        upstream = self.runtime.upstream
+        operation = _run_operation(commands) if read and upstream.operation_hedges else None
         try:
             if self.pinned is not None:
                 replies = await self.pinned.request(payload, count, timeout)
@@ -382,16 +384,27 @@ class RedisSession:
                 await self._flush_sharded(fwd, slots)
                 return
             else:
-                upstream = self.runtime.upstream
                 if slots[-1] - slots[0] == count - 1 and not self._substitutes:
                     # The replies fill adjacent slots: take them as one run of bytes.
                     runs = await upstream.forward(
-                        payload, count, self.db, self.resp, read=read, joined=True
+                        payload,
+                        count,
+                        self.db,
+                        self.resp,
+                        read=read,
+                        joined=True,
+                        operation=operation,
                     )
                     self._out[slots[0]] = runs[0] if len(runs) == 1 else b"".join(runs)
                     return
                 replies = await upstream.forward(
-                    payload, count, self.db, self.resp, read=read, joined=False
+                    payload,
+                    count,
+                    self.db,
+                    self.resp,
+                    read=read,
+                    joined=False,
+                    operation=operation,
                 )
         except BackendError as exc:
             failure = R.error(exc.reply_text)
@@ -920,6 +933,18 @@ _NOT_PLAIN: Final = 0
 _PLAIN_WRITE: Final = 1
 _PLAIN_READ: Final = 2
 _PLAIN_CACHE_MAX: Final = 4096
+
+
+def _run_operation(commands: list[Command | bytes]) -> str | None:
+    """The operation of a run whose commands are all the same command, else ``None``."""
+    first = commands[0]
+    if not isinstance(first, Command):
+        return None
+    name = first.args[0]
+    for command in commands:
+        if not isinstance(command, Command) or command.args[0] != name:
+            return None
+    return _OPERATIONS.get(name) or _operation_name(name)
 
 
 #: Operation names (what limits and switches key on) by command name as clients spell it.
