@@ -208,18 +208,16 @@ class RedisUpstream:
         assert winner is not None
         now = trio.current_time()
         answer: list[bytes] | BackendError = winner.error or winner.replies
-        outcome = Outcome.LOCAL_ERROR if winner.error else _outcome(winner.replies)
+        outcome = Outcome.OK
         for racer, pending in racing:
-            self.balancer.finish(racer)
-            if pending is winner or pending.done:
-                racer_outcome = Outcome.LOCAL_ERROR if pending.error else _outcome(pending.replies)
-                self.breakers[racer].record(racer_outcome, now - started, now)
-                self._record_outlier(racer, racer_outcome, now)
+            if pending.done:
+                settled = self._settle(racer, pending, started, now)
+                if pending is winner:
+                    outcome = settled
             else:
                 # Still running: no verdict yet. It stays in flight on its node until it ends,
                 # so a stalled node's load keeps the least-loaded balancer away from it.
                 self.breakers[racer].release()
-                self.balancer.start(racer)
                 pending.on_done = lambda done, node=racer: self._loser_done(node, done)
         if outcome is Outcome.OK and hedger is not None:
             hedger.record(now - started, now)
@@ -286,12 +284,7 @@ class RedisUpstream:
                 assert done is not None
                 index = next(i for i, p in waiting.items() if p is done)
                 del waiting[index]
-                node = self.shards[index]
-                self.balancer.finish(node)
-                now = trio.current_time()
-                outcome = Outcome.LOCAL_ERROR if done.error else _outcome(done.replies)
-                self.breakers[node].record(outcome, now - started, now)
-                self._record_outlier(node, outcome, now)
+                self._settle(self.shards[index], done, started, trio.current_time())
                 results[index] = done.error or done.replies
         except BaseException:
             for index in waiting:
@@ -300,6 +293,14 @@ class RedisUpstream:
                 self.balancer.finish(node)
             raise
         return results
+
+    def _settle(self, node: Node, pending: Pending, started: float, now: float) -> Outcome:
+        """A finished submission leaves its node's load and counts for its health."""
+        self.balancer.finish(node)
+        outcome = Outcome.LOCAL_ERROR if pending.error else _outcome(pending.replies)
+        self.breakers[node].record(outcome, now - started, now)
+        self._record_outlier(node, outcome, now)
+        return outcome
 
     def _loser_done(self, node: Node, pending: Pending) -> None:
         """A hedge's losing attempt ended: it leaves the node's load, and counts if it failed."""
