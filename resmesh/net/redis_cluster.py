@@ -11,10 +11,7 @@ from types import MappingProxyType
 
 import trio
 
-from ..config import ClusterConfig, SwitchModeName, SwitchSettings, UserConfig
-from ..policies.limit import Limiter
-from ..policies.settings import limiter_config
-from ..policies.switch import Switch, Switchboard, SwitchMode
+from ..config import ClusterConfig, UserConfig
 from ..protocols.resp.requests import RequestLimits
 from .frontend.redis import RedisSession
 from .frontend.redis_replies import error
@@ -61,15 +58,10 @@ class RedisClusterRuntime:
         self.sessions: dict[int, RedisSession] = {}
         self.draining = False
         self.upstream = RedisUpstream(config, backend_nursery)
-        governance = config.governance
-        limiter = limiter_config(governance)
-        has_limits = any(
-            (scope.rate, scope.concurrency) != (None, None)
-            for scope in (limiter.cluster, *limiter.operations.values())
-        )
+        policies = self.upstream.policies
         #: Rate and concurrency limits, or ``None`` when none is configured (no cost at all).
-        self.limiter = Limiter(config.name, limiter, trio.current_time()) if has_limits else None
-        self.switchboard = Switchboard(_configured_switches(config))
+        self.limiter = policies.limiter
+        self.switchboard = policies.switchboard
         #: Whether any per-command governance (limits, switches) applies: the fast path skips
         #: it entirely otherwise.
         self.switchboard_active = bool(self.switchboard.switches())
@@ -104,18 +96,3 @@ class RedisClusterRuntime:
 
     def close(self) -> None:
         self.upstream.close()
-
-
-def _configured_switches(config: ClusterConfig) -> list[Switch]:
-    """The degrade switches the config file sets (the registry will add its own)."""
-    switches: list[Switch] = []
-    scopes: list[tuple[str | None, SwitchSettings | None]] = [(None, config.governance.switch)]
-    scopes += [(name, op.switch) for name, op in config.governance.operations.items()]
-    for operation, settings in scopes:
-        if settings is None or settings.mode is SwitchModeName.OFF:
-            continue
-        value = settings.value.encode() if settings.value is not None else None
-        switches.append(
-            Switch(config.name, SwitchMode(str(settings.mode)), operation, value, "set in config")
-        )
-    return switches

@@ -264,7 +264,12 @@ def _wins(reply: Reply) -> bool:
 
 
 async def hedged(
-    call: Call, attempt: Attempt[T], delay: float | None, budget: HedgeBudget
+    call: Call,
+    attempt: Attempt[T],
+    delay: float | None,
+    budget: HedgeBudget,
+    *,
+    tried: set[T] | None = None,
 ) -> Reply:
     """Run ``call`` through ``attempt``, backing it up on another node if it is slow.
 
@@ -278,20 +283,21 @@ async def hedged(
     (a node failure in preference to a REJECTED).
 
     ``delay`` ``None`` (cold start, or hedging off) runs the one attempt. Every call through
-    here earns hedge budget, hedged or not.
+    here earns hedge budget, hedged or not. ``tried`` is shared with an enclosing failover, so
+    neither a backup nor a retry goes to a node already used (a fresh set if not given).
 
     Raises:
         Exception: whatever an attempt raises (attempts should not raise; a single exception
             is re-raised as itself, not wrapped in an exception group).
     """
     budget.record_call()
-    tried: set[T] = set()
+    shared: set[T] = set() if tried is None else tried
     if delay is None or not call.idempotent or call.pinned:
-        return await attempt(tried)
+        return await attempt(shared)
     send, receive = trio.open_memory_channel[tuple[int, Reply]](2)
 
     async def run(index: int) -> None:
-        reply = await attempt(tried)
+        reply = await attempt(shared)
         send.send_nowait((index, reply))
 
     failure: Reply | None = None

@@ -375,7 +375,9 @@ class RedisSession:
         self._batch_wrote = self._batch_wrote or not read
         timeout = self.runtime.config.backend.command_timeout
         upstream = self.runtime.upstream
-        operation = _run_operation(commands) if read and upstream.operation_hedges else None
+        hedges_by_operation = upstream.policies.operation_hedges
+        operation = _run_operation(commands) if read and hedges_by_operation else None
+        key = _run_key(commands) if read and upstream.hash_reads else None
         try:
             if self.pinned is not None:
                 replies = await self.pinned.request(payload, count, timeout)
@@ -394,6 +396,7 @@ class RedisSession:
                         read=read,
                         joined=True,
                         operation=operation,
+                        key=key,
                     )
                     self._out[slots[0]] = runs[0] if len(runs) == 1 else b"".join(runs)
                     return
@@ -405,6 +408,7 @@ class RedisSession:
                     read=read,
                     joined=False,
                     operation=operation,
+                    key=key,
                 )
         except BackendError as exc:
             failure = R.error(exc.reply_text)
@@ -945,6 +949,16 @@ def _run_operation(commands: list[Command | bytes]) -> str | None:
         if not isinstance(command, Command) or command.args[0] != name:
             return None
     return _OPERATIONS.get(name) or _operation_name(name)
+
+
+def _run_key(commands: list[Command | bytes]) -> bytes | None:
+    """The first key of a read run, which ``balance: hash`` places on a node by."""
+    first = commands[0]
+    if not isinstance(first, Command):
+        return None
+    spec = cmdtable.lookup(first.args)
+    keys = cmdtable.command_keys(spec, first.args) if spec is not None else []
+    return keys[0] if keys else None
 
 
 #: Operation names (what limits and switches key on) by command name as clients spell it.

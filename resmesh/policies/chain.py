@@ -1,0 +1,360 @@
+"""The governance pipeline of one cluster: every policy, assembled once, in DESIGN §1's order.
+
+``switch (degrade) → limit → route (DC weights) → HA (failover | backup request) → balance
+(pick node) → breaker/outlier (per node) → endpoint``
+
+:class:`ClusterPolicies` holds one instance of each policy for a cluster, built from its
+configuration, and offers the pipeline twice, over the same state:
+
+* :meth:`ClusterPolicies.call` runs one :class:`~resmesh.call.Call` through the whole chain as
+  ``async (call, endpoint) -> Reply``. Protocols whose unit is one request at a time (a SQL
+  query, a Motan2 RPC) use this, so they get every policy without wiring any.
+* The steps as synchronous methods (:meth:`decide`, :meth:`admit`, :meth:`pick`,
+  :meth:`begin`, :meth:`settle`, :meth:`abandon`) for a path that governs a *batch* of
+  commands per await: the Redis frontend admits a 16-command pipeline in one step and sends
+  it as one run. An async layer per pipelined command measured too costly there
+  (bench/README.md), so it drives these steps itself; the state they touch, and so every
+  breaker, budget and limit, is the same.
+
+Why one object per cluster rather than per protocol: the registry will swap a cluster's
+topology and switches at run time, and the admin API reads every policy's statistics; both
+need one place that owns them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from ..call import Call, Outcome, Reply
+from .balance import Balancer, ConsistentHashBalancer
+from .breaker import BreakerState, CircuitBreaker
+from .failover import with_failover
+from .hedge import HedgeBudget, HedgeDelay, hedged
+from .limit import Limiter
+from .outlier import OutlierDetector
+from .retry import RetryBudget
+from .route import GroupRouter
+from .settings import (
+    balancer_for,
+    breaker_config,
+    hedge_config,
+    limiter_config,
+    outlier_config,
+)
+from .switch import Switch, Switchboard, SwitchDecision, SwitchMode
+
+if TYPE_CHECKING:
+    from ..cluster.topology import Node, Topology
+    from ..config import GovernanceConfig, SwitchSettings
+
+__all__ = ["ClusterPolicies", "Endpoint", "configured_switches"]
+
+#: How often group health is recomputed for the router at most (seconds): health is a scan
+#: of every node's breaker and ejection, too costly per call and slow to change.
+_HEALTH_REFRESH: Final = 0.1
+
+#: Sends a call to one node and returns its reply, classified (``Reply.outcome``). The chain
+#: bounds it by the call's deadline and cancels it when a backup request wins.
+Endpoint = Callable[["Node", Call], Awaitable[Reply]]
+
+
+class ClusterPolicies:
+    """Every governance policy of one cluster, over one topology snapshot.
+
+    Args:
+        cluster: the cluster's configured name (limits and switches name it in refusals).
+        topology: its groups, route weights and primary.
+        governance: its resolved governance settings (preset + overrides).
+        now: ``trio.current_time()`` at construction (token buckets start full then).
+        switches: degrade switches in force at start (the config's; see
+            :func:`configured_switches`).
+        sharded: the cluster partitions keys over its nodes, so no two nodes can answer the
+            same call: reads are not spread, retried elsewhere or hedged.
+    """
+
+    def __init__(
+        self,
+        cluster: str,
+        topology: Topology,
+        governance: GovernanceConfig,
+        now: float,
+        switches: Iterable[Switch] = (),
+        *,
+        sharded: bool = False,
+    ) -> None:
+        self.cluster = cluster
+        self.topology = topology
+        self.governance = governance
+        nodes = topology.nodes
+        limits = limiter_config(governance)
+        has_limits = any(
+            (scope.rate, scope.concurrency) != (None, None)
+            for scope in (limits.cluster, *limits.operations.values())
+        )
+        #: Rate and concurrency limits, or ``None`` when none is configured (then they cost
+        #: nothing at all).
+        self.limiter = Limiter(cluster, limits, now) if has_limits else None
+        self.switchboard = Switchboard(switches)
+        breaker = breaker_config(governance.breaker)
+        self.breakers: dict[Node, CircuitBreaker | _NoBreaker] = {
+            node: CircuitBreaker(breaker) if governance.breaker.enabled else _NoBreaker()
+            for node in nodes
+        }
+        self.outlier = OutlierDetector(nodes, outlier_config(governance.outlier))
+        self._outlier_on = governance.outlier.enabled
+        self.router = GroupRouter(dict(topology.route), governance.local_group)
+        #: ``balance: hash`` picks by the call's key (ketama), so a key keeps to one node and
+        #: that node's caches stay warm; a call without a key goes to a random node.
+        self.hashing = str(governance.balance) == "hash"
+        self.balancer: Balancer[Node] = (
+            ConsistentHashBalancer(name=_address)
+            if self.hashing
+            else balancer_for(governance.balance)
+        )
+        failover = governance.failover
+        self.retry_budget = RetryBudget(failover.budget_ratio, failover.budget_min)
+        self.max_attempts = failover.max_attempts if failover.enabled else 1
+        #: Hedge delay trackers: the cluster's (key ``None``) and each operation with its own
+        #: hedge settings; ``None`` where hedging is off.
+        self._hedges: dict[str | None, HedgeDelay | None] = {
+            None: HedgeDelay(hedge_config(governance.hedge)) if governance.hedge.enabled else None
+        }
+        for name, op in governance.operations.items():
+            if op.hedge is not None:
+                self._hedges[name] = (
+                    HedgeDelay(hedge_config(op.hedge)) if op.hedge.enabled else None
+                )
+        #: Whether any operation hedges differently from the cluster (then a batch path must
+        #: name the operation of each run it hedges).
+        self.operation_hedges = len(self._hedges) > 1
+        self.hedge_budget = HedgeBudget(governance.hedge.budget)
+        #: Nodes reads may use: configured weight above zero.
+        self._readable = {
+            group: tuple(n for n in members if n.weight > 0)
+            for group, members in topology.groups.items()
+        }
+        self._all_readable = [n for members in self._readable.values() for n in members]
+        #: Whether reads may go to more than one node (else every call goes to the primary).
+        self.spreads_reads = len(self._all_readable) > 1 and not sharded
+        self._health_at = -math.inf
+
+    # ----------------------------------------------------------------------------------------
+    # The steps, for paths that govern a batch per await
+
+    def decide(self, operation: str, is_write: bool) -> SwitchDecision | None:
+        """The degrade switch in force for ``operation``, if any (first in the chain)."""
+        return self.switchboard.decide(self.cluster, operation, is_write)
+
+    def hedger(self, operation: str | None) -> HedgeDelay | None:
+        """The hedge delay tracker for ``operation`` (its own settings or the cluster's)."""
+        if not self.spreads_reads:
+            return None
+        return self._hedges.get(operation, self._hedges[None])
+
+    def pick(
+        self, now: float, exclude: Sequence[Node] = (), key: bytes | None = None
+    ) -> Node | None:
+        """A node for an idempotent call: group by route and health, node by the balancer
+        among those the breakers and the outlier detector leave available.
+
+        If the chosen group has nothing left, any available node anywhere; if none is
+        available, any readable node not excluded (the outlier detector's panic mode does the
+        same within a group). ``None`` when every node is excluded.
+        """
+        if now - self._health_at > _HEALTH_REFRESH:
+            self._health_at = now
+            self.router.set_health(
+                {group: self._health(members, now) for group, members in self._readable.items()}
+            )
+        group = self.router.choose()
+        balancer = self.balancer
+        candidates = self._available(self._readable.get(group or "", ()), now)
+        node = balancer.pick(candidates, key, exclude) if candidates else None
+        if node is None:
+            everything = self._all_readable
+            node = balancer.pick(self._available(everything, now), key, exclude)
+            if node is None:
+                node = balancer.pick(everything, key, exclude)
+        return node
+
+    def begin(self, node: Node, now: float) -> str | None:
+        """Start a call on ``node``: ``None`` if its breaker lets it through (the call then
+        counts as in flight there until :meth:`settle` or :meth:`abandon`), else the reason
+        the breaker refuses."""
+        breaker = self.breakers[node]
+        if not breaker.allow(now):
+            return f"circuit breaker open ({breaker.reason})"
+        self.balancer.start(node)
+        return None
+
+    def settle(self, node: Node, outcome: Outcome, latency: float, now: float) -> None:
+        """A call that :meth:`begin` started on ``node`` ended with ``outcome``."""
+        self.balancer.finish(node)
+        self.breakers[node].record(outcome, latency, now)
+        self.record_outlier(node, outcome, now)
+
+    def abandon(self, node: Node) -> None:
+        """A call that :meth:`begin` started ends with no verdict (cancelled: a backup won,
+        the client left). Its probe slot, if it was one, is given back."""
+        self.breakers[node].release()
+        self.balancer.finish(node)
+
+    def record_outlier(self, node: Node, outcome: Outcome, now: float) -> None:
+        if self._outlier_on:
+            self.outlier.record(node, outcome, now)
+
+    def _available(self, nodes: Sequence[Node], now: float) -> list[Node]:
+        breakers = self.breakers
+        return [
+            n
+            for n in self.outlier.available(nodes, now)
+            if breakers[n].state_at(now) is not BreakerState.OPEN
+        ]
+
+    def _health(self, members: tuple[Node, ...], now: float) -> float:
+        if not members:
+            return 0.0
+        return len(self._available(members, now)) / len(members)
+
+    # ----------------------------------------------------------------------------------------
+    # The whole chain, for one call at a time
+
+    async def call(
+        self,
+        call: Call,
+        endpoint: Endpoint,
+        degraded: Callable[[Call, SwitchDecision], Reply],
+    ) -> Reply:
+        """Run ``call`` through every policy and ``endpoint``; never raises for a node's
+        failure (the reply's outcome says it).
+
+        ``degraded`` renders a degrade switch's answer in the call's protocol (an empty
+        result for ``miss``, the configured reply for ``fallback``, an error naming the
+        switch); the chain stops there. A limit's refusal comes back ``REJECTED`` with the
+        limit named in ``reason``. Writes and pinned calls go to the primary, once.
+        Idempotent calls are spread, hedged after the operation's p90, and failed over to
+        another node within the retry budget.
+        """
+        decision = self.decide(call.operation, not call.idempotent)
+        if decision is not None:
+            return degraded(call, decision)
+        limiter = self.limiter
+        if limiter is not None:
+            refusal = limiter.admit(call.operation, trio.current_time())
+            if refusal is not None:
+                return Reply(b"", Outcome.REJECTED, reason=refusal)
+        try:
+            if call.pinned or not call.idempotent or not self.spreads_reads:
+                return await self._attempt(call, endpoint, set(), self.topology.primary)
+            key = call.keys[0] if self.hashing and call.keys else None
+
+            async def attempt(tried: set[Node]) -> Reply:
+                node = self.pick(trio.current_time(), tuple(tried), key)
+                if node is None:
+                    return Reply(b"", Outcome.REJECTED, reason="no node left to try")
+                return await self._attempt(call, endpoint, tried, node)
+
+            hedger = self.hedger(call.operation)
+
+            async def hedged_attempt(tried: set[Node]) -> Reply:
+                if hedger is None:
+                    return await attempt(tried)
+                delay = hedger.delay(trio.current_time())
+                return await hedged(call, attempt, delay, self.hedge_budget, tried=tried)
+
+            started = trio.current_time()
+            reply = await with_failover(call, hedged_attempt, self.retry_budget, self.max_attempts)
+            if hedger is not None and reply.outcome is Outcome.OK:
+                now = trio.current_time()
+                hedger.record(now - started, now)
+            return reply
+        finally:
+            if limiter is not None:
+                limiter.done(call.operation)
+
+    async def _attempt(self, call: Call, endpoint: Endpoint, tried: set[Node], node: Node) -> Reply:
+        """One try on ``node``, bounded by the call's deadline, recorded for its health."""
+        tried.add(node)
+        started = trio.current_time()
+        refusal = self.begin(node, started)
+        if refusal is not None:
+            return Reply(b"", Outcome.REJECTED, node.address, refusal)
+        reply: Reply | None = None
+        try:
+            with trio.move_on_at(call.deadline):
+                reply = await endpoint(node, call)
+        except BaseException:
+            self.abandon(node)  # cancelled: a backup won, or the caller is gone
+            raise
+        now = trio.current_time()
+        if reply is None:
+            reply = Reply(b"", Outcome.LOCAL_ERROR, node.address, f"timeout at {node.address}")
+        self.settle(node, reply.outcome, now - started, now)
+        return reply
+
+    # ----------------------------------------------------------------------------------------
+
+    def statistics(self, now: float) -> dict[str, Any]:
+        """Every policy's snapshot, for the admin API and ``resmesh ctl status``."""
+        hedges = {
+            op or "*": tracker.statistics(now)
+            for op, tracker in self._hedges.items()
+            if tracker is not None
+        }
+        return {
+            "limit": self.limiter.statistics(now) if self.limiter is not None else None,
+            "switches": self.switchboard.statistics(),
+            "breakers": {
+                node.address: breaker.statistics(now)
+                for node, breaker in self.breakers.items()
+                if isinstance(breaker, CircuitBreaker)
+            },
+            "outlier": self.outlier.statistics(now),
+            "route": self.router.statistics(),
+            "balance": self.balancer.statistics(),
+            "retry_budget": self.retry_budget.statistics(),
+            "hedge_budget": self.hedge_budget.statistics(),
+            "hedge_delays": hedges,
+        }
+
+
+def configured_switches(cluster: str, governance: GovernanceConfig) -> list[Switch]:
+    """The degrade switches a cluster's configuration sets (the registry adds its own)."""
+    switches: list[Switch] = []
+    scopes: list[tuple[str | None, SwitchSettings | None]] = [(None, governance.switch)]
+    scopes += [(name, op.switch) for name, op in governance.operations.items()]
+    for operation, settings in scopes:
+        if settings is None or str(settings.mode) == "off":
+            continue
+        value = settings.value.encode() if settings.value is not None else None
+        switches.append(
+            Switch(cluster, SwitchMode(str(settings.mode)), operation, value, "set in config")
+        )
+    return switches
+
+
+def _address(node: Node) -> str:
+    return node.address
+
+
+class _NoBreaker:
+    """Stands in for a node's breaker when the cluster's governance turns breakers off."""
+
+    __slots__ = ()
+    reason = ""
+
+    def allow(self, now: float) -> bool:
+        return True
+
+    def record(self, outcome: Outcome, latency: float, now: float) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def state_at(self, now: float) -> BreakerState:
+        return BreakerState.CLOSED
