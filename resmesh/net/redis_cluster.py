@@ -62,10 +62,8 @@ class RedisClusterRuntime:
         #: Rate and concurrency limits, or ``None`` when none is configured (no cost at all).
         self.limiter = policies.limiter
         self.switchboard = policies.switchboard
-        #: Whether any per-command governance (limits, switches) applies: the fast path skips
-        #: it entirely otherwise.
+        #: Whether any degrade switch is set (the session's fast path skips them otherwise).
         self.switchboard_active = bool(self.switchboard.switches())
-        self.governed = self.limiter is not None or self.switchboard_active
         #: Where writes, transactions, blocking commands and pub/sub go.
         self.primary = self.upstream.primary
 

@@ -46,6 +46,7 @@ class BreakerState(enum.IntEnum):
 _CLOSED: Final = BreakerState.CLOSED
 _OPEN: Final = BreakerState.OPEN
 _HALF_OPEN: Final = BreakerState.HALF_OPEN
+_OK: Final = Outcome.OK
 _NODE_FAILURES: Final = frozenset({Outcome.UPSTREAM_ERROR, Outcome.LOCAL_ERROR})
 
 
@@ -203,6 +204,12 @@ class CircuitBreaker:
         such late result arriving while HALF_OPEN is taken as the probe's (it is as recent a
         word on the node's health, and :meth:`allow` hands out no token to tell them apart).
         """
+        if outcome is _OK and self.state is _CLOSED and latency <= self._duration_limit:
+            # The common case, kept short (it runs once per forwarded run): a healthy call
+            # only counts, and a fresh success cannot trip anything.
+            self._consecutive = 0
+            self._window.add_ok(now)
+            return
         if outcome is Outcome.REJECTED:
             self.release()
             return
@@ -263,6 +270,17 @@ class CircuitBreaker:
         self.probes_in_flight = 0
         self._consecutive = 0
         self._window.reset()
+
+    def would_allow(self, now: float) -> bool:
+        """Whether :meth:`allow` at ``now`` would let a call through, changing nothing: a
+        balancer must not pick a node whose breaker would then refuse (a half-open node
+        whose probes are all out, too)."""
+        state = self.state
+        if state is _CLOSED:
+            return True
+        if state is _OPEN:
+            return now - self.opened_at >= self._open_duration
+        return self.probes_in_flight < self._probe_limit
 
     def state_at(self, now: float) -> BreakerState:
         """The state a call at ``now`` would see (OPEN reads as HALF_OPEN once it may probe),

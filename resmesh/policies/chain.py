@@ -31,7 +31,7 @@ import trio
 
 from ..call import Call, Outcome, Reply
 from .balance import Balancer, ConsistentHashBalancer
-from .breaker import BreakerState, CircuitBreaker
+from .breaker import CircuitBreaker
 from .failover import with_failover
 from .hedge import HedgeBudget, HedgeDelay, hedged
 from .limit import Limiter
@@ -195,7 +195,8 @@ class ClusterPolicies:
         """A call that :meth:`begin` started on ``node`` ended with ``outcome``."""
         self.balancer.finish(node)
         self.breakers[node].record(outcome, latency, now)
-        self.record_outlier(node, outcome, now)
+        if self._outlier_on:
+            self.outlier.record(node, outcome, now)
 
     def abandon(self, node: Node) -> None:
         """A call that :meth:`begin` started ends with no verdict (cancelled: a backup won,
@@ -209,11 +210,7 @@ class ClusterPolicies:
 
     def _available(self, nodes: Sequence[Node], now: float) -> list[Node]:
         breakers = self.breakers
-        return [
-            n
-            for n in self.outlier.available(nodes, now)
-            if breakers[n].state_at(now) is not BreakerState.OPEN
-        ]
+        return [n for n in self.outlier.available(nodes, now) if breakers[n].would_allow(now)]
 
     def _health(self, members: tuple[Node, ...], now: float) -> float:
         if not members:
@@ -280,6 +277,9 @@ class ClusterPolicies:
         """One try on ``node``, bounded by the call's deadline, recorded for its health."""
         tried.add(node)
         started = trio.current_time()
+        if started >= call.deadline:
+            # Out of time before sending: the node is not to blame, nothing is counted.
+            return Reply(b"", Outcome.LOCAL_ERROR, node.address, "deadline passed before sending")
         refusal = self.begin(node, started)
         if refusal is not None:
             return Reply(b"", Outcome.REJECTED, node.address, refusal)
@@ -356,5 +356,5 @@ class _NoBreaker:
     def release(self) -> None:
         pass
 
-    def state_at(self, now: float) -> BreakerState:
-        return BreakerState.CLOSED
+    def would_allow(self, now: float) -> bool:
+        return True

@@ -332,7 +332,9 @@ async def hedged(
                 if running == 0:
                     if may_hedge:  # failed fast, before the delay: back it up now
                         may_hedge = False
-                        if budget.try_hedge():
+                        # ...unless it failed by running out of time: a backup would too.
+                        in_time = trio.current_time() < call.deadline
+                        if in_time and budget.try_hedge():
                             nursery.start_soon(run, 1)
                             running += 1
                             continue

@@ -101,11 +101,31 @@ class TokenBucket:
         self.rejected += 1
         return False
 
-    def give_back(self, n: float = 1.0) -> None:
-        """Return ``n`` tokens taken for a call that another limit then refused."""
+    def take_batch(self, now: float, n: int) -> bool:
+        """Take ``n`` tokens for ``n`` calls admitted together, if the bucket holds them.
+
+        A shortfall is not a refusal (the caller then admits the calls one by one), so it
+        counts nothing.
+        """
+        tokens = self._tokens
+        elapsed = now - self._last
+        if elapsed > 0.0:
+            tokens += elapsed * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+            self._last = now
+        self._tokens = tokens
+        if tokens >= n:
+            self._tokens = tokens - n
+            self.admitted += n
+            return True
+        return False
+
+    def give_back(self, n: float = 1.0, calls: int = 1) -> None:
+        """Return ``n`` tokens taken for ``calls`` calls that another limit then refused."""
         tokens = self._tokens + n
         self._tokens = tokens if tokens < self.burst else self.burst
-        self.admitted -= 1
+        self.admitted -= calls
 
     def tokens(self, now: float) -> float:
         """How many tokens the bucket holds at ``now``."""
@@ -331,39 +351,64 @@ class Limiter:
                 return op.rate_message
         return None
 
-    def admit_many(self, operation: str, count: int, now: float) -> bool:
-        """Admit ``count`` calls of ``operation`` at once, all or none.
+    def admit_batch(self, counts: Mapping[str, int], total: int, now: float) -> bool:
+        """Admit a batch of calls at once, all or none: ``counts`` maps each operation to its
+        number of calls, ``total`` is their sum.
 
-        Why: a pipeline of 16 GETs then pays for one admission instead of 16 (the per-call
-        admission was most of governance's cost at ``-P 16``). On ``False`` nothing was taken,
-        and the caller admits the calls one by one to find which are refused.
+        Why: a pipeline of 16 commands then pays for one admission per scope instead of 16
+        (per-call admission was most of governance's cost at ``-P 16``). On ``False`` nothing
+        was taken, and the caller admits the calls one by one to find which are refused.
+        Release with :meth:`done_batch` and the same arguments.
         """
         scope = self._cluster
-        op = self._operations.get(operation)
-        caps = [s.cap for s in (scope, op) if s is not None and s.cap is not None]
-        if any(cap.in_flight + count > cap.limit for cap in caps):
+        cap = scope.cap
+        if cap is not None and cap.in_flight + total > cap.limit:
             return False
-        buckets = [s.bucket for s in (scope, op) if s is not None and s.bucket is not None]
-        taken: list[TokenBucket] = []
-        for bucket in buckets:
-            if not bucket.try_take(now, count):
-                bucket.rejected -= 1  # not a refusal: the caller retries call by call
-                for earlier in taken:
-                    earlier.give_back(count)
-                    earlier.admitted -= count - 1
-                return False
-            bucket.admitted += count - 1  # statistics count calls, not takes
-            taken.append(bucket)
-        for cap in caps:
-            cap.in_flight += count
-            cap.admitted += count
+        operations = self._operations
+        limited = (
+            [(op, n) for name, n in counts.items() if (op := operations.get(name)) is not None]
+            if operations
+            else None
+        )
+        if limited:
+            for op, n in limited:
+                op_cap = op.cap
+                if op_cap is not None and op_cap.in_flight + n > op_cap.limit:
+                    return False
+        bucket = scope.bucket
+        if bucket is not None and not bucket.take_batch(now, total):
+            return False
+        if limited:
+            for index, (op, n) in enumerate(limited):
+                op_bucket = op.bucket
+                if op_bucket is not None and not op_bucket.take_batch(now, n):
+                    if bucket is not None:
+                        bucket.give_back(total, total)
+                    for earlier, m in limited[:index]:
+                        if earlier.bucket is not None:
+                            earlier.bucket.give_back(m, m)
+                    return False
+            for op, n in limited:
+                op_cap = op.cap
+                if op_cap is not None:
+                    op_cap.in_flight += n
+                    op_cap.admitted += n
+        if cap is not None:
+            cap.in_flight += total
+            cap.admitted += total
         return True
 
-    def done_many(self, operation: str, count: int) -> None:
-        """``count`` calls admitted together by :meth:`admit_many` have finished."""
-        for scope in (self._cluster, self._operations.get(operation)):
-            if scope is not None and scope.cap is not None:
-                scope.cap.in_flight = max(0, scope.cap.in_flight - count)
+    def done_batch(self, counts: Mapping[str, int], total: int) -> None:
+        """The calls :meth:`admit_batch` admitted together have finished."""
+        cap = self._cluster.cap
+        if cap is not None:
+            cap.in_flight = cap.in_flight - total if cap.in_flight > total else 0
+        operations = self._operations
+        if operations:
+            for name, n in counts.items():
+                op = operations.get(name)
+                if op is not None and (cap := op.cap) is not None:
+                    cap.in_flight = cap.in_flight - n if cap.in_flight > n else 0
 
     def _undo_caps(self, op: _Scope | None) -> None:
         if self._cluster.cap is not None:

@@ -166,6 +166,15 @@ class RollingCounter:
             self._slow[slot] += 1
             self.slow += 1
 
+    def add_ok(self, now: float) -> None:
+        """Count one call that ended at ``now``, neither failed nor slow (:meth:`add`'s
+        common case, without its branches)."""
+        epoch = int(now * self._inverse_width)
+        if epoch > self._current:
+            self._rotate(epoch)
+        self._total[self._current % self.buckets] += 1
+        self.total += 1
+
     def reset(self) -> None:
         """Forget every count (a breaker that closes starts a fresh window)."""
         n = self.buckets

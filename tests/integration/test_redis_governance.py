@@ -75,6 +75,38 @@ def test_reads_follow_route_weights(
     assert _gets(primary.port) > 0 and _gets(replica_a.port) > 0  # spread inside dc-a too
 
 
+def test_hash_balance_keeps_each_key_on_one_node(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    """``balance: hash`` in a replicated cluster: every read of a key goes to the same node
+    (its caches stay warm), and different keys still spread over all three."""
+    servers = nodes
+    gw: Gateway = start_gateway(
+        redis_cluster_config(
+            "feed-cache",
+            {"dc-a": [s.port for s in servers]},
+            governance={"balance": "hash", "hedge": {"enabled": False}},
+        )
+    )
+    client = redis.Redis(port=gw.port)
+    keys = [f"sticky:{i}" for i in range(30)]
+    homes: dict[str, int] = {}
+    for key in keys:
+        _reset_stats(*servers)
+        for _ in range(20):
+            client.get(key)
+        counts = [_gets(s.port) for s in servers]
+        assert sorted(counts) == [0, 0, 20], (key, counts)  # all 20 reads on one node
+        homes[key] = counts.index(20)
+    assert len(set(homes.values())) == 3, homes  # and the keys spread over every node
+    _reset_stats(*servers)
+    pipe = client.pipeline(transaction=False)
+    for _ in range(10):
+        pipe.get(keys[0])
+    pipe.execute()
+    assert _gets(servers[homes[keys[0]]].port) == 10  # a pipelined run goes to its key's node
+
+
 def test_writes_go_to_the_primary_and_a_pipeline_reads_its_own_writes(
     nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
 ) -> None:

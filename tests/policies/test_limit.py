@@ -235,15 +235,15 @@ TestLimiterModel = LimiterModel.TestCase
 TestLimiterModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 
 
-def test_admit_many_is_all_or_nothing_and_counts_every_call() -> None:
+def test_admit_batch_is_all_or_nothing_and_counts_every_call() -> None:
     config = LimiterConfig(
         cluster=LimitConfig(rate=100.0, burst=20.0, concurrency=30),
         operations={"GET": LimitConfig(rate=100.0, burst=10.0)},
     )
     limiter = Limiter("c", config)
-    assert limiter.admit_many("GET", 8, 0.0)
+    assert limiter.admit_batch({"GET": 8}, 8, 0.0)
     # 8 in flight; the operation bucket holds 2: a batch of 5 is refused whole, nothing taken.
-    assert not limiter.admit_many("GET", 5, 0.0)
+    assert not limiter.admit_batch({"GET": 5}, 5, 0.0)
     assert limiter.admit("GET", 0.0) is None and limiter.admit("GET", 0.0) is None
     assert limiter.admit("GET", 0.0) is not None  # the operation's bucket is empty now
     stats = limiter.statistics(0.0)
@@ -255,16 +255,42 @@ def test_admit_many_is_all_or_nothing_and_counts_every_call() -> None:
         10,
         10.0,
     )
-    limiter.done_many("GET", 8)
+    limiter.done_batch({"GET": 8}, 8)
     limiter.done("GET")
     limiter.done("GET")
     stats = limiter.statistics(0.0)
     assert stats.cluster.concurrency is not None and stats.cluster.concurrency.in_flight == 0
 
 
-def test_admit_many_respects_concurrency_caps() -> None:
+def test_admit_batch_respects_concurrency_caps() -> None:
     limiter = Limiter("c", LimiterConfig(cluster=LimitConfig(concurrency=10)))
-    assert limiter.admit_many("SET", 10, 0.0)
-    assert not limiter.admit_many("SET", 1, 0.0)
-    limiter.done_many("SET", 10)
-    assert limiter.admit_many("SET", 10, 0.0)
+    assert limiter.admit_batch({"SET": 10}, 10, 0.0)
+    assert not limiter.admit_batch({"SET": 1}, 1, 0.0)
+    limiter.done_batch({"SET": 10}, 10)
+    assert limiter.admit_batch({"SET": 10}, 10, 0.0)
+
+
+def test_admit_batch_of_mixed_operations_checks_each_operation_and_the_cluster() -> None:
+    config = LimiterConfig(
+        cluster=LimitConfig(rate=1000.0, burst=100.0, concurrency=20),
+        operations={
+            "GET": LimitConfig(rate=100.0, burst=4.0),
+            "SET": LimitConfig(concurrency=3),
+        },
+    )
+    limiter = Limiter("c", config)
+    # 4 GETs fit the GET bucket, 3 SETs the SET cap, 9 more of other commands the cluster.
+    assert limiter.admit_batch({"GET": 4, "SET": 3, "INCR": 9}, 16, 0.0)
+    assert not limiter.admit_batch({"GET": 1}, 1, 0.0)  # GET bucket empty
+    assert not limiter.admit_batch({"SET": 1}, 1, 0.0)  # SET cap full
+    assert not limiter.admit_batch({"INCR": 5}, 5, 0.0)  # cluster cap: 16 + 5 > 20
+    assert limiter.admit_batch({"INCR": 4}, 4, 0.0)
+    stats = limiter.statistics(0.0)
+    assert stats.cluster.concurrency is not None and stats.cluster.concurrency.in_flight == 20
+    assert stats.cluster.rate is not None and stats.cluster.rate.admitted == 20
+    assert stats.cluster.rate.tokens == 80.0  # the refused batches took nothing
+    limiter.done_batch({"GET": 4, "SET": 3, "INCR": 9}, 16)
+    limiter.done_batch({"INCR": 4}, 4)
+    assert limiter.admit("SET", 0.0) is None  # the SET cap was released
+    stats = limiter.statistics(0.0)
+    assert stats.cluster.concurrency is not None and stats.cluster.concurrency.in_flight == 1

@@ -36,7 +36,6 @@ from . import redis_replies as R
 from .redis_degrade import limit_reply, switch_reply
 
 if TYPE_CHECKING:
-    from ...policies.limit import Limiter
     from ..redis_cluster import RedisClusterRuntime
 
 __all__ = ["RedisSession"]
@@ -216,36 +215,28 @@ class RedisSession:
         limiter = self.runtime.limiter
         admitted = None
         if limiter is not None and len(commands) > 1 and self.authenticated and not self.in_multi:
-            admitted = self._admit_batch(limiter, commands)
+            admitted = _batch_operations(commands)
+            if admitted is not None and not limiter.admit_batch(
+                admitted, len(commands), trio.current_time()
+            ):
+                admitted = None
         try:
-            await self._run_commands(commands, admitted)
+            await self._run_commands(commands, admitted is None)
         finally:
             if admitted is not None:
                 assert limiter is not None
-                limiter.done_many(admitted, len(commands))
+                limiter.done_batch(admitted, len(commands))
 
-    def _admit_batch(self, limiter: Limiter, commands: list[Command]) -> str | None:
-        """A pipeline of one plain command (16 GETs) is admitted by the limiter in one step.
-
-        Returns the operation so admitted, or ``None``: then each command is admitted on its
-        own (mixed pipelines, or not enough tokens for all: individual admission finds which
-        are refused).
-        """
-        first = commands[0].args[0]
-        if not _PLAIN.get(first) or any(c.args[0] != first for c in commands):
-            return None
-        operation = _OPERATIONS.get(first) or _operation_name(first)
-        if limiter.admit_many(operation, len(commands), trio.current_time()):
-            return operation
-        return None
-
-    async def _run_commands(self, commands: list[Command], admitted: str | None) -> None:
+    async def _run_commands(self, commands: list[Command], limit_each: bool) -> None:
+        """Run a batch; ``limit_each``: the limiter admits each command (the batch was not
+        admitted whole)."""
         out = self._out
         self._batch_raw = self.parser.batch_raw
         self._batch_len = len(commands)
         self._batch_wrote = False
         plain_ok = self.authenticated and not self.in_multi
-        governed = self.runtime.governed
+        runtime = self.runtime
+        governed = runtime.switchboard_active or (runtime.limiter is not None and limit_each)
         now = trio.current_time() if governed else 0.0
         for index, command in enumerate(commands):
             if self.closing:
@@ -259,7 +250,7 @@ class RedisSession:
                     self.last_command = first
                     if governed:
                         reply = self._govern(
-                            first, plain == _PLAIN_READ, command.args, now, admitted is None
+                            first, plain == _PLAIN_READ, command.args, now, limit_each
                         )
                         if reply is not None:
                             out.append(reply)
@@ -309,15 +300,13 @@ class RedisSession:
                     else:
                         read = cmdtable.is_idempotent_read(spec, command.args)
                         if governed:
-                            reply = self._govern(first, read, command.args, now, True)
+                            reply = self._govern(first, read, command.args, now, limit_each)
                             if reply is not None:
                                 out.append(reply)
                                 continue
                         self._queue(command, read)
             # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
             plain_ok = self.authenticated and not self.in_multi
-        governed = self.runtime.governed
-        now = trio.current_time() if governed else 0.0
         await self._flush()
         await self._write_out()
 
@@ -937,6 +926,27 @@ _NOT_PLAIN: Final = 0
 _PLAIN_WRITE: Final = 1
 _PLAIN_READ: Final = 2
 _PLAIN_CACHE_MAX: Final = 4096
+
+
+def _batch_operations(commands: list[Command]) -> dict[str, int] | None:
+    """How many commands of each operation a batch holds, if every one is plain (forwarded
+    as it is): such a batch is admitted by the limiter in one step. ``None`` otherwise.
+
+    Counted with C-level list methods: a Python loop over the batch cost more than the
+    limiter's own admission."""
+    names = [command.args[0] for command in commands]
+    first = names[0]
+    if names.count(first) == len(names):  # one command repeated: the usual pipeline
+        if not _PLAIN.get(first):
+            return None
+        return {_OPERATIONS.get(first) or _operation_name(first): len(names)}
+    operations: dict[str, int] = {}
+    for name in set(names):
+        if not _PLAIN.get(name):
+            return None
+        operation = _OPERATIONS.get(name) or _operation_name(name)
+        operations[operation] = operations.get(operation, 0) + names.count(name)
+    return operations
 
 
 def _run_operation(commands: list[Command | bytes]) -> str | None:

@@ -1,0 +1,164 @@
+"""Governance on vs off, counted in CPU instructions per command (valgrind's callgrind).
+
+Why instructions: on this 2-core box the wall-clock benchmark (``bench/governance.py``) swings
+±20 % in µs/op between identical runs, more than the difference being measured. Callgrind
+counts the instructions the gateway process executes, which repeat to within ~0.2 % whatever
+else the machine does. Each config's gateway runs under callgrind; after a warm-up, each
+workload runs between a counter reset (``callgrind_control -z``) and a dump
+(``callgrind_control -d``), so a dump holds exactly that workload's instructions.
+
+    python bench/governance_callgrind.py [--requests 20000]
+
+Workloads: redis-benchmark GET/SET at -P 1 and -P 16 (-c 4), and a mixed pipeline of 16
+(GET, SET, INCR, HGET repeated) from one connection, which the limiter cannot admit as one
+operation. Prints instructions per command off and on and the ratio off/on: the throughput
+ratio governance would cost on a CPU-bound gateway (target >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BenchError, RespClient, free_port, ping, spawn, stop, wait_until
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+#: (name, redis-benchmark test or None for the mixed client, pipeline depth, share of N)
+WORKLOADS: tuple[tuple[str, str | None, int, float], ...] = (
+    ("GET", "get", 1, 0.1),
+    ("SET", "set", 1, 0.1),
+    ("GET", "get", 16, 1.0),
+    ("SET", "set", 16, 1.0),
+    ("mixed", None, 16, 0.5),
+)
+
+
+def _config(source: str, port: int, backend: int) -> dict[str, object]:
+    config = yaml.safe_load((HERE / source).read_text())
+    cluster = config["clusters"]["bench"]
+    cluster["listen"] = f"127.0.0.1:{port}"
+    cluster["groups"] = {"dc-a": [f"127.0.0.1:{backend}"]}
+    return dict(config)
+
+
+def _mixed(port: int, commands: int) -> None:
+    """Pipelines of 16 mixed commands, one after another on one connection."""
+    batch = [("GET", "k"), ("SET", "k", "v"), ("INCR", "n"), ("HGET", "h", "f")] * 4
+    with RespClient(port) as client:
+        for _ in range(commands // len(batch)):
+            client.pipeline(batch)
+
+
+def _redis_benchmark(port: int, test: str, pipeline: int, commands: int) -> None:
+    subprocess.run(
+        [
+            "redis-benchmark",
+            "-q",
+            "-c",
+            "4",
+            "-p",
+            str(port),
+            "-t",
+            test,
+            "-n",
+            str(commands),
+            "-P",
+            str(pipeline),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _load(port: int, test: str | None, pipeline: int, commands: int) -> None:
+    if test is None:
+        _mixed(port, commands)
+    else:
+        _redis_benchmark(port, test, pipeline, commands)
+
+
+def _control(pid: int, action: str) -> None:
+    """Zero (``-z``) or dump (``-d``) the counters of the callgrind run ``pid``."""
+    subprocess.run(["callgrind_control", action, str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+def _summary(path: Path) -> int:
+    match = re.search(r"^summary: (\d+)", path.read_text(), re.MULTILINE)
+    if match is None:
+        raise BenchError(f"no instruction summary in {path}")
+    return int(match.group(1))
+
+
+def measure(source: str, backend: int, requests: int, work: Path) -> dict[str, float]:
+    """Instructions per command for each workload, for the gateway config ``source``."""
+    port = free_port()
+    config = work / f"{Path(source).name}.run.yaml"
+    config.write_text(yaml.safe_dump(_config(source, port, backend)))
+    prefix = work / Path(source).stem
+    proc = spawn(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={prefix}.%p",
+            sys.executable,
+            "-m",
+            "resmesh",
+            "run",
+            "-c",
+            str(config),
+        ],
+        cwd=ROOT,
+    )
+    results: dict[str, float] = {}
+    try:
+        wait_until(lambda: ping(port), 120, f"the gateway under callgrind on {port}")
+        for dumps, (name, test, pipeline, share) in enumerate(WORKLOADS, 1):
+            commands = max(int(requests * share), 320)
+            _load(port, test, pipeline, commands)  # warm-up: connections, caches, hedge delays
+            _control(proc.pid, "-z")
+            _load(port, test, pipeline, commands)
+            _control(proc.pid, "-d")
+            dump = Path(f"{prefix}.{proc.pid}.{dumps}")
+            wait_until(dump.exists, 30, f"callgrind dump {dump}")
+            results[f"{name} P{pipeline}"] = _summary(dump) / commands
+    finally:
+        stop(proc, timeout=120)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20000, help="commands at -P 16")
+    parser.add_argument("--backend", type=int, default=6379, help="Redis port to forward to")
+    parser.add_argument("--off", default="governance-off.yaml", help="config with governance off")
+    parser.add_argument("--on", default="governance-on.yaml", help="config with governance on")
+    args = parser.parse_args(argv)
+    for tool in ("valgrind", "callgrind_control", "redis-benchmark"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} not found (apt-get install valgrind redis-tools)")
+            return 2
+    if not ping(args.backend):
+        print(f"bench: no Redis on 127.0.0.1:{args.backend}")
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        off = measure(args.off, args.backend, args.requests, Path(tmp))
+        on = measure(args.on, args.backend, args.requests, Path(tmp))
+    print("\ngovernance on vs off, instructions per command (callgrind)")
+    print(f"{'workload':>10} {'off':>9} {'on':>9} {'off/on':>7}")
+    for name in off:
+        print(f"{name:>10} {off[name]:>9.0f} {on[name]:>9.0f} {off[name] / on[name]:>6.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
