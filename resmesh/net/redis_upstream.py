@@ -154,17 +154,18 @@ class RedisUpstream:
         if delay is not None:
             policies.hedge_budget.record_call()
         waiter = Waiter()
-        first = await self._submit(node, payload, count, db, resp, timeout, joined, waiter)
+        first = await self._submit(node, payload, count, db, resp, timeout, joined, waiter, started)
         if not isinstance(first, Pending):
             return first, Outcome.REJECTED if "breaker" in first.reason else Outcome.LOCAL_ERROR
         racing: list[tuple[Node, Pending]] = [(node, first)]
         try:
             winner = await wait_first([first], waiter, started + delay if delay else math.inf)
             if winner is None:
-                backup = policies.pick(trio.current_time(), [node], key)
+                now = trio.current_time()
+                backup = policies.pick(now, [node], key)
                 if backup is not None and policies.hedge_budget.try_hedge():
                     second = await self._submit(
-                        backup, payload, count, db, resp, timeout, joined, waiter
+                        backup, payload, count, db, resp, timeout, joined, waiter, now
                     )
                     if isinstance(second, Pending):
                         racing.append((backup, second))
@@ -205,10 +206,11 @@ class RedisUpstream:
         timeout: float,
         joined: bool,
         waiter: Waiter,
+        now: float,
     ) -> Pending | BackendError:
-        """Queue the run on ``node`` if its breaker allows; a refusal or failure is returned."""
+        """Queue the run on ``node`` if its breaker allows; a refusal or failure is returned.
+        ``now``: the time the caller read just before (one clock read per run, not two)."""
         policies = self.policies
-        now = trio.current_time()
         refusal = policies.begin(node, now)
         if refusal is not None:
             return BackendError(node.address, refusal)
@@ -243,7 +245,9 @@ class RedisUpstream:
         started = trio.current_time()
         for index, (payload, count) in runs.items():
             node = self.shards[index]
-            submitted = await self._submit(node, payload, count, db, resp, timeout, False, waiter)
+            submitted = await self._submit(
+                node, payload, count, db, resp, timeout, False, waiter, started
+            )
             if isinstance(submitted, Pending):
                 waiting[index] = submitted
             else:

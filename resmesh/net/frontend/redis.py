@@ -144,6 +144,9 @@ class RedisSession:
         self._batch_wrote = False
         self._fwd_slots: list[int] = []
         self._substitutes: dict[int, bytes] = {}
+        #: Trio's clock, held to read the time for limits without trio.current_time()'s
+        #: extra call (it runs once per batch).
+        self._clock = trio.lowlevel.current_clock()
 
     # ----------------------------------------------------------------------------------------
     # Connection loop
@@ -217,7 +220,7 @@ class RedisSession:
         if limiter is not None and len(commands) > 1 and self.authenticated and not self.in_multi:
             admitted = _batch_operations(commands)
             if admitted is not None and not limiter.admit_batch(
-                admitted, len(commands), trio.current_time()
+                admitted, len(commands), self._clock.current_time()
             ):
                 admitted = None
         try:
@@ -237,7 +240,7 @@ class RedisSession:
         plain_ok = self.authenticated and not self.in_multi
         runtime = self.runtime
         governed = runtime.switchboard_active or (runtime.limiter is not None and limit_each)
-        now = trio.current_time() if governed else 0.0
+        now = self._clock.current_time() if governed else 0.0
         for index, command in enumerate(commands):
             if self.closing:
                 break
