@@ -1,56 +1,146 @@
-"""Governance on vs off on the same Redis load: runs ``bench/redis.py`` once per config and
-prints the gateway throughput and CPU per op of each, and the on/off ratio (target >= 0.9x).
+"""Governance on vs off on the same Redis load, wall clock: throughput and gateway CPU per op.
 
-    python bench/governance.py [--workers 1] [extra bench/redis.py options]
+Two gateways run side by side on one Redis, one per config (``governance-off.yaml``: the
+passthrough preset; ``governance-on.yaml``: the cache preset plus cluster and per-command
+limits, so every command pays for the limiter, the switchboard check, the breaker and the
+outlier detector). Each round runs every workload against both, in alternating order, so
+drift on a shared box (turbo, other tenants) hits both alike; medians over the rounds are
+printed with the on/off ratio (target >= 0.9x). ``bench/governance_callgrind.py`` counts
+instructions instead, for a comparison that does not move with the machine's load.
+
+    python bench/governance.py [--rounds 5] [--pipelines 1,16] [--tests get,set]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from contextlib import ExitStack
 from pathlib import Path
 
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BenchError, cpu_seconds, free_port, ping, spawn, stop, wait_until
+
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CONFIGS = {"off": "governance-off.yaml", "on": "governance-on.yaml"}
 
 
-def run(config: str, extra: list[str]) -> list[dict[str, object]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "results.json"
-        command = [
-            sys.executable,
-            str(HERE / "redis.py"),
-            "--gateway-config",
-            str(HERE / config),
-            "--json",
-            str(out),
-            *extra,
-        ]
-        subprocess.run(command, check=True)
-        data = json.loads(out.read_text())
-    rows: list[dict[str, object]] = data["rows"]
-    return rows
+def start_redis(stack: ExitStack) -> int:
+    """A redis-server of the benchmark's own, so the shared one on 6379 is left alone."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server not found (apt-get install redis-server)")
+    port = free_port()
+    workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="resmesh-bench-"))
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    proc = spawn([*argv, "--appendonly", "no", "--dir", workdir], death_signal=signal.SIGKILL)
+    stack.callback(stop, proc, signal.SIGKILL)
+    wait_until(lambda: ping(port), 10, f"redis-server on port {port}")
+    return port
 
 
-def main() -> int:
-    extra = sys.argv[1:]
-    off = run("governance-off.yaml", extra)
-    on = run("governance-on.yaml", extra)
-    print("\ngovernance on vs off (gateway ops/s and CPU per op)")
-    print(
-        f"{'test':>5} {'P':>3} {'off ops/s':>11} {'on ops/s':>11} {'on/off':>7} "
-        f"{'off µs/op':>10} {'on µs/op':>9}"
-    )
-    for before, after in zip(off, on, strict=True):
-        ratio = float(str(after["gateway_rps"])) / float(str(before["gateway_rps"]))
+def start_gateway(stack: ExitStack, source: str, backend: int, work: Path) -> tuple[int, int]:
+    """The gateway for config ``source`` pointed at ``backend``: (its port, its pid)."""
+    config = yaml.safe_load((HERE / source).read_text())
+    cluster = config["clusters"]["bench"]
+    port = free_port()
+    cluster["listen"] = f"127.0.0.1:{port}"
+    cluster["groups"] = {"dc-a": [f"127.0.0.1:{backend}"]}
+    path = work / source
+    path.write_text(yaml.safe_dump(config))
+    log = stack.enter_context((work / f"{source}.log").open("wb"))
+    proc = spawn([sys.executable, "-m", "resmesh", "run", "-c", str(path)], stdout=log, cwd=ROOT)
+    stack.callback(stop, proc)
+    wait_until(lambda: ping(port), 20, f"the gateway for {source} on port {port}")
+    return port, proc.pid
+
+
+def load(port: int, test: str, pipeline: int, requests: int, clients: int) -> float:
+    """Run redis-benchmark; return the seconds it took."""
+    started = time.perf_counter()
+    subprocess.run(
+        ["redis-benchmark", "-q", "-p", str(port), "-t", test, "-n", str(requests),
+         "-P", str(pipeline), "-c", str(clients), "-r", "100000"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="runs per workload and config")
+    parser.add_argument("--pipelines", default="1,16", help="pipeline depths (default 1,16)")
+    parser.add_argument("--tests", default="get,set", help="redis-benchmark tests")
+    parser.add_argument("--clients", type=int, default=50, help="redis-benchmark -c")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if shutil.which("redis-benchmark") is None:
+        print("bench: redis-benchmark not found (apt-get install redis-tools)")
+        return 2
+    pipelines = [int(p) for p in args.pipelines.split(",")]
+    workloads = [(t, p) for p in pipelines for t in args.tests.split(",")]
+    # (config, test, pipeline) -> [(ops/s, gateway CPU µs/op)] per round
+    samples: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+    with ExitStack() as stack:
+        backend = start_redis(stack)
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        gateways = {name: start_gateway(stack, src, backend, work) for name, src in CONFIGS.items()}
+        for round_ in range(args.rounds):
+            order = list(gateways) if round_ % 2 == 0 else list(reversed(gateways))
+            for test, pipeline in workloads:
+                requests = 100_000 if pipeline == 1 else 400_000
+                for name in order:
+                    port, pid = gateways[name]
+                    cpu = cpu_seconds(pid)
+                    seconds = load(port, test, pipeline, requests, args.clients)
+                    used = cpu_seconds(pid) - cpu
+                    sample = (requests / seconds, used / requests * 1e6)
+                    samples.setdefault((name, test, pipeline), []).append(sample)
+                    print(
+                        f"round {round_ + 1} {name:>3} {test} -P {pipeline:<2} "
+                        f"{sample[0]:>9.0f} ops/s {sample[1]:>6.2f} µs/op",
+                        flush=True,
+                    )
+    rows = []
+    print("\ngovernance on vs off (medians of", args.rounds, "interleaved rounds)")
+    print(f"{'test':>5} {'P':>3} {'off ops/s':>10} {'on ops/s':>10} {'on/off':>7} "
+          f"{'off µs/op':>10} {'on µs/op':>9}")  # fmt: skip
+    for test, pipeline in workloads:
+        off = samples[("off", test, pipeline)]
+        on = samples[("on", test, pipeline)]
+        row = {
+            "test": test,
+            "pipeline": pipeline,
+            "off_rps": statistics.median(s[0] for s in off),
+            "on_rps": statistics.median(s[0] for s in on),
+            "off_us_per_op": statistics.median(s[1] for s in off),
+            "on_us_per_op": statistics.median(s[1] for s in on),
+        }
+        row["ratio"] = row["on_rps"] / row["off_rps"]
+        rows.append(row)
         print(
-            f"{before['test']:>5} {before['pipeline']:>3} {before['gateway_rps']:>11.0f} "
-            f"{after['gateway_rps']:>11.0f} {ratio:>6.2f}x "
-            f"{before['gateway_us_per_op']:>10.1f} {after['gateway_us_per_op']:>9.1f}"
+            f"{test:>5} {pipeline:>3} {row['off_rps']:>10.0f} {row['on_rps']:>10.0f} "
+            f"{row['ratio']:>6.2f}x {row['off_us_per_op']:>10.2f} {row['on_us_per_op']:>9.2f}"
         )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BenchError as exc:
+        print(f"bench: {exc}")
+        raise SystemExit(2) from None

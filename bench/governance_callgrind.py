@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BenchError, RespClient, free_port, ping, spawn, stop, wait_until
 
 HERE = Path(__file__).resolve().parent
+#: redis-benchmark connections (set by --clients).
+CLIENTS = 4
 ROOT = HERE.parent
 
 #: (name, redis-benchmark test or None for the mixed client, pipeline depth, share of N)
@@ -142,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", type=int, default=6379, help="Redis port to forward to")
     parser.add_argument("--off", default="governance-off.yaml", help="config with governance off")
     parser.add_argument("--on", default="governance-on.yaml", help="config with governance on")
+    parser.add_argument("--clients", type=int, default=4, help="redis-benchmark -c")
     args = parser.parse_args(argv)
+    global CLIENTS
+    CLIENTS = args.clients
     for tool in ("valgrind", "callgrind_control", "redis-benchmark"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} not found (apt-get install valgrind redis-tools)")

@@ -31,7 +31,7 @@ import trio
 
 from ..call import Call, Outcome, Reply
 from .balance import Balancer, ConsistentHashBalancer
-from .breaker import CircuitBreaker
+from .breaker import BreakerState, CircuitBreaker
 from .failover import with_failover
 from .hedge import HedgeBudget, HedgeDelay, hedged
 from .limit import Limiter
@@ -56,6 +56,8 @@ __all__ = ["ClusterPolicies", "Endpoint", "configured_switches"]
 #: How often group health is recomputed for the router at most (seconds): health is a scan
 #: of every node's breaker and ejection, too costly per call and slow to change.
 _HEALTH_REFRESH: Final = 0.1
+
+_CLOSED: Final = BreakerState.CLOSED
 
 #: Sends a call to one node and returns its reply, classified (``Reply.outcome``). The chain
 #: bounds it by the call's deadline and cancels it when a backup request wins.
@@ -186,7 +188,7 @@ class ClusterPolicies:
         counts as in flight there until :meth:`settle` or :meth:`abandon`), else the reason
         the breaker refuses."""
         breaker = self.breakers[node]
-        if not breaker.allow(now):
+        if breaker.state is not _CLOSED and not breaker.allow(now):  # allow() is True if closed
             return f"circuit breaker open ({breaker.reason})"
         self.balancer.start(node)
         return None
@@ -346,6 +348,7 @@ class _NoBreaker:
 
     __slots__ = ()
     reason = ""
+    state = BreakerState.CLOSED
 
     def allow(self, now: float) -> bool:
         return True

@@ -365,6 +365,9 @@ class Limiter:
         if cap is not None and cap.in_flight + total > cap.limit:
             return False
         operations = self._operations
+        if len(counts) == 1:  # one command repeated, the usual pipeline: a shorter path
+            for name in counts:
+                return self._admit_one_operation(operations.get(name), total, now)
         limited = (
             [(op, n) for name, n in counts.items() if (op := operations.get(name)) is not None]
             if operations
@@ -396,6 +399,29 @@ class Limiter:
         if cap is not None:
             cap.in_flight += total
             cap.admitted += total
+        return True
+
+    def _admit_one_operation(self, op: _Scope | None, n: int, now: float) -> bool:
+        """:meth:`admit_batch` for ``n`` calls of one operation (scope ``op``, if limited),
+        the cluster's concurrency cap already checked."""
+        op_cap = op.cap if op is not None else None
+        if op_cap is not None and op_cap.in_flight + n > op_cap.limit:
+            return False
+        bucket = self._cluster.bucket
+        if bucket is not None and not bucket.take_batch(now, n):
+            return False
+        op_bucket = op.bucket if op is not None else None
+        if op_bucket is not None and not op_bucket.take_batch(now, n):
+            if bucket is not None:
+                bucket.give_back(n, n)
+            return False
+        cap = self._cluster.cap
+        if cap is not None:
+            cap.in_flight += n
+            cap.admitted += n
+        if op_cap is not None:
+            op_cap.in_flight += n
+            op_cap.admitted += n
         return True
 
     def done_batch(self, counts: Mapping[str, int], total: int) -> None:
