@@ -246,6 +246,42 @@ def test_rate_limit_refuses_with_the_limit_named_and_admits_rate_times_time_plus
     assert 50 <= admitted <= 200 * elapsed + 50 + 1, (admitted, elapsed)
 
 
+def test_mixed_pipelines_are_limited_per_operation(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    """A pipeline of several commands under per-command limits: admitted whole while every
+    limit has room for it; once GET's bucket runs dry only the GETs are refused, in place,
+    and the other commands of the same pipeline still run."""
+    client = _single_node_gateway(
+        nodes[0],
+        start_gateway,
+        {
+            "limit": {"concurrency": 1000},
+            "operations": {"GET": {"limit": {"rate": 0.001, "burst": 6}}},
+        },
+    )
+    client.delete("mixed:n")
+
+    def pipeline(*, ping: bool = False) -> list[object]:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(2):
+            pipe.incr("mixed:n")
+            pipe.get("mixed:k")
+            pipe.set("mixed:k", "v")
+            if ping:
+                pipe.ping()  # answered by the gateway: the batch is admitted command by command
+        return pipe.execute(raise_on_error=False)
+
+    assert pipeline() == [1, None, True, 2, b"v", True]  # 2 GETs of 6 tokens
+    assert pipeline(ping=True) == [3, b"v", True, True, 4, b"v", True, True]
+    assert pipeline() == [5, b"v", True, 6, b"v", True]  # the last 2 tokens
+    fourth = pipeline()  # the bucket is dry (a token every 1,000 s): GETs refused in place
+    refused = [fourth[1], fourth[4]]
+    assert all(isinstance(r, redis.ResponseError) for r in refused), fourth
+    assert "rate limit of feed-cache GET (0.001/s) exceeded" in str(refused[0])
+    assert [fourth[0], fourth[2], fourth[3], fourth[5]] == [7, True, 8, True]  # the rest ran
+
+
 def _stalled_replica_p99(
     nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway, **cluster: object
 ) -> None:

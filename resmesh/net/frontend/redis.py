@@ -935,21 +935,30 @@ def _batch_operations(commands: list[Command]) -> dict[str, int] | None:
     """How many commands of each operation a batch holds, if every one is plain (forwarded
     as it is): such a batch is admitted by the limiter in one step. ``None`` otherwise.
 
-    Counted with C-level list methods: a Python loop over the batch cost more than the
-    limiter's own admission."""
-    names = [command.args[0] for command in commands]
-    first = names[0]
-    if names.count(first) == len(names):  # one command repeated: the usual pipeline
-        if not _PLAIN.get(first):
-            return None
-        return {_OPERATIONS.get(first) or _operation_name(first): len(names)}
-    operations: dict[str, int] = {}
-    for name in set(names):
-        if not _PLAIN.get(name):
-            return None
-        operation = _OPERATIONS.get(name) or _operation_name(name)
-        operations[operation] = operations.get(operation, 0) + names.count(name)
-    return operations
+    Remembered per batch shape (the sequence of command names): apps send the same few
+    pipelines over and over, and counting a mixed one afresh cost more than admitting it."""
+    shape = tuple([command.args[0] for command in commands])
+    counts = _BATCH_SHAPES.get(shape, _UNKNOWN_SHAPE)
+    if counts is _UNKNOWN_SHAPE:
+        counts = {}
+        for name in set(shape):
+            plain = _PLAIN.get(name)
+            if not plain:
+                if plain is None:
+                    return None  # not classified yet: decide again next time
+                counts = None
+                break
+            operation = _OPERATIONS.get(name) or _operation_name(name)
+            counts[operation] = counts.get(operation, 0) + shape.count(name)
+        if len(_BATCH_SHAPES) >= _PLAIN_CACHE_MAX:
+            _BATCH_SHAPES.clear()
+        _BATCH_SHAPES[shape] = counts
+    return counts
+
+
+#: What :func:`_batch_operations` found per batch shape (bounded: cleared when full).
+_BATCH_SHAPES: dict[tuple[bytes, ...], dict[str, int] | None] = {}
+_UNKNOWN_SHAPE: Final[dict[str, int]] = {}
 
 
 def _run_operation(commands: list[Command | bytes]) -> str | None:
