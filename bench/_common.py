@@ -11,12 +11,15 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -85,6 +88,20 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
         raise BenchError(
             f"pid {proc.pid} ({proc.args!r}) ignored signal {sig} for {timeout:g}s"
         ) from None
+
+
+def start_redis(stack: ExitStack) -> int:
+    """A redis-server of the benchmark's own, so the shared one on 6379 is left alone."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server not found (apt-get install redis-server)")
+    port = free_port()
+    workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="resmesh-bench-"))
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    proc = spawn([*argv, "--appendonly", "no", "--dir", workdir], death_signal=signal.SIGKILL)
+    stack.callback(stop, proc, signal.SIGKILL)
+    wait_until(lambda: ping(port), 10, f"redis-server on port {port}")
+    return port
 
 
 # --- CPU accounting --------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,37 +27,25 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, cpu_seconds, free_port, ping, spawn, stop, wait_until
+from _common import BenchError, cpu_seconds, free_port, ping, spawn, start_redis, stop, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CONFIGS = {"off": "governance-off.yaml", "on": "governance-on.yaml"}
+DEFAULT_CONFIGS = "off=governance-off.yaml,on=governance-on.yaml"
 
 
-def start_redis(stack: ExitStack) -> int:
-    """A redis-server of the benchmark's own, so the shared one on 6379 is left alone."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError("redis-server not found (apt-get install redis-server)")
-    port = free_port()
-    workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="resmesh-bench-"))
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    proc = spawn([*argv, "--appendonly", "no", "--dir", workdir], death_signal=signal.SIGKILL)
-    stack.callback(stop, proc, signal.SIGKILL)
-    wait_until(lambda: ping(port), 10, f"redis-server on port {port}")
-    return port
-
-
-def start_gateway(stack: ExitStack, source: str, backend: int, work: Path) -> tuple[int, int]:
-    """The gateway for config ``source`` pointed at ``backend``: (its port, its pid)."""
+def start_gateway(
+    stack: ExitStack, source: str, backends: list[int], work: Path
+) -> tuple[int, int]:
+    """The gateway for config ``source`` pointed at ``backends``: (its port, its pid)."""
     config = yaml.safe_load((HERE / source).read_text())
     cluster = config["clusters"]["bench"]
     port = free_port()
     cluster["listen"] = f"127.0.0.1:{port}"
-    cluster["groups"] = {"dc-a": [f"127.0.0.1:{backend}"]}
-    path = work / source
+    cluster["groups"] = {"dc-a": [f"127.0.0.1:{backend}" for backend in backends]}
+    path = work / Path(source).name
     path.write_text(yaml.safe_dump(config))
-    log = stack.enter_context((work / f"{source}.log").open("wb"))
+    log = stack.enter_context((work / f"{Path(source).name}.log").open("wb"))
     proc = spawn([sys.executable, "-m", "resmesh", "run", "-c", str(path)], stdout=log, cwd=ROOT)
     stack.callback(stop, proc)
     wait_until(lambda: ping(port), 20, f"the gateway for {source} on port {port}")
@@ -83,8 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipelines", default="1,16", help="pipeline depths (default 1,16)")
     parser.add_argument("--tests", default="get,set", help="redis-benchmark tests")
     parser.add_argument("--clients", type=int, default=50, help="redis-benchmark -c")
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="Redis nodes in the cluster (2+: reads are balanced and hedged)",
+    )
+    parser.add_argument(
+        "--configs",
+        default=DEFAULT_CONFIGS,
+        help="NAME=FILE,... gateway configs (in bench/ or a path); ratios are against the "
+        f"first (default: {DEFAULT_CONFIGS})",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    configs = dict(item.split("=", 1) for item in args.configs.split(","))
+    baseline = next(iter(configs))
     if shutil.which("redis-benchmark") is None:
         print("bench: redis-benchmark not found (apt-get install redis-tools)")
         return 2
@@ -93,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     # (config, test, pipeline) -> [(ops/s, gateway CPU µs/op)] per round
     samples: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
     with ExitStack() as stack:
-        backend = start_redis(stack)
+        backends = [start_redis(stack) for _ in range(args.nodes)]
         work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        gateways = {name: start_gateway(stack, src, backend, work) for name, src in CONFIGS.items()}
+        gateways = {
+            name: start_gateway(stack, src, backends, work) for name, src in configs.items()
+        }
         for round_ in range(args.rounds):
             order = list(gateways) if round_ % 2 == 0 else list(reversed(gateways))
             for test, pipeline in workloads:
@@ -108,33 +111,29 @@ def main(argv: list[str] | None = None) -> int:
                     sample = (requests / seconds, used / requests * 1e6)
                     samples.setdefault((name, test, pipeline), []).append(sample)
                     print(
-                        f"round {round_ + 1} {name:>3} {test} -P {pipeline:<2} "
+                        f"round {round_ + 1} {name:>8} {test} -P {pipeline:<2} "
                         f"{sample[0]:>9.0f} ops/s {sample[1]:>6.2f} µs/op",
                         flush=True,
                     )
     rows = []
-    print("\ngovernance on vs off (medians of", args.rounds, "interleaved rounds)")
-    print(f"{'test':>5} {'P':>3} {'off ops/s':>10} {'on ops/s':>10} {'on/off':>7} "
-          f"{'off µs/op':>10} {'on µs/op':>9}")  # fmt: skip
+    print(f"\n{args.nodes} node(s), medians of {args.rounds} interleaved rounds")
+    print(f"{'test':>5} {'P':>3} " + " ".join(
+        f"{name + ' ops/s':>14} {'ratio':>6} {'µs/op':>6}" for name in configs
+    ))  # fmt: skip
     for test, pipeline in workloads:
-        off = samples[("off", test, pipeline)]
-        on = samples[("on", test, pipeline)]
-        row = {
-            "test": test,
-            "pipeline": pipeline,
-            "off_rps": statistics.median(s[0] for s in off),
-            "on_rps": statistics.median(s[0] for s in on),
-            "off_us_per_op": statistics.median(s[1] for s in off),
-            "on_us_per_op": statistics.median(s[1] for s in on),
-        }
-        row["ratio"] = row["on_rps"] / row["off_rps"]
+        row: dict[str, object] = {"test": test, "pipeline": pipeline}
+        cells = []
+        base_rps = statistics.median(s[0] for s in samples[(baseline, test, pipeline)])
+        for name in configs:
+            rps = statistics.median(s[0] for s in samples[(name, test, pipeline)])
+            us_per_op = statistics.median(s[1] for s in samples[(name, test, pipeline)])
+            row[name] = {"rps": rps, "us_per_op": us_per_op, "ratio": rps / base_rps}
+            cells.append(f"{rps:>14.0f} {rps / base_rps:>5.2f}x {us_per_op:>6.2f}")
         rows.append(row)
-        print(
-            f"{test:>5} {pipeline:>3} {row['off_rps']:>10.0f} {row['on_rps']:>10.0f} "
-            f"{row['ratio']:>6.2f}x {row['off_us_per_op']:>10.2f} {row['on_us_per_op']:>9.2f}"
-        )
+        print(f"{test:>5} {pipeline:>3} " + " ".join(cells))
     if args.json is not None:
-        args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=2))
+        summary = {"rounds": args.rounds, "nodes": args.nodes, "rows": rows}
+        args.json.write_text(json.dumps(summary, indent=2))
     return 0
 
 

@@ -23,16 +23,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, RespClient, free_port, ping, spawn, stop, wait_until
+from _common import (
+    BenchError,
+    RespClient,
+    free_port,
+    ping,
+    spawn,
+    start_redis,
+    stop,
+    wait_until,
+)
 
 HERE = Path(__file__).resolve().parent
-#: redis-benchmark connections (set by --clients).
-CLIENTS = 4
 ROOT = HERE.parent
 
 #: (name, redis-benchmark test or None for the mixed client, pipeline depth, share of N)
@@ -45,11 +53,11 @@ WORKLOADS: tuple[tuple[str, str | None, int, float], ...] = (
 )
 
 
-def _config(source: str, port: int, backend: int) -> dict[str, object]:
+def _config(source: str, port: int, backends: list[int]) -> dict[str, object]:
     config = yaml.safe_load((HERE / source).read_text())
     cluster = config["clusters"]["bench"]
     cluster["listen"] = f"127.0.0.1:{port}"
-    cluster["groups"] = {"dc-a": [f"127.0.0.1:{backend}"]}
+    cluster["groups"] = {"dc-a": [f"127.0.0.1:{backend}" for backend in backends]}
     return dict(config)
 
 
@@ -61,7 +69,7 @@ def _mixed(port: int, commands: int) -> None:
             client.pipeline(batch)
 
 
-def _redis_benchmark(port: int, test: str, pipeline: int, commands: int) -> None:
+def _redis_benchmark(port: int, test: str, pipeline: int, commands: int, clients: int) -> None:
     subprocess.run(
         [
             "redis-benchmark",
@@ -82,11 +90,11 @@ def _redis_benchmark(port: int, test: str, pipeline: int, commands: int) -> None
     )
 
 
-def _load(port: int, test: str | None, pipeline: int, commands: int) -> None:
+def _load(port: int, test: str | None, pipeline: int, commands: int, clients: int) -> None:
     if test is None:
         _mixed(port, commands)
     else:
-        _redis_benchmark(port, test, pipeline, commands)
+        _redis_benchmark(port, test, pipeline, commands, clients)
 
 
 def _control(pid: int, action: str) -> None:
@@ -101,11 +109,13 @@ def _summary(path: Path) -> int:
     return int(match.group(1))
 
 
-def measure(source: str, backend: int, requests: int, work: Path) -> dict[str, float]:
+def measure(
+    source: str, backends: list[int], requests: int, clients: int, work: Path
+) -> dict[str, float]:
     """Instructions per command for each workload, for the gateway config ``source``."""
     port = free_port()
     config = work / f"{Path(source).name}.run.yaml"
-    config.write_text(yaml.safe_dump(_config(source, port, backend)))
+    config.write_text(yaml.safe_dump(_config(source, port, backends)))
     prefix = work / Path(source).stem
     proc = spawn(
         [
@@ -126,9 +136,11 @@ def measure(source: str, backend: int, requests: int, work: Path) -> dict[str, f
         wait_until(lambda: ping(port), 120, f"the gateway under callgrind on {port}")
         for dumps, (name, test, pipeline, share) in enumerate(WORKLOADS, 1):
             commands = max(int(requests * share), 320)
-            _load(port, test, pipeline, commands)  # warm-up: connections, caches, hedge delays
+            _load(
+                port, test, pipeline, commands, clients
+            )  # warm-up: connections, caches, hedge delays
             _control(proc.pid, "-z")
-            _load(port, test, pipeline, commands)
+            _load(port, test, pipeline, commands, clients)
             _control(proc.pid, "-d")
             dump = Path(f"{prefix}.{proc.pid}.{dumps}")
             wait_until(dump.exists, 30, f"callgrind dump {dump}")
@@ -141,24 +153,27 @@ def measure(source: str, backend: int, requests: int, work: Path) -> dict[str, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000, help="commands at -P 16")
-    parser.add_argument("--backend", type=int, default=6379, help="Redis port to forward to")
     parser.add_argument("--off", default="governance-off.yaml", help="config with governance off")
     parser.add_argument("--on", default="governance-on.yaml", help="config with governance on")
     parser.add_argument("--clients", type=int, default=4, help="redis-benchmark -c")
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="Redis nodes in the cluster (2+: reads are balanced, so node choice and backup "
+        "requests are measured too)",
+    )
     args = parser.parse_args(argv)
-    global CLIENTS
-    CLIENTS = args.clients
     for tool in ("valgrind", "callgrind_control", "redis-benchmark"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} not found (apt-get install valgrind redis-tools)")
             return 2
-    if not ping(args.backend):
-        print(f"bench: no Redis on 127.0.0.1:{args.backend}")
-        return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        off = measure(args.off, args.backend, args.requests, Path(tmp))
-        on = measure(args.on, args.backend, args.requests, Path(tmp))
-    print("\ngovernance on vs off, instructions per command (callgrind)")
+    with ExitStack() as stack:
+        backends = [start_redis(stack) for _ in range(args.nodes)]
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        off = measure(args.off, backends, args.requests, args.clients, work)
+        on = measure(args.on, backends, args.requests, args.clients, work)
+    print(f"\ngovernance on vs off, instructions per command (callgrind, {args.nodes} node(s))")
     print(f"{'workload':>10} {'off':>9} {'on':>9} {'off/on':>7}")
     for name in off:
         print(f"{name:>10} {off[name]:>9.0f} {on[name]:>9.0f} {off[name] / on[name]:>6.3f}x")
@@ -166,4 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BenchError as exc:
+        print(f"bench: {exc}")
+        raise SystemExit(2) from None

@@ -26,6 +26,7 @@ from ..policies.balance import ConsistentHashBalancer
 from ..policies.chain import ClusterPolicies, configured_switches
 from ..policies.hedge import HedgeDelay
 from ..protocols.resp.framing import scan_reply
+from .backend.alarms import Alarms
 from .backend.errors import BackendError
 from .backend.redis_mux import Pending, Waiter, wait_first
 from .backend.redis_pool import NodePool
@@ -53,6 +54,10 @@ class RedisUpstream:
             configured_switches(config.name, config.governance),
             sharded=self.sharded,
         )
+        #: The hedge delays' clock (one timer task, not a cancel scope per read run).
+        self.alarms = Alarms()
+        if self.policies.spreads_reads:
+            nursery.start_soon(self.alarms.run)
         #: Whether read runs are hashed to a node by their first key (``balance: hash``).
         self.hash_reads = self.policies.hashing and self.policies.spreads_reads
         #: Sharded mode: the nodes of the heaviest-routed group, each holding a slice of the
@@ -159,7 +164,9 @@ class RedisUpstream:
             return first, Outcome.REJECTED if "breaker" in first.reason else Outcome.LOCAL_ERROR
         racing: list[tuple[Node, Pending]] = [(node, first)]
         try:
-            winner = await wait_first([first], waiter, started + delay if delay else math.inf)
+            winner = await wait_first(
+                [first], waiter, self.alarms, started + delay if delay else math.inf
+            )
             if winner is None:
                 now = trio.current_time()
                 backup = policies.pick(now, [node], key)
@@ -169,11 +176,11 @@ class RedisUpstream:
                     )
                     if isinstance(second, Pending):
                         racing.append((backup, second))
-                winner = await wait_first([p for _, p in racing], waiter, math.inf)
+                winner = await wait_first([p for _, p in racing], waiter)
                 if winner is not None and winner.error is not None and len(racing) > 1:
                     # A node failure does not win the race: wait for the other attempt.
                     loser = racing[0][1] if winner is racing[1][1] else racing[1][1]
-                    winner = await wait_first([loser], waiter, math.inf) or winner
+                    winner = await wait_first([loser], waiter) or winner
         except BaseException:
             for racer, _ in racing:
                 policies.abandon(racer)
@@ -190,7 +197,7 @@ class RedisUpstream:
             else:
                 # Still running: no verdict yet. It stays in flight on its node until it ends,
                 # so a stalled node's load keeps the least-loaded balancer away from it.
-                policies.breakers[racer].release()
+                policies.release(racer)
                 pending.on_done = lambda done, node=racer: self._loser_done(node, done)
         if outcome is Outcome.OK and hedger is not None:
             hedger.record(now - started, now)
@@ -254,7 +261,7 @@ class RedisUpstream:
                 results[index] = submitted
         try:
             while waiting:
-                done = await wait_first(list(waiting.values()), waiter, math.inf)
+                done = await wait_first(list(waiting.values()), waiter)
                 assert done is not None
                 index = next(i for i, p in waiting.items() if p is done)
                 del waiting[index]

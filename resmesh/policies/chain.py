@@ -58,6 +58,8 @@ __all__ = ["ClusterPolicies", "Endpoint", "configured_switches"]
 _HEALTH_REFRESH: Final = 0.1
 
 _CLOSED: Final = BreakerState.CLOSED
+_LOCAL: Final = Outcome.LOCAL_ERROR
+_UPSTREAM: Final = Outcome.UPSTREAM_ERROR
 
 #: Sends a call to one node and returns its reply, classified (``Reply.outcome``). The chain
 #: bounds it by the call's deadline and cancels it when a backup request wins.
@@ -142,6 +144,8 @@ class ClusterPolicies:
         self._all_readable = [n for members in self._readable.values() for n in members]
         #: Whether reads may go to more than one node (else every call goes to the primary).
         self.spreads_reads = len(self._all_readable) > 1 and not sharded
+        self._candidates: dict[str, list[Node]] = {}
+        self._anywhere: list[Node] = []
         self._health_at = -math.inf
 
     # ----------------------------------------------------------------------------------------
@@ -168,56 +172,84 @@ class ClusterPolicies:
         same within a group). ``None`` when every node is excluded.
         """
         if now - self._health_at > _HEALTH_REFRESH:
-            self._health_at = now
-            self.router.set_health(
-                {group: self._health(members, now) for group, members in self._readable.items()}
-            )
+            self._refresh(now)
         group = self.router.choose()
         balancer = self.balancer
-        candidates = self._available(self._readable.get(group or "", ()), now)
+        candidates = self._candidates.get(group) if group is not None else None
         node = balancer.pick(candidates, key, exclude) if candidates else None
         if node is None:
-            everything = self._all_readable
-            node = balancer.pick(self._available(everything, now), key, exclude)
+            node = balancer.pick(self._anywhere, key, exclude)
             if node is None:
-                node = balancer.pick(everything, key, exclude)
+                node = balancer.pick(self._all_readable, key, exclude)
         return node
+
+    def _refresh(self, now: float) -> None:
+        """Recompute which nodes each group offers and tell the router each group's health.
+
+        Done at most every ``_HEALTH_REFRESH`` seconds (that is how soon a node whose ejection
+        or open time ran out is offered again), and at the next pick after anything that can
+        take a node away: a node failure, or a breaker that is not closed handing out or
+        taking back a probe. A pick between refreshes is a dict lookup and the balancer.
+        """
+        self._health_at = now
+        candidates = {
+            group: self._available(members, now) for group, members in self._readable.items()
+        }
+        self._candidates = candidates
+        self._anywhere = [node for offered in candidates.values() for node in offered]
+        self.router.set_health(
+            {
+                group: len(candidates[group]) / len(members) if members else 0.0
+                for group, members in self._readable.items()
+            }
+        )
 
     def begin(self, node: Node, now: float) -> str | None:
         """Start a call on ``node``: ``None`` if its breaker lets it through (the call then
         counts as in flight there until :meth:`settle` or :meth:`abandon`), else the reason
         the breaker refuses."""
         breaker = self.breakers[node]
-        if breaker.state is not _CLOSED and not breaker.allow(now):  # allow() is True if closed
-            return f"circuit breaker open ({breaker.reason})"
+        if breaker.state is not _CLOSED:  # allow() is True when closed: not asked then
+            self._health_at = -math.inf  # a probe slot taken: the node may not be offered
+            if not breaker.allow(now):
+                return f"circuit breaker open ({breaker.reason})"
         self.balancer.start(node)
         return None
 
     def settle(self, node: Node, outcome: Outcome, latency: float, now: float) -> None:
         """A call that :meth:`begin` started on ``node`` ended with ``outcome``."""
         self.balancer.finish(node)
-        self.breakers[node].record(outcome, latency, now)
+        breaker = self.breakers[node]
+        if breaker.state is not _CLOSED or outcome is _LOCAL or outcome is _UPSTREAM:
+            self._health_at = -math.inf  # the node may trip, eject, or come back
+        breaker.record(outcome, latency, now)
         if self._outlier_on:
             self.outlier.record(node, outcome, now)
+
+    def release(self, node: Node) -> None:
+        """A call :meth:`begin` started gets no verdict but stays in flight on ``node`` (a
+        hedge's loser left running): a probe slot it held is given back."""
+        breaker = self.breakers[node]
+        if breaker.state is not _CLOSED:
+            self._health_at = -math.inf
+            breaker.release()
 
     def abandon(self, node: Node) -> None:
         """A call that :meth:`begin` started ends with no verdict (cancelled: a backup won,
         the client left). Its probe slot, if it was one, is given back."""
-        self.breakers[node].release()
+        self.release(node)
         self.balancer.finish(node)
 
     def record_outlier(self, node: Node, outcome: Outcome, now: float) -> None:
+        """Count an outcome for ``node``'s ejection only (a hedge's loser that failed late)."""
         if self._outlier_on:
+            if outcome is _LOCAL or outcome is _UPSTREAM:
+                self._health_at = -math.inf
             self.outlier.record(node, outcome, now)
 
     def _available(self, nodes: Sequence[Node], now: float) -> list[Node]:
         breakers = self.breakers
         return [n for n in self.outlier.available(nodes, now) if breakers[n].would_allow(now)]
-
-    def _health(self, members: tuple[Node, ...], now: float) -> float:
-        if not members:
-            return 0.0
-        return len(self._available(members, now)) / len(members)
 
     # ----------------------------------------------------------------------------------------
     # The whole chain, for one call at a time

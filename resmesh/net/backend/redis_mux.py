@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -27,6 +27,9 @@ from ...protocols._errors import ProtocolError
 from ..sockio import recv
 from .errors import BackendError
 from .redis_conn import RedisConnection
+
+if TYPE_CHECKING:
+    from .alarms import Alarms
 
 __all__ = ["MuxConnection", "Pending", "Waiter", "wait_first"]
 
@@ -42,10 +45,12 @@ class Waiter:
     submissions to finish cannot wake the task twice.
     """
 
-    __slots__ = ("task",)
+    __slots__ = ("alarm", "task")
 
     def __init__(self, task: trio.lowlevel.Task | None = None) -> None:
         self.task = task
+        #: The deadline an :class:`~.alarms.Alarms` will wake the current wait at, if any.
+        self.alarm = math.inf
 
     def wake(self) -> None:
         task, self.task = self.task, None
@@ -105,8 +110,14 @@ class Pending:
         return self.replies
 
 
-async def wait_first(pendings: list[Pending], waiter: Waiter, deadline: float) -> Pending | None:
-    """Park until one of ``pendings`` (all sharing ``waiter``) is done, or ``deadline``.
+async def wait_first(
+    pendings: list[Pending],
+    waiter: Waiter,
+    alarms: Alarms | None = None,
+    deadline: float = math.inf,
+) -> Pending | None:
+    """Park until one of ``pendings`` (all sharing ``waiter``) is done, or ``deadline``
+    (kept by ``alarms``: no cancel scope per wait).
 
     Returns the first one done (in list order when several are), or ``None`` on the deadline.
     The others are left to finish unobserved: their replies are read and dropped.
@@ -120,11 +131,12 @@ async def wait_first(pendings: list[Pending], waiter: Waiter, deadline: float) -
         waiter.task = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    if math.isfinite(deadline):
-        with trio.move_on_at(deadline):
-            await trio.lowlevel.wait_task_rescheduled(abort)
-    else:
+    if alarms is not None and deadline < math.inf:
+        alarms.set(waiter, deadline)
+    try:
         await trio.lowlevel.wait_task_rescheduled(abort)
+    finally:
+        waiter.alarm = math.inf
     for pending in pendings:
         if pending.done:
             return pending
