@@ -34,6 +34,15 @@ class BenchError(Exception):
     """A failure to report in one line (missing tool, server that did not start...)."""
 
 
+def exit_code(main: Callable[[], int]) -> int:
+    """Run a benchmark's ``main``; a :class:`BenchError` is printed in one line, exit 2."""
+    try:
+        return main()
+    except BenchError as exc:
+        print(f"bench: {exc}")
+        return 2
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

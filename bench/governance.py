@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, cpu_seconds, free_port, ping, spawn, start_redis, stop, wait_until
+from _common import cpu_seconds, exit_code, free_port, ping, spawn, start_redis, stop, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -138,8 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except BenchError as exc:
-        print(f"bench: {exc}")
-        raise SystemExit(2) from None
+    raise SystemExit(exit_code(main))

@@ -2,7 +2,7 @@
 
 Why instructions: on this 2-core box the wall-clock benchmark (``bench/governance.py``) swings
 ±20 % in µs/op between identical runs, more than the difference being measured. Callgrind
-counts the instructions the gateway process executes, which repeat to within ~0.2 % whatever
+counts the instructions the gateway process executes, which repeat to within about 1 % whatever
 else the machine does. Each config's gateway runs under callgrind; after a warm-up, each
 workload runs between a counter reset (``callgrind_control -z``) and a dump
 (``callgrind_control -d``), so a dump holds exactly that workload's instructions.
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     BenchError,
     RespClient,
+    exit_code,
     free_port,
     ping,
     spawn,
@@ -181,8 +182,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except BenchError as exc:
-        print(f"bench: {exc}")
-        raise SystemExit(2) from None
+    raise SystemExit(exit_code(main))

@@ -10,5 +10,7 @@ Modules: :mod:`~resmesh.policies.window` (rolling counters, latency histograms),
 :mod:`~resmesh.policies.limit`, :mod:`~resmesh.policies.breaker`,
 :mod:`~resmesh.policies.outlier`, :mod:`~resmesh.policies.balance`,
 :mod:`~resmesh.policies.route`, :mod:`~resmesh.policies.retry`, :mod:`~resmesh.policies.hedge`,
-:mod:`~resmesh.policies.failover`, :mod:`~resmesh.policies.switch`.
+:mod:`~resmesh.policies.failover`, :mod:`~resmesh.policies.switch`; and
+:mod:`~resmesh.policies.chain`, which assembles them per cluster into the one pipeline
+(``ClusterPolicies``: the steps for batch paths, ``call()`` for one call at a time).
 """

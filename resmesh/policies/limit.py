@@ -105,20 +105,12 @@ class TokenBucket:
         """Take ``n`` tokens for ``n`` calls admitted together, if the bucket holds them.
 
         A shortfall is not a refusal (the caller then admits the calls one by one), so it
-        counts nothing.
+        counts nothing; statistics count the calls, not the take.
         """
-        tokens = self._tokens
-        elapsed = now - self._last
-        if elapsed > 0.0:
-            tokens += elapsed * self.rate
-            if tokens > self.burst:
-                tokens = self.burst
-            self._last = now
-        self._tokens = tokens
-        if tokens >= n:
-            self._tokens = tokens - n
-            self.admitted += n
+        if self.try_take(now, n):
+            self.admitted += n - 1
             return True
+        self.rejected -= 1
         return False
 
     def give_back(self, n: float = 1.0, calls: int = 1) -> None:
@@ -185,6 +177,11 @@ class ConcurrencyLimit:
             return True
         self.rejected += 1
         return False
+
+    def enter_many(self, n: int) -> None:
+        """Count ``n`` calls in flight at once (the caller checked they fit)."""
+        self.in_flight += n
+        self.admitted += n
 
     def leave(self) -> None:
         """A call admitted by :meth:`try_enter` finished (never goes below zero)."""
@@ -392,13 +389,10 @@ class Limiter:
                             earlier.bucket.give_back(m, m)
                     return False
             for op, n in limited:
-                op_cap = op.cap
-                if op_cap is not None:
-                    op_cap.in_flight += n
-                    op_cap.admitted += n
+                if op.cap is not None:
+                    op.cap.enter_many(n)
         if cap is not None:
-            cap.in_flight += total
-            cap.admitted += total
+            cap.enter_many(total)
         return True
 
     def _admit_one_operation(self, op: _Scope | None, n: int, now: float) -> bool:
@@ -417,11 +411,9 @@ class Limiter:
             return False
         cap = self._cluster.cap
         if cap is not None:
-            cap.in_flight += n
-            cap.admitted += n
+            cap.enter_many(n)
         if op_cap is not None:
-            op_cap.in_flight += n
-            op_cap.admitted += n
+            op_cap.enter_many(n)
         return True
 
     def done_batch(self, counts: Mapping[str, int], total: int) -> None:

@@ -1,14 +1,13 @@
 """One timer task that wakes parked waiters at their deadlines: the hedge delay's clock.
 
 Why not ``trio.move_on_at`` per wait: every read run of a hedging cluster waits with a
-deadline (the hedge delay), and a cancel scope per run cost about 10 µs per command at
-``-P 1`` (bench/governance.py, 2 nodes): more than every policy together. Here a deadline
-is an append to a FIFO; one task per cluster sleeps until the earliest one. Most runs answer before
-their deadline; their entries are dropped when they come due, unnoticed.
+deadline (the hedge delay), and a cancel scope per run cost 2 to 3 µs per command at ``-P 1``
+(bench/governance.py, 2 nodes), more than the policies' own bookkeeping. Here a deadline is
+an append to a FIFO; one task per cluster sleeps until the earliest one. Most runs answer
+before their deadline; their entries are dropped as later ones are set.
 
-The timer wakes at most once per ``TICK``: nearly every entry belongs to a run that has
-answered already, and waking the task for each of them cost as much as the cancel scopes it
-replaced. A deadline may so be up to ``TICK`` late, small against a hedge delay's 10 ms floor.
+The timer wakes at most once per ``TICK``, so a deadline may be up to ``TICK`` late: small
+against a hedge delay's 10 ms floor.
 
 A waiter is woken only if it is still parked on the wait that set the alarm: the wait
 records its deadline in ``Waiter.alarm`` and clears it when it resumes, so a late alarm
@@ -37,8 +36,8 @@ class Alarms:
 
     The waiters wait in a FIFO, not a heap: a cluster's hedge delay changes at most once a
     refresh period, so deadlines arrive nearly in order, and a FIFO of the waiters themselves
-    allocates nothing per run (a heap entry per run was a tuple the garbage collector then
-    had to scan: it cost several µs a command). A deadline set out of order (the delay just
+    allocates nothing per run (a heap held a tuple per run until its deadline, which with a
+    long delay measured several µs a command). A deadline set out of order (the delay just
     shrank) is inserted in its place by a scan from the back. Waiters whose wait ended are
     dropped from both ends as new ones come, so the FIFO holds about the runs in flight.
     """

@@ -950,15 +950,18 @@ def _batch_operations(commands: list[Command]) -> dict[str, int] | None:
                 break
             operation = _OPERATIONS.get(name) or _operation_name(name)
             counts[operation] = counts.get(operation, 0) + shape.count(name)
-        if len(_BATCH_SHAPES) >= _PLAIN_CACHE_MAX:
-            _BATCH_SHAPES.clear()
-        _BATCH_SHAPES[shape] = counts
+        if len(shape) <= _SHAPE_MAX_LEN:  # a longer batch pays for counting once per command
+            if len(_BATCH_SHAPES) >= _PLAIN_CACHE_MAX:
+                _BATCH_SHAPES.clear()
+            _BATCH_SHAPES[shape] = counts
     return counts
 
 
 #: What :func:`_batch_operations` found per batch shape (bounded: cleared when full).
 _BATCH_SHAPES: dict[tuple[bytes, ...], dict[str, int] | None] = {}
 _UNKNOWN_SHAPE: Final[dict[str, int]] = {}
+#: Batches longer than this are not remembered (bounds the cache's memory, not only its size).
+_SHAPE_MAX_LEN: Final = 64
 
 
 def _run_operation(commands: list[Command | bytes]) -> str | None:
