@@ -10,9 +10,9 @@ workload runs between a counter reset (``callgrind_control -z``) and a dump
     python bench/governance_callgrind.py [--requests 20000]
 
 Workloads: redis-benchmark GET/SET at -P 1 and -P 16 (-c 4), and a mixed pipeline of 16
-(GET, SET, INCR, HGET repeated) from one connection, which the limiter cannot admit as one
-operation. Prints instructions per command off and on and the ratio off/on: the throughput
-ratio governance would cost on a CPU-bound gateway (target >= 0.9).
+(GET, SET, INCR, HGET repeated) from one connection, which the limiter admits with
+per-operation counts. Prints instructions per command off and on and the ratio off/on: the
+throughput ratio governance would cost on a CPU-bound gateway (target >= 0.9).
 """
 
 from __future__ import annotations
