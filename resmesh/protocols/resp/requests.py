@@ -350,7 +350,9 @@ class RequestParser:
     (about 0.2 µs a command against 2.5 µs in Python: ``bench/codec.py``), and the pure parser
     for the rest: inline commands, the pre-AUTH limits, and exact redis-server error wording.
     On anything hiredis rejects, the bytes it had not finished are re-parsed by the pure parser,
-    which stays in charge for the rest of the connection.
+    which stays in charge for the rest of the connection. An inline command, or one still
+    incomplete after 64 KiB (a large value), goes to the pure parser too, but only until the
+    next command boundary: then hiredis takes over again.
 
     Raises:
         RemoteProtocolError: from ``feed`` past the buffer cap, and from ``commands`` on
@@ -415,7 +417,7 @@ class RequestParser:
         if len(self._pending) + len(data) > self._limits.max_buffer:
             raise _protocol_error("client query buffer limit exceeded")
         if not self._pending and data[:1] != b"*":
-            self._fall_back(data)  # an inline command: the pure parser's job
+            self._fall_back(data, resume=True)  # an inline command: the pure parser's job
             return
         self._pending += data
         self._fast.feed(data)
@@ -463,13 +465,14 @@ class RequestParser:
                     out.append(Command(args, raw))
             if verified < len(pending):
                 _check_in_progress(pending, verified, limits)
-        except (hiredis.ProtocolError, _NotARequest, TypeError, MemoryError):
+        except (hiredis.ProtocolError, _NotARequest, TypeError, MemoryError) as exc:
             # MemoryError: hiredis allocates a declared array up front (``*4000000000``).
-            self._fall_back(b"")
+            self._fall_back(b"", resume=isinstance(exc, _TooLong))
             try:
                 rest = self._pure.commands()[self._returned :]
             except RemoteProtocolError:
                 rest = []  # nothing before the error: ``failed`` is set, raised below
+            self._returned = 0
             if not out and not rest and self._pure.error is not None:
                 raise self._pure.error from None
             return out + rest
@@ -487,8 +490,9 @@ class RequestParser:
             self._pending_used = True
         return out
 
-    def _fall_back(self, data: bytes) -> None:
-        """Hand what hiredis holds (plus ``data``) to the pure parser, for good.
+    def _fall_back(self, data: bytes, *, resume: bool = False) -> None:
+        """Hand what hiredis holds (plus ``data``) to the pure parser: for good, or with
+        ``resume`` until the pure parser is at a command boundary again.
 
         The pure parser re-reads the bytes since hiredis' last command boundary, so its own
         errors, in redis-server's words, are what the client sees; the caller skips the
@@ -496,13 +500,18 @@ class RequestParser:
         """
         pending = bytes(self._pending) + data
         self._fast = None
-        self._fast_ok = False
+        self._fast_ok = resume
         self._pending = bytearray()
+        self._pending_used = False
         self._pure.feed(pending)
 
 
 class _NotARequest(Exception):
     """hiredis parsed a valid RESP value that is not a valid request (or breaks a limit)."""
+
+
+class _TooLong(_NotARequest):
+    """A command still incomplete after 64 KiB: the pure parser takes it, then hands back."""
 
 
 def _check_in_progress(pending: bytearray, start: int, limits: RequestLimits) -> None:
@@ -515,10 +524,12 @@ def _check_in_progress(pending: bytearray, start: int, limits: RequestLimits) ->
     its wording (and resumes large commands without re-parsing them).
 
     Raises:
-        _NotARequest: the pure parser must take over.
+        _NotARequest: the pure parser must take over (:class:`_TooLong`: for this command).
     """
-    if pending[start] != 0x2A or len(pending) - start > INLINE_MAX_SIZE:  # '*'
+    if pending[start] != 0x2A:  # '*'
         raise _NotARequest
+    if len(pending) - start > INLINE_MAX_SIZE:
+        raise _TooLong
     header_end = pending.find(b"\r\n", start + 1, start + 24)
     if header_end < 0:
         if len(pending) - start >= 24:

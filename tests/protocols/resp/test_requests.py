@@ -358,3 +358,46 @@ def test_hiredis_path_agrees_with_the_pure_parser(data: st.DataObject) -> None:
 
 
 CAP_ERROR = "ERR Protocol error: client query buffer limit exceeded"
+
+
+def test_hiredis_takes_over_again_after_a_large_command_and_after_an_inline_one() -> None:
+    """A command still incomplete after 64 KiB (a large value) and an inline command go to the
+    pure parser; at the next command boundary the fast engine is back, with ``batch_raw``."""
+    parser = RequestParser()
+    big = encode_command([b"SET", b"k", b"v" * 200_000])
+    for start in range(0, len(big), 16_384):
+        parser.feed(big[start : start + 16_384])
+        got = parser.commands()
+    assert args_of(got) == [[b"SET", b"k", b"v" * 200_000]]
+    assert parser._fast is None  # the large command was the pure parser's
+    small = encode_command([b"GET", b"k"]) * 3
+    parser.feed(small)
+    assert args_of(parser.commands()) == [[b"GET", b"k"]] * 3
+    assert parser._fast is not None and parser.batch_raw == small
+    parser.feed(b"PING\r\n")  # inline
+    assert args_of(parser.commands()) == [[b"PING"]]
+    parser.feed(small)
+    assert args_of(parser.commands()) == [[b"GET", b"k"]] * 3
+    assert parser._fast is not None and parser.batch_raw == small
+
+
+large_and_small = st.lists(
+    st.one_of(
+        arg_lists,
+        st.integers(min_value=60_000, max_value=140_000).map(lambda n: [b"SET", b"k", b"x" * n]),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(large_and_small, st.lists(st.integers(min_value=0, max_value=600_000), max_size=12))
+def test_large_commands_among_small_ones_parse_the_same_however_split(
+    commands: list[list[bytes]], cuts: list[int]
+) -> None:
+    stream = b"".join(encode_command(a) for a in commands)
+    chunks = split(stream, cuts)
+    fast_commands, fast_error = _outcome(RequestParser(), chunks)
+    assert fast_error is None
+    assert fast_commands == commands
