@@ -108,7 +108,14 @@ class ClusterPolicies:
             node: CircuitBreaker(breaker) if governance.breaker.enabled else _NoBreaker()
             for node in nodes
         }
-        self.outlier = OutlierDetector(nodes, outlier_config(governance.outlier))
+        #: One detector per group: "never eject more than a share of a group" (Envoy's
+        #: max_ejection_percent is per cluster; a group here is a data center, and emptying
+        #: one while another is healthy would shift its traffic wholesale).
+        outlier = outlier_config(governance.outlier)
+        self.outliers = {
+            group: OutlierDetector(members, outlier) for group, members in topology.groups.items()
+        }
+        self._outlier_of = {node: self.outliers[node.group] for node in nodes}
         self._outlier_on = governance.outlier.enabled
         self.router = GroupRouter(dict(topology.route), governance.local_group)
         #: ``balance: hash`` picks by the call's key (ketama), so a key keeps to one node and
@@ -193,7 +200,8 @@ class ClusterPolicies:
         """
         self._health_at = now
         candidates = {
-            group: self._available(members, now) for group, members in self._readable.items()
+            group: self._available(group, members, now)
+            for group, members in self._readable.items()
         }
         self._candidates = candidates
         self._anywhere = [node for offered in candidates.values() for node in offered]
@@ -224,7 +232,7 @@ class ClusterPolicies:
             self._health_at = -math.inf  # the node may trip, eject, or come back
         breaker.record(outcome, latency, now)
         if self._outlier_on:
-            self.outlier.record(node, outcome, now)
+            self._outlier_of[node].record(node, outcome, now)
 
     def release(self, node: Node) -> None:
         """A call :meth:`begin` started gets no verdict but stays in flight on ``node`` (a
@@ -245,11 +253,13 @@ class ClusterPolicies:
         if self._outlier_on:
             if outcome is _LOCAL or outcome is _UPSTREAM:
                 self._health_at = -math.inf
-            self.outlier.record(node, outcome, now)
+            self._outlier_of[node].record(node, outcome, now)
 
-    def _available(self, nodes: Sequence[Node], now: float) -> list[Node]:
+    def _available(self, group: str, nodes: Sequence[Node], now: float) -> list[Node]:
+        """The nodes of ``group`` neither ejected (but all in panic) nor refused by a breaker."""
         breakers = self.breakers
-        return [n for n in self.outlier.available(nodes, now) if breakers[n].would_allow(now)]
+        offered = self.outliers[group].available(nodes, now)
+        return [n for n in offered if breakers[n].would_allow(now)]
 
     # ----------------------------------------------------------------------------------------
     # The whole chain, for one call at a time
@@ -347,7 +357,7 @@ class ClusterPolicies:
                 for node, breaker in self.breakers.items()
                 if isinstance(breaker, CircuitBreaker)
             },
-            "outlier": self.outlier.statistics(now),
+            "outlier": {group: d.statistics(now) for group, d in self.outliers.items()},
             "route": self.router.statistics(),
             "balance": self.balancer.statistics(),
             "retry_budget": self.retry_budget.statistics(),

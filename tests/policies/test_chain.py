@@ -456,3 +456,28 @@ async def test_a_call_already_past_its_deadline_is_not_sent_nor_counted_against_
     assert backend.calls == []
     stats = policies.statistics(trio.current_time())["breakers"]
     assert all(breaker.state is BreakerState.CLOSED for breaker in stats.values())
+
+
+async def test_outlier_ejection_is_capped_per_group_not_per_cluster(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two groups of two: failing both nodes of dc-a ejects only one of them (half of dc-a),
+    though half of the cluster would allow two."""
+    a1, a2 = Node("10.0.1.1", 6379, "dc-a", 1), Node("10.0.1.2", 6379, "dc-a", 1)
+    b1, b2 = Node("10.0.2.1", 6379, "dc-b", 1), Node("10.0.2.2", 6379, "dc-b", 1)
+    groups = MappingProxyType({"dc-a": (a1, a2), "dc-b": (b1, b2)})
+    topology = Topology(1, groups, MappingProxyType({"dc-a": 50, "dc-b": 50}), a1)
+    governance = _gov(
+        breaker=BreakerSettings(enabled=False),
+        outlier=OutlierSettings(consecutive_failures=2, max_ejection_percent=50),
+    )
+    policies = ClusterPolicies(CLUSTER, topology, governance, trio.current_time())
+    now = trio.current_time()
+    for node in (a1, a2, a1, a2):
+        assert policies.begin(node, now) is None
+        policies.settle(node, LOCAL, 0.001, now)
+    stats = policies.statistics(now)["outlier"]
+    assert (stats["dc-a"].ejected, stats["dc-a"].max_ejected) == (1, 1)
+    assert stats["dc-b"].ejected == 0
+    picked = {policies.pick(now) for _ in range(200)}
+    assert picked == {a2, b1, b2}  # a1 was ejected first; a2 stays, at the cap
