@@ -200,8 +200,7 @@ class ClusterPolicies:
         """
         self._health_at = now
         candidates = {
-            group: self._available(group, members, now)
-            for group, members in self._readable.items()
+            group: self._available(group, members, now) for group, members in self._readable.items()
         }
         self._candidates = candidates
         self._anywhere = [node for offered in candidates.values() for node in offered]
