@@ -253,8 +253,11 @@ class HedgeDelay:
         return self._delay
 
     def statistics(self, now: float) -> HedgeDelayStatistics:
+        """A snapshot; reading it changes nothing (the delay shown is the one in force, not
+        recomputed early)."""
+        delay = self.config.fixed_delay if self.config.fixed_delay is not None else self._delay
         return HedgeDelayStatistics(
-            delay=self.delay(now), samples=self.histogram.count(now), computed_at=self.computed_at
+            delay=delay, samples=self.histogram.count(now), computed_at=self.computed_at
         )
 
 
