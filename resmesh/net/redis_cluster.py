@@ -61,9 +61,8 @@ class RedisClusterRuntime:
         policies = self.upstream.policies
         #: Rate and concurrency limits, or ``None`` when none is configured (no cost at all).
         self.limiter = policies.limiter
+        #: Degrade switches (``active`` false: the session's fast path skips them).
         self.switchboard = policies.switchboard
-        #: Whether any degrade switch is set (the session's fast path skips them otherwise).
-        self.switchboard_active = bool(self.switchboard.switches())
         #: Where writes, transactions, blocking commands and pub/sub go.
         self.primary = self.upstream.primary
 

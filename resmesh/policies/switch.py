@@ -171,11 +171,14 @@ class SwitchboardStatistics:
 class Switchboard:
     """The degrade switches in force, swapped atomically."""
 
-    __slots__ = ("_snapshot", "_switches", "hits", "version")
+    __slots__ = ("_snapshot", "_switches", "active", "hits", "version")
 
     def __init__(self, switches: Iterable[Switch] = ()) -> None:
         self._switches: dict[tuple[str, str | None], Switch] = {}
         self._snapshot: Mapping[str, _ClusterSwitches] = {}
+        #: Whether any switch is on: a hot path may skip :meth:`decide` while it is false
+        #: (read it per batch, not once: switches change at run time).
+        self.active = False
         self.version = 0
         self.hits = 0
         self.replace(switches)
@@ -239,6 +242,7 @@ class Switchboard:
         }
         self._switches = switches
         self._snapshot = snapshot  # the one atomic swap
+        self.active = bool(snapshot)
         self.version += 1
 
     def statistics(self) -> SwitchboardStatistics:

@@ -92,6 +92,19 @@ def test_set_clear_restore_replace() -> None:
     assert board.decide("b", "GET", is_write=False) is None
 
 
+def test_active_says_whether_any_switch_is_on() -> None:
+    board = Switchboard()
+    assert not board.active
+    board.set(Switch("a", SwitchMode.MISS, operation="GET"))
+    assert board.active
+    board.clear("a", "GET")
+    assert not board.active
+    board.replace([Switch("b", SwitchMode.ERROR)])
+    assert board.active
+    board.restore("b")
+    assert not board.active
+
+
 def test_snapshots_are_swapped_not_mutated() -> None:
     board = Switchboard([Switch("a", SwitchMode.MISS)])
     before = board._snapshot

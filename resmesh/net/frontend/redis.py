@@ -239,7 +239,7 @@ class RedisSession:
         self._batch_wrote = False
         plain_ok = self.authenticated and not self.in_multi
         runtime = self.runtime
-        governed = runtime.switchboard_active or (runtime.limiter is not None and limit_each)
+        governed = runtime.switchboard.active or (runtime.limiter is not None and limit_each)
         now = self._clock.current_time() if governed else 0.0
         for index, command in enumerate(commands):
             if self.closing:
@@ -323,7 +323,7 @@ class RedisSession:
         operation = _OPERATIONS.get(first)
         if operation is None:
             operation = _operation_name(first)
-        if runtime.switchboard_active:
+        if runtime.switchboard.active:
             decision = runtime.switchboard.decide(runtime.name, operation, not read)
             if decision is not None:
                 return switch_reply(decision, first.upper(), args, self.resp)
