@@ -250,16 +250,16 @@ class RedisUpstream:
         results: dict[int, list[bytes] | BackendError] = {}
         waiting: dict[int, Pending] = {}
         started = trio.current_time()
-        for index, (payload, count) in runs.items():
-            node = self.shards[index]
-            submitted = await self._submit(
-                node, payload, count, db, resp, timeout, False, waiter, started
-            )
-            if isinstance(submitted, Pending):
-                waiting[index] = submitted
-            else:
-                results[index] = submitted
         try:
+            for index, (payload, count) in runs.items():
+                node = self.shards[index]
+                submitted = await self._submit(
+                    node, payload, count, db, resp, timeout, False, waiter, started
+                )
+                if isinstance(submitted, Pending):
+                    waiting[index] = submitted
+                else:
+                    results[index] = submitted
             while waiting:
                 done = await wait_first(list(waiting.values()), waiter)
                 assert done is not None
@@ -282,7 +282,7 @@ class RedisUpstream:
     def _loser_done(self, node: Node, pending: Pending) -> None:
         """A hedge's losing attempt ended: it leaves the node's load, and counts if it failed."""
         policies = self.policies
-        policies.balancer.finish(node)
+        policies.unload(node)
         if pending.error is not None:
             policies.record_outlier(node, Outcome.LOCAL_ERROR, trio.current_time())
 

@@ -121,11 +121,18 @@ class ClusterPolicies:
         #: ``balance: hash`` picks by the call's key (ketama), so a key keeps to one node and
         #: that node's caches stay warm; a call without a key goes to a random node.
         self.hashing = str(governance.balance) == "hash"
-        self.balancer: Balancer[Node] = (
-            ConsistentHashBalancer(name=_address)
-            if self.hashing
-            else balancer_for(governance.balance)
-        )
+
+        def balancer() -> Balancer[Node]:
+            if self.hashing:
+                return ConsistentHashBalancer(name=_address)
+            return balancer_for(governance.balance)  # type: ignore[no-any-return]
+
+        #: One balancer per group: a balancer's state (a weighted schedule, a round-robin
+        #: position) belongs to one candidate set, and calls alternate between groups.
+        self.balancers = {group: balancer() for group in topology.groups}
+        self._balancer_of = {node: self.balancers[node.group] for node in nodes}
+        #: For the rare pick across groups (the chosen group has nothing left).
+        self._fallback_balancer = balancer()
         failover = governance.failover
         self.retry_budget = RetryBudget(failover.budget_ratio, failover.budget_min)
         self.max_attempts = failover.max_attempts if failover.enabled else 1
@@ -181,13 +188,16 @@ class ClusterPolicies:
         if now - self._health_at > _HEALTH_REFRESH:
             self._refresh(now)
         group = self.router.choose()
-        balancer = self.balancer
-        candidates = self._candidates.get(group) if group is not None else None
-        node = balancer.pick(candidates, key, exclude) if candidates else None
+        node = None
+        if group is not None:
+            candidates = self._candidates.get(group)
+            if candidates:
+                node = self.balancers[group].pick(candidates, key, exclude)
         if node is None:
-            node = balancer.pick(self._anywhere, key, exclude)
+            fallback = self._fallback_balancer
+            node = fallback.pick(self._anywhere, key, exclude)
             if node is None:
-                node = balancer.pick(self._all_readable, key, exclude)
+                node = fallback.pick(self._all_readable, key, exclude)
         return node
 
     def _refresh(self, now: float) -> None:
@@ -204,12 +214,15 @@ class ClusterPolicies:
         }
         self._candidates = candidates
         self._anywhere = [node for offered in candidates.values() for node in offered]
-        self.router.set_health(
-            {
-                group: len(candidates[group]) / len(members) if members else 0.0
-                for group, members in self._readable.items()
-            }
-        )
+        # Health counts the nodes truly up: a group in panic offers its ejected nodes, but
+        # the router must still see it as down and spill its traffic to the others.
+        breakers = self.breakers
+        health: dict[str, float] = {}
+        for group, members in self._readable.items():
+            ejected = self.outliers[group].is_ejected
+            up = [n for n in members if not ejected(n, now) and breakers[n].would_allow(now)]
+            health[group] = len(up) / len(members) if members else 0.0
+        self.router.set_health(health)
 
     def begin(self, node: Node, now: float) -> str | None:
         """Start a call on ``node``: ``None`` if its breaker lets it through (the call then
@@ -220,16 +233,19 @@ class ClusterPolicies:
             self._health_at = -math.inf  # a probe slot taken: the node may not be offered
             if not breaker.allow(now):
                 return f"circuit breaker open ({breaker.reason})"
-        self.balancer.start(node)
+        self._balancer_of[node].start(node)
         return None
 
     def settle(self, node: Node, outcome: Outcome, latency: float, now: float) -> None:
         """A call that :meth:`begin` started on ``node`` ended with ``outcome``."""
-        self.balancer.finish(node)
+        self._balancer_of[node].finish(node)
         breaker = self.breakers[node]
-        if breaker.state is not _CLOSED or outcome is _LOCAL or outcome is _UPSTREAM:
-            self._health_at = -math.inf  # the node may trip, eject, or come back
+        was_closed = breaker.state is _CLOSED
         breaker.record(outcome, latency, now)
+        if outcome is _LOCAL or outcome is _UPSTREAM or not was_closed:
+            self._health_at = -math.inf  # the node may trip or be ejected, or is back
+        elif breaker.state is not _CLOSED:
+            self._health_at = -math.inf  # tripped by a slow call
         if self._outlier_on:
             self._outlier_of[node].record(node, outcome, now)
 
@@ -245,7 +261,11 @@ class ClusterPolicies:
         """A call that :meth:`begin` started ends with no verdict (cancelled: a backup won,
         the client left). Its probe slot, if it was one, is given back."""
         self.release(node)
-        self.balancer.finish(node)
+        self._balancer_of[node].finish(node)
+
+    def unload(self, node: Node) -> None:
+        """A call :meth:`release` left in flight on ``node`` has ended."""
+        self._balancer_of[node].finish(node)
 
     def record_outlier(self, node: Node, outcome: Outcome, now: float) -> None:
         """Count an outcome for ``node``'s ejection only (a hedge's loser that failed late)."""
@@ -358,7 +378,7 @@ class ClusterPolicies:
             },
             "outlier": {group: d.statistics(now) for group, d in self.outliers.items()},
             "route": self.router.statistics(),
-            "balance": self.balancer.statistics(),
+            "balance": {group: b.statistics() for group, b in self.balancers.items()},
             "retry_budget": self.retry_budget.statistics(),
             "hedge_budget": self.hedge_budget.statistics(),
             "hedge_delays": hedges,

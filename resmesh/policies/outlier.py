@@ -9,9 +9,10 @@ when the time is up; there is no probe (the breaker, per node, does probing).
 Two guards keep detection from emptying a group (anchors §1.5 and gap 6):
 
 * **Ejection cap**: at most ``max_ejection_percent`` of the group's nodes are ejected at once,
-  but at least one when the group has two nodes or more (gRPC A50: "max 10 %, but at least one
-  address is always ejectable"; Envoy alone would never eject from a group under 10 nodes).
-  A group of one node is never ejected from: there is nowhere else to send its calls.
+  but always at least one (gRPC A50: "max 10 %, but at least one address is always
+  ejectable"; Envoy alone would never eject from a group under 10 nodes). A group of one node
+  can lose it too: the group is a data center, and its calls then spill to the others (the
+  router reads group health); if there are none, panic mode below offers the node anyway.
 * **Panic mode**: when fewer than ``panic_threshold`` percent of the nodes offered to
   :meth:`OutlierDetector.available` are healthy, all of them are returned (Envoy's panic
   threshold, 50 %): a node that might answer beats a certain "no healthy upstream".
@@ -165,9 +166,7 @@ class OutlierDetector:
             (self._states[node].ejected_until for node in self._ejected), default=math.inf
         )
         n = len(self._states)
-        self._max_ejected = (
-            0 if n < 2 else max(1, int(n * self.config.max_ejection_percent / 100.0))
-        )
+        self._max_ejected = max(1, int(n * self.config.max_ejection_percent / 100.0)) if n else 0
         self._version += 1
 
     def record(self, node: Hashable, outcome: Outcome, now: float) -> None:

@@ -209,8 +209,9 @@ async def test_a_cancelled_call_gives_back_its_slot_and_its_node(
     with trio.move_on_after(0.5):
         await policies.call(_read(), backend, _never)
     assert backend.cancelled == backend.calls
-    assert isinstance(policies.balancer, LeastLoadedBalancer)
-    assert policies.balancer.in_flight(backend.calls[0]) == 0
+    balancer = policies.balancers["dc1"]
+    assert isinstance(balancer, LeastLoadedBalancer)
+    assert balancer.in_flight(backend.calls[0]) == 0
     assert (await policies.call(_read(), backend, _never)).outcome is OK
 
 
@@ -302,8 +303,9 @@ async def test_a_hung_read_is_backed_up_on_another_node_and_cancelled(
     assert (reply.outcome, reply.node) == (OK, backup.address)
     assert trio.current_time() - started == pytest.approx(delay + 0.010)
     assert backend.cancelled == [hung]
-    assert isinstance(policies.balancer, LeastLoadedBalancer)
-    assert policies.balancer.in_flight(hung) == policies.balancer.in_flight(backup) == 0
+    balancer = policies.balancers["dc1"]
+    assert isinstance(balancer, LeastLoadedBalancer)
+    assert balancer.in_flight(hung) == balancer.in_flight(backup) == 0
     stats = policies.statistics(trio.current_time())
     assert stats["breakers"][hung.address].calls == 0  # abandoned, not counted as a failure
     budget = stats["hedge_budget"]
@@ -481,3 +483,46 @@ async def test_outlier_ejection_is_capped_per_group_not_per_cluster(
     assert stats["dc-b"].ejected == 0
     picked = {policies.pick(now) for _ in range(200)}
     assert picked == {a2, b1, b2}  # a1 was ejected first; a2 stays, at the cap
+
+
+async def test_a_slow_call_that_trips_the_breaker_takes_its_node_out_at_once() -> None:
+    nodes = _nodes(2)
+    breaker = BreakerSettings(slow_call=0.01, slow_ratio=1.0, min_calls=1)
+    policies = _policies(_gov(breaker=breaker), nodes)
+    now = trio.current_time()
+    policies.pick(now)  # candidates cached: both nodes
+    assert policies.begin(nodes[0], now) is None
+    policies.settle(nodes[0], OK, 0.5, now)  # an answer, but slow: the breaker opens
+    assert policies.breakers[nodes[0]].state is BreakerState.OPEN
+    assert {policies.pick(now + 0.05) for _ in range(100)} == {nodes[1]}
+
+
+async def test_an_ejected_lone_node_sends_its_group_s_reads_to_the_other_group() -> None:
+    a, b = Node("10.0.1.1", 6379, "dc-a", 1), Node("10.0.2.1", 6379, "dc-b", 1)
+    groups = MappingProxyType({"dc-a": (a,), "dc-b": (b,)})
+    topology = Topology(1, groups, MappingProxyType({"dc-a": 50, "dc-b": 50}), a)
+    governance = _gov(breaker=BreakerSettings(enabled=False))
+    policies = ClusterPolicies(CLUSTER, topology, governance, trio.current_time())
+    now = trio.current_time()
+    assert {policies.pick(now) for _ in range(100)} == {a, b}
+    for _ in range(5):  # the outlier detector's default: 5 failures in a row
+        assert policies.begin(a, now) is None
+        policies.settle(a, LOCAL, 0.001, now)
+    assert {policies.pick(now) for _ in range(100)} == {b}
+
+
+async def test_weighted_balance_keeps_each_group_s_schedule_while_calls_alternate() -> None:
+    a1, a2 = Node("10.0.1.1", 6379, "dc-a", 1), Node("10.0.1.2", 6379, "dc-a", 3)
+    b1, b2 = Node("10.0.2.1", 6379, "dc-b", 1), Node("10.0.2.2", 6379, "dc-b", 1)
+    groups = MappingProxyType({"dc-a": (a1, a2), "dc-b": (b1, b2)})
+    topology = Topology(1, groups, MappingProxyType({"dc-a": 50, "dc-b": 50}), a1)
+    governance = _gov(balance=BalanceName.WEIGHTED)
+    policies = ClusterPolicies(CLUSTER, topology, governance, trio.current_time())
+    now = trio.current_time()
+    counts = {node: 0 for node in (a1, a2, b1, b2)}
+    for _ in range(8000):
+        node = policies.pick(now)
+        assert node is not None
+        counts[node] += 1
+    assert counts[a2] == pytest.approx(3 * counts[a1], rel=0.05)  # weights 1:3 inside dc-a
+    assert counts[b2] == pytest.approx(counts[b1], rel=0.05)

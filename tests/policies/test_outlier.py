@@ -87,11 +87,14 @@ def test_at_most_ten_percent_but_at_least_one() -> None:
     assert big.statistics(0.0).ejected == 2  # 10 % of 20
 
 
-def test_a_lone_node_is_never_ejected() -> None:
+def test_a_lone_node_is_ejected_but_still_offered_in_panic() -> None:
+    """A group of one can lose its node (its data center's calls then spill elsewhere: the
+    router reads group health), yet the group still offers it: panic beats no node at all."""
     detector = OutlierDetector(["a"])
-    _fail(detector, "a", 50, now=0.0)
+    _fail(detector, "a", 5, now=0.0)
+    assert detector.is_ejected("a", 0.0)
+    assert detector.statistics(0.0).ejected == 1
     assert list(detector.available(["a"], 0.0)) == ["a"]
-    assert detector.statistics(0.0).ejected == 0
 
 
 def test_two_nodes_one_ejected_is_not_panic() -> None:

@@ -217,7 +217,13 @@ class RedisSession:
     async def _run_batch(self, commands: list[Command]) -> None:
         limiter = self.runtime.limiter
         admitted = None
-        if limiter is not None and len(commands) > 1 and self.authenticated and not self.in_multi:
+        if (
+            limiter is not None
+            and len(commands) > 1
+            and self.authenticated
+            and not self.in_multi
+            and not self.runtime.switchboard.active  # switched commands are never admitted
+        ):
             admitted = _batch_operations(commands)
             if admitted is not None and not limiter.admit_batch(
                 admitted, len(commands), self._clock.current_time()
@@ -929,6 +935,9 @@ _NOT_PLAIN: Final = 0
 _PLAIN_WRITE: Final = 1
 _PLAIN_READ: Final = 2
 _PLAIN_CACHE_MAX: Final = 4096
+#: Names longer than this are never remembered (no Redis command name comes close), so the
+#: caches keyed by client-sent names hold a bounded number of bytes, not only of entries.
+_NAME_CACHE_MAX_LEN: Final = 32
 
 
 def _batch_operations(commands: list[Command]) -> dict[str, int] | None:
@@ -950,17 +959,21 @@ def _batch_operations(commands: list[Command]) -> dict[str, int] | None:
                 break
             operation = _OPERATIONS.get(name) or _operation_name(name)
             counts[operation] = counts.get(operation, 0) + shape.count(name)
-        if len(shape) <= _SHAPE_MAX_LEN:  # a longer batch pays for counting once per command
+        if len(shape) <= _SHAPE_MAX_LEN and all(name in _NAMES for name in shape):
+            # The key holds the cached name objects, not the client's: a shape costs its
+            # tuple only, however the names were spelled or sent.
             if len(_BATCH_SHAPES) >= _PLAIN_CACHE_MAX:
                 _BATCH_SHAPES.clear()
-            _BATCH_SHAPES[shape] = counts
+            _BATCH_SHAPES[tuple([_NAMES[name] for name in shape])] = counts
     return counts
 
 
+#: The command names ``_PLAIN`` holds, each mapped to the object it holds (for sharing).
+_NAMES: dict[bytes, bytes] = {}
 #: What :func:`_batch_operations` found per batch shape (bounded: cleared when full).
 _BATCH_SHAPES: dict[tuple[bytes, ...], dict[str, int] | None] = {}
 _UNKNOWN_SHAPE: Final[dict[str, int]] = {}
-#: Batches longer than this are not remembered (bounds the cache's memory, not only its size).
+#: Batches longer than this are not remembered (a long one pays for counting per command).
 _SHAPE_MAX_LEN: Final = 64
 
 
@@ -992,7 +1005,7 @@ _OPERATIONS: dict[bytes, str] = {}
 
 def _operation_name(name: bytes) -> str:
     operation = name.upper().decode("ascii", "replace")
-    if len(_OPERATIONS) < _PLAIN_CACHE_MAX:
+    if len(_OPERATIONS) < _PLAIN_CACHE_MAX and len(name) <= _NAME_CACHE_MAX_LEN:
         _OPERATIONS[name] = operation
     return operation
 
@@ -1012,8 +1025,9 @@ def _classify_plain(name: bytes) -> int:
     kind = _NOT_PLAIN
     if plain and spec is not None:
         kind = _PLAIN_READ if cmdtable.is_idempotent_read(spec) else _PLAIN_WRITE
-    if len(_PLAIN) < _PLAIN_CACHE_MAX:
+    if len(_PLAIN) < _PLAIN_CACHE_MAX and len(name) <= _NAME_CACHE_MAX_LEN:
         _PLAIN[name] = kind
+        _NAMES[name] = name
     return kind
 
 
