@@ -242,10 +242,13 @@ class ClusterPolicies:
         breaker = self.breakers[node]
         was_closed = breaker.state is _CLOSED
         breaker.record(outcome, latency, now)
-        if outcome is _LOCAL or outcome is _UPSTREAM or not was_closed:
-            self._health_at = -math.inf  # the node may trip or be ejected, or is back
-        elif breaker.state is not _CLOSED:
-            self._health_at = -math.inf  # tripped by a slow call
+        if (
+            outcome is _LOCAL
+            or outcome is _UPSTREAM
+            or not was_closed
+            or breaker.state is not _CLOSED
+        ):
+            self._health_at = -math.inf  # the node may be ejected, tripped (slow calls too), back
         if self._outlier_on:
             self._outlier_of[node].record(node, outcome, now)
 
