@@ -1466,8 +1466,9 @@ def _limits(ctx: _Context, value: object, path: _KeyPath) -> RedisLimits:
 # --------------------------------------------------------------------------------------------
 
 _PRESET_FOLDER: Final = "policies"
-_BUNDLED_PRESETS: Final = Path(__file__).resolve().parent.parent / _PRESET_FOLDER
-"""The presets that come with resmesh: the project's top-level ``policies/`` folder."""
+_BUNDLED_PRESETS: Final = Path(__file__).resolve().parent / "presets"
+"""The presets that come with resmesh. Package data, so an installed wheel has them too; the
+project's top-level ``policies/`` is a link to this folder, where operators look for them."""
 _DEFAULT_PRESET: Final = "default"
 """What a cluster that names no ``policy:`` gets; built in, so it works without any file."""
 

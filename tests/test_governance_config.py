@@ -7,7 +7,9 @@ test checks *which* file the message names, as well as the key path and the fix.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +213,19 @@ def test_built_in_default_when_no_preset_folder_exists(
     assert governance(cluster_data(policy="default"), tmp_path) == GovernanceConfig(
         preset="default"
     )
+
+
+def test_bundled_presets_are_package_data_and_the_top_level_folder_shows_them() -> None:
+    # An installed wheel holds only the package: presets outside it would be lost.
+    bundled = importlib.resources.files("resmesh") / "presets"
+    shipped = sorted(
+        Path(str(entry)).stem for entry in bundled.iterdir() if entry.name.endswith(".yaml")
+    )
+    assert shipped == PRESET_NAMES
+    assert {"default", "cache", "passthrough", "strict-db"} <= set(shipped)
+    assert PRESETS.resolve() == Path(str(bundled)).resolve()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "presets/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["resmesh"]
 
 
 def test_a_preset_next_to_the_config_wins_over_the_bundled_one(tmp_path: Path) -> None:
