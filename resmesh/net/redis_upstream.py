@@ -105,26 +105,26 @@ class RedisUpstream:
             hedger = policies.hedger(operation)
         if node is None:
             node = self.topology.primary
+        #: Every node an attempt went to (hedges' backups too): a retry goes elsewhere.
         tried: list[Node] = []
-        #: What the last attempt produced: the node's own error replies, or a failure.
-        answer: list[bytes] | BackendError
         budget = policies.retry_budget
         budget.request_started()
         try:
-            while True:
-                tried.append(node)
-                answer, outcome = await self._attempt(
-                    node, payload, count, db, resp, timeout, joined, hedger, key
-                )
-                if outcome is Outcome.OK or not read:
+            answer, outcome = await self._attempt(
+                node, payload, count, db, resp, timeout, joined, hedger, key, tried
+            )
+            while read and outcome is not Outcome.OK and len(tried) < policies.max_attempts:
+                retry_node = policies.pick(trio.current_time(), tried, key)
+                if retry_node is None or not budget.try_start_retry():
                     break
-                if len(tried) >= policies.max_attempts or not budget.try_start_retry():
-                    break
-                budget.finish_retry()
-                other = policies.pick(trio.current_time(), tried, key)
-                if other is None:
-                    break
-                node = other
+                try:  # the retry holds its budget slot while it runs
+                    retried, outcome = await self._attempt(
+                        retry_node, payload, count, db, resp, timeout, joined, hedger, key, tried
+                    )
+                finally:
+                    budget.finish_retry()
+                if outcome is not Outcome.REJECTED:
+                    answer = retried  # a breaker's refusal says less than the first failure
         finally:
             budget.request_finished()
         if isinstance(answer, BackendError):
@@ -142,8 +142,10 @@ class RedisUpstream:
         joined: bool,
         hedger: HedgeDelay | None,
         key: bytes | None,
+        tried: list[Node],
     ) -> tuple[list[bytes] | BackendError, Outcome]:
-        """One try, recorded for the nodes' breakers and the outlier detector.
+        """One try, recorded for the nodes' breakers and the outlier detector; every node it
+        sends to is added to ``tried``.
 
         A read may be hedged (a backup request, Tail at Scale): if ``node`` has not answered
         after the measured p90 of read runs, the same run also goes to another node and the
@@ -157,47 +159,56 @@ class RedisUpstream:
         started = trio.current_time()
         delay = hedger.delay(started) if hedger is not None else None
         if delay is not None:
-            policies.hedge_budget.record_call()
+            assert hedger is not None
+            hedger.budget.record_call()
         waiter = Waiter()
+        tried.append(node)
         first = await self._submit(node, payload, count, db, resp, timeout, joined, waiter, started)
         if not isinstance(first, Pending):
             return first, Outcome.REJECTED if "breaker" in first.reason else Outcome.LOCAL_ERROR
-        racing: list[tuple[Node, Pending]] = [(node, first)]
+        #: Each racer with the time it was sent (its own latency, for its node's health).
+        racing: list[tuple[Node, Pending, float]] = [(node, first, started)]
         try:
             winner = await wait_first(
                 [first], waiter, self.alarms, started + delay if delay else math.inf
             )
             if winner is None:
+                assert hedger is not None
                 now = trio.current_time()
-                backup = policies.pick(now, [node], key)
-                if backup is not None and policies.hedge_budget.try_hedge():
+                backup = policies.pick(now, tried, key)
+                if backup is not None and hedger.budget.try_hedge():
+                    tried.append(backup)
                     second = await self._submit(
                         backup, payload, count, db, resp, timeout, joined, waiter, now
                     )
                     if isinstance(second, Pending):
-                        racing.append((backup, second))
-                winner = await wait_first([p for _, p in racing], waiter)
+                        racing.append((backup, second, now))
+                winner = await wait_first([p for _, p, _ in racing], waiter)
                 if winner is not None and winner.error is not None and len(racing) > 1:
-                    # A node failure does not win the race: wait for the other attempt.
-                    loser = racing[0][1] if winner is racing[1][1] else racing[1][1]
+                    # A node failure does not win the race: it is counted now, when it
+                    # happened, and the other attempt waited for.
+                    index = 0 if winner is first else 1
+                    failed_node, _, sent = racing.pop(index)
+                    self._settle(failed_node, winner, sent, trio.current_time())
+                    loser = racing[0][1]
                     winner = await wait_first([loser], waiter) or winner
         except BaseException:
-            for racer, _ in racing:
-                policies.abandon(racer)
+            for racer, pending, _ in racing:
+                policies.abandon(racer, pending.probe)
             raise
         assert winner is not None
         now = trio.current_time()
         answer: list[bytes] | BackendError = winner.error or winner.replies
-        outcome = Outcome.OK
-        for racer, pending in racing:
+        outcome = Outcome.LOCAL_ERROR if winner.error is not None else Outcome.OK
+        for racer, pending, sent in racing:
             if pending.done:
-                settled = self._settle(racer, pending, started, now)
+                settled = self._settle(racer, pending, sent, now)
                 if pending is winner:
                     outcome = settled
             else:
                 # Still running: no verdict yet. It stays in flight on its node until it ends,
                 # so a stalled node's load keeps the least-loaded balancer away from it.
-                policies.release(racer)
+                policies.release(racer, pending.probe)
                 pending.on_done = lambda done, node=racer: self._loser_done(node, done)
         if outcome is Outcome.OK and hedger is not None:
             hedger.record(now - started, now)
@@ -218,20 +229,22 @@ class RedisUpstream:
         """Queue the run on ``node`` if its breaker allows; a refusal or failure is returned.
         ``now``: the time the caller read just before (one clock read per run, not two)."""
         policies = self.policies
-        refusal = policies.begin(node, now)
-        if refusal is not None:
-            return BackendError(node.address, refusal)
+        probe = policies.begin(node, now)
+        if isinstance(probe, str):
+            return BackendError(node.address, probe)
         try:
             pool = self.pools[node]
             mux = pool.shared_nowait(db, resp) or await pool.shared(db, resp)
-            return mux.submit(payload, count, timeout, joined, waiter)
+            pending = mux.submit(payload, count, timeout, joined, waiter)
         except BackendError as exc:
             later = trio.current_time()
-            policies.settle(node, Outcome.LOCAL_ERROR, later - now, later)
+            policies.settle(node, Outcome.LOCAL_ERROR, later - now, later, probe)
             return exc
         except BaseException:
-            policies.abandon(node)
+            policies.abandon(node, probe)
             raise
+        pending.probe = probe
+        return pending
 
     def shard_of(self, key: bytes) -> int:
         """The index in ``shards`` of the node holding ``key`` (already reduced to its tag)."""
@@ -268,15 +281,15 @@ class RedisUpstream:
                 self._settle(self.shards[index], done, started, trio.current_time())
                 results[index] = done.error or done.replies
         except BaseException:
-            for index in waiting:
-                self.policies.abandon(self.shards[index])
+            for index, pending in waiting.items():
+                self.policies.abandon(self.shards[index], pending.probe)
             raise
         return results
 
     def _settle(self, node: Node, pending: Pending, started: float, now: float) -> Outcome:
         """A finished submission leaves its node's load and counts for its health."""
         outcome = Outcome.LOCAL_ERROR if pending.error else _outcome(pending.replies)
-        self.policies.settle(node, outcome, now - started, now)
+        self.policies.settle(node, outcome, now - started, now, pending.probe)
         return outcome
 
     def _loser_done(self, node: Node, pending: Pending) -> None:

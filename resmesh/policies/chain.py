@@ -24,7 +24,7 @@ need one place that owns them.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -58,6 +58,7 @@ __all__ = ["ClusterPolicies", "Endpoint", "configured_switches"]
 _HEALTH_REFRESH: Final = 0.1
 
 _CLOSED: Final = BreakerState.CLOSED
+_REJECTED: Final = Outcome.REJECTED
 _LOCAL: Final = Outcome.LOCAL_ERROR
 _UPSTREAM: Final = Outcome.UPSTREAM_ERROR
 
@@ -136,8 +137,8 @@ class ClusterPolicies:
         failover = governance.failover
         self.retry_budget = RetryBudget(failover.budget_ratio, failover.budget_min)
         self.max_attempts = failover.max_attempts if failover.enabled else 1
-        #: Hedge delay trackers: the cluster's (key ``None``) and each operation with its own
-        #: hedge settings; ``None`` where hedging is off.
+        #: Hedge trackers (delay and budget): the cluster's (key ``None``) and each operation
+        #: with its own hedge settings; ``None`` where hedging is off.
         self._hedges: dict[str | None, HedgeDelay | None] = {
             None: HedgeDelay(hedge_config(governance.hedge)) if governance.hedge.enabled else None
         }
@@ -149,17 +150,34 @@ class ClusterPolicies:
         #: Whether any operation hedges differently from the cluster (then a batch path must
         #: name the operation of each run it hedges).
         self.operation_hedges = len(self._hedges) > 1
-        self.hedge_budget = HedgeBudget(governance.hedge.budget)
         #: Nodes reads may use: configured weight above zero.
         self._readable = {
             group: tuple(n for n in members if n.weight > 0)
             for group, members in topology.groups.items()
         }
-        self._all_readable = [n for members in self._readable.values() for n in members]
         #: Whether reads may go to more than one node (else every call goes to the primary).
-        self.spreads_reads = len(self._all_readable) > 1 and not sharded
+        self.spreads_reads = sum(map(len, self._readable.values())) > 1 and not sharded
         self._candidates: dict[str, list[Node]] = {}
         self._anywhere: list[Node] = []
+        self._all_readable: list[Node] = []
+        self._health_at = -math.inf
+        self.set_route(topology.route)
+
+    @property
+    def hedge_budget(self) -> HedgeBudget | None:
+        """The cluster's hedge budget, ``None`` if it does not hedge (an operation with hedge
+        settings of its own has its own budget: see :meth:`hedger`)."""
+        tracker = self._hedges[None]
+        return tracker.budget if tracker is not None else None
+
+    def set_route(self, weights: Mapping[str, float]) -> None:
+        """New route weights between groups (a traffic shift). A group at weight 0 gets no
+        reads at all: not a failover, not a backup request (it was drained on purpose); with
+        every weight at 0, reads go to the primary."""
+        self.router.set_weights(weights)
+        routed = [group for group, weight in weights.items() if weight > 0]
+        self._routed = routed
+        self._all_readable = [n for group in routed for n in self._readable.get(group, ())]
         self._health_at = -math.inf
 
     # ----------------------------------------------------------------------------------------
@@ -170,7 +188,8 @@ class ClusterPolicies:
         return self.switchboard.decide(self.cluster, operation, is_write)
 
     def hedger(self, operation: str | None) -> HedgeDelay | None:
-        """The hedge delay tracker for ``operation`` (its own settings or the cluster's)."""
+        """The hedge tracker for ``operation``: its own settings, delay and budget, or the
+        cluster's."""
         if not self.spreads_reads:
             return None
         return self._hedges.get(operation, self._hedges[None])
@@ -181,9 +200,10 @@ class ClusterPolicies:
         """A node for an idempotent call: group by route and health, node by the balancer
         among those the breakers and the outlier detector leave available.
 
-        If the chosen group has nothing left, any available node anywhere; if none is
-        available, any readable node not excluded (the outlier detector's panic mode does the
-        same within a group). ``None`` when every node is excluded.
+        If the chosen group has nothing left, any available node of a routed group; if none
+        is available, any readable node of a routed group not excluded (the outlier
+        detector's panic mode does the same within a group). ``None`` when every such node is
+        excluded, or every route weight is 0.
         """
         if now - self._health_at > _HEALTH_REFRESH:
             self._refresh(now)
@@ -213,7 +233,7 @@ class ClusterPolicies:
             group: self._available(group, members, now) for group, members in self._readable.items()
         }
         self._candidates = candidates
-        self._anywhere = [node for offered in candidates.values() for node in offered]
+        self._anywhere = [node for group in self._routed for node in candidates[group]]
         # Health counts the nodes truly up: a group in panic offers its ejected nodes, but
         # the router must still see it as down and spill its traffic to the others.
         breakers = self.breakers
@@ -224,23 +244,29 @@ class ClusterPolicies:
             health[group] = len(up) / len(members) if members else 0.0
         self.router.set_health(health)
 
-    def begin(self, node: Node, now: float) -> str | None:
-        """Start a call on ``node``: ``None`` if its breaker lets it through (the call then
-        counts as in flight there until :meth:`settle` or :meth:`abandon`), else the reason
-        the breaker refuses."""
+    def begin(self, node: Node, now: float) -> bool | str:
+        """Start a call on ``node`` if its breaker lets it through: ``True`` if the call is
+        the half-open breaker's probe, ``False`` for a plain call (either way it counts as in
+        flight on ``node`` until :meth:`settle` or :meth:`abandon`, which are given this
+        flag); else the reason the breaker refuses."""
         breaker = self.breakers[node]
-        if breaker.state is not _CLOSED:  # allow() is True when closed: not asked then
+        probe = breaker.state is not _CLOSED
+        if probe:  # allow() is True when closed: not asked then
             self._health_at = -math.inf  # a probe slot taken: the node may not be offered
             if not breaker.allow(now):
                 return f"circuit breaker open ({breaker.reason})"
         self._balancer_of[node].start(node)
-        return None
+        return probe
 
-    def settle(self, node: Node, outcome: Outcome, latency: float, now: float) -> None:
+    def settle(
+        self, node: Node, outcome: Outcome, latency: float, now: float, probe: bool = False
+    ) -> None:
         """A call that :meth:`begin` started on ``node`` ended with ``outcome``."""
         self._balancer_of[node].finish(node)
         breaker = self.breakers[node]
         was_closed = breaker.state is _CLOSED
+        if outcome is _REJECTED and not probe:
+            return  # refused further on: no word on the node, and no probe slot to give back
         breaker.record(outcome, latency, now)
         if (
             outcome is _LOCAL
@@ -252,18 +278,18 @@ class ClusterPolicies:
         if self._outlier_on:
             self._outlier_of[node].record(node, outcome, now)
 
-    def release(self, node: Node) -> None:
+    def release(self, node: Node, probe: bool) -> None:
         """A call :meth:`begin` started gets no verdict but stays in flight on ``node`` (a
-        hedge's loser left running): a probe slot it held is given back."""
-        breaker = self.breakers[node]
-        if breaker.state is not _CLOSED:
+        hedge's loser left running): if it was a probe, its slot is given back. (A plain
+        call must not: the slot it would free belongs to a probe still out.)"""
+        if probe:
             self._health_at = -math.inf
-            breaker.release()
+            self.breakers[node].release()
 
-    def abandon(self, node: Node) -> None:
+    def abandon(self, node: Node, probe: bool) -> None:
         """A call that :meth:`begin` started ends with no verdict (cancelled: a backup won,
         the client left). Its probe slot, if it was one, is given back."""
-        self.release(node)
+        self.release(node, probe)
         self._balancer_of[node].finish(node)
 
     def unload(self, node: Node) -> None:
@@ -317,6 +343,8 @@ class ClusterPolicies:
 
             async def attempt(tried: set[Node]) -> Reply:
                 node = self.pick(trio.current_time(), tuple(tried), key)
+                if node is None and not tried:
+                    node = self.topology.primary  # every route weight is 0
                 if node is None:
                     return Reply(b"", Outcome.REJECTED, reason="no node left to try")
                 return await self._attempt(call, endpoint, tried, node)
@@ -327,7 +355,7 @@ class ClusterPolicies:
                 if hedger is None:
                     return await attempt(tried)
                 delay = hedger.delay(trio.current_time())
-                return await hedged(call, attempt, delay, self.hedge_budget, tried=tried)
+                return await hedged(call, attempt, delay, hedger.budget, tried=tried)
 
             started = trio.current_time()
             reply = await with_failover(call, hedged_attempt, self.retry_budget, self.max_attempts)
@@ -346,20 +374,20 @@ class ClusterPolicies:
         if started >= call.deadline:
             # Out of time before sending: the node is not to blame, nothing is counted.
             return Reply(b"", Outcome.LOCAL_ERROR, node.address, "deadline passed before sending")
-        refusal = self.begin(node, started)
-        if refusal is not None:
-            return Reply(b"", Outcome.REJECTED, node.address, refusal)
+        probe = self.begin(node, started)
+        if isinstance(probe, str):
+            return Reply(b"", Outcome.REJECTED, node.address, probe)
         reply: Reply | None = None
         try:
             with trio.move_on_at(call.deadline):
                 reply = await endpoint(node, call)
         except BaseException:
-            self.abandon(node)  # cancelled: a backup won, or the caller is gone
+            self.abandon(node, probe)  # cancelled: a backup won, or the caller is gone
             raise
         now = trio.current_time()
         if reply is None:
             reply = Reply(b"", Outcome.LOCAL_ERROR, node.address, f"timeout at {node.address}")
-        self.settle(node, reply.outcome, now - started, now)
+        self.settle(node, reply.outcome, now - started, now, probe)
         return reply
 
     # ----------------------------------------------------------------------------------------
@@ -367,7 +395,7 @@ class ClusterPolicies:
     def statistics(self, now: float) -> dict[str, Any]:
         """Every policy's snapshot, for the admin API and ``resmesh ctl status``."""
         hedges = {
-            op or "*": tracker.statistics(now)
+            op or "*": {"delay": tracker.statistics(now), "budget": tracker.budget.statistics()}
             for op, tracker in self._hedges.items()
             if tracker is not None
         }
@@ -383,8 +411,7 @@ class ClusterPolicies:
             "route": self.router.statistics(),
             "balance": {group: b.statistics() for group, b in self.balancers.items()},
             "retry_budget": self.retry_budget.statistics(),
-            "hedge_budget": self.hedge_budget.statistics(),
-            "hedge_delays": hedges,
+            "hedges": hedges,
         }
 
 

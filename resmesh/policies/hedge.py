@@ -206,18 +206,30 @@ class HedgeDelayStatistics:
 
 @final
 class HedgeDelay:
-    """The hedge delay of one (cluster, operation): its latency window and cached percentile.
+    """The hedging of one (cluster, operation): its latency window, cached percentile and
+    hedge budget.
 
     Record every call's latency with :meth:`record` (O(1)); read the delay with :meth:`delay`,
     which recomputes it at most every ``config.refresh`` seconds, and, while still cold (no
     delay yet), as soon as ``min_samples`` new latencies are in: otherwise a busy gateway would
-    not hedge at all during its first refresh interval.
+    not hedge at all during its first refresh interval. ``budget`` caps this operation's
+    hedges at ``config.ratio`` of its calls (each operation with settings of its own keeps
+    its own, so every one is held to the share it was given).
     """
 
-    __slots__ = ("_cold_samples", "_delay", "_next_refresh", "computed_at", "config", "histogram")
+    __slots__ = (
+        "_cold_samples",
+        "_delay",
+        "_next_refresh",
+        "budget",
+        "computed_at",
+        "config",
+        "histogram",
+    )
 
     def __init__(self, config: HedgeConfig | None = None) -> None:
         self.config = config or HedgeConfig()
+        self.budget = HedgeBudget(self.config.ratio, self.config.max_tokens)
         self.histogram = RollingHistogram(self.config.window, self.config.buckets)
         self._delay: float | None = self.config.fixed_delay
         self._next_refresh = -float("inf")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.support.servers import Gateway, RedisServer, redis_cluster_config, wait_for
+from tests.support.servers import (
+    Gateway,
+    RedisServer,
+    encode_command,
+    redis_cluster_config,
+    wait_for,
+)
 
 
 def _replica_of(primary: RedisServer) -> RedisServer:
@@ -124,6 +131,35 @@ def test_writes_go_to_the_primary_and_a_pipeline_reads_its_own_writes(
         pipe.get(f"own:{i}")
         assert pipe.execute() == [True, str(i).encode()]
     assert redis.Redis(port=primary.port).get("own:199") == b"199"
+
+
+def test_a_pipeline_reads_its_own_writes_across_several_reads_of_the_socket(
+    start_gateway,
+) -> None:
+    """A pipeline longer than one read of the client socket (256 KiB) is run in several
+    batches: a read in a later batch still goes where the pipeline's write went. The second
+    node never sees the write (a replica lagging forever), so a read sent there misses."""
+    primary, elsewhere = RedisServer(), RedisServer()
+    try:
+        gw: Gateway = start_gateway(
+            redis_cluster_config("feed-cache", {"dc-a": [primary.port, elsewhere.port]})
+        )
+        client = redis.Redis(port=gw.port)
+        padding = "x" * 300_000
+        for i in range(40):
+            pipe = client.pipeline(transaction=False)
+            pipe.set(f"split:{i}", i)
+            pipe.echo(padding)  # the GET arrives in a later read than the SET
+            pipe.get(f"split:{i}")
+            assert pipe.execute()[2] == str(i).encode()
+        assert _gets(elsewhere.port) == 0
+        # Pipelines that wrote nothing still spread their reads.
+        for _ in range(40):
+            client.get("split:0")
+        assert _gets(elsewhere.port) > 0
+    finally:
+        primary.stop()
+        elsewhere.stop()
 
 
 def test_killed_replica_costs_no_client_errors_and_comes_back(
@@ -280,6 +316,35 @@ def test_mixed_pipelines_are_limited_per_operation(
     assert all(isinstance(r, redis.ResponseError) for r in refused), fourth
     assert "rate limit of feed-cache GET (0.001/s) exceeded" in str(refused[0])
     assert [fourth[0], fourth[2], fourth[3], fourth[5]] == [7, True, 8, True]  # the rest ran
+
+
+def test_a_client_slow_to_read_holds_no_concurrency_slot(
+    nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
+) -> None:
+    """A pipeline's slots are given back when the node has answered, not when the client
+    has read the replies: one client not reading must not refuse every other client."""
+    node = nodes[0]
+    redis.Redis(port=node.port).set("slow-reader:big", b"x" * (32 << 20))
+    client = _single_node_gateway(node, start_gateway, {"limit": {"concurrency": 2}})
+    client.set("slow-reader:small", "v")
+    assert client.mget("slow-reader:small", "x") == [b"v", None]
+    assert client.get("slow-reader:small") == b"v"  # GET is known: its batches go whole
+    port = client.connection_pool.connection_kwargs["port"]
+    with socket.create_connection(("127.0.0.1", port)) as stuck:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # Two GETs in one batch, admitted whole; 64 MB of replies the client never reads.
+        stuck.sendall(encode_command("GET", "slow-reader:big") * 2)
+
+        def served() -> bool:
+            try:
+                return client.get("slow-reader:small") == b"v"
+            except redis.ResponseError as exc:
+                assert "concurrency limit of cluster feed-cache (2)" in str(exc)
+                return False  # the stuck batch's replies are still coming from the node
+
+        wait_for(served, 10, "the stuck client's slots to be given back")
+        for _ in range(20):
+            assert client.get("slow-reader:small") == b"v"
 
 
 def _stalled_replica_p99(

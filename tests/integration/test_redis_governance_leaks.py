@@ -199,7 +199,9 @@ async def test_no_count_leaks_when_clients_leave_hedges_lose_and_a_node_stalls(
                         while _leaks(runtime):
                             await trio.sleep(0.02)
                     leaks = _leaks(runtime)
-                    hedges = runtime.upstream.policies.hedge_budget.statistics()
+                    budget = runtime.upstream.policies.hedge_budget
+                    assert budget is not None
+                    hedges = budget.statistics()
                     connections.cancel_scope.cancel()
             finally:
                 runtime.close()

@@ -308,7 +308,7 @@ async def test_a_hung_read_is_backed_up_on_another_node_and_cancelled(
     assert balancer.in_flight(hung) == balancer.in_flight(backup) == 0
     stats = policies.statistics(trio.current_time())
     assert stats["breakers"][hung.address].calls == 0  # abandoned, not counted as a failure
-    budget = stats["hedge_budget"]
+    budget = stats["hedges"]["*"]["budget"]
     assert (budget.calls, budget.hedges, budget.wins) == (1, 1, 1)
     assert budget.hedges <= budget.ratio * budget.calls
 
@@ -320,7 +320,7 @@ async def test_no_hedge_before_the_latency_window_is_warm(
     backend = FakeBackend(plan=[(0.5, OK)])
     assert (await policies.call(_read(), backend, _never)).outcome is OK
     assert len(backend.calls) == 1
-    assert policies.statistics(trio.current_time())["hedge_delays"]["*"].delay is None
+    assert policies.statistics(trio.current_time())["hedges"]["*"]["delay"].delay is None
 
 
 async def test_a_deadline_ends_a_hung_read_with_a_timeout_and_no_retry(
@@ -418,13 +418,13 @@ async def test_statistics_report_every_policy() -> None:
     nodes = _nodes()
     governance = _gov(limit=LimitSettings(rate=10), hedge=HedgeSettings(enabled=True))
     stats = _policies(governance, nodes).statistics(0.0)
-    keys = "limit switches breakers outlier route balance retry_budget hedge_budget hedge_delays"
+    keys = "limit switches breakers outlier route balance retry_budget hedges"
     assert set(stats) == set(keys.split())
     assert stats["limit"].cluster.name == CLUSTER
     assert set(stats["breakers"]) == {node.address for node in nodes}
-    assert set(stats["hedge_delays"]) == {"*"}
+    assert set(stats["hedges"]) == {"*"}
     plain = _policies(_gov(breaker=BreakerSettings(enabled=False))).statistics(0.0)
-    assert (plain["limit"], plain["breakers"], plain["hedge_delays"]) == (None, {}, {})
+    assert (plain["limit"], plain["breakers"], plain["hedges"]) == (None, {}, {})
 
 
 async def test_configured_switches_come_from_the_cluster_and_each_operation() -> None:
@@ -476,7 +476,7 @@ async def test_outlier_ejection_is_capped_per_group_not_per_cluster(
     policies = ClusterPolicies(CLUSTER, topology, governance, trio.current_time())
     now = trio.current_time()
     for node in (a1, a2, a1, a2):
-        assert policies.begin(node, now) is None
+        assert policies.begin(node, now) is False
         policies.settle(node, LOCAL, 0.001, now)
     stats = policies.statistics(now)["outlier"]
     assert (stats["dc-a"].ejected, stats["dc-a"].max_ejected) == (1, 1)
@@ -491,7 +491,7 @@ async def test_a_slow_call_that_trips_the_breaker_takes_its_node_out_at_once() -
     policies = _policies(_gov(breaker=breaker), nodes)
     now = trio.current_time()
     policies.pick(now)  # candidates cached: both nodes
-    assert policies.begin(nodes[0], now) is None
+    assert policies.begin(nodes[0], now) is False
     policies.settle(nodes[0], OK, 0.5, now)  # an answer, but slow: the breaker opens
     assert policies.breakers[nodes[0]].state is BreakerState.OPEN
     assert {policies.pick(now + 0.05) for _ in range(100)} == {nodes[1]}
@@ -506,7 +506,7 @@ async def test_an_ejected_lone_node_sends_its_group_s_reads_to_the_other_group()
     now = trio.current_time()
     assert {policies.pick(now) for _ in range(100)} == {a, b}
     for _ in range(5):  # the outlier detector's default: 5 failures in a row
-        assert policies.begin(a, now) is None
+        assert policies.begin(a, now) is False
         policies.settle(a, LOCAL, 0.001, now)
     assert {policies.pick(now) for _ in range(100)} == {b}
 
@@ -526,3 +526,81 @@ async def test_weighted_balance_keeps_each_group_s_schedule_while_calls_alternat
         counts[node] += 1
     assert counts[a2] == pytest.approx(3 * counts[a1], rel=0.05)  # weights 1:3 inside dc-a
     assert counts[b2] == pytest.approx(counts[b1], rel=0.05)
+
+
+async def test_a_plain_call_ending_without_a_verdict_keeps_the_probe_s_slot() -> None:
+    """A call started while the breaker was closed holds no probe slot: when it is abandoned
+    (or loses a hedge) after the breaker went half-open, it must not free the slot of the
+    probe still out, or a second probe slips through."""
+    nodes = _nodes(2)
+    breaker = BreakerSettings(consecutive_failures=3, open_for=1.0, half_open_probes=1)
+    policies = _policies(_gov(breaker=breaker), nodes)
+    node = nodes[1]
+    assert policies.begin(node, 0.0) is False  # a slow call, started while closed
+    for _ in range(3):
+        assert policies.begin(node, 0.0) is False
+        policies.settle(node, LOCAL, 0.001, 0.0)
+    assert policies.breakers[node].state is BreakerState.OPEN
+    assert policies.begin(node, 1.5) is True  # open_for has passed: the one probe
+    policies.abandon(node, False)  # the old plain call gives up
+    assert isinstance(policies.begin(node, 1.5), str)  # still one probe out: refused
+    policies.release(node, False)
+    assert isinstance(policies.begin(node, 1.5), str)
+    policies.abandon(node, True)  # the probe itself gives up: its slot is free again
+    assert policies.begin(node, 1.5) is True
+
+
+async def test_a_refusal_further_on_is_no_verdict_on_the_node() -> None:
+    policies = _policies(_gov(breaker=BreakerSettings(consecutive_failures=1, open_for=1.0)))
+    node = policies.topology.nodes[1]
+    assert policies.begin(node, 0.0) is False  # a plain call, still out when...
+    assert policies.begin(node, 0.0) is False
+    policies.settle(node, LOCAL, 0.001, 0.0)  # ...another trips the breaker
+    assert policies.begin(node, 1.5) is True  # the probe
+    policies.settle(node, REJECTED, 0.001, 1.5, False)  # the plain call, refused further on
+    assert policies.breakers[node].probes_in_flight == 1
+    assert policies.breakers[node].state is BreakerState.HALF_OPEN
+
+
+async def test_an_operation_with_its_own_hedge_settings_has_its_own_budget() -> None:
+    operations = {"GET": OperationSettings(hedge=HedgeSettings(enabled=True, budget=0.5))}
+    policies = _policies(_gov(hedge=HedgeSettings(enabled=True), operations=operations))
+    get, other = policies.hedger("GET"), policies.hedger("HGET")
+    assert get is not None and other is not None and get is not other
+    assert policies.hedge_budget is other.budget
+    assert (get.budget.ratio, other.budget.ratio) == (0.5, 0.15)
+    for _ in range(10):
+        get.budget.record_call()
+    assert [get.budget.try_hedge() for _ in range(6)] == [True] * 5 + [False]
+    assert not other.budget.try_hedge()  # GET's calls earned nothing for the others
+    stats = policies.statistics(0.0)["hedges"]
+    assert (stats["GET"]["budget"].hedges, stats["*"]["budget"].hedges) == (5, 0)
+
+
+def _two_groups(route: dict[str, int]) -> tuple[ClusterPolicies, Node, Node]:
+    a, b = Node("10.0.1.1", 6379, "dc-a", 1), Node("10.0.2.1", 6379, "dc-b", 1)
+    groups = MappingProxyType({"dc-a": (a,), "dc-b": (b,)})
+    topology = Topology(1, groups, MappingProxyType(route), a)
+    return ClusterPolicies(CLUSTER, topology, GovernanceConfig(), trio.current_time()), a, b
+
+
+async def test_a_group_at_route_weight_zero_gets_no_failover_and_no_backup() -> None:
+    policies, a, b = _two_groups({"dc-a": 100, "dc-b": 0})
+    now = trio.current_time()
+    assert {policies.pick(now) for _ in range(50)} == {a}
+    assert policies.pick(now, exclude=(a,)) is None  # a retry or a hedge: nowhere to go
+    for _ in range(10):  # a fails until ejected and its breaker opens: still not b
+        assert policies.begin(a, now) is False
+        policies.settle(a, LOCAL, 0.001, now)
+    assert {policies.pick(now + 0.2) for _ in range(50)} == {a}  # panic: a, never b
+    policies.set_route({"dc-a": 0, "dc-b": 100})  # the operator's shift
+    assert {policies.pick(now + 0.2) for _ in range(50)} == {b}
+    assert policies.pick(now + 0.2, exclude=(b,)) is None
+
+
+async def test_with_every_route_weight_at_zero_reads_go_to_the_primary() -> None:
+    policies, a, _ = _two_groups({"dc-a": 0, "dc-b": 0})
+    assert policies.pick(trio.current_time()) is None
+    backend = FakeBackend()
+    reply = await policies.call(_read(deadline=math.inf), backend, _never)
+    assert (reply.outcome, backend.calls) == (OK, [a])

@@ -72,6 +72,7 @@ class Pending:
         "expected",
         "joined",
         "on_done",
+        "probe",
         "received",
         "replies",
         "waiter",
@@ -88,6 +89,9 @@ class Pending:
         #: Called once it finishes, for a caller that stopped waiting but still accounts
         #: for it (the loser of a hedge stays "in flight" on its node until then).
         self.on_done: Callable[[Pending], None] | None = None
+        #: Whether it is its node's half-open breaker probe (set by the caller that
+        #: governs it, which must tell the breaker so if it never gets a verdict).
+        self.probe = False
 
     def finish(self) -> None:
         self.waiter.wake()

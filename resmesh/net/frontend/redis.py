@@ -140,8 +140,10 @@ class RedisSession:
         self._fwd_reads = True
         #: Operations admitted by the limiter whose run has not returned yet.
         self._admitted: list[str] = []
-        #: Whether this batch already sent a write (its later reads then go to the primary).
-        self._batch_wrote = False
+        #: Whether the client's current pipeline sent a write: its later reads then go to the
+        #: primary. A pipeline ends when the client waits for replies (nothing left to read);
+        #: it may span many batches (a large one, or one that arrives in several segments).
+        self._pipeline_wrote = False
         self._fwd_slots: list[int] = []
         self._substitutes: dict[int, bytes] = {}
         #: Trio's clock, held to read the time for limits without trio.current_time()'s
@@ -161,8 +163,10 @@ class RedisSession:
                 try:
                     data = sock.recv(RECV_SIZE)
                 except BlockingIOError:
-                    # Nothing to read: park, interruptible by a drain or the idle timeout.
+                    # Nothing to read: the client waits for its replies, so its pipeline has
+                    # ended. Park, interruptible by a drain or the idle timeout.
                     # (The scope is only paid for here, not on the pipelined fast path.)
+                    self._pipeline_wrote = False
                     with trio.CancelScope() as scope:
                         self.idle_scope = scope
                         if idle_timeout > 0:
@@ -232,17 +236,19 @@ class RedisSession:
         try:
             await self._run_commands(commands, admitted is None)
         finally:
+            # Given back once the backend has answered, before the replies are written: a
+            # client slow to read them must not hold the cluster's concurrency slots.
             if admitted is not None:
                 assert limiter is not None
                 limiter.done_batch(admitted, len(commands))
+        await self._write_out()
 
     async def _run_commands(self, commands: list[Command], limit_each: bool) -> None:
-        """Run a batch; ``limit_each``: the limiter admits each command (the batch was not
-        admitted whole)."""
+        """Run a batch, leaving its replies in ``_out``; ``limit_each``: the limiter admits
+        each command (the batch was not admitted whole)."""
         out = self._out
         self._batch_raw = self.parser.batch_raw
         self._batch_len = len(commands)
-        self._batch_wrote = False
         plain_ok = self.authenticated and not self.in_multi
         runtime = self.runtime
         governed = runtime.switchboard.active or (runtime.limiter is not None and limit_each)
@@ -317,7 +323,6 @@ class RedisSession:
             # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
             plain_ok = self.authenticated and not self.in_multi
         await self._flush()
-        await self._write_out()
 
     def _govern(
         self, first: bytes, read: bool, args: list[bytes], now: float, limit: bool
@@ -365,12 +370,12 @@ class RedisSession:
         commands = self._fwd
         self._fwd = []
         self._fwd_slots = []
-        # Reads after a write of the same batch go where the write went: a pipeline reads
+        # Reads after a write of the same pipeline go where the write went: a pipeline reads
         # its own writes even when reads are spread over replicas.
-        read = self._fwd_reads and not self._batch_wrote
+        read = self._fwd_reads and not self._pipeline_wrote
         self._fwd_reads = True
         admitted, self._admitted = self._admitted, []
-        self._batch_wrote = self._batch_wrote or not read
+        self._pipeline_wrote = self._pipeline_wrote or not read
         timeout = self.runtime.config.backend.command_timeout
         upstream = self.runtime.upstream
         hedges_by_operation = upstream.policies.operation_hedges
