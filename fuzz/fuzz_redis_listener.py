@@ -12,7 +12,9 @@ memory stays bounded"):
 
 Run standalone (starts its own redis-server and gateway)::
 
-    python fuzz/fuzz_redis_listener.py --seconds 60 [--seed N] [--workers 4]
+    python fuzz/fuzz_redis_listener.py --seconds 60 [--seed N] [--workers 4] [--governed]
+
+``--governed`` puts every policy in the way (two nodes, hedges, limits).
 
 ``tests/integration/test_redis_fuzz_smoke.py`` runs the same probes for a few seconds in the
 test suite.
@@ -120,6 +122,8 @@ NASTY: list[bytes] = [
     b"*1048577\r\n",
     b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nab",
     b"*1\r\n*1\r\n$4\r\nPING\r\n",
+    b"*1\r\n>2147483648\r\n",  # hiredis would allocate the push's 16 GB up front
+    b"*2\r\n$3\r\nGET\r\n%2147483648\r\n",
     b"*1\r\n:1\r\n",
     b"*1\r\n$4\r\nPINGxx",
     b"*1x\r\n",
@@ -257,8 +261,10 @@ def healthy(port: int) -> None:
     client = redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=5, protocol=3)
     try:
         token = random.randbytes(16)
-        assert client.set("fz:health", token)
-        assert client.get("fz:health") == token
+        pipe = client.pipeline(transaction=False)  # reads its own write on any node
+        pipe.set("fz:health", token)
+        pipe.get("fz:health")
+        assert pipe.execute() == [True, token]
         assert client.ping()
     finally:
         client.close()
@@ -316,12 +322,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--governed",
+        action="store_true",
+        help="a primary and a replica in two groups with every policy on (hedged reads with "
+        "a 1 ms floor, failover, breakers, rate and concurrency limits)",
+    )
     args = parser.parse_args(argv)
 
     node = RedisServer()
+    servers = [node]
     gateway = None
     try:
-        config = redis_cluster_config("fuzz", {"dc-a": [node.port]})
+        if args.governed:
+            replica = RedisServer("--replicaof", "127.0.0.1", str(node.port))
+            servers.append(replica)
+            config = redis_cluster_config(
+                "fuzz",
+                {"dc-a": [node.port], "dc-b": [replica.port]},
+                route={"dc-a": 50, "dc-b": 50},
+                policy="cache",
+                governance={
+                    "hedge": {"floor": "1ms"},
+                    "limit": {"rate": 1_000_000, "concurrency": 512},
+                    "operations": {"GET": {"limit": {"rate": 100_000, "concurrency": 128}}},
+                },
+            )
+        else:
+            config = redis_cluster_config("fuzz", {"dc-a": [node.port]})
         gateway = Gateway(config, Path(tempfile.mkdtemp(prefix="resmesh-fuzz-")))
         healthy(gateway.port)
         rss_before = vm_rss_kib(gateway.proc.pid)
@@ -353,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if gateway is not None:
             gateway.proc.kill()
-        node.stop()
+        for server in servers:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -233,7 +233,7 @@ class ClusterPolicies:
             group: self._available(group, members, now) for group, members in self._readable.items()
         }
         self._candidates = candidates
-        self._anywhere = [node for group in self._routed for node in candidates[group]]
+        self._anywhere = [node for group in self._routed for node in candidates.get(group, ())]
         # Health counts the nodes truly up: a group in panic offers its ejected nodes, but
         # the router must still see it as down and spill its traffic to the others.
         breakers = self.breakers

@@ -17,6 +17,7 @@ one of them is fatal to the connection, as it is in Redis.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -419,7 +420,12 @@ class RequestParser:
         if not self._pending and data[:1] != b"*":
             self._fall_back(data, resume=True)  # an inline command: the pure parser's job
             return
-        self._pending += data
+        pending = self._pending
+        scan_from = max(0, len(pending) - _LONG_HEADER_SPAN)
+        pending += data
+        if _LONG_NESTED_HEADER.search(pending, scan_from) is not None:
+            self._fall_back(b"", resume=True)  # the pure parser refuses it, in redis' words
+            return
         self._fast.feed(data)
 
     def commands(self) -> list[Command]:
@@ -504,6 +510,19 @@ class RequestParser:
         self._pending = bytearray()
         self._pending_used = False
         self._pure.feed(pending)
+
+
+#: An aggregate header (array, push, map, set, attribute) with seven characters or more after
+#: its type byte, at the start of a line. A request's elements are bulk strings, never
+#: aggregates, but hiredis reads replies: it allocates the declared size as soon as it reads
+#: such a header inside a command (``*1\r\n>2147483648\r\n`` froze the gateway for tens of
+#: seconds while it allocated 16 GB). Input holding one goes to the pure parser, which
+#: refuses nested aggregates as redis-server does. A value that happens to contain the
+#: pattern only costs that batch the slower parser. (Top-level headers are checked by count
+#: separately; a long one matches here too, which is harmless.)
+_LONG_NESTED_HEADER: Final = re.compile(rb"\r\n[*>%~|][^\r]{7}")
+#: How far back into bytes already scanned a match could start (``\r\n``, type, 7 more).
+_LONG_HEADER_SPAN: Final = 9
 
 
 class _NotARequest(Exception):

@@ -7,6 +7,7 @@ of redis-server's ``sdssplitargs`` (sds.c) on generated lines.
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -378,6 +379,37 @@ def test_hiredis_takes_over_again_after_a_large_command_and_after_an_inline_one(
     assert args_of(parser.commands()) == [[b"PING"]]
     parser.feed(small)
     assert args_of(parser.commands()) == [[b"GET", b"k"]] * 3
+    assert parser._fast is not None and parser.batch_raw == small
+
+
+@pytest.mark.parametrize("kind", [b"*", b">", b"%", b"~", b"|"])
+def test_a_nested_aggregate_declaring_millions_is_refused_without_allocating_it(
+    kind: bytes,
+) -> None:
+    """hiredis allocates an aggregate's declared size when it reads the header; inside a
+    request (``*1\r\n>2147483648``) that froze the gateway while it allocated 16 GB. The
+    pure parser refuses it at once, in redis-server's words."""
+    parser = RequestParser()
+    tracemalloc.start()
+    try:
+        parser.feed(encode_command([b"PING"]) + b"*1\r\n" + kind + b"30000000\r\n")
+        assert args_of(parser.commands()) == [[b"PING"]]
+        with pytest.raises(RemoteProtocolError, match=f"expected '\\$', got '\\{kind.decode()}'"):
+            parser.commands()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # a list of 30 M slots would be 240 MB
+
+
+def test_a_value_that_looks_like_a_long_header_parses_and_hiredis_comes_back() -> None:
+    parser = RequestParser()
+    tricky = encode_command([b"SET", b"k", b"\r\n*123456789\r\n>99999999"])
+    parser.feed(tricky)
+    assert args_of(parser.commands()) == [[b"SET", b"k", b"\r\n*123456789\r\n>99999999"]]
+    small = encode_command([b"GET", b"k"]) * 2
+    parser.feed(small)
+    assert args_of(parser.commands()) == [[b"GET", b"k"]] * 2
     assert parser._fast is not None and parser.batch_raw == small
 
 
