@@ -26,6 +26,7 @@ import trio
 from ...protocols._errors import ProtocolError
 from ...protocols.resp import commands as cmdtable
 from ...protocols.resp import sharding
+from ...protocols.resp.framing import scan_reply
 from ...protocols.resp.requests import Command, RequestParser, encode_command
 from ...protocols.resp.sharding import Plan
 from ..backend.errors import BackendError
@@ -83,6 +84,22 @@ _SHARDED_PINNING: Final = frozenset(
         b"WAITAOF",
     }
 )
+#: What a subscribed connection may run in a sharded cluster (it is pinned to one node).
+_RELAY_SHARDED: Final = _SUBSCRIBE | {
+    b"UNSUBSCRIBE",
+    b"PUNSUBSCRIBE",
+    b"SUNSUBSCRIBE",
+    b"PING",
+    b"ECHO",
+    _QUIT,
+    _RESET,
+    _AUTH,
+    _HELLO,
+}
+#: Refused inside MULTI: their effect on the connection outlives the transaction.
+_NOT_IN_MULTI: Final = _SUBSCRIBE | {_AUTH, _HELLO}
+#: Commands that leave state on the connection that runs them (it is not pooled after).
+_CONNECTION_STATE: Final = frozenset({b"SELECT", b"CLIENT"})
 #: What an unauthenticated client may still send (redis-server's rule).
 _PRE_AUTH: Final = frozenset({_AUTH, _HELLO, _QUIT, _RESET})
 #: Inside MULTI, a refused command is sent to the node as this arity error instead, so the node
@@ -123,8 +140,16 @@ class RedisSession:
         self.pinned: RedisConnection | None = None
         self.in_multi = False
         self.watching = False
-        #: The database a SELECT queued inside MULTI switches to if EXEC succeeds.
-        self._multi_db: int | None = None
+        #: Why the client's MULTI was refused, until its EXEC or DISCARD: the commands in
+        #: between must not run outside the transaction the client believes it has.
+        self.multi_refused: str | None = None
+        #: SELECTs queued inside MULTI: (position in the transaction, db). Each takes effect
+        #: only if EXEC runs and its own reply in EXEC's array is +OK.
+        self._multi_selects: list[tuple[int, int]] = []
+        #: Commands queued since MULTI (a SELECT's position in EXEC's reply).
+        self._multi_queued = 0
+        #: A SELECT sent on the pinned connection while WATCH is active: (reply slot, db).
+        self._pinned_select: tuple[int, int] | None = None
         self.closing = False
         self.last_command = b""
         #: Cancelled by a drain to interrupt the wait for the next request (never a batch).
@@ -249,7 +274,7 @@ class RedisSession:
         out = self._out
         self._batch_raw = self.parser.batch_raw
         self._batch_len = len(commands)
-        plain_ok = self.authenticated and not self.in_multi
+        plain_ok = self.authenticated and not self.in_multi and self.multi_refused is None
         runtime = self.runtime
         governed = runtime.switchboard.active or (runtime.limiter is not None and limit_each)
         now = self._clock.current_time() if governed else 0.0
@@ -276,6 +301,8 @@ class RedisSession:
             self.last_command = name
             if self.in_multi:
                 await self._queue_in_multi(name, command)
+            elif self.multi_refused is not None:
+                await self._in_refused_multi(name, command)
             elif not self.authenticated and name not in _PRE_AUTH:
                 out.append(R.NOAUTH)
             else:
@@ -288,12 +315,16 @@ class RedisSession:
                 if self.runtime.upstream.sharded and name in _SHARDED_PINNING:
                     # One dedicated connection cannot follow keys across nodes.
                     await self._sharded_pinned(command)
+                    if name == _MULTI:
+                        self.multi_refused = "transactions are not supported in sharded mode"
                 elif local is not None:
                     await local(self, command)
                 elif spec is None:
                     self._queue(command, False)  # unknown here: the node answers (modules)
                 elif name in _SUBSCRIBE:
-                    await self._flush()
+                    await self._begin_pinned()
+                    if self.pinned is None:
+                        continue  # refused (the error is in its slot): the batch goes on
                     await self._write_out()
                     await self._relay(commands[index:])
                     return
@@ -301,7 +332,10 @@ class RedisSession:
                     await self._begin_pinned()
                     if self.pinned is not None:
                         self.in_multi = True
+                        self._multi_queued = 0
                         self._queue(command, False)
+                    else:
+                        self.multi_refused = "no dedicated backend connection"
                 elif name == _WATCH:
                     await self._begin_pinned()
                     if self.pinned is not None:
@@ -321,7 +355,7 @@ class RedisSession:
                                 continue
                         self._queue(command, read)
             # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
-            plain_ok = self.authenticated and not self.in_multi
+            plain_ok = self.authenticated and not self.in_multi and self.multi_refused is None
         await self._flush()
 
     def _govern(
@@ -429,6 +463,11 @@ class RedisSession:
         substitutes = self._substitutes
         for slot, reply in zip(slots, replies, strict=True):
             out[slot] = substitutes.pop(slot, reply) if substitutes else reply
+        if self._pinned_select is not None:
+            slot, db = self._pinned_select
+            self._pinned_select = None
+            if out[slot] == R.OK:
+                self.db = db
         if not self.in_multi and not self.watching and self.pinned is not None:
             self._release_pinned()
 
@@ -523,7 +562,8 @@ class RedisSession:
                 conn.reusable = False
             self.runtime.primary.release(conn)
         self.in_multi = self.watching = False
-        self._multi_db = None
+        self._multi_selects = []
+        self._pinned_select = None
 
     async def _queue_in_multi(self, name: bytes, command: Command) -> None:
         """Inside MULTI every command is queued on the node, with the few exceptions below."""
@@ -535,25 +575,49 @@ class RedisSession:
             slot = len(self._out)
             self._queue(command)
             self.in_multi = self.watching = False
-            selected, self._multi_db = self._multi_db, None
+            selects, self._multi_selects = self._multi_selects, []
+            self._multi_queued = 0
             await self._flush()
-            if selected is not None and name == _EXEC and _is_exec_success(self._out[slot]):
-                self.db = selected  # the SELECT queued in the transaction took effect
+            if name == _EXEC and _is_exec_success(self._out[slot]):
+                for position, db in selects:  # the SELECTs that took effect, in order
+                    if _exec_element(self._out[slot], position).startswith(b"+OK"):
+                        self.db = db
         else:
             spec = cmdtable.lookup(command.args)
             refusal = cmdtable.refusal(spec, command.args) if spec is not None else None
-            if refusal is None and name == _AUTH:
-                refusal = "ERR resmesh: AUTH inside MULTI is not supported"
+            if refusal is None and name in _NOT_IN_MULTI:
+                # The session could not follow what they do to the connection (a subscriber,
+                # another protocol) once EXEC has run them.
+                refusal = f"ERR resmesh: {name.decode()} inside MULTI is not supported"
             if refusal is not None:
                 self._substitutes[len(self._out)] = R.error(refusal)
                 self._batch_raw = None
                 self._queue(_QUEUE_TIME_FAILURE)
             else:
-                if name == b"SELECT" and self.pinned is not None:
-                    self.pinned.reusable = False
+                if name in _CONNECTION_STATE and self.pinned is not None:
+                    self.pinned.reusable = False  # it leaves with a db or a name of its own
+                if name == b"SELECT":
                     with contextlib.suppress(IndexError, ValueError):
-                        self._multi_db = int(command.args[1])
+                        self._multi_selects.append((self._multi_queued, int(command.args[1])))
                 self._queue(command)
+            self._multi_queued += 1
+
+    async def _in_refused_multi(self, name: bytes, command: Command) -> None:
+        """Between a refused MULTI and its EXEC or DISCARD nothing runs: the client sent those
+        commands to run atomically, and EXEC answers that the transaction was discarded."""
+        if name == _QUIT:
+            await self._cmd_quit(command)
+        elif name == _RESET:
+            await self._cmd_reset(command)
+        elif name in (_EXEC, _DISCARD):
+            self.multi_refused = None
+            self._out.append(R.EXECABORT if name == _EXEC else R.OK)
+        elif name == _MULTI:
+            self._out.append(R.error("ERR MULTI calls can not be nested"))
+        else:
+            self._out.append(
+                R.error(f"ERR resmesh: not run: its MULTI was refused ({self.multi_refused})")
+            )
 
     async def _blocking(
         self, command: Command, block_seconds: float, pool: NodePool | None = None
@@ -612,12 +676,9 @@ class RedisSession:
                 return
 
     async def _relay(self, commands: list[Command]) -> None:
-        """Pub/sub: relay both directions on a dedicated connection until either side ends."""
-        await self._begin_pinned()
+        """Pub/sub: relay both directions on the pinned connection until either side ends."""
         conn = self.pinned
-        if conn is None:
-            await self._write_out()
-            return
+        assert conn is not None
         conn.reusable = False  # its subscriptions must never reach another client
         try:
             await conn.send(self._relay_payload(commands))
@@ -665,10 +726,20 @@ class RedisSession:
     def _relay_payload(self, commands: list[Command]) -> bytes:
         """Translate a relayed run: the node answers everything, the gateway's words included."""
         parts: list[bytes] = []
+        sharded = self.runtime.upstream.sharded
         for command in commands:
             name = command.args[0].upper()
             spec = cmdtable.lookup(command.args)
             refusal = cmdtable.refusal(spec, command.args) if spec is not None else None
+            if refusal is None and not self.authenticated and name not in _PRE_AUTH:
+                refusal = R.NOAUTH[1:-2].decode()
+            if refusal is None and sharded and name not in _RELAY_SHARDED:
+                # This connection is on one node; the cluster's keys are on all of them.
+                refusal = (
+                    f"ERR resmesh: {name.decode(errors='replace')} on a connection that "
+                    "subscribed in a sharded cluster: it runs pub/sub commands only; use "
+                    "another connection"
+                )
             if refusal is not None:
                 parts.append(_eval_reply(b"error_reply", refusal))
             elif name == _AUTH:
@@ -678,7 +749,8 @@ class RedisSession:
             elif name == _HELLO:
                 parts.append(self._relay_hello(command))
             elif name == _RESET:
-                self.db, self.resp = 0, 2
+                self.db, self.resp, self.name, self.user = 0, 2, b"", None
+                self.authenticated = self.parser.authenticated = not self.runtime.auth_required
                 parts.append(command.raw)
             else:
                 parts.append(command.raw)
@@ -787,23 +859,31 @@ class RedisSession:
                 self._out.append(R.BAD_CLIENT_NAME)
                 return
             self.name = name
-        if resp != self.resp:
+        switched = resp != self.resp
+        if switched:
             await self._flush()  # queued commands go out under the protocol they were sent in
             self.resp = resp
-        self._out.append(
-            R.map_reply(
-                [
-                    (R.bulk(b"server"), R.bulk(b"redis")),
-                    (R.bulk(b"version"), R.bulk(self.runtime.server_version.encode())),
-                    (R.bulk(b"proto"), R.integer(self.resp)),
-                    (R.bulk(b"id"), R.integer(self.id)),
-                    (R.bulk(b"mode"), R.bulk(b"standalone")),
-                    (R.bulk(b"role"), R.bulk(b"master")),
-                    (R.bulk(b"modules"), R.array([])),
-                ],
-                self.resp,
-            )
+        reply = R.map_reply(
+            [
+                (R.bulk(b"server"), R.bulk(b"redis")),
+                (R.bulk(b"version"), R.bulk(self.runtime.server_version.encode())),
+                (R.bulk(b"proto"), R.integer(self.resp)),
+                (R.bulk(b"id"), R.integer(self.id)),
+                (R.bulk(b"mode"), R.bulk(b"standalone")),
+                (R.bulk(b"role"), R.bulk(b"master")),
+                (R.bulk(b"modules"), R.array([])),
+            ],
+            self.resp,
         )
+        if switched and self.pinned is not None:
+            # WATCH is active: the pinned connection must speak the new protocol too (the
+            # node's own HELLO reply is replaced with the gateway's), and is not pooled after.
+            self.pinned.reusable = False
+            self._substitutes[len(self._out)] = reply
+            self._batch_raw = None
+            self._queue(encode_command([_HELLO, args[1]]))
+        else:
+            self._out.append(reply)
 
     async def _cmd_select(self, command: Command) -> None:
         if len(command.args) != 2:
@@ -818,9 +898,10 @@ class RedisSession:
             self._out.append(R.DB_OUT_OF_RANGE)
             return
         if self.pinned is not None:
-            # WATCH is active: the node's own SELECT applies to the pinned connection.
+            # WATCH is active: the node's own SELECT applies to the pinned connection, and
+            # the session follows it once the node has said +OK (see _flush).
             self.pinned.reusable = False
-            self.db = db
+            self._pinned_select = (len(self._out), db)
             self._queue(command)
             return
         await self._flush()
@@ -864,6 +945,7 @@ class RedisSession:
         """
         await self._flush()
         self._release_pinned()
+        self.multi_refused = None
         self.db = 0
         self.resp = 2
         self.name = b""
@@ -1034,6 +1116,17 @@ def _classify_plain(name: bytes) -> int:
         _PLAIN[name] = kind
         _NAMES[name] = name
     return kind
+
+
+def _exec_element(reply: bytes, position: int) -> bytes:
+    """The reply of the ``position``-th command in EXEC's array reply (``b""`` if absent)."""
+    pos = reply.find(b"\r\n") + 2
+    for _ in range(position):
+        pos = scan_reply(reply, pos)
+        if pos < 0:
+            return b""
+    end = scan_reply(reply, pos)
+    return reply[pos:end] if end > 0 else b""
 
 
 def _is_exec_success(reply: bytes) -> bool:

@@ -35,6 +35,7 @@ NOPASS_CONFIGURED: Final = (
 NOPROTO: Final = b"-NOPROTO unsupported protocol version\r\n"
 NOT_INTEGER: Final = b"-ERR value is not an integer or out of range\r\n"
 DB_OUT_OF_RANGE: Final = b"-ERR DB index is out of range\r\n"
+EXECABORT: Final = b"-EXECABORT Transaction discarded because of previous errors.\r\n"
 SYNTAX: Final = b"-ERR syntax error\r\n"
 BAD_CLIENT_NAME: Final = (
     b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
