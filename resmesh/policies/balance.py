@@ -337,16 +337,28 @@ class LeastLoadedBalancer(Generic[N]):
         n = len(candidates)
         if n <= 1:
             return candidates[0] if n else None
+        return self._two_choices(candidates, n, weighted=True)
+
+    def _two_choices(self, pool: Sequence[N], n: int, *, weighted: bool) -> N:
         rand = self._random
         i = int(rand() * n)
         j = int(rand() * (n - 1))
         if j >= i:
             j += 1
-        a = candidates[i]
-        b = candidates[j]
+        a = pool[i]
+        b = pool[j]
+        weight_a, weight_b = (a.weight, b.weight) if weighted else (1, 1)
+        if weight_a <= 0 or weight_b <= 0:
+            # Drained nodes (the caller usually filters them out): skip them, unless all
+            # are drained, and then all count as equal (:class:`WeightedNode`).
+            positive = [node for node in pool if node.weight > 0]
+            if len(positive) == 1:
+                return positive[0]
+            chosen = positive or pool
+            return self._two_choices(chosen, len(chosen), weighted=bool(positive))
         in_flight = self._in_flight
         # a wins if weight_a / (load_a + 1) >= weight_b / (load_b + 1), cross-multiplied.
-        if a.weight * (in_flight.get(b, 0) + 1) >= b.weight * (in_flight.get(a, 0) + 1):
+        if weight_a * (in_flight.get(b, 0) + 1) >= weight_b * (in_flight.get(a, 0) + 1):
             return a
         return b
 

@@ -48,6 +48,9 @@ _OPEN: Final = BreakerState.OPEN
 _HALF_OPEN: Final = BreakerState.HALF_OPEN
 _OK: Final = Outcome.OK
 _NODE_FAILURES: Final = frozenset({Outcome.UPSTREAM_ERROR, Outcome.LOCAL_ERROR})
+#: Ratios are compared in floats: 7 failures of 100 must reach a 0.07 threshold (0.07 x 100 is
+#: 7.000000000000001).
+_ROUNDING: Final = 1e-9
 
 
 @final
@@ -73,7 +76,9 @@ class BreakerConfig:
             ``sleepWindowInMilliseconds``, hystrix-go ``SleepWindow``; resilience4j's 60 s is
             long for a gateway).
         half_open_probes: concurrent probes allowed while half-open (1: Sentinel and Hystrix;
-            resilience4j allows 10).
+            resilience4j allows 10). With more than one, the first result decides (Sentinel's
+            rule), where resilience4j waits for all of them and judges their failure ratio:
+            a gateway sees many calls, and the first answer is already fresh news.
     """
 
     failure_ratio: float = 0.5
@@ -228,13 +233,13 @@ class CircuitBreaker:
                 self._consecutive = 0
             if (failed or slow) and window.total >= self._minimum_calls:
                 total = window.total
-                if window.failures >= self._failure_ratio * total:
+                if window.failures >= self._failure_ratio * total - _ROUNDING:
                     self._trip(
                         now,
                         f"error ratio {window.failures / total:.0%} >= "
                         f"{self._failure_ratio:.0%} over {total} calls",
                     )
-                elif slow and window.slow >= self._slow_ratio * total:
+                elif slow and window.slow >= self._slow_ratio * total - _ROUNDING:
                     self._trip(
                         now,
                         f"slow-call ratio {window.slow / total:.0%} >= "

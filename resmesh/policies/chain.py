@@ -132,8 +132,11 @@ class ClusterPolicies:
         #: position) belongs to one candidate set, and calls alternate between groups.
         self.balancers = {group: balancer() for group in topology.groups}
         self._balancer_of = {node: self.balancers[node.group] for node in nodes}
-        #: For the rare pick across groups (the chosen group has nothing left).
+        #: For the rare pick across groups (the chosen group has nothing left), and for the
+        #: rarer one among nodes none of which is available: one each, as a balancer's state
+        #: (a weighted schedule) belongs to one candidate list.
         self._fallback_balancer = balancer()
+        self._last_resort_balancer = balancer()
         failover = governance.failover
         self.retry_budget = RetryBudget(failover.budget_ratio, failover.budget_min)
         self.max_attempts = failover.max_attempts if failover.enabled else 1
@@ -214,10 +217,9 @@ class ClusterPolicies:
             if candidates:
                 node = self.balancers[group].pick(candidates, key, exclude)
         if node is None:
-            fallback = self._fallback_balancer
-            node = fallback.pick(self._anywhere, key, exclude)
+            node = self._fallback_balancer.pick(self._anywhere, key, exclude)
             if node is None:
-                node = fallback.pick(self._all_readable, key, exclude)
+                node = self._last_resort_balancer.pick(self._all_readable, key, exclude)
         return node
 
     def _refresh(self, now: float) -> None:

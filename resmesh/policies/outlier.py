@@ -166,7 +166,9 @@ class OutlierDetector:
             (self._states[node].ejected_until for node in self._ejected), default=math.inf
         )
         n = len(self._states)
-        self._max_ejected = max(1, int(n * self.config.max_ejection_percent / 100.0)) if n else 0
+        percent = self.config.max_ejection_percent
+        # At least one (a lone node can be ejected), unless 0 %: then never (Envoy, gRPC A50).
+        self._max_ejected = max(1, int(n * percent / 100.0)) if n and percent > 0 else 0
         self._version += 1
 
     def record(self, node: Hashable, outcome: Outcome, now: float) -> None:

@@ -6,14 +6,18 @@ weight change.
 
 **Local-first.** When the router is given its ``local`` group and that group has a positive
 weight, every call goes there while it is healthy. As it loses health, traffic spills to the
-other weighted groups *in proportion*, not as a cliff: the local group keeps
-``min(1, 1.4 x healthy share)`` of the calls (Envoy priority spill, overprovisioning factor 1.4,
-anchors §3.5: a group at 72 % healthy still takes everything, at 50 % it takes 70 %). Setting the
-local group's weight to 0 drains it like any other: the operator's shift beats locality.
+other weighted groups *in proportion*, not as a cliff, by Envoy's priority load (the local group
+is priority 0, the others together priority 1; overprovisioning factor 1.4, anchors §3.5): each
+tier's health is ``min(1, 1.4 x healthy share)`` (the others' share weighted by their route
+weights), and if the two add up to less than 1 both are scaled up to fill it. So a local group at
+72 % healthy still takes everything; at 50 % it takes 70 % while the others are healthy, but
+83 % when they are only 10 % healthy: spill never pushes calls to a tier in worse shape than
+the one they leave. Setting the local group's weight to 0 drains it like any other: the
+operator's shift beats locality.
 
-**Without a local group** the weights split the calls, each group's weight scaled by
-``min(1, 1.4 x healthy share)``, so a group at half health takes 70 % of its weighted share and
-the rest goes to the others in proportion to theirs.
+**Without a local group** the weights split the calls, each group's weight first scaled by
+``min(1, 1.4 x healthy share)`` (Envoy's locality-weighted balancing): a group at half health
+counts with 70 % of its weight, and the shares are normalised over what remains.
 
 **Panic.** If no weighted group has any health, calls are split by the raw weights anyway (a
 group that might answer beats none; Envoy's panic threshold idea at the group level). If every
@@ -137,6 +141,12 @@ class GroupRouter:
             else:
                 panic = True  # no weighted group has any health: use the raw weights
                 others = {name: weight for name, weight in weights.items() if weight > 0}
+        elif 0.0 < p_local < 1.0:
+            # Envoy's normalisation: the remote tier's own health caps what it takes.
+            remote = sum(weights[name] for name in others)
+            remote_health = sum(weights[name] * health.get(name, 1.0) for name in others)
+            spill_capacity = min(1.0, boost * remote_health / remote)
+            p_local = min(1.0, p_local / min(1.0, p_local + spill_capacity))
         names = [name for name, w in others.items() if w > 0]
         cumulative: list[float] = []
         running = 0.0

@@ -209,3 +209,12 @@ def test_consistent_hash_weights_and_key_hash() -> None:
     assert {crc.pick(ABC, key) for key in KEYS[:200]} == set(ABC)
     assert crc.pick(ABC, None) in ABC  # no key: any node
     assert crc.statistics().kind == "consistent_hash"
+
+
+def test_least_loaded_skips_drained_nodes_unless_all_are() -> None:
+    live, drained = Node("10.0.1.1:6379", 1), (Node("10.0.1.2:6379", 0), Node("10.0.1.3:6379", 0))
+    balancer: LeastLoadedBalancer[Node] = LeastLoadedBalancer(random.Random(7))
+    assert {balancer.pick((live, *drained)) for _ in range(3000)} == {live}
+    two_live = (live, Node("10.0.1.4:6379", 1), *drained)
+    assert {balancer.pick(two_live) for _ in range(3000)} == set(two_live[:2])
+    assert {balancer.pick(drained) for _ in range(300)} == set(drained)  # all drained: equal

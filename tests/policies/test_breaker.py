@@ -309,3 +309,15 @@ class BreakerMachine(RuleBasedStateMachine):
 
 TestBreakerMachine = BreakerMachine.TestCase
 TestBreakerMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+
+
+def test_a_failure_ratio_reached_exactly_trips() -> None:
+    """7 failures in 100 calls reach 0.07 (in floats, 0.07 x 100 is 7.000000000000001)."""
+    breaker = CircuitBreaker(
+        BreakerConfig(failure_ratio=0.07, minimum_calls=100, consecutive_failures=0)
+    )
+    for i in range(93):
+        breaker.record(Outcome.OK, 0.001, i * 0.01)
+    for i in range(7):
+        breaker.record(Outcome.UPSTREAM_ERROR, 0.001, 1.0 + i * 0.01)
+    assert breaker.state is BreakerState.OPEN

@@ -604,3 +604,22 @@ async def test_with_every_route_weight_at_zero_reads_go_to_the_primary() -> None
     backend = FakeBackend()
     reply = await policies.call(_read(deadline=math.inf), backend, _never)
     assert (reply.outcome, backend.calls) == (OK, [a])
+
+
+async def test_the_last_resort_pick_spreads_over_the_nodes_it_may_use() -> None:
+    """No node available but one already tried: the pick among unavailable nodes must not
+    always return the same one (a balancer shared between two candidate lists restarted its
+    weighted schedule at every switch)."""
+    nodes = _nodes(3)
+    governance = _gov(
+        balance=BalanceName.WEIGHTED,
+        breaker=BreakerSettings(consecutive_failures=1, open_for=60.0),
+        outlier=OutlierSettings(enabled=False),
+    )
+    policies = _policies(governance, nodes)
+    now = trio.current_time()
+    for node in nodes[:2]:
+        assert policies.begin(node, now) is False
+        policies.settle(node, LOCAL, 0.001, now)
+    picks = [policies.pick(now + 1.0, exclude=(nodes[2],)) for _ in range(10)]
+    assert set(picks) == set(nodes[:2])

@@ -151,3 +151,11 @@ def test_membership_changes_and_restore() -> None:
 def test_config_validation(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field.split("_")[0]):
         OutlierConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_max_ejection_percent_zero_ejects_nothing() -> None:
+    """0 % means never eject (Envoy, gRPC A50); the at-least-one floor is for small groups."""
+    detector = OutlierDetector(["a", "b", "c"], OutlierConfig(max_ejection_percent=0))
+    for i in range(5):
+        detector.record("a", Outcome.UPSTREAM_ERROR, float(i))
+    assert not detector.is_ejected("a", 5.0)

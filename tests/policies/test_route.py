@@ -92,3 +92,33 @@ def test_validation() -> None:
         GroupRouter({"dc-a": -1})
     with pytest.raises(ValueError, match="overprovisioning"):
         GroupRouter({"dc-a": 1}, overprovisioning=0.5)
+
+
+def _plan(router: GroupRouter) -> dict[str, float]:
+    return dict(router.statistics().shares)
+
+
+@pytest.mark.parametrize(
+    ("local_health", "remote_health", "local_share"),
+    [
+        (1.0, 0.0, 1.0),
+        (0.5, 1.0, 0.70),  # the remote tier has room for all that spills
+        (0.5, 0.1, 0.70 / 0.84),  # Envoy: 0.7 and 0.14, normalised over 0.84
+        (0.3, 0.01, 0.42 / 0.434),  # 1 % of remote nodes up: only 3 % spills there
+        (0.0, 0.1, 0.0),
+    ],
+)
+def test_local_first_spill_is_envoy_s_priority_load(
+    local_health: float, remote_health: float, local_share: float
+) -> None:
+    router = GroupRouter({"dc-a": 100, "dc-b": 100}, local="dc-a", rng=random.Random(1))
+    router.set_health({"dc-a": local_health, "dc-b": remote_health})
+    shares = _plan(router)
+    assert shares.get("dc-a", 0.0) == pytest.approx(local_share)
+    assert shares.get("dc-b", 0.0) == pytest.approx(1 - local_share)
+
+
+def test_without_a_local_group_health_scales_weights_before_normalising() -> None:
+    router = GroupRouter({"dc-a": 50, "dc-b": 50}, rng=random.Random(1))
+    router.set_health({"dc-a": 0.5})
+    assert _plan(router)["dc-a"] == pytest.approx(0.35 / 0.85)  # 50 x 0.7 against 50
