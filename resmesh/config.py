@@ -171,6 +171,9 @@ class Address:
                 raise ValueError("missing host")
             if not _HOSTNAME_RE.match(host):
                 raise ValueError(f"{host!r} is not a host name or IP address")
+            if any(not 0 < len(label) < 64 for label in host.split(".")):
+                # The resolver refuses these (an empty label, or one over 63 characters).
+                raise ValueError(f"{host!r} has an empty label or one over 63 characters")
             if all(label.isdigit() for label in host.split(".")):
                 try:
                     ipaddress.IPv4Address(host)
@@ -984,12 +987,25 @@ def _string(ctx: _Errors, value: object, path: _KeyPath, *, example: str) -> str
     if isinstance(value, str):
         if not value:
             raise ctx.error(path, "empty string", f"give a value, e.g. {example}")
+        _check_encodable(ctx, value, path, example)
         return value
     if isinstance(value, bool | int | float):
         fix = f"quote it: '{value}'"
     else:
         fix = f"write a string, e.g. {example}"
     raise ctx.error(path, f"expected a string, got {_describe(value)}", fix)
+
+
+def _check_encodable(ctx: _Errors, value: str, path: _KeyPath, example: str) -> None:
+    """Strings go on the wire as UTF-8: YAML's ``"\\ud800"`` escape makes one that cannot."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ctx.error(
+            path,
+            "contains a lone surrogate (an escape such as \\ud800), which is not text",
+            f"write plain text, e.g. {example}",
+        ) from None
 
 
 def _int(ctx: _Errors, value: object, path: _KeyPath, low: int, high: int) -> int:
@@ -1334,6 +1350,14 @@ def _route(
 ) -> dict[str, int]:
     names = list(groups)
     if value is None:
+        if not any(node.weight > 0 for node in groups[names[0]]):
+            others = [g for g in names[1:] if any(n.weight > 0 for n in groups[g])]
+            raise ctx.error(
+                path,
+                f"no route is given, so group {names[0]!r} (the first) gets all traffic, but "
+                "every node in it has weight 0",
+                f"add route: {{{others[0]}: 100}}" if others else "give a node a weight above 0",
+            )
         return {group: 100 if index == 0 else 0 for index, group in enumerate(names)}
     section = _mapping(ctx, value, path, None, example=f"{{{names[0]}: 100}}")
     for group in section:
@@ -2113,6 +2137,7 @@ def _switch_settings(where: _Merged, value: object, path: _KeyPath) -> SwitchSet
                 if isinstance(raw_value, bool | int | float)
                 else "write the reply as a string, e.g. value: 'n/a'",
             )
+        _check_encodable(where, raw_value, (*path, "value"), "value: 'n/a'")
         reply = raw_value
     if mode is SwitchModeName.FALLBACK and reply is None:
         raise where.error(

@@ -959,3 +959,56 @@ def test_any_text_only_raises_config_error(
         assert str(error).startswith(str(path))
         assert " — fix: " in str(error)
         assert str(error).isprintable()
+
+
+# --- values the resolver or the wire would refuse at run time ---------------------------------
+
+
+@pytest.mark.parametrize("host", ["cache..internal", "a" * 64 + ".example"])
+@pytest.mark.parametrize("where", ["node", "listen"])
+def test_a_host_the_resolver_refuses_is_a_config_error(
+    tmp_path: Path, host: str, where: str
+) -> None:
+    """Accepted, these crashed the gateway at run time (IDNA refuses empty or long labels)."""
+    node, listen = ("127.0.0.1:6379", "127.0.0.1:6380")
+    if where == "node":
+        node = f"{host}:6379"
+    else:
+        listen = f"{host}:6380"
+    path = write(
+        tmp_path,
+        f"clusters:\n  c: {{protocol: redis, listen: '{listen}', groups: {{a: ['{node}']}}}}\n",
+    )
+    with pytest.raises(ConfigError, match="empty label or one over 63 characters"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        'backend: {password: "\\ud800"}',
+        'governance: {switch: {mode: fallback, value: "x\\udfff"}}',
+    ],
+)
+def test_a_string_that_is_not_text_is_a_config_error(tmp_path: Path, extra: str) -> None:
+    path = write(
+        tmp_path,
+        "clusters:\n  c:\n    protocol: redis\n    listen: 127.0.0.1:6380\n"
+        f"    groups: {{a: [127.0.0.1:6379]}}\n    {extra}\n",
+    )
+    with pytest.raises(ConfigError, match="lone surrogate") as info:
+        load_config(path)
+    assert info.value.line == 6
+
+
+def test_without_a_route_the_first_group_must_have_a_node_that_takes_traffic(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        "clusters:\n  c: {protocol: redis, listen: 127.0.0.1:6380, groups: "
+        "{a: [{address: 127.0.0.1:6379, weight: 0}], b: [127.0.0.2:6379]}}\n",
+    )
+    with pytest.raises(ConfigError, match="every node in it has weight 0") as info:
+        load_config(path)
+    assert "route: {b: 100}" in info.value.fix

@@ -81,6 +81,10 @@ class RedisClusterRuntime:
         self.sessions[session.id] = session
         try:
             await session.serve()
+        except Exception:
+            # A bug met by one client ends that client's connection (the session's own
+            # cleanup closed it), never the gateway and every other client with it.
+            log.exception("client %s: unexpected error; its connection is closed", peer)
         finally:
             del self.sessions[session.id]
 

@@ -72,7 +72,10 @@ async def open_tcp(host: str, port: int) -> socket.socket:
     Raises:
         OSError: the connect failed (refused, unreachable...).
     """
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:  # the IDNA codec refuses the name (an empty or long label)
+        raise OSError(errno.EINVAL, f"invalid host name {host!r}: {exc}") from exc
     last_error: OSError | None = None
     for family, type_, proto, _, sockaddr in infos:
         sock = socket.socket(family, type_, proto)

@@ -38,6 +38,10 @@ __all__ = ["MuxConnection", "Pending", "Waiter", "wait_first"]
 MAX_OUTSTANDING: Final = 100_000
 
 
+#: Bytes the reader may take in a row before letting other tasks run.
+_YIELD_AFTER_BYTES: Final = 4 << 20
+
+
 class Waiter:
     """The task parked on one or more submissions (several when a request is hedged).
 
@@ -262,6 +266,7 @@ class MuxConnection:
         conn = self.conn
         buffer = conn.replies
         queue = self._queue
+        unyielded = 0
         while True:
             try:
                 data = await recv(conn.sock)
@@ -273,6 +278,12 @@ class MuxConnection:
                 conn.close()
                 self._fail(conn.node, "connection closed by the node")
                 return
+            # recv() only parks when the socket is empty: a 100 MB reply would hold the
+            # worker (every other client, the watchdog) for a fifth of a second without this.
+            unyielded += len(data)
+            if unyielded >= _YIELD_AFTER_BYTES:
+                unyielded = 0
+                await trio.lowlevel.checkpoint()
             try:
                 buffer.feed(data)
                 while True:

@@ -51,7 +51,8 @@ class NodePool:
         self._turn = itertools.count()
         self._idle: dict[SessionShape, list[RedisConnection]] = {}
         self._dedicated = trio.CapacityLimiter(backend.max_dedicated)
-        self._in_use: set[RedisConnection] = set()
+        #: Dedicated connections handed out, each with the borrower of its slot.
+        self._in_use: dict[RedisConnection, object] = {}
 
     def shared_nowait(self, db: int, resp: int) -> MuxConnection | None:
         """The next live shared connection for ``(db, resp)`` if it is open already.
@@ -94,8 +95,12 @@ class NodePool:
             BackendError: the pinned-connection cap is reached for longer than the connect
                 timeout, or no connection could be opened.
         """
+        # The borrower is a token of this acquisition, kept until release: handing the slot
+        # from a temporary borrower to the connection would free it for an instant, and a
+        # waiting task would take it (trio hands a freed token straight to a waiter).
+        borrower = object()
         with trio.move_on_after(self._backend.connect_timeout) as scope:
-            await self._dedicated.acquire_on_behalf_of(scope)
+            await self._dedicated.acquire_on_behalf_of(borrower)
         if scope.cancelled_caught:
             raise BackendError(
                 self.node,
@@ -111,19 +116,17 @@ class NodePool:
             else:
                 conn = await self._connect(db, resp)
         except BaseException:
-            self._dedicated.release_on_behalf_of(scope)
+            self._dedicated.release_on_behalf_of(borrower)
             raise
-        self._dedicated.release_on_behalf_of(scope)
-        self._dedicated.acquire_on_behalf_of_nowait(conn)
-        self._in_use.add(conn)
+        self._in_use[conn] = borrower
         return conn
 
     def release(self, conn: RedisConnection) -> None:
         """Return a dedicated connection: pooled if clean, closed otherwise."""
-        if conn not in self._in_use:
+        borrower = self._in_use.pop(conn, None)
+        if borrower is None:
             return
-        self._in_use.discard(conn)
-        self._dedicated.release_on_behalf_of(conn)
+        self._dedicated.release_on_behalf_of(borrower)
         if conn.reusable and not conn.closed and conn.replies.empty:
             self._idle.setdefault((conn.db, conn.resp), []).append(conn)
         else:

@@ -1,0 +1,119 @@
+"""One client's trouble stays its own: a bug met by one session, two sessions racing for the
+last pinned connection, one huge reply on a shared connection. The gateway runs in this
+process so the test can provoke each case directly, against a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import trio
+
+from resmesh.config import BackendConfig, parse_config
+from resmesh.net.backend.errors import BackendError
+from resmesh.net.backend.redis_mux import Waiter, wait_first
+from resmesh.net.backend.redis_pool import NodePool
+from resmesh.net.frontend import redis as frontend
+from resmesh.net.frontend.redis import RedisSession
+from resmesh.net.listen import bind_tcp
+from resmesh.net.redis_cluster import RedisClusterRuntime
+from tests.support.servers import RedisServer, encode_command, redis_cluster_config
+
+BIG = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[RedisServer]:
+    server = RedisServer()
+    redis.Redis(port=server.port).set("isolation:big", b"z" * BIG)
+    yield server
+    server.stop()
+
+
+async def test_a_session_s_unexpected_error_closes_only_that_client(
+    node: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_echo(self: RedisSession, command: object) -> None:
+        raise RuntimeError("a bug in one command's handler")
+
+    monkeypatch.setitem(frontend._LOCAL, b"ECHO", broken_echo)
+    config = parse_config(
+        redis_cluster_config("c", {"a": [node.port]}), tmp_path / "isolation.yaml"
+    )
+    listener = bind_tcp("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as backend:
+            runtime = RedisClusterRuntime(config.clusters["c"], config.users, backend)
+            async with trio.open_nursery() as connections:
+                connections.start_soon(runtime.serve, listener, connections)
+                bystander = await trio.open_tcp_stream("127.0.0.1", port)
+                await bystander.send_all(encode_command("PING"))
+                assert await bystander.receive_some(100) == b"+PONG\r\n"
+                victim = await trio.open_tcp_stream("127.0.0.1", port)
+                await victim.send_all(encode_command("ECHO", "x"))
+                assert await victim.receive_some(100) == b""  # closed, nothing half-written
+                await bystander.send_all(encode_command("PING"))
+                assert await bystander.receive_some(100) == b"+PONG\r\n"
+                await bystander.aclose()
+                await victim.aclose()
+                connections.cancel_scope.cancel()
+            runtime.close()
+            backend.cancel_scope.cancel()
+
+
+async def test_sessions_racing_for_the_last_pinned_connection_wait_their_turn(
+    node: RedisServer,
+) -> None:
+    """The slot went from a temporary borrower to the connection with a gap in which a
+    waiting task took it; the loser then raised WouldBlock and took the gateway down."""
+    results: list[str] = []
+    async with trio.open_nursery() as nursery:
+        pool = NodePool("127.0.0.1", node.port, BackendConfig(max_dedicated=1), nursery)
+
+        async def take() -> None:
+            try:
+                conn = await pool.acquire_dedicated(0, 2)
+            except BackendError as exc:
+                results.append(f"refused: {exc.reason}")
+                return
+            await trio.sleep(0.05)
+            pool.release(conn)
+            results.append("ok")
+
+        async with trio.open_nursery() as racers:
+            for _ in range(4):
+                racers.start_soon(take)
+        assert results == ["ok"] * 4
+        assert pool.statistics().dedicated_in_use == 0
+        pool.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_huge_reply_does_not_stall_the_worker(node: RedisServer) -> None:
+    """recv() parks only on an empty socket: without a checkpoint the reader held the worker
+    for the whole reply (over 200 ms per 100 MB), freezing every other client."""
+    gaps: list[float] = []
+    async with trio.open_nursery() as nursery:
+        pool = NodePool("127.0.0.1", node.port, BackendConfig(command_timeout=30), nursery)
+
+        async def ticker() -> None:
+            last = trio.current_time()
+            while True:
+                await trio.sleep(0.001)
+                now = trio.current_time()
+                gaps.append(now - last)
+                last = now
+
+        mux = await pool.shared(0, 2)
+        nursery.start_soon(ticker)
+        for _ in range(2):
+            waiter = Waiter()
+            pending = mux.submit(encode_command("GET", "isolation:big"), 1, 30, False, waiter)
+            await wait_first([pending], waiter)
+            assert len(pending.result()[0]) > BIG
+        pool.close()
+        nursery.cancel_scope.cancel()
+    assert max(gaps) < 0.08, f"longest stall {max(gaps) * 1000:.0f} ms"
