@@ -249,6 +249,10 @@ def test_miss_degrade_answers_empty_reads_and_acknowledges_writes(
     assert client.exists("miss:there") == 0
     assert client.set("miss:new", "v") is True
     assert client.delete("miss:there") == 0
+    assert client.scan(0) == (0, [])  # a finished scan, so iterators end
+    assert client.hscan("miss:h") == (0, {})
+    assert client.type("miss:there") == b"none"
+    assert client.info("server")["redis_version"]  # about the server, not data: answered
     assert direct.get("miss:new") is None  # acknowledged, not stored
     assert direct.get("miss:there") == b"v"  # and nothing deleted
 
@@ -261,6 +265,10 @@ def test_error_degrade_names_the_switch(
     )
     with pytest.raises(redis.ResponseError, match="degraded by switch feed-cache GET"):
         client.get("err:k")
+    everything = _single_node_gateway(nodes[0], start_gateway, {"switch": {"mode": "error"}})
+    with pytest.raises(redis.ResponseError, match="degraded by switch feed-cache"):
+        everything.scan(0)
+    assert everything.info("server")["redis_version"]  # INFO is not a call on the data
     assert client.set("err:k", "v") is True  # only GET is switched
 
 

@@ -368,7 +368,7 @@ class RedisSession:
         operation = _OPERATIONS.get(first)
         if operation is None:
             operation = _operation_name(first)
-        if runtime.switchboard.active:
+        if runtime.switchboard.active and _switchable(first, args):
             decision = runtime.switchboard.decide(runtime.name, operation, not read)
             if decision is not None:
                 return switch_reply(decision, first.upper(), args, self.resp)
@@ -1062,6 +1062,17 @@ _BATCH_SHAPES: dict[tuple[bytes, ...], dict[str, int] | None] = {}
 _UNKNOWN_SHAPE: Final[dict[str, int]] = {}
 #: Batches longer than this are not remembered (a long one pays for counting per command).
 _SHAPE_MAX_LEN: Final = 64
+
+
+#: Keyspace reads that name no key (the command table gives them no key positions).
+_KEYSPACE_COMMANDS: Final = frozenset({b"SCAN", b"KEYS", b"RANDOMKEY", b"DBSIZE"})
+
+
+def _switchable(first: bytes, args: list[bytes]) -> bool:
+    """Whether a degrade switch applies: commands on data do; the rest (INFO, TIME, CONFIG
+    GET, FUNCTION LIST...) are about the server, and a degraded cache still answers them."""
+    spec = cmdtable.lookup(args)
+    return spec is None or bool(spec.key_specs) or first.upper() in _KEYSPACE_COMMANDS
 
 
 def _run_operation(commands: list[Command | bytes]) -> str | None:

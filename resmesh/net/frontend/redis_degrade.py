@@ -34,6 +34,9 @@ _SET_READS: Final = frozenset(b"SMEMBERS".split())
 _MAP_READS: Final = frozenset(b"HGETALL".split())
 #: Reads that answer one element per key or field (after the command name, or the key).
 _PER_KEY_READS: Final = {b"MGET": 1, b"HMGET": 2, b"SMISMEMBER": 2, b"ZMSCORE": 2}
+#: Cursor scans: cursor 0 (done) and no elements.
+_SCANS: Final = frozenset(b"SCAN SSCAN HSCAN ZSCAN".split())
+_SCAN_DONE: Final = b"*2\r\n$1\r\n0\r\n*0\r\n"
 #: TTL of a missing key.
 _MISSING_TTL: Final = frozenset(b"TTL PTTL EXPIRETIME PEXPIRETIME".split())
 #: Writes that answer an integer (a count, a new length, a flag): zero, "nothing changed".
@@ -85,4 +88,8 @@ def _empty(name: bytes, args: list[bytes], resp: int) -> bytes:
         return b"~0\r\n" if resp == 3 else R.array([])
     if name in _MAP_READS:
         return R.map_reply([], resp)
+    if name in _SCANS:
+        return _SCAN_DONE
+    if name == b"TYPE":
+        return b"+none\r\n"
     return R.null(resp)
