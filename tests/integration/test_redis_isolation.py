@@ -4,6 +4,8 @@ process so the test can provoke each case directly, against a real redis-server.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +119,32 @@ async def test_a_huge_reply_does_not_stall_the_worker(node: RedisServer) -> None
         pool.close()
         nursery.cancel_scope.cancel()
     assert max(gaps) < 0.08, f"longest stall {max(gaps) * 1000:.0f} ms"
+
+
+async def test_callers_waiting_for_a_connect_share_its_failure() -> None:
+    """A node that takes the TCP connect but never answers the handshake: every caller must
+    fail within about one connect_timeout, not queue behind each other's attempts."""
+    server = RedisServer()
+    redis.Redis(port=server.port).config_set("requirepass", "sekret")
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    took: list[float] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            backend = BackendConfig(password="sekret", connect_timeout=0.5)
+            pool = NodePool("127.0.0.1", server.port, backend, nursery)
+
+            async def call() -> None:
+                started = trio.current_time()
+                with pytest.raises(BackendError):
+                    await pool.shared(0, 2)
+                took.append(trio.current_time() - started)
+
+            async with trio.open_nursery() as callers:
+                for _ in range(8):
+                    callers.start_soon(call)
+            pool.close()
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+    assert len(took) == 8 and max(took) < 1.0, sorted(took)

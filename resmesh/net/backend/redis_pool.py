@@ -48,6 +48,8 @@ class NodePool:
         self._nursery = nursery
         self._shared: dict[SessionShape, list[MuxConnection | None]] = {}
         self._shared_locks: dict[SessionShape, trio.Lock] = {}
+        #: The last failed connect per shape: (when it failed, why).
+        self._connect_failures: dict[SessionShape, tuple[float, str]] = {}
         self._turn = itertools.count()
         self._idle: dict[SessionShape, list[RedisConnection]] = {}
         self._dedicated = trio.CapacityLimiter(backend.max_dedicated)
@@ -80,10 +82,22 @@ class NodePool:
         mux = slots[index]
         if mux is not None and not mux.closed:
             return mux
+        arrived = trio.current_time()
         async with self._shared_locks[shape]:
             mux = slots[index]
             if mux is None or mux.closed:
-                mux = MuxConnection(await self._connect(db, resp))
+                failed = self._connect_failures.get(shape)
+                if failed is not None and failed[0] >= arrived:
+                    # An attempt made while this caller queued has just failed: share its
+                    # answer. Each trying again in turn made the last caller wait
+                    # callers x connect_timeout (and left a half-open socket per try).
+                    raise BackendError(self.node, failed[1])
+                try:
+                    conn = await self._connect(db, resp)
+                except BackendError as exc:
+                    self._connect_failures[shape] = (trio.current_time(), exc.reason)
+                    raise
+                mux = MuxConnection(conn)
                 slots[index] = mux
                 self._nursery.start_soon(mux.run)
         return mux
