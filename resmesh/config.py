@@ -1725,6 +1725,7 @@ def _governance_layer(
                     "characters, up to 128, no spaces at either end)",
                 )
             name = written.upper()
+            _check_command_name(layer, path, written, name)
             if name in operations:
                 raise layer.error_as_written(
                     path,
@@ -1736,6 +1737,28 @@ def _governance_layer(
             operations[name] = settings
         data["operations"] = operations
     return layer, data
+
+
+def _check_command_name(layer: _Layer, path: _KeyPath, written: str, name: str) -> None:
+    """An operation of a Redis cluster is a command name: a misspelt one would never match
+    a call, and its limit or switch would silently do nothing. Names with a dot are module
+    commands (``JSON.GET``), which the command table cannot know. (Clusters speak Redis only
+    for now; other protocols will name their own operations.)"""
+    from .protocols.resp.commands import COMMANDS  # the table is large: load it only here
+
+    if "." in name or name.encode() in COMMANDS:
+        return
+    known = sorted(c.decode() for c in COMMANDS if b"|" not in c)
+    # Swapped letters first (GTE is GET), which difflib's ratio ranks below GETEX.
+    anagrams = [command for command in known if sorted(command) == sorted(name)]
+    suggestion = anagrams[0] if anagrams else _suggest(name, known)
+    raise layer.error_as_written(
+        path,
+        f"{written!r} is not a Redis command",
+        f"did you mean {suggestion!r}?"
+        if suggestion
+        else "name a command, e.g. GET (a module command is written with its dot, JSON.GET)",
+    )
 
 
 def _deep_merge(

@@ -470,6 +470,8 @@ CONFIG_ERRORS: list[tuple[dict[str, Any], str, str, str]] = [
     ({"operations": {"GET": {"idempotent": 1}}}, "operations.GET.idempotent", "true or false", ""),
     ({"operations": {" GET": {}}}, "operations. GET", "not a valid operation", "e.g. GET"),
     ({"operations": {"get": {}, "GET": {}}}, "operations.GET", "also listed as 'get'", "keep one"),
+    ({"operations": {"GTE": {}}}, "operations.GTE", "not a Redis command", "did you mean 'GET'"),
+    ({"operations": {"nosuchcmd": {}}}, "operations.nosuchcmd", "not a Redis command", "GET"),
     (
         {"operations": {"SET": {"switch": {"mode": "fallback"}}}},
         "operations.SET.switch.mode",
