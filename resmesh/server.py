@@ -36,6 +36,9 @@ EXIT_CANNOT_LISTEN = 1
 #: Set in worker processes' environment by the supervisor; its value is the worker's index.
 WORKER_ENV = "RESMESH_WORKER"
 
+#: Seconds after the first stop signal during which more copies count as the same one.
+_SAME_SIGNAL_WINDOW = 1.0
+
 
 def run(config: Config) -> int:
     """Serve ``config`` until a signal asks to stop; returns the process exit code.
@@ -59,7 +62,12 @@ def run(config: Config) -> int:
         for listener in listeners.values():
             listener.close()  # only checked that binding works: workers bind their own
         return _supervise(config)
-    return trio.run(serve, config, listeners)
+    code = trio.run(serve, config, listeners)
+    if worker is not None:
+        # Drained: a signal the supervisor forwards now must not kill the exit with it.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+    return code
 
 
 def _supervise(config: Config) -> int:
@@ -184,8 +192,16 @@ async def _wait_sessions_gone(runtimes: list[RedisClusterRuntime]) -> None:
 
 
 async def _skip_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
-    """A second SIGTERM/SIGINT during the drain: stop waiting for in-flight work."""
+    """A second SIGTERM/SIGINT during the drain: stop waiting for in-flight work.
+
+    Copies within ``_SAME_SIGNAL_WINDOW`` of the first are the same request: with workers, a
+    signal sent to the whole process group (Ctrl-C in a terminal, systemd's default
+    KillMode=control-group) reaches each worker directly and again through the supervisor.
+    """
+    not_before = trio.current_time() + _SAME_SIGNAL_WINDOW
     async for _ in signals:
+        if trio.current_time() < not_before:
+            continue
         log.info("second signal: not waiting for in-flight work")
         scope.cancel()
         return

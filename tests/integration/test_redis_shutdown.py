@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from tests.support.servers import (
     Gateway,
     RawRedis,
     RedisServer,
+    encode_command,
     port_open,
     redis_cluster_config,
     wait_for,
@@ -112,3 +115,44 @@ def test_in_flight_command_finishes_during_drain(
     assert code == 0, gw.log()
     assert elapsed < 5, f"exited after {elapsed:.2f}s: it waited for the whole drain"
     conn.close()
+
+
+def test_a_signal_to_every_process_of_a_multi_worker_gateway_still_drains(
+    redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
+) -> None:
+    """systemd's default KillMode=control-group signals every process: each worker gets it
+    directly and again through the supervisor, and must not take the copy as a second
+    signal (which skips the drain and cut these BLPOPs)."""
+    config = _config(redis_node, drain=5.0)
+    config["gateway"]["workers"] = 2
+    gw = start_gateway(config)
+    wait_for(lambda: gw.log().count("listening on") == 2, 15, "both workers to listen")
+    direct = redis.Redis(port=redis_node.port)
+    before = int(direct.info("clients")["blocked_clients"])
+    clients = [RawRedis(gw.port, timeout=10) for _ in range(4)]
+    for index, client in enumerate(clients):
+        client.send(encode_command("BLPOP", f"group-signal:{index}", "1"))
+    wait_for(lambda: int(direct.info("clients")["blocked_clients"]) >= before + 4, 5, "the BLPOPs")
+    children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+    assert len(children) == 2
+    for pid in children:
+        os.kill(int(pid), signal.SIGTERM)
+    wait_for(lambda: gw.log().count(": draining") == 2, 5, "both workers to start draining")
+    gw.proc.send_signal(signal.SIGTERM)  # the supervisor forwards its copy too
+    assert [client.read_replies(1)[0] for client in clients] == [b"*-1\r\n"] * 4
+    assert gw.proc.wait(15) == 0, gw.log()
+    for client in clients:
+        client.close()
+
+
+def test_an_idle_subscriber_does_not_hold_the_drain(
+    redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
+) -> None:
+    gw = start_gateway(_config(redis_node, drain=5.0))
+    subscriber = RawRedis(gw.port, timeout=10)
+    assert subscriber.call(("SUBSCRIBE", "drain:c"))[0].startswith(b"*3\r\n$9\r\nsubscribe")
+    code, elapsed = _stop(gw)
+    assert code == 0, gw.log()
+    assert elapsed < 2.5, f"took {elapsed:.2f}s: the subscriber held the drain"
+    assert subscriber.read_until_closed() == b""
+    subscriber.close()

@@ -683,12 +683,18 @@ class RedisSession:
         try:
             await conn.send(self._relay_payload(commands))
             async with trio.open_nursery() as nursery:
+                # A subscriber waits for messages as an idle client waits for input: a drain
+                # ends it at once (redis-server closes subscribers on shutdown too).
+                self.idle_scope = nursery.cancel_scope
+                if self.runtime.draining:
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._relay_node_to_client, conn, nursery.cancel_scope)
                 await self._relay_client_to_node(conn)
                 nursery.cancel_scope.cancel()
         except BackendError as exc:
             await self._write(R.error(exc.reply_text))
         finally:
+            self.idle_scope = None
             self.closing = True
 
     async def _relay_node_to_client(self, conn: RedisConnection, cancel: trio.CancelScope) -> None:
