@@ -1169,6 +1169,13 @@ def _clusters(
         cluster_path = (*path, name)
         _name(ctx, name, cluster_path, "cluster")
         cluster = _cluster(ctx, name, raw, cluster_path, presets)
+        if cluster.listen.port == 0 and gateway.workers > 1:
+            raise ctx.error(
+                (*cluster_path, "listen"),
+                f"port 0 (any free port) with gateway.workers {gateway.workers}: each worker "
+                "would listen on a different port",
+                "give the cluster a fixed port, e.g. 127.0.0.1:6380",
+            )
         for other, other_path in bound:
             if _same_socket(cluster.listen, other):
                 raise ctx.error(

@@ -8,14 +8,19 @@ the rest, then cancels what remains and exits 0. A second signal skips the wait.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import typing
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import trio
 
@@ -50,24 +55,73 @@ def run(config: Config) -> int:
     """
     workers = config.gateway.workers
     worker = os.environ.get(WORKER_ENV)
-    try:
-        listeners = {
-            name: bind_tcp(cluster.listen.host, cluster.listen.port, reuse_port=workers > 1)
-            for name, cluster in config.clusters.items()
-        }
-    except OSError as exc:
-        log.error("cannot listen: %s", exc)
-        return EXIT_CANNOT_LISTEN
+    listeners: dict[str, socket.socket] = {}
+    for name, cluster in config.clusters.items():
+        try:
+            listeners[name] = bind_tcp(
+                cluster.listen.host, cluster.listen.port, reuse_port=workers > 1
+            )
+        except OSError as exc:
+            for listener in listeners.values():
+                listener.close()
+            fix = (
+                "another process listens there (another resmesh?): stop it, or change "
+                f"clusters.{name}.listen"
+                if exc.errno == errno.EADDRINUSE
+                else f"check clusters.{name}.listen in {config.source}"
+            )
+            log.error(
+                "cluster %s cannot listen on %s: %s — fix: %s", name, cluster.listen, exc, fix
+            )
+            return EXIT_CANNOT_LISTEN
     if workers > 1 and worker is None:
         for listener in listeners.values():
             listener.close()  # only checked that binding works: workers bind their own
-        return _supervise(config)
+        locks = _lock_listen_addresses(config)
+        if locks is None:
+            return EXIT_CANNOT_LISTEN
+        try:
+            return _supervise(config)
+        finally:
+            for lock in locks:
+                lock.close()
     code = trio.run(serve, config, listeners)
     if worker is not None:
         # Drained: a signal the supervisor forwards now must not kill the exit with it.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
     return code
+
+
+def _lock_listen_addresses(config: Config) -> list[typing.IO[bytes]] | None:
+    """Hold a lock per listen address while the workers run; ``None`` if one is held.
+
+    Workers bind with ``SO_REUSEPORT``, so a second multi-worker gateway started on the same
+    ports would not get "address in use": the kernel would quietly split the clients between
+    the two. The lock files make that second start fail as a plain bind would.
+    """
+    locks: list[typing.IO[bytes]] = []
+    for name, cluster in config.clusters.items():
+        address = f"{cluster.listen.host}-{cluster.listen.port}".replace("/", "_")
+        path = Path(tempfile.gettempdir()) / f"resmesh-listen-{address}.lock"
+        lock = path.open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            for held in locks:
+                held.close()
+            log.error(
+                "cluster %s cannot listen on %s: another multi-worker gateway listens there "
+                "(it holds %s) — fix: stop it, or change clusters.%s.listen",
+                name,
+                cluster.listen,
+                path,
+                name,
+            )
+            return None
+        locks.append(lock)
+    return locks
 
 
 def _supervise(config: Config) -> int:
@@ -140,10 +194,11 @@ async def serve(
                     accepting = trio.CancelScope()
                     connections.start_soon(_accept_all, accepting, runtimes, listeners, connections)
                     for runtime in runtimes:
+                        host, port = listeners[runtime.name].getsockname()[:2]
                         log.info(
                             "cluster %s listening on %s (redis) -> %s",
                             runtime.name,
-                            runtime.listen,
+                            f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                             runtime.primary.node,
                         )
                     task_status.started()

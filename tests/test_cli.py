@@ -6,6 +6,7 @@ Only the bad-config path of ``run`` is exercised here; serving is the integratio
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,30 @@ def test_log_format_is_one_key_value_line() -> None:
     assert stamp.endswith("Z") and "T" in stamp
     assert (level, logger) == ("info", "resmesh.net")
     assert rest == 'listening cluster=feed-cache listen=127.0.0.1:6380 note="two words"'
+
+
+def test_run_on_a_taken_port_names_the_cluster_the_address_and_a_fix(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        path = tmp_path / "taken.yaml"
+        path.write_text(
+            f"clusters:\n  feed-cache: {{protocol: redis, listen: 127.0.0.1:{port}, "
+            "groups: {a: [127.0.0.1:6379]}}\n"
+        )
+        ran = resmesh("run", "-c", str(path))
+    assert ran.returncode == 1
+    assert f"cluster feed-cache cannot listen on 127.0.0.1:{port}" in ran.stderr, ran.stderr
+    assert "change clusters.feed-cache.listen" in ran.stderr
+
+
+def test_port_zero_with_several_workers_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "zero.yaml"
+    path.write_text(
+        "gateway: {workers: 2}\nclusters:\n  c: {protocol: redis, listen: 127.0.0.1:0, "
+        "groups: {a: [127.0.0.1:6379]}}\n"
+    )
+    ran = resmesh("check", "-c", str(path))
+    assert ran.returncode == 2
+    assert "clusters.c.listen" in ran.stderr and "each worker" in ran.stderr

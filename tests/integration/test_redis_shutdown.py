@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -156,3 +158,21 @@ def test_an_idle_subscriber_does_not_hold_the_drain(
     assert elapsed < 2.5, f"took {elapsed:.2f}s: the subscriber held the drain"
     assert subscriber.read_until_closed() == b""
     subscriber.close()
+
+
+def test_a_second_multi_worker_gateway_on_the_same_ports_refuses_to_start(
+    redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
+) -> None:
+    """SO_REUSEPORT would let it bind, and the kernel would split clients between the two."""
+    config = _config(redis_node)
+    config["gateway"]["workers"] = 2
+    first = start_gateway(config)
+    wait_for(lambda: first.log().count("listening on") == 2, 15, "both workers to listen")
+    second = subprocess.run(
+        [sys.executable, "-m", "resmesh", "run", "-c", str(first.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1, second.stderr
+    assert "another multi-worker gateway listens there" in second.stderr
