@@ -41,6 +41,7 @@ from tests.support.servers import (
     encode_command,
     redis_cluster_config,
     resp_frame_end,
+    start_replica,
     vm_rss_kib,
 )
 
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     gateway = None
     try:
         if args.governed:
-            replica = RedisServer("--replicaof", "127.0.0.1", str(node.port))
+            replica = start_replica(node)
             servers.append(replica)
             config = redis_cluster_config(
                 "fuzz",

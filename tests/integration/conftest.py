@@ -19,6 +19,15 @@ def redis_node() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
+def shards() -> Iterator[list[RedisServer]]:
+    """Three independent nodes, for sharded clusters."""
+    servers = [RedisServer() for _ in range(3)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
 def gateway(redis_node: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The gateway in front of ``redis_node``, shared by a module's tests."""
     config = redis_cluster_config("feed-cache", {"dc-a": [redis_node.port]})

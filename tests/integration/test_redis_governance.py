@@ -22,26 +22,16 @@ from tests.support.servers import (
     RedisServer,
     encode_command,
     redis_cluster_config,
+    start_replica,
     wait_for,
 )
-
-
-def _replica_of(primary: RedisServer) -> RedisServer:
-    replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port))
-    client = redis.Redis(port=replica.port)
-    wait_for(
-        lambda: client.info("replication").get("master_link_status") == "up",
-        10,
-        f"replica {replica.port} to sync",
-    )
-    return replica
 
 
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[tuple[RedisServer, RedisServer, RedisServer]]:
     primary = RedisServer()
-    replica_a = _replica_of(primary)
-    replica_b = _replica_of(primary)
+    replica_a = start_replica(primary)
+    replica_b = start_replica(primary)
     yield primary, replica_a, replica_b
     for server in (replica_b, replica_a, primary):
         server.stop()
@@ -69,8 +59,8 @@ def test_reads_follow_route_weights(
             route={"dc-a": 80, "dc-b": 20},
         )
     )
+    redis.Redis(port=gw.port).set("route:k", "v")  # another session: this one never wrote
     client = redis.Redis(port=gw.port)
-    client.set("route:k", "v")
     wait_for(lambda: redis.Redis(port=replica_b.port).get("route:k") == b"v", 5, "replication")
     _reset_stats(primary, replica_a, replica_b)
     for _ in range(2000):
@@ -137,7 +127,8 @@ def test_a_pipeline_reads_its_own_writes_across_several_reads_of_the_socket(
     start_gateway,
 ) -> None:
     """A pipeline longer than one read of the client socket (256 KiB) is run in several
-    batches: a read in a later batch still goes where the pipeline's write went. The second
+    batches, and redis-py sends a large value in a write of its own, so the socket may be
+    empty mid-pipeline: a read after the write still goes where the write went. The second
     node never sees the write (a replica lagging forever), so a read sent there misses."""
     primary, elsewhere = RedisServer(), RedisServer()
     try:
@@ -152,10 +143,13 @@ def test_a_pipeline_reads_its_own_writes_across_several_reads_of_the_socket(
             pipe.echo(padding)  # the GET arrives in a later read than the SET
             pipe.get(f"split:{i}")
             assert pipe.execute()[2] == str(i).encode()
+        for i in range(40):  # not pipelined: a read right after the write's reply
+            assert client.set(f"seq:{i}", i) and client.get(f"seq:{i}") == str(i).encode()
         assert _gets(elsewhere.port) == 0
-        # Pipelines that wrote nothing still spread their reads.
+        # A session that did not write spreads its reads.
+        reader = redis.Redis(port=gw.port)
         for _ in range(40):
-            client.get("split:0")
+            reader.get("split:0")
         assert _gets(elsewhere.port) > 0
     finally:
         primary.stop()
@@ -367,8 +361,8 @@ def _stalled_replica_p99(
             **cluster,
         )
     )
+    redis.Redis(port=gw.port).set("hedge:k", "v")  # another session: this one never wrote
     client = redis.Redis(port=gw.port, socket_timeout=10)
-    client.set("hedge:k", "v")
     wait_for(
         lambda: all(redis.Redis(port=s.port).get("hedge:k") == b"v" for s in nodes),
         5,

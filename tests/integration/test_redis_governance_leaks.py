@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import trio
 
 from resmesh.config import parse_config
@@ -32,7 +31,7 @@ from tests.support.servers import (
     encode_command,
     redis_cluster_config,
     resp_frame_end,
-    wait_for,
+    start_replica,
 )
 
 #: Error replies a client may see here: the limits doing their job. Anything else fails.
@@ -42,13 +41,7 @@ _ALLOWED_ERRORS = (b"-ERR resmesh: concurrency limit", b"-ERR resmesh: rate limi
 @pytest.fixture(scope="module")
 def primary_and_replica() -> Iterator[tuple[RedisServer, RedisServer]]:
     primary = RedisServer()
-    replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port))
-    client = redis.Redis(port=replica.port)
-    wait_for(
-        lambda: client.info("replication").get("master_link_status") == "up",
-        10,
-        f"replica {replica.port} to sync",
-    )
+    replica = start_replica(primary)
     yield primary, replica
     for server in (replica, primary):
         if server.proc is not None:

@@ -6,8 +6,6 @@ Where redis-server has an answer, the gateway's is compared with it byte for byt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
@@ -135,14 +133,6 @@ def test_reset_in_pub_sub_mode_logs_the_client_out(redis_node: RedisServer, star
         assert client.call(("RESET",)) == [b"+RESET\r\n"]
         assert client.call(("GET", "a"))[0].startswith(b"-NOAUTH")
         assert client.call(("AUTH", "app", "pw"), ("GET", "a")) == [b"+OK\r\n", b"$6\r\nsecret\r\n"]
-
-
-@pytest.fixture(scope="module")
-def shards() -> Iterator[list[RedisServer]]:
-    servers = [RedisServer() for _ in range(3)]
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture

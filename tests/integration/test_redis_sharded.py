@@ -4,20 +4,11 @@ real nodes, multi-key commands split and merged, cross-node commands refused cle
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from tests.support.servers import Gateway, RedisServer, redis_cluster_config, wait_for
-
-
-@pytest.fixture(scope="module")
-def shards() -> Iterator[list[RedisServer]]:
-    servers = [RedisServer() for _ in range(3)]
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture

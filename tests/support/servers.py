@@ -109,6 +109,20 @@ class RedisServer:
             self.proc = None
 
 
+def start_replica(primary: RedisServer) -> RedisServer:
+    """A ``redis-server`` replicating ``primary`` (``REPLICAOF``), returned once in sync."""
+    import redis
+
+    replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port))
+    client = redis.Redis(port=replica.port)
+    wait_for(
+        lambda: client.info("replication").get("master_link_status") == "up",
+        10,
+        f"replica {replica.port} to sync",
+    )
+    return replica
+
+
 class Gateway:
     """``resmesh run`` as a subprocess on a config built by the test."""
 

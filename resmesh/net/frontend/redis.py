@@ -165,10 +165,9 @@ class RedisSession:
         self._fwd_reads = True
         #: Operations admitted by the limiter whose run has not returned yet.
         self._admitted: list[str] = []
-        #: Whether the client's current pipeline sent a write: its later reads then go to the
-        #: primary. A pipeline ends when the client waits for replies (nothing left to read);
-        #: it may span many batches (a large one, or one that arrives in several segments).
-        self._pipeline_wrote = False
+        #: Until when this session's reads go to the primary: ``_READ_YOUR_WRITES`` after its
+        #: last write (0.0: it never wrote).
+        self._reads_on_primary_until = 0.0
         self._fwd_slots: list[int] = []
         self._substitutes: dict[int, bytes] = {}
         #: Trio's clock, held to read the time for limits without trio.current_time()'s
@@ -188,10 +187,8 @@ class RedisSession:
                 try:
                     data = sock.recv(RECV_SIZE)
                 except BlockingIOError:
-                    # Nothing to read: the client waits for its replies, so its pipeline has
-                    # ended. Park, interruptible by a drain or the idle timeout.
+                    # Nothing to read: park, interruptible by a drain or the idle timeout.
                     # (The scope is only paid for here, not on the pipelined fast path.)
-                    self._pipeline_wrote = False
                     with trio.CancelScope() as scope:
                         self.idle_scope = scope
                         if idle_timeout > 0:
@@ -404,14 +401,16 @@ class RedisSession:
         commands = self._fwd
         self._fwd = []
         self._fwd_slots = []
-        # Reads after a write of the same pipeline go where the write went: a pipeline reads
-        # its own writes even when reads are spread over replicas.
-        read = self._fwd_reads and not self._pipeline_wrote
+        read = self._fwd_reads
         self._fwd_reads = True
-        admitted, self._admitted = self._admitted, []
-        self._pipeline_wrote = self._pipeline_wrote or not read
-        timeout = self.runtime.config.backend.command_timeout
         upstream = self.runtime.upstream
+        # Reads soon after this session's write go where the write went, so a client reads
+        # its own writes even when reads are spread over replicas that lag.
+        wrote = not read and upstream.policies.spreads_reads
+        if read and self._reads_on_primary_until:
+            read = self._clock.current_time() >= self._reads_on_primary_until
+        admitted, self._admitted = self._admitted, []
+        timeout = self.runtime.config.backend.command_timeout
         hedges_by_operation = upstream.policies.operation_hedges
         operation = _run_operation(commands) if read and hedges_by_operation else None
         key = _run_key(commands) if read and upstream.hash_reads else None
@@ -454,6 +453,8 @@ class RedisSession:
                 # The session's server-side state (transaction, watches) is gone with it.
                 self._release_pinned()
         finally:
+            if wrote:  # counted from when the write was answered (or failed)
+                self._reads_on_primary_until = self._clock.current_time() + _READ_YOUR_WRITES
             if admitted:
                 limiter = self.runtime.limiter
                 assert limiter is not None
@@ -1070,6 +1071,10 @@ _UNKNOWN_SHAPE: Final[dict[str, int]] = {}
 _SHAPE_MAX_LEN: Final = 64
 
 
+#: Seconds a session's reads stay on the primary after its write (replicas lag): long enough
+#: for a pipeline however its bytes arrive and for a read right after a write; Rails' primary
+#: / replica selector uses 2 s for the same reason.
+_READ_YOUR_WRITES: Final = 1.0
 #: Keyspace reads that name no key (the command table gives them no key positions).
 _KEYSPACE_COMMANDS: Final = frozenset({b"SCAN", b"KEYS", b"RANDOMKEY", b"DBSIZE"})
 
