@@ -731,10 +731,24 @@ def load_config(path: str | Path) -> Config:
     return _parse(data, _Context(source, lines))
 
 
+#: Far above any real config (thousands of clusters fit in a few MB).
+_MAX_CONFIG_BYTES: Final = 64 << 20
+
+
 def _read_text(source: Path, missing: str, missing_fix: str) -> str:
     """The file's text, or a :class:`ConfigError` naming it (a config or a preset file)."""
     try:
-        return source.read_text(encoding="utf-8")
+        with source.open("rb") as file:
+            raw = file.read(_MAX_CONFIG_BYTES + 1)  # bounded: -c /dev/zero must not hang
+        if len(raw) > _MAX_CONFIG_BYTES:
+            raise ConfigError(
+                source,
+                None,
+                f"larger than {_MAX_CONFIG_BYTES >> 20} MiB: not a config file",
+                "pass the YAML config file itself",
+            )
+        # Newlines as text mode reads them (\r\n and \r become \n), for line numbers.
+        return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         raise ConfigError(source, None, missing, missing_fix) from None
     except IsADirectoryError:

@@ -1012,3 +1012,8 @@ def test_without_a_route_the_first_group_must_have_a_node_that_takes_traffic(
     with pytest.raises(ConfigError, match="every node in it has weight 0") as info:
         load_config(path)
     assert "route: {b: 100}" in info.value.fix
+
+
+def test_an_endless_file_is_refused_not_read_forever() -> None:
+    with pytest.raises(ConfigError, match="not a config file"):
+        load_config("/dev/zero")
