@@ -1175,10 +1175,12 @@ def _clusters(
             "groups: {dc-a: [127.0.0.1:6379]}}",
         )
     clusters: dict[str, ClusterConfig] = {}
-    # Where each bound address came from, to refuse two listeners on one socket.
-    bound: list[tuple[Address, _KeyPath]] = []
+    # Where each bound address came from, by port (only the same port can clash: checking
+    # every pair made a config of thousands of clusters take minutes), to refuse two
+    # listeners on one socket.
+    bound: dict[int, list[tuple[Address, _KeyPath]]] = {}
     if gateway.admin is not None:
-        bound.append((gateway.admin, ("gateway", "admin")))
+        bound[gateway.admin.port] = [(gateway.admin, ("gateway", "admin"))]
     for name, raw in section.items():
         cluster_path = (*path, name)
         _name(ctx, name, cluster_path, "cluster")
@@ -1190,20 +1192,22 @@ def _clusters(
                 "would listen on a different port",
                 "give the cluster a fixed port, e.g. 127.0.0.1:6380",
             )
-        for other, other_path in bound:
+        for other, other_path in bound.get(cluster.listen.port, ()):
             if _same_socket(cluster.listen, other):
                 raise ctx.error(
                     (*cluster_path, "listen"),
                     f"listen address {cluster.listen} is already used by {_dotted(other_path)}",
                     "give each cluster its own port",
                 )
-        bound.append((cluster.listen, (*cluster_path, "listen")))
+        bound.setdefault(cluster.listen.port, []).append(
+            (cluster.listen, (*cluster_path, "listen"))
+        )
         clusters[name] = cluster
     # A node that is one of our own listeners would make the gateway call itself forever.
     for name, cluster in clusters.items():
         for group, nodes in cluster.groups.items():
             for index, node in enumerate(nodes):
-                for own, own_path in bound:
+                for own, own_path in bound.get(node.address.port, ()):
                     if _same_socket(node.address, own):
                         raise ctx.error(
                             ("clusters", name, "groups", group, index),
