@@ -779,6 +779,18 @@ def parse_config(data: object, source: Path) -> Config:
     return _parse(data, _Context(source, {}))
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as SafeLoader reads it, except that nothing is read as a date: no config value
+    is one, and ``password: 2024-13-45`` either became a date (then refused as "not a
+    string") or failed in PyYAML's constructor with no key or line to point at."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _read_yaml(text: str, source: Path) -> tuple[object, dict[_KeyPath, int]]:
     """Parse YAML into plain data plus a map from key path to line number.
 
@@ -789,7 +801,7 @@ def _read_yaml(text: str, source: Path) -> tuple[object, dict[_KeyPath, int]]:
     """
     loader: yaml.SafeLoader | None = None
     try:
-        loader = yaml.SafeLoader(text)  # checks for unprintable characters already
+        loader = _Loader(text)  # checks for unprintable characters already
         node = loader.get_single_node()
         if node is None:
             return None, {}
