@@ -2,7 +2,8 @@
 
 Shutdown contract (DESIGN §8): on the first SIGTERM or SIGINT the gateway stops accepting,
 lets in-flight batches finish and idle clients go, waits at most ``gateway.drain_timeout`` for
-the rest, then cancels what remains and exits 0. A second signal skips the wait.
+the rest, then cancels what remains and exits 0. A second signal (a second or more after the
+first) skips the wait.
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ def _lock_listen_addresses(config: Config) -> list[typing.IO[bytes]] | None:
     for name, cluster in config.clusters.items():
         address = f"{cluster.listen.host}-{cluster.listen.port}".replace("/", "_")
         path = Path(tempfile.gettempdir()) / f"resmesh-listen-{address}.lock"
-        lock = path.open("ab")
+        try:
+            lock = path.open("ab")
+        except OSError as exc:  # another user's file, a read-only /tmp: go on unguarded
+            log.warning("cannot guard %s against a second gateway: %s", cluster.listen, exc)
+            continue
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
