@@ -265,10 +265,10 @@ class ClusterPolicies:
     ) -> None:
         """A call that :meth:`begin` started on ``node`` ended with ``outcome``."""
         self._balancer_of[node].finish(node)
-        breaker = self.breakers[node]
-        was_closed = breaker.state is _CLOSED
         if outcome is _REJECTED and not probe:
             return  # refused further on: no word on the node, and no probe slot to give back
+        breaker = self.breakers[node]
+        was_closed = breaker.state is _CLOSED
         breaker.record(outcome, latency, now)
         if (
             outcome is _LOCAL

@@ -577,7 +577,6 @@ class RedisSession:
             self._queue(command)
             self.in_multi = self.watching = False
             selects, self._multi_selects = self._multi_selects, []
-            self._multi_queued = 0
             await self._flush()
             if name == _EXEC and _is_exec_success(self._out[slot]):
                 for position, db in selects:  # the SELECTs that took effect, in order
