@@ -1,31 +1,34 @@
-"""``Call``, ``Reply`` and ``Outcome``: the only things governance sees (DESIGN §3).
+"""``Call``, ``Run``, ``Outcome``: the only things governance sees.
 
 Every protocol frontend turns a request (a Redis command, a SQL query, a Motan2 RPC) into a
-:class:`Call`; every policy is ``async (call, next) -> Reply``; the frontend renders the
-:class:`Reply` back in its protocol. Keeping this vocabulary tiny is what lets one pipeline govern
-all three protocols.
+:class:`Call` and the calls it sends to one node together into a :class:`Run`; the governance
+pipeline (``resmesh/policies``) decides per call (degrade switch, limits) and per run (node,
+breaker, failover, backup request), and judges every answer by its :class:`Outcome`. Keeping
+this vocabulary tiny is what lets one pipeline govern every protocol.
+
+A ``Call`` is built for every command of a pipeline, so it is a slotted object of four fields
+and everything that is the same for every call of one kind (its operation's name, whether it
+writes, whether it may be retried) lives in a shared :class:`Operation`, made once per kind.
+The cluster and protocol are not repeated per call: a call is only ever governed by its own
+cluster's pipeline, which knows both.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Final, final
+from collections.abc import Sequence
+from typing import final
 
-__all__ = [
-    "REDIS_ERROR_OUTCOMES",
-    "Call",
-    "Next",
-    "Outcome",
-    "Policy",
-    "Protocol",
-    "Reply",
-    "classify_redis_error",
-]
+__all__ = ["Call", "Operation", "Outcome", "Protocol", "Run", "Unavailable"]
 
 
 class Protocol(enum.StrEnum):
+    """The wire protocol a cluster speaks.
+
+    A ``StrEnum`` so that ``cluster.protocol == "redis"`` and f-strings keep working while the
+    type checker still sees a closed set.
+    """
+
     REDIS = "redis"
     MYSQL = "mysql"
     MOTAN2 = "motan2"
@@ -35,7 +38,8 @@ class Outcome(enum.IntEnum):
     """How a call ended, from the point of view of the node's health.
 
     Only ``UPSTREAM_ERROR`` and ``LOCAL_ERROR`` count against a node (breaker, outlier);
-    ``APP_ERROR`` is the caller's fault and, like ``OK``, proves the node healthy.
+    ``APP_ERROR`` is the caller's fault and, like ``OK``, proves the node healthy. Envoy's
+    outlier detection makes the same split between "local origin" and upstream errors.
     """
 
     OK = 0
@@ -45,99 +49,135 @@ class Outcome(enum.IntEnum):
     UPSTREAM_ERROR = 2
     #: No answer from the node: connect failure, reset, timeout (Envoy's "local origin").
     LOCAL_ERROR = 3
-    #: Refused by governance: limited, breaker open, degraded.
+    #: Refused by governance: limited, breaker open, degraded, no node left.
     REJECTED = 4
 
     @property
     def node_failure(self) -> bool:
         """Whether this outcome counts against the node that produced it."""
-        return self in (Outcome.UPSTREAM_ERROR, Outcome.LOCAL_ERROR)
+        return self is Outcome.UPSTREAM_ERROR or self is Outcome.LOCAL_ERROR
 
 
 @final
-@dataclass(frozen=True, slots=True)
+class Operation:
+    """What every call of one kind shares: limits, switches and hedge delays key on it.
+
+    Attributes:
+        name: the operation's name: a Redis command (``GET``), a SQL verb, a Motan
+            ``service.method``.
+        write: the call changes data (a degrade switch in ``miss`` mode acknowledges it,
+            ``readonly`` refuses it; reads are answered empty or served).
+        idempotent: the call may be sent twice: retried on another node after a node failure,
+            backed up by a hedge, spread over replicas (Redis reads unless configured
+            otherwise, a plain SELECT, a Motan method configured so).
+    """
+
+    __slots__ = ("idempotent", "name", "write")
+
+    def __init__(self, name: str, *, write: bool, idempotent: bool) -> None:
+        self.name = name
+        self.write = write
+        self.idempotent = idempotent
+
+    def __repr__(self) -> str:
+        kind = "write" if self.write else "read"
+        return f"Operation({self.name}, {kind}, idempotent={self.idempotent})"
+
+
+@final
 class Call:
-    """One governable unit of work.
+    """One governable unit of work: a command, a query, an RPC.
 
     Attributes:
-        protocol: which frontend made it.
-        cluster: the configured cluster name (``feed-cache``).
-        operation: what limits, stats and hedge delays key on: a Redis command name
-            (``GET``), a SQL verb, a Motan ``service.method``.
-        keys: routing/hashing keys (Redis keys from the command table; may be empty).
-        idempotent: retry and hedge are allowed (Redis read-only commands, a plain SELECT,
-            a Motan method configured so).
-        pinned: the call belongs to a session pinned to one node (MULTI, WATCH, SUBSCRIBE,
-            blocking pops, an SQL transaction): no retry, hedge or failover.
-        deadline: absolute ``trio.current_time()`` by which an answer is useless.
-        payload: the encoded request, opaque to policies.
-        batch: calls from one client read (a pipeline) share a batch id; 0 for none.
+        op: its :class:`Operation`.
+        payload: the encoded request (the protocol's own event), opaque to policies.
+        batch: calls from one client read (a pipeline) share a batch id.
+        keys: routing keys (a Redis command's keys), filled where the cluster places calls by
+            key (``balance: hash``, sharding); empty otherwise.
     """
 
-    protocol: Protocol
-    cluster: str
-    operation: str
-    keys: tuple[bytes, ...] = ()
-    idempotent: bool = False
-    pinned: bool = False
-    deadline: float = float("inf")
-    payload: bytes = field(default=b"", repr=False)
-    batch: int = 0
+    __slots__ = ("batch", "keys", "op", "payload")
+
+    def __init__(
+        self, op: Operation, payload: object, batch: int, keys: Sequence[bytes] = ()
+    ) -> None:
+        self.op = op
+        self.payload = payload
+        self.batch = batch
+        self.keys = keys
+
+    @property
+    def operation(self) -> str:
+        return self.op.name
+
+    def __repr__(self) -> str:
+        return f"Call({self.op.name}, batch={self.batch})"
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """The answer to a :class:`Call`.
+class Run:
+    """Calls that go to one node together, in one write: a pipelined batch, or a query or an
+    RPC on its own (a run of one).
+
+    Node choice, the breaker, failover and backup requests act per run: a 16-command pipeline
+    is one decision, one write and one wait, not sixteen.
 
     Attributes:
-        payload: the encoded reply, ready for the client (for ``REJECTED`` the frontend
-            renders ``reason`` instead, in its protocol's error form).
-        outcome: see :class:`Outcome`.
-        node: ``host:port`` of the node that answered, if any.
-        reason: for errors and rejections, short text naming the cause ("rate limit
-            feed-cache 1000/s", "breaker open for 10.0.0.1:6379", "degraded: miss").
+        calls: the calls, in order.
+        payload: their requests, encoded as one write (the transport sends it as it is).
+        idempotent: every call may be sent twice (then the run may be spread, retried
+            elsewhere and hedged).
+        deadline: absolute ``trio.current_time()`` by which an answer is useless: no attempt
+            starts after it and the transport fails an attempt still unanswered then.
+        operation: the run's operation when all its calls share one (its own hedge settings
+            apply), else ``None``.
+        key: the first routing key, for ``balance: hash`` (``None``: any node).
+        shape: what the transport needs to know of the session to send it (for Redis: the
+            selected database and protocol version), opaque here.
     """
 
-    payload: bytes
-    outcome: Outcome = Outcome.OK
-    node: str | None = None
-    reason: str = ""
+    __slots__ = ("calls", "deadline", "idempotent", "key", "operation", "payload", "shape")
+
+    def __init__(
+        self,
+        calls: Sequence[Call],
+        payload: bytes,
+        *,
+        idempotent: bool,
+        deadline: float,
+        operation: str | None = None,
+        key: bytes | None = None,
+        shape: object = None,
+    ) -> None:
+        self.calls = calls
+        self.payload = payload
+        self.idempotent = idempotent
+        self.deadline = deadline
+        self.operation = operation
+        self.key = key
+        self.shape = shape
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __repr__(self) -> str:
+        return f"Run({len(self.calls)} calls, idempotent={self.idempotent})"
 
 
-#: The rest of the pipeline, as a policy sees it.
-Next = Callable[[Call], Awaitable[Reply]]
-#: A governance policy.
-Policy = Callable[[Call, Next], Awaitable[Reply]]
+class Unavailable(Exception):
+    """No node answered a run: every frontend renders this as its protocol's error.
 
-
-#: Redis error codes (the first word of an error reply) that are the *node's* fault; any other
-#: error code is the caller's (WRONGTYPE, NOSCRIPT, syntax, EXECABORT...). Taken from the
-#: codes redis-server 7 emits (``server.h`` shared replies, ``networking.c``, ``cluster.c``)
-#: and what redis-py's error table treats as retryable/connection-level.
-REDIS_ERROR_OUTCOMES: Final[Mapping[bytes, Outcome]] = {
-    b"LOADING": Outcome.UPSTREAM_ERROR,  # loading the dataset in memory
-    b"BUSY": Outcome.UPSTREAM_ERROR,  # a script is running too long
-    b"READONLY": Outcome.UPSTREAM_ERROR,  # a write reached a replica (after a failover)
-    b"MASTERDOWN": Outcome.UPSTREAM_ERROR,  # replica with replica-serve-stale-data no
-    b"MISCONF": Outcome.UPSTREAM_ERROR,  # RDB snapshot failing; writes refused
-    b"OOM": Outcome.UPSTREAM_ERROR,  # maxmemory reached
-    b"NOREPLICAS": Outcome.UPSTREAM_ERROR,  # min-replicas-to-write not met
-    b"CLUSTERDOWN": Outcome.UPSTREAM_ERROR,
-    b"TRYAGAIN": Outcome.UPSTREAM_ERROR,
-    b"MOVED": Outcome.UPSTREAM_ERROR,  # topology changed under us
-    b"ASK": Outcome.UPSTREAM_ERROR,
-    b"NOAUTH": Outcome.UPSTREAM_ERROR,  # the gateway's own backend login is wrong
-    b"WRONGPASS": Outcome.UPSTREAM_ERROR,
-    b"NOPERM": Outcome.UPSTREAM_ERROR,
-}
-
-
-def classify_redis_error(message: bytes) -> Outcome:
-    """The :class:`Outcome` of a Redis error reply, given its text (``b"LOADING Redis is..."``).
-
-    Why a table and not "every error is a failure": an app's WRONGTYPE must never eject a
-    healthy node, while LOADING or READONLY mean that node cannot serve right now.
+    Attributes:
+        node: ``host:port`` of the node the failure is about, if one.
+        reason: short human text ("connection refused", "circuit breaker open (...)").
+        outcome: ``LOCAL_ERROR`` (the node gave no answer) or ``REJECTED`` (governance
+            refused to send: breaker open, no node left).
     """
-    code = message.split(b" ", 1)[0]
-    return REDIS_ERROR_OUTCOMES.get(code, Outcome.APP_ERROR)
+
+    def __init__(
+        self, node: str | None, reason: str, outcome: Outcome = Outcome.LOCAL_ERROR
+    ) -> None:
+        super().__init__(f"backend {node}: {reason}" if node else reason)
+        self.node = node
+        self.reason = reason
+        self.outcome = outcome

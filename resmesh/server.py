@@ -20,17 +20,19 @@ import sys
 import tempfile
 import time
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import trio
 
-from .config import Config
+from .call import Protocol
+from .config import ClusterConfig, Config, UserConfig
 from .net.listen import bind_tcp
-from .net.redis_cluster import RedisClusterRuntime
+from .net.redis.runtime import RedisRuntime
+from .net.runtime import ClusterRuntime
 from .net.sockio import close_quietly
 
-__all__ = ["run", "serve"]
+__all__ = ["RUNTIMES", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,15 @@ WORKER_ENV = "RESMESH_WORKER"
 
 #: Seconds after the first stop signal during which more copies count as the same one.
 _SAME_SIGNAL_WINDOW = 1.0
+
+#: The runtime that serves a cluster of each protocol (``docs/architecture.md`` says how to
+#: add one).
+RUNTIMES: typing.Final[
+    Mapping[
+        Protocol,
+        Callable[[ClusterConfig, Mapping[str, UserConfig], trio.Nursery], ClusterRuntime],
+    ]
+] = {Protocol.REDIS: RedisRuntime}
 
 
 def run(config: Config) -> int:
@@ -191,9 +202,11 @@ async def serve(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as backend:
             runtimes = [
-                RedisClusterRuntime(cluster, config.users, backend)
+                RUNTIMES[Protocol(cluster.protocol)](cluster, config.users, backend)
                 for cluster in config.clusters.values()
             ]
+            for runtime in runtimes:
+                backend.start_soon(runtime.run)
             try:
                 async with trio.open_nursery() as connections:
                     accepting = trio.CancelScope()
@@ -201,10 +214,11 @@ async def serve(
                     for runtime in runtimes:
                         host, port = listeners[runtime.name].getsockname()[:2]
                         log.info(
-                            "cluster %s listening on %s (redis) -> %s",
+                            "cluster %s listening on %s (%s) -> %s",
                             runtime.name,
                             f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                            runtime.primary.node,
+                            runtime.protocol,
+                            runtime.describe_backend(),
                         )
                     task_status.started()
                     async for signum in signals:
@@ -229,7 +243,7 @@ async def serve(
 
 async def _accept_all(
     scope: trio.CancelScope,
-    runtimes: list[RedisClusterRuntime],
+    runtimes: list[ClusterRuntime],
     listeners: dict[str, socket.socket],
     connections: trio.Nursery,
 ) -> None:
@@ -245,7 +259,7 @@ async def _accept_all(
             close_quietly(listener)
 
 
-async def _wait_sessions_gone(runtimes: list[RedisClusterRuntime]) -> None:
+async def _wait_sessions_gone(runtimes: list[ClusterRuntime]) -> None:
     """Poll until every client session has ended (bounded by the caller's drain deadline)."""
     while any(runtime.sessions for runtime in runtimes):
         await trio.sleep(0.02)

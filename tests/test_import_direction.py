@@ -60,6 +60,6 @@ def test_policies_never_import_protocols() -> None:
 
 def test_the_checker_sees_relative_imports() -> None:
     """Guard against a checker that passes by seeing nothing."""
-    names = _imports(PACKAGE / "net" / "frontend" / "redis.py")
+    names = _imports(PACKAGE / "net" / "redis" / "session.py")
     assert "resmesh.protocols.resp.requests" in names
     assert "trio" in names

@@ -1,39 +1,39 @@
-"""The governance pipeline of one cluster: every policy, assembled once, in DESIGN §1's order.
+"""The governance pipeline of one cluster: every policy, assembled once, in this order::
 
-``switch (degrade) → limit → route (DC weights) → HA (failover | backup request) → balance
-(pick node) → breaker/outlier (per node) → endpoint``
+    switch (degrade) -> limit -> route (DC weights) -> HA (failover | backup request)
+        -> balance (pick node) -> breaker/outlier (per node) -> node
 
 :class:`ClusterPolicies` holds one instance of each policy for a cluster, built from its
-configuration, and offers the pipeline twice, over the same state:
+configuration, and the synchronous steps every protocol's path takes:
 
-* :meth:`ClusterPolicies.call` runs one :class:`~resmesh.call.Call` through the whole chain as
-  ``async (call, endpoint) -> Reply``. Protocols whose unit is one request at a time (a SQL
-  query, a Motan2 RPC) use this, so they get every policy without wiring any.
-* The steps as synchronous methods (:meth:`decide`, :meth:`admit`, :meth:`pick`,
-  :meth:`begin`, :meth:`settle`, :meth:`abandon`) for a path that governs a *batch* of
-  commands per await: the Redis frontend admits a 16-command pipeline in one step and sends
-  it as one run. An async layer per pipelined command measured too costly there
-  (bench/README.md), so it drives these steps itself; the state they touch, and so every
-  breaker, budget and limit, is the same.
+* per call, as a frontend reads them: :meth:`~ClusterPolicies.decide` (the degrade switch in
+  force, first) and :meth:`~ClusterPolicies.admit` / :meth:`~ClusterPolicies.done` (rate and
+  concurrency limits); a pipelined batch is admitted whole by ``limiter.admit_batch`` when it
+  can be;
+* per run, for the HA engine (:mod:`~resmesh.policies.engine`, the only place that awaits):
+  :meth:`~ClusterPolicies.pick` (group by route and health, node by the balancer),
+  :meth:`~ClusterPolicies.begin` (the node's breaker), :meth:`~ClusterPolicies.settle` (the
+  outcome, for breaker, outlier detector and load).
 
-Why one object per cluster rather than per protocol: the registry will swap a cluster's
-topology and switches at run time, and the admin API reads every policy's statistics; both
-need one place that owns them.
+The order is the one Envoy's HTTP filter chain and motan-go's filters share: refusals that
+cost nothing (a switch, a limit) come before any node is chosen, and per-node health decides
+last, where the node is known.
+
+Why one object per cluster rather than per protocol: the registry swaps a cluster's topology
+and switches at run time, and the admin API reads every policy's statistics; both need one
+place that owns them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-import trio
-
-from ..call import Call, Outcome, Reply
+from ..call import Outcome
 from .balance import Balancer, ConsistentHashBalancer
 from .breaker import BreakerState, CircuitBreaker
-from .failover import with_failover
-from .hedge import HedgeBudget, HedgeDelay, hedged
+from .hedge import HedgeBudget, HedgeDelay
 from .limit import Limiter
 from .outlier import OutlierDetector
 from .retry import RetryBudget
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from ..cluster.topology import Node, Topology
     from ..config import GovernanceConfig, SwitchSettings
 
-__all__ = ["ClusterPolicies", "Endpoint", "configured_switches"]
+__all__ = ["ClusterPolicies", "configured_switches"]
 
 #: How often group health is recomputed for the router at most (seconds): health is a scan
 #: of every node's breaker and ejection, too costly per call and slow to change.
@@ -61,10 +61,6 @@ _CLOSED: Final = BreakerState.CLOSED
 _REJECTED: Final = Outcome.REJECTED
 _LOCAL: Final = Outcome.LOCAL_ERROR
 _UPSTREAM: Final = Outcome.UPSTREAM_ERROR
-
-#: Sends a call to one node and returns its reply, classified (``Reply.outcome``). The chain
-#: bounds it by the call's deadline and cancels it when a backup request wins.
-Endpoint = Callable[["Node", Call], Awaitable[Reply]]
 
 
 class ClusterPolicies:
@@ -94,6 +90,8 @@ class ClusterPolicies:
         self.cluster = cluster
         self.topology = topology
         self.governance = governance
+        #: Where writes and sessions go; ``None`` in a sharded cluster (each key has its node).
+        self.primary: Node | None = None if sharded else topology.primary
         nodes = topology.nodes
         limits = limiter_config(governance)
         has_limits = any(
@@ -184,11 +182,14 @@ class ClusterPolicies:
         self._health_at = -math.inf
 
     # ----------------------------------------------------------------------------------------
-    # The steps, for paths that govern a batch per await
+    # Per call
 
     def decide(self, operation: str, is_write: bool) -> SwitchDecision | None:
         """The degrade switch in force for ``operation``, if any (first in the chain)."""
         return self.switchboard.decide(self.cluster, operation, is_write)
+
+    # ----------------------------------------------------------------------------------------
+    # Per run: the HA engine's steps
 
     def hedger(self, operation: str | None) -> HedgeDelay | None:
         """The hedge tracker for ``operation``: its own settings, delay and budget, or the
@@ -260,6 +261,20 @@ class ClusterPolicies:
         self._balancer_of[node].start(node)
         return probe
 
+    def refuses(self, node: Node, now: float) -> str | None:
+        """Why ``node``'s breaker would refuse a session starting there now, or ``None``
+        (asks without taking a probe: the session's exchanges are counted as they come)."""
+        breaker = self.breakers[node]
+        if breaker.would_allow(now):
+            return None
+        return f"circuit breaker open ({breaker.reason})"
+
+    def begin_committed(self, node: Node) -> bool:
+        """Start a call on ``node`` that its session is committed to (a command inside a
+        transaction pinned there): counted in flight, never refused; never a probe."""
+        self._balancer_of[node].start(node)
+        return False
+
     def settle(
         self, node: Node, outcome: Outcome, latency: float, now: float, probe: bool = False
     ) -> None:
@@ -310,87 +325,6 @@ class ClusterPolicies:
         breakers = self.breakers
         offered = self.outliers[group].available(nodes, now)
         return [n for n in offered if breakers[n].would_allow(now)]
-
-    # ----------------------------------------------------------------------------------------
-    # The whole chain, for one call at a time
-
-    async def call(
-        self,
-        call: Call,
-        endpoint: Endpoint,
-        degraded: Callable[[Call, SwitchDecision], Reply],
-    ) -> Reply:
-        """Run ``call`` through every policy and ``endpoint``; never raises for a node's
-        failure (the reply's outcome says it).
-
-        ``degraded`` renders a degrade switch's answer in the call's protocol (an empty
-        result for ``miss``, the configured reply for ``fallback``, an error naming the
-        switch); the chain stops there. A limit's refusal comes back ``REJECTED`` with the
-        limit named in ``reason``. Writes and pinned calls go to the primary, once.
-        Idempotent calls are spread, hedged after the operation's p90, and failed over to
-        another node within the retry budget.
-        """
-        decision = self.decide(call.operation, not call.idempotent)
-        if decision is not None:
-            return degraded(call, decision)
-        limiter = self.limiter
-        if limiter is not None:
-            refusal = limiter.admit(call.operation, trio.current_time())
-            if refusal is not None:
-                return Reply(b"", Outcome.REJECTED, reason=refusal)
-        try:
-            if call.pinned or not call.idempotent or not self.spreads_reads:
-                return await self._attempt(call, endpoint, set(), self.topology.primary)
-            key = call.keys[0] if self.hashing and call.keys else None
-
-            async def attempt(tried: set[Node]) -> Reply:
-                node = self.pick(trio.current_time(), tuple(tried), key)
-                if node is None and not tried:
-                    node = self.topology.primary  # every route weight is 0
-                if node is None:
-                    return Reply(b"", Outcome.REJECTED, reason="no node left to try")
-                return await self._attempt(call, endpoint, tried, node)
-
-            hedger = self.hedger(call.operation)
-
-            async def hedged_attempt(tried: set[Node]) -> Reply:
-                if hedger is None:
-                    return await attempt(tried)
-                delay = hedger.delay(trio.current_time())
-                return await hedged(call, attempt, delay, hedger.budget, tried=tried)
-
-            started = trio.current_time()
-            reply = await with_failover(call, hedged_attempt, self.retry_budget, self.max_attempts)
-            if hedger is not None and reply.outcome is Outcome.OK:
-                now = trio.current_time()
-                hedger.record(now - started, now)
-            return reply
-        finally:
-            if limiter is not None:
-                limiter.done(call.operation)
-
-    async def _attempt(self, call: Call, endpoint: Endpoint, tried: set[Node], node: Node) -> Reply:
-        """One try on ``node``, bounded by the call's deadline, recorded for its health."""
-        tried.add(node)
-        started = trio.current_time()
-        if started >= call.deadline:
-            # Out of time before sending: the node is not to blame, nothing is counted.
-            return Reply(b"", Outcome.LOCAL_ERROR, node.address, "deadline passed before sending")
-        probe = self.begin(node, started)
-        if isinstance(probe, str):
-            return Reply(b"", Outcome.REJECTED, node.address, probe)
-        reply: Reply | None = None
-        try:
-            with trio.move_on_at(call.deadline):
-                reply = await endpoint(node, call)
-        except BaseException:
-            self.abandon(node, probe)  # cancelled: a backup won, or the caller is gone
-            raise
-        now = trio.current_time()
-        if reply is None:
-            reply = Reply(b"", Outcome.LOCAL_ERROR, node.address, f"timeout at {node.address}")
-        self.settle(node, reply.outcome, now - started, now, probe)
-        return reply
 
     # ----------------------------------------------------------------------------------------
 

@@ -17,38 +17,26 @@ Pieces:
 * :class:`HedgeDelay`: a per-operation rolling latency histogram and the hedge delay read from
   it (``max(floor, p90)``), recomputed at most every ``refresh`` seconds. Synchronous.
 * :func:`hedge_delay`: the same rule as a function of a histogram.
-* :func:`hedged`: the async adapter that races the attempts in a nursery.
+
+The race itself (send, wait, back up, first answer wins) is the HA engine's
+(:mod:`~resmesh.policies.engine`), the same for every protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar, final
+from typing import Final, final
 
-import trio
-
-from resmesh.call import Call, Outcome, Reply
 from resmesh.policies.window import RollingHistogram
 
 __all__ = [
-    "Attempt",
     "HedgeBudget",
     "HedgeBudgetStatistics",
     "HedgeConfig",
     "HedgeDelay",
     "HedgeDelayStatistics",
     "hedge_delay",
-    "hedged",
 ]
-
-T = TypeVar("T")
-
-#: One attempt of a call: picks a node *not* in the shared ``tried`` set, adds it to the set
-#: before sending (so a concurrent attempt avoids it), and returns the reply. It must turn I/O
-#: errors into ``LOCAL_ERROR`` replies and return ``REJECTED`` when no untried node is left;
-#: it should not raise (except ``trio.Cancelled``, which it must let through).
-Attempt = Callable[[set[T]], Awaitable[Reply]]
 
 #: Budget arithmetic in millionths of a token, so "15 % of calls" is exact, not float drift.
 _UNIT: Final = 1_000_000
@@ -271,92 +259,3 @@ class HedgeDelay:
         return HedgeDelayStatistics(
             delay=delay, samples=self.histogram.count(now), computed_at=self.computed_at
         )
-
-
-def _wins(reply: Reply) -> bool:
-    """An answer that ends the race: the node answered (even with the caller's error)."""
-    return reply.outcome is Outcome.OK or reply.outcome is Outcome.APP_ERROR
-
-
-async def hedged(
-    call: Call,
-    attempt: Attempt[T],
-    delay: float | None,
-    budget: HedgeBudget,
-    *,
-    tried: set[T] | None = None,
-) -> Reply:
-    """Run ``call`` through ``attempt``, backing it up on another node if it is slow.
-
-    The first attempt starts at once. If it has not answered after ``delay`` seconds, and the
-    call is idempotent and not pinned, and ``budget`` has a token, a second attempt starts in
-    the same nursery (it avoids the first's node through the shared ``tried`` set). The first
-    answer that is OK or APP_ERROR wins and the other attempt is cancelled. A node failure
-    (or REJECTED) does not win: the other attempt is awaited, and if the first attempt fails
-    before ``delay`` is up the backup starts at once, budget permitting (motan-go and gRPC A6
-    skip the delay after a fast failure). If every attempt fails, the last failure is returned
-    (a node failure in preference to a REJECTED).
-
-    ``delay`` ``None`` (cold start, or hedging off) runs the one attempt. Every call through
-    here earns hedge budget, hedged or not. ``tried`` is shared with an enclosing failover, so
-    neither a backup nor a retry goes to a node already used (a fresh set if not given).
-
-    Raises:
-        Exception: whatever an attempt raises (attempts should not raise; a single exception
-            is re-raised as itself, not wrapped in an exception group).
-    """
-    budget.record_call()
-    shared: set[T] = set() if tried is None else tried
-    if delay is None or not call.idempotent or call.pinned:
-        return await attempt(shared)
-    send, receive = trio.open_memory_channel[tuple[int, Reply]](2)
-
-    async def run(index: int) -> None:
-        reply = await attempt(shared)
-        send.send_nowait((index, reply))
-
-    failure: Reply | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, 0)
-            running = 1
-            may_hedge = True
-            hedge_at = trio.current_time() + delay
-            while True:
-                got: tuple[int, Reply] | None = None
-                if may_hedge:
-                    with trio.move_on_at(hedge_at):
-                        got = await receive.receive()
-                    if got is None:  # the first attempt is slow: back it up
-                        may_hedge = False
-                        if budget.try_hedge():
-                            nursery.start_soon(run, 1)
-                            running += 1
-                        continue
-                else:
-                    got = await receive.receive()
-                index, reply = got
-                running -= 1
-                if _wins(reply):
-                    if index:
-                        budget.wins += 1
-                    nursery.cancel_scope.cancel()
-                    return reply
-                if failure is None or reply.outcome is not Outcome.REJECTED:
-                    failure = reply
-                if running == 0:
-                    if may_hedge:  # failed fast, before the delay: back it up now
-                        may_hedge = False
-                        # ...unless it failed by running out of time: a backup would too.
-                        in_time = trio.current_time() < call.deadline
-                        if in_time and budget.try_hedge():
-                            nursery.start_soon(run, 1)
-                            running += 1
-                            continue
-                    break
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    assert failure is not None
-    return failure

@@ -23,7 +23,7 @@ import trio
 
 from resmesh.config import parse_config
 from resmesh.net.listen import bind_tcp
-from resmesh.net.redis_cluster import RedisClusterRuntime
+from resmesh.net.redis.runtime import RedisRuntime
 from resmesh.policies.balance import LeastLoadedBalancer
 from resmesh.policies.breaker import CircuitBreaker
 from tests.support.servers import (
@@ -123,10 +123,9 @@ async def _stall(replica: RedisServer, times: int) -> None:
             os.kill(replica.proc.pid, signal.SIGCONT)
 
 
-def _leaks(runtime: RedisClusterRuntime) -> list[str]:
+def _leaks(runtime: RedisRuntime) -> list[str]:
     """Every count that should be back at rest once no call is in flight."""
-    upstream = runtime.upstream
-    policies = upstream.policies
+    policies = runtime.policies
     found: list[str] = []
     limiter = policies.limiter
     assert limiter is not None
@@ -146,11 +145,11 @@ def _leaks(runtime: RedisClusterRuntime) -> list[str]:
         assert isinstance(breaker, CircuitBreaker)
         if breaker.probes_in_flight:
             found.append(f"breaker {node.address}: {breaker.probes_in_flight} probes out")
-    for pool in upstream.pools.values():
+    for pool in runtime.transport.pools.values():
         outstanding = pool.statistics().shared_outstanding
         if outstanding:
             found.append(f"pool {pool.node}: {outstanding} replies outstanding")
-    if any(waiter.alarm != float("inf") for waiter in upstream.alarms._queue):
+    if any(waiter.alarm != float("inf") for waiter in runtime.engine.alarms._queue):
         found.append("a hedge deadline is still set")
     if runtime.sessions:
         found.append(f"{len(runtime.sessions)} sessions still open")
@@ -179,7 +178,8 @@ async def test_no_count_leaks_when_clients_leave_hedges_lose_and_a_node_stalls(
     port = listener.getsockname()[1]
     with trio.fail_after(60):
         async with trio.open_nursery() as backend:
-            runtime = RedisClusterRuntime(cluster, config.users, backend)
+            runtime = RedisRuntime(cluster, config.users, backend)
+            backend.start_soon(runtime.run)
             try:
                 async with trio.open_nursery() as connections:
                     connections.start_soon(runtime.serve, listener, connections)
@@ -192,7 +192,7 @@ async def test_no_count_leaks_when_clients_leave_hedges_lose_and_a_node_stalls(
                         while _leaks(runtime):
                             await trio.sleep(0.02)
                     leaks = _leaks(runtime)
-                    budget = runtime.upstream.policies.hedge_budget
+                    budget = runtime.policies.hedge_budget
                     assert budget is not None
                     hedges = budget.statistics()
                     connections.cancel_scope.cancel()

@@ -16,10 +16,9 @@ import trio
 from resmesh.config import BackendConfig, parse_config
 from resmesh.net.backend.errors import BackendError
 from resmesh.net.backend.redis_pool import NodePool
-from resmesh.net.frontend import redis as frontend
-from resmesh.net.frontend.redis import RedisSession
 from resmesh.net.listen import bind_tcp
-from resmesh.net.redis_cluster import RedisClusterRuntime
+from resmesh.net.redis.runtime import RedisRuntime
+from resmesh.protocols.resp.session import RespSession
 from tests.support.servers import RedisServer, encode_command, redis_cluster_config
 
 
@@ -33,10 +32,10 @@ def node() -> Iterator[RedisServer]:
 async def test_a_session_s_unexpected_error_closes_only_that_client(
     node: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken_echo(self: RedisSession, command: object) -> None:
+    def broken_echo(command: object) -> bytes:
         raise RuntimeError("a bug in one command's handler")
 
-    monkeypatch.setitem(frontend._LOCAL, b"ECHO", broken_echo)
+    monkeypatch.setattr(RespSession, "echo", staticmethod(broken_echo))
     config = parse_config(
         redis_cluster_config("c", {"a": [node.port]}), tmp_path / "isolation.yaml"
     )
@@ -44,7 +43,7 @@ async def test_a_session_s_unexpected_error_closes_only_that_client(
     port = listener.getsockname()[1]
     with trio.fail_after(20):
         async with trio.open_nursery() as backend:
-            runtime = RedisClusterRuntime(config.clusters["c"], config.users, backend)
+            runtime = RedisRuntime(config.clusters["c"], config.users, backend)
             async with trio.open_nursery() as connections:
                 connections.start_soon(runtime.serve, listener, connections)
                 bystander = await trio.open_tcp_stream("127.0.0.1", port)

@@ -1,8 +1,8 @@
-"""The Redis path's failover and backup requests against real nodes, driven in this process.
+"""The HA engine on the Redis transport against real nodes, driven in this process.
 
-``RedisUpstream.forward`` is what a session calls per run; here it is called directly, so the
-test can see the policies' own counts (a retry budget's slots, a breaker's slow calls) while
-real ``redis-server`` nodes are killed or stalled under it.
+``HAEngine.execute`` is what a session calls per run; here it is called directly, so the test
+can see the policies' own counts (a retry budget's slots, a breaker's slow calls) while real
+``redis-server`` nodes are killed or stalled under it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import pytest
 import redis
 import trio
 
+from resmesh.call import Call, Run, Unavailable
 from resmesh.config import parse_config
-from resmesh.net.backend.errors import BackendError
-from resmesh.net.redis_upstream import RedisUpstream
+from resmesh.net.redis.runtime import RedisRuntime
+from resmesh.protocols.resp.requests import Command
+from resmesh.protocols.resp.session import command_info
 from tests.support.servers import RedisServer, encode_command, redis_cluster_config
 
 GET = encode_command("GET", "upstream:k")
@@ -40,11 +42,12 @@ def two_nodes() -> Iterator[tuple[RedisServer, RedisServer]]:
 @asynccontextmanager
 async def _upstream(
     a: RedisServer, b: RedisServer, tmp_path: Path, **cluster: Any
-) -> AsyncIterator[RedisUpstream]:
+) -> AsyncIterator[RedisRuntime]:
     data = redis_cluster_config("up", {"dc-a": [a.port], "dc-b": [b.port]}, **cluster)
     config = parse_config(data, tmp_path / "upstream.yaml").clusters["up"]
     async with trio.open_nursery() as nursery:
-        upstream = RedisUpstream(config, nursery)
+        upstream = RedisRuntime(config, {}, nursery)
+        nursery.start_soon(upstream.run)
         try:
             yield upstream
         finally:
@@ -52,8 +55,12 @@ async def _upstream(
             nursery.cancel_scope.cancel()
 
 
-async def _read(upstream: RedisUpstream) -> list[bytes]:
-    return await upstream.forward(GET, 1, 0, 2, read=True, joined=True)
+async def _read(upstream: RedisRuntime) -> list[bytes]:
+    op = upstream.operation(command_info(b"GET"))
+    call = Call(op, Command([b"GET", b"upstream:k"], GET), 1)
+    deadline = trio.current_time() + upstream.config.backend.command_timeout
+    run = Run([call], GET, idempotent=True, deadline=deadline, shape=(0, 2))
+    return (await upstream.engine.execute(run)).replies
 
 
 async def _wait_until(condition: Any, what: str, timeout: float = 10.0) -> None:
@@ -84,18 +91,18 @@ async def test_concurrent_retries_are_capped_by_the_retry_budget(
         },
     ) as upstream:
         node_b = upstream.topology.groups["dc-b"][0]
-        b_pool = upstream.pools[node_b]
+        b_pool = upstream.pool(node_b)
         await b_pool.shared(0, 2)  # connected before b stalls
         a.kill()
         assert b.proc is not None
         os.kill(b.proc.pid, signal.SIGSTOP)  # retries pile up on b, and stay there
-        failed: list[BackendError] = []
+        failed: list[Unavailable] = []
         answered: list[list[bytes]] = []
 
         async def one() -> None:
             try:
                 answered.append(await _read(upstream))
-            except BackendError as exc:
+            except Unavailable as exc:
                 failed.append(exc)
 
         def waiting_on_b() -> int:
@@ -160,7 +167,7 @@ async def test_a_drained_group_gets_no_reads_not_even_retries(
         assert await _read(upstream) == [b"$-1\r\n"]
         a.kill()
         for _ in range(5):
-            with pytest.raises(BackendError):
+            with pytest.raises(Unavailable):
                 await _read(upstream)
         assert redis.Redis(port=b.port).info("commandstats").get("cmdstat_get") is None
         upstream.policies.set_route({"dc-a": 0, "dc-b": 100})  # the operator's shift

@@ -1,15 +1,18 @@
-"""Errors raised by backend connections, each carrying the text a client should see.
+"""The error a backend connection raises when it cannot get an answer from its node.
 
-These are *local-origin* failures in Envoy's sense (connect, reset, timeout): the gateway could not
-get an answer from the node. Governance classifies them as ``LOCAL_ERROR``.
+These are *local-origin* failures in Envoy's sense (connect, reset, timeout): governance counts
+them as ``LOCAL_ERROR`` against the node, and each frontend renders them in its protocol
+(:class:`~resmesh.call.Unavailable` is what every frontend knows how to render).
 """
 
 from __future__ import annotations
 
+from ...call import Outcome, Unavailable
+
 __all__ = ["BackendError"]
 
 
-class BackendError(Exception):
+class BackendError(Unavailable):
     """The gateway could not get an answer from a backend node.
 
     Attributes:
@@ -17,12 +20,7 @@ class BackendError(Exception):
         reason: short human text (``"connection refused"``, ``"timed out after 5s"``).
     """
 
-    def __init__(self, node: str, reason: str) -> None:
-        super().__init__(f"backend {node}: {reason}")
-        self.node = node
-        self.reason = reason
+    node: str
 
-    @property
-    def reply_text(self) -> str:
-        """The RESP error text (without ``-``) the frontend sends for this failure."""
-        return f"ERR resmesh: backend {self.node} unavailable: {self.reason}"
+    def __init__(self, node: str, reason: str) -> None:
+        super().__init__(node, reason, Outcome.LOCAL_ERROR)

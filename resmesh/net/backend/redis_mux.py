@@ -5,8 +5,9 @@ read here carries the replies of every client that sent a command since the last
 commands per wakeup on the backend side (perf-baselines.md, recommendation 5).
 
 How replies find their request: Redis answers in order, so each submission of ``n`` commands
-appends a :class:`Pending` to a FIFO and the reader task hands out the next ``n`` replies to it.
-Waiting costs one ``wait_task_rescheduled`` per submission, no Event, no channel, no task.
+appends a :class:`Pending` (the HA engine's :class:`~resmesh.policies.engine.Attempt`) to a FIFO
+and the reader task hands out the next ``n`` replies to it. Waiting costs one
+``wait_task_rescheduled`` per submission, no Event, no channel, no task.
 
 Failure rules (twemproxy's): a connection that breaks, sends garbage, or leaves a submission
 unanswered past its deadline is closed, and every submission still waiting on it fails with a
@@ -16,22 +17,21 @@ in place, marked abandoned, so the FIFO stays aligned; its replies are read and 
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
+from ...call import Outcome
+from ...policies.engine import Attempt
+from ...policies.waiting import Waiter
 from ...protocols._errors import ProtocolError
+from ...protocols.resp.errors import replies_outcome
 from ..sockio import recv
 from .errors import BackendError
 from .redis_conn import RedisConnection
 
-if TYPE_CHECKING:
-    from .alarms import Alarms
-
-__all__ = ["MuxConnection", "Pending", "Waiter", "wait_first"]
+__all__ = ["MuxConnection", "Pending"]
 
 #: Bound on commands awaiting replies on one shared connection; past it new submissions are
 #: refused instead of queueing without limit behind a slow node.
@@ -42,113 +42,26 @@ MAX_OUTSTANDING: Final = 100_000
 _YIELD_AFTER_BYTES: Final = 4 << 20
 
 
-class Waiter:
-    """The task parked on one or more submissions (several when a request is hedged).
+class Pending(Attempt):
+    """One submission: how many replies it waits for, and those received so far, as runs of
+    raw bytes (one slice per backend read holding whole replies: a client whose batch went out
+    in one write gets its replies back as one buffer, without a bytes object per reply)."""
 
-    Completing a submission wakes ``task`` and clears it, so the second of two hedged
-    submissions to finish cannot wake the task twice.
-    """
+    __slots__ = ("deadline", "expected", "received", "replies")
 
-    __slots__ = ("alarm", "task")
-
-    def __init__(self, task: trio.lowlevel.Task | None = None) -> None:
-        self.task = task
-        #: The deadline an :class:`~.alarms.Alarms` will wake the current wait at, if any.
-        self.alarm = math.inf
-
-    def wake(self) -> None:
-        task, self.task = self.task, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-
-class Pending:
-    """One submission: how many replies it waits for, and those received so far.
-
-    A *joined* submission collects its replies as runs of raw bytes (one slice per backend
-    read), for a caller that forwards them together; otherwise ``replies`` holds one bytes
-    object per reply.
-    """
-
-    __slots__ = (
-        "deadline",
-        "error",
-        "expected",
-        "joined",
-        "on_done",
-        "probe",
-        "received",
-        "replies",
-        "waiter",
-    )
-
-    def __init__(self, expected: int, joined: bool, deadline: float, waiter: Waiter) -> None:
+    def __init__(self, expected: int, deadline: float, waiter: Waiter) -> None:
+        super().__init__(waiter)
         self.expected = expected
         self.deadline = deadline
-        self.joined = joined
         self.received = 0
         self.replies: list[bytes] = []
-        self.error: BackendError | None = None
-        self.waiter = waiter
-        #: Called once it finishes, for a caller that stopped waiting but still accounts
-        #: for it (the loser of a hedge stays "in flight" on its node until then).
-        self.on_done: Callable[[Pending], None] | None = None
-        #: Whether it is its node's half-open breaker probe (set by the caller that
-        #: governs it, which must tell the breaker so if it never gets a verdict).
-        self.probe = False
-
-    def finish(self) -> None:
-        self.waiter.wake()
-        if self.on_done is not None:
-            on_done, self.on_done = self.on_done, None
-            on_done(self)
 
     @property
     def done(self) -> bool:
         return self.error is not None or self.received == self.expected
 
-    def result(self) -> list[bytes]:
-        """The replies of a finished submission.
-
-        Raises:
-            BackendError: it failed.
-        """
-        if self.error is not None:
-            raise self.error
-        return self.replies
-
-
-async def wait_first(
-    pendings: list[Pending],
-    waiter: Waiter,
-    alarms: Alarms | None = None,
-    deadline: float = math.inf,
-) -> Pending | None:
-    """Park until one of ``pendings`` (all sharing ``waiter``) is done, or ``deadline``
-    (kept by ``alarms``: no cancel scope per wait).
-
-    Returns the first one done (in list order when several are), or ``None`` on the deadline.
-    The others are left to finish unobserved: their replies are read and dropped.
-    """
-    for pending in pendings:
-        if pending.done:
-            return pending
-    waiter.task = trio.lowlevel.current_task()
-
-    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-        waiter.task = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    if alarms is not None and deadline < math.inf:
-        alarms.set(waiter, deadline)
-    try:
-        await trio.lowlevel.wait_task_rescheduled(abort)
-    finally:
-        waiter.alarm = math.inf
-    for pending in pendings:
-        if pending.done:
-            return pending
-    return None
+    def outcome(self) -> Outcome:
+        return replies_outcome(self.replies)
 
 
 class MuxConnection:
@@ -185,11 +98,10 @@ class MuxConnection:
         finally:
             self._fail(self.conn.node, "connection closed")
 
-    def submit(
-        self, payload: bytes, count: int, timeout: float, joined: bool, waiter: Waiter
-    ) -> Pending:
-        """Queue ``count`` commands (``payload``) without waiting; :func:`wait_first` waits
-        for them. With ``joined``, the replies come back concatenated, as runs of bytes.
+    def submit(self, payload: bytes, count: int, deadline: float, waiter: Waiter) -> Pending:
+        """Queue ``count`` commands (``payload``) without waiting; the caller parks on
+        ``waiter``. The connection is failed (closed, every submission with it) if the reply
+        has not come by ``deadline``.
 
         Raises:
             BackendError: the connection is closed or has too many commands in flight.
@@ -200,8 +112,7 @@ class MuxConnection:
             raise BackendError(self.conn.node, "too many commands in flight")
         if not self._queue:
             self._watchdog_lot.unpark()
-        deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
-        pending = Pending(count, joined, deadline, waiter)
+        pending = Pending(count, deadline, waiter)
         self._queue.append(pending)
         self._outstanding += count
         self._write(payload)
@@ -292,17 +203,10 @@ class MuxConnection:
                             break
                         raise BackendError(conn.node, "reply without a request")
                     pending = queue[0]
-                    if pending.joined:
-                        run, count = buffer.take(pending.expected - pending.received)
-                        if not count:
-                            break
-                        pending.replies.append(run)
-                    else:
-                        reply = buffer.next_reply()
-                        if reply is None:
-                            break
-                        pending.replies.append(reply)
-                        count = 1
+                    run, count = buffer.take(pending.expected - pending.received)
+                    if not count:
+                        break
+                    pending.replies.append(run)
                     pending.received += count
                     self._outstanding -= count
                     if pending.received == pending.expected:

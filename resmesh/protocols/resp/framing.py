@@ -35,6 +35,7 @@ __all__ = [
     "error_text",
     "is_error_reply",
     "scan_reply",
+    "split_replies",
 ]
 
 #: redis-server's ``proto-max-bulk-len`` default.
@@ -414,6 +415,23 @@ def error_text(buf: bytes | bytearray | memoryview, start: int, end: int) -> byt
         header_end = bytes(buf[start : min(end, start + _HEADER_SPAN)]).find(b"\r\n")
         return bytes(buf[start + header_end + 2 : end - 2])
     return bytes(buf[start + 1 : end - 2])
+
+
+def split_replies(blob: bytes, count: int) -> list[bytes]:
+    """``count`` complete replies that sit back to back in ``blob``, one bytes object each.
+
+    Raises:
+        RemoteProtocolError: ``blob`` does not hold ``count`` complete replies.
+    """
+    replies: list[bytes] = []
+    pos = 0
+    for _ in range(count):
+        end = scan_reply(blob, pos)
+        if end < 0:
+            raise protocol_error("incomplete reply")
+        replies.append(blob[pos:end])
+        pos = end
+    return replies
 
 
 @final

@@ -1,30 +1,34 @@
-"""Replies the gateway composes itself (HELLO, CLIENT, AUTH...), encoded for RESP2 or RESP3.
+"""Replies the gateway composes itself (HELLO, CLIENT, AUTH, refusals...), for RESP2 or RESP3.
 
-The encoders are the codec's (``protocols/resp/writer.py``), adapted to the session's
+The encoders are the codec's (:mod:`~resmesh.protocols.resp.writer`), adapted to the session's
 ``resp`` number; this module adds the fixed replies and the error wording, which follows
 redis-server 7 where the gateway answers in its place, so an app sees the same text either way.
+The gateway's own errors start ``ERR resmesh:``, so an application log says who refused.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from ...protocols.resp import writer
+from . import writer
 
 __all__ = [
     "OK",
     "array",
     "bulk",
     "error",
+    "gateway_error",
     "integer",
     "map_reply",
     "null",
+    "unavailable",
     "verbatim",
 ]
 
 OK: Final = writer.OK
 PONG: Final = writer.PONG
 RESET: Final = b"+RESET\r\n"
+QUEUED: Final = b"+QUEUED\r\n"
 
 NOAUTH: Final = b"-NOAUTH Authentication required.\r\n"
 WRONGPASS: Final = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
@@ -54,6 +58,19 @@ def error(text: str) -> bytes:
     """
     clean = text.replace("\r", " ").replace("\n", " ")
     return writer.error(clean.encode("utf-8", "replace"))
+
+
+def gateway_error(text: str) -> bytes:
+    """An error the gateway itself raises (a limit, a switch, a refusal): ``ERR resmesh: ...``,
+    so an application log says at once that it was the gateway, and why."""
+    return error(f"ERR resmesh: {text}")
+
+
+def unavailable(node: str | None, reason: str) -> bytes:
+    """No node could answer: which node, and why (connection refused, breaker open...)."""
+    if node is None:
+        return gateway_error(reason)
+    return gateway_error(f"backend {node} unavailable: {reason}")
 
 
 def wrong_arity(name: bytes) -> bytes:

@@ -8,8 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from resmesh.net.backend.alarms import TICK, Alarms
-from resmesh.net.backend.redis_mux import Waiter, wait_first
+from resmesh.policies.waiting import TICK, Alarms, Waiter, wait_first
 
 
 async def test_a_parked_wait_ends_at_its_deadline_and_earlier_deadlines_move_the_timer(

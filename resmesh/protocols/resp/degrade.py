@@ -1,20 +1,20 @@
 """How a degraded Redis call is answered: the RESP shape of "nothing there" and "done".
 
-A ``miss`` switch (DESIGN §4) makes reads answer empty and writes answer as if applied, so a
-cache client falls through to its source of truth instead of failing. "Empty" must have the
-type the command normally returns, or clients raise on a type mismatch: ``MGET`` answers an
-array of nils, ``HGETALL`` an empty map, ``EXISTS`` zero. The tables name the commands whose
-reply is not the default (nil for reads, ``+OK`` for writes).
+A ``miss`` degrade switch makes reads answer empty and writes answer as if applied, so a cache
+client falls through to its source of truth instead of failing. "Empty" must have the type the
+command normally returns, or clients raise on a type mismatch: ``MGET`` answers an array of
+nils, ``HGETALL`` an empty map, ``EXISTS`` zero, a blocking pop what it answers when its block
+time runs out. The tables name the commands whose reply is not the default (nil for reads,
+``+OK`` for writes); the reply shapes are those of the Redis command reference (redis.io).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from ...policies.switch import SwitchAction, SwitchDecision
-from . import redis_replies as R
+from . import replies as R
 
-__all__ = ["limit_reply", "switch_reply"]
+__all__ = ["acknowledged", "empty", "timed_out"]
 
 #: Reads that answer an integer: zero for "nothing there".
 _ZERO_READS: Final = frozenset(
@@ -53,28 +53,30 @@ _NIL_WRITES: Final = frozenset(
 )
 
 
-def switch_reply(decision: SwitchDecision, name: bytes, args: list[bytes], resp: int) -> bytes:
-    """The reply to a switched command (``name`` upper-cased)."""
-    action = decision.action
-    if action is SwitchAction.EMPTY:
-        return _empty(name, args, resp)
-    if action is SwitchAction.ACKNOWLEDGE:
-        if name in _COUNT_WRITES:
-            return R.integer(0)
-        if name in _NIL_WRITES:
-            return R.null(resp)
-        return R.OK
-    if action is SwitchAction.FALLBACK:
-        return R.bulk(decision.value or b"")
-    return R.error(f"ERR resmesh: {decision.message}")
+def acknowledged(name: bytes, resp: int) -> bytes:
+    """A write (``name`` upper-cased) answered as if it was applied and changed nothing."""
+    if name in _COUNT_WRITES:
+        return R.integer(0)
+    if name in _NIL_WRITES:
+        return R.null(resp)
+    return R.OK
 
 
-def limit_reply(rejection: str) -> bytes:
-    """A limited command's error: names the limit, so the app's log says what to raise."""
-    return R.error(f"ERR resmesh: {rejection}")
+#: Blocking commands whose timeout reply is a null *bulk*; the others answer a null array.
+_NULL_BULK_ON_TIMEOUT: Final = frozenset(b"BLMOVE BRPOPLPUSH".split())
 
 
-def _empty(name: bytes, args: list[bytes], resp: int) -> bytes:
+def timed_out(name: bytes, resp: int) -> bytes:
+    """What a blocking command (``name`` upper-cased) answers when its block time ran out with
+    nothing to take: a null array (``BLPOP``, ``BZPOPMIN``, ``XREAD``...) or a null bulk
+    (``BLMOVE``, ``BRPOPLPUSH``); RESP3 has one null for both."""
+    if resp == 3:
+        return b"_\r\n"
+    return b"$-1\r\n" if name in _NULL_BULK_ON_TIMEOUT else b"*-1\r\n"
+
+
+def empty(name: bytes, args: list[bytes], resp: int) -> bytes:
+    """A read (``name`` upper-cased) answered as if nothing were there."""
     per_key = _PER_KEY_READS.get(name)
     if per_key is not None:
         return R.array([R.null(resp)] * max(0, len(args) - per_key))

@@ -1,0 +1,125 @@
+"""The runtime of one Redis cluster: its governance pipeline, HA engine, node pools and the
+sessions of its clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import trio
+
+from ...call import Operation, Protocol
+from ...cluster.topology import Node, topology_from_config
+from ...config import ClusterConfig, Mode, UserConfig
+from ...policies.chain import ClusterPolicies, configured_switches
+from ...policies.engine import HAEngine
+from ...protocols.resp import replies as R
+from ...protocols.resp.requests import RequestLimits
+from ...protocols.resp.session import CommandInfo, RespSession
+from ..backend.redis_mux import Pending
+from ..backend.redis_pool import NodePool
+from ..runtime import ClusterRuntime
+from ..transport import ClientTransport
+from .session import RedisSession
+from .upstream import RedisTransport, ShardMap
+
+__all__ = ["RedisRuntime"]
+
+#: Operations remembered per cluster at most (command names come from clients).
+_CACHE_MAX = 8192
+
+
+class RedisRuntime(ClusterRuntime):
+    """Everything that serves one Redis cluster.
+
+    Ordinary commands go through the HA engine (``engine``) to the shared connections of the
+    node it picks (``transport``); sessions pinned to a node (transactions, watches, blocking
+    commands, pub/sub) hold a dedicated connection of the primary's pool, or, in a sharded
+    cluster, of the node holding their key.
+    """
+
+    protocol = Protocol.REDIS
+
+    def __init__(
+        self, config: ClusterConfig, users: Mapping[str, UserConfig], nursery: trio.Nursery
+    ) -> None:
+        super().__init__(config, users, nursery)
+        #: Gateway logins allowed here (name → password): the sessions check AUTH against it.
+        self.passwords: Mapping[str, str] = {name: u.password for name, u in self.users.items()}
+        limits = config.limits
+        self.request_limits = RequestLimits(
+            max_bulk_len=limits.max_bulk_len,
+            max_multibulk_len=limits.max_multibulk_len,
+            max_buffer=limits.max_request_buffer,
+        )
+        self.topology = topology_from_config(config)
+        self.sharded = config.mode is Mode.SHARDED
+        self.transport = RedisTransport(config, self.topology, nursery)
+        self.policies = ClusterPolicies(
+            config.name,
+            self.topology,
+            config.governance,
+            trio.current_time(),
+            configured_switches(config.name, config.governance),
+            sharded=self.sharded,
+        )
+        self.engine: HAEngine[Pending] = HAEngine(self.policies, self.transport)
+        #: In a sharded cluster, which node holds each key.
+        self.shards = ShardMap(self.topology) if self.sharded else None
+        #: Whether read runs are placed by their first key (``balance: hash``).
+        self.hash_reads = self.policies.hashing and self.policies.spreads_reads
+        #: The node pinned sessions use (the primary; for a sharded cluster, the first node
+        #: of its heaviest group, which also validates SELECT).
+        self.home: Node = self.policies.primary or self.topology.primary
+        self._operations: dict[CommandInfo, Operation] = {}
+        self._read_operations: dict[str, Operation] = {}
+
+    def open_session(self, transport: ClientTransport, client_id: int) -> RedisSession:
+        return RedisSession(self, transport, client_id)
+
+    def too_many_clients(self) -> bytes:
+        return R.error("ERR max number of clients reached")  # redis-server's words
+
+    async def run(self) -> None:
+        if self.policies.spreads_reads:
+            await self.engine.run()
+
+    def describe_backend(self) -> str:
+        return self.home.address
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def pool(self, node: Node) -> NodePool:
+        return self.transport.pools[node]
+
+    def states(self) -> Iterator[RespSession]:
+        """Every session's state (``CLIENT LIST``)."""
+        for session in self.sessions.values():
+            assert isinstance(session, RedisSession)
+            yield session.state
+
+    def operation(self, info: CommandInfo) -> Operation:
+        """The :class:`~resmesh.call.Operation` of a command (made once per command here):
+        idempotent for an idempotent read unless the cluster's ``operations.NAME.idempotent``
+        says ``false``."""
+        op = self._operations.get(info)
+        if op is None:
+            op = self._make_operation(info.operation, read=info.read)
+            if len(self._operations) < _CACHE_MAX:  # names come from clients: bounded
+                self._operations[info] = op
+        return op
+
+    def read_operation(self, name: str) -> Operation:
+        """The operation of a command that reads because of its arguments (``XREAD`` without
+        ``BLOCK``)."""
+        op = self._read_operations.get(name)
+        if op is None:
+            op = self._make_operation(name, read=True)
+            if len(self._read_operations) < _CACHE_MAX:
+                self._read_operations[name] = op
+        return op
+
+    def _make_operation(self, name: str, *, read: bool) -> Operation:
+        settings = self.config.governance.operations.get(name)
+        idempotent = read and not (settings is not None and settings.idempotent is False)
+        return Operation(name, write=not read, idempotent=idempotent)

@@ -1,0 +1,988 @@
+"""The driver of one Redis client connection: its I/O and its governance.
+
+The session's state and every decision about a command live in the sans-IO
+:class:`~resmesh.protocols.resp.session.RespSession`; this driver feeds it the client's commands
+and carries out what it decides.
+
+Each read from the client is parsed into every complete command it holds; the commands are
+handled in order and their replies written back together in one write (pipelining preserved).
+Every command that reaches a node is a :class:`~resmesh.call.Call`: it passes the degrade switch
+and the limits first (:meth:`RedisSession._switch`, :meth:`RedisSession._limit`), then the calls
+the batch forwards together become one :class:`~resmesh.call.Run`, which the HA engine
+(:mod:`resmesh.policies.engine`) sends to a node's shared connection. Pinned calls (a
+transaction, a watch, a blocking command, a subscription) pass the switch and the limits too;
+the node's breaker is asked when the session pins its connection, and every exchange on that
+connection is counted for the node's health.
+
+What a degrade switch does to a pinned session:
+
+* ``error``: ``MULTI``'s commands are refused at queue time, so ``EXEC`` answers ``EXECABORT``
+  and nothing runs; ``WATCH``, blocking commands and ``SUBSCRIBE`` are refused.
+* ``readonly``: writes queued in ``MULTI`` are refused at queue time (``EXECABORT``); reads,
+  ``WATCH`` and subscriptions are served; a blocking pop (a write) is refused.
+* ``miss``: a switched command inside ``MULTI`` is answered ``+QUEUED`` by the gateway and its
+  empty or acknowledged reply is put in ``EXEC``'s array, so the node never sees it; ``WATCH``
+  answers ``+OK`` (nothing there can change); a blocking command waits its block time and
+  answers as when it times out; subscriptions are served and ``PUBLISH`` answers 0.
+* ``fallback``: as ``miss``, with the configured value as the reply; ``SUBSCRIBE`` is refused
+  (a value cannot stand in for a subscription).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ...call import Call, Operation, Outcome, Run, Unavailable
+from ...policies.switch import SwitchAction, SwitchDecision
+from ...protocols._errors import ProtocolError
+from ...protocols.resp import commands as cmdtable
+from ...protocols.resp import degrade, sharding
+from ...protocols.resp import replies as R
+from ...protocols.resp.errors import replies_outcome
+from ...protocols.resp.framing import split_replies
+from ...protocols.resp.requests import Command, RequestParser, encode_command
+from ...protocols.resp.session import (
+    CONNECTION_STATE,
+    Action,
+    CommandInfo,
+    Kind,
+    Mode,
+    RespSession,
+    classify,
+    command_info,
+)
+from ...protocols.resp.sharding import Plan
+from ..backend.errors import BackendError
+from ..backend.redis_conn import RedisConnection
+from ..runtime import ClientSession
+from ..sockio import recv
+from ..transport import ClientTransport
+
+if TYPE_CHECKING:
+    from ...cluster.topology import Node
+    from .runtime import RedisRuntime
+
+__all__ = ["RedisSession"]
+
+log = logging.getLogger(__name__)
+
+#: A client that does not take its replies within this long is dropped (redis-server's
+#: ``client-output-buffer-limit`` plays this role there): a stuck reader must not pin memory
+#: and a backend connection forever.
+CLIENT_WRITE_TIMEOUT: Final = 60.0
+#: Batches handled without parking before the session yields to others (fairness).
+_YIELD_EVERY: Final = 32
+#: Seconds a session's reads stay on the primary after its write (replicas lag): long enough
+#: for a pipeline however its bytes arrive and for a read right after a write; Rails' primary /
+#: replica selector uses 2 s for the same reason.
+_READ_YOUR_WRITES: Final = 1.0
+#: Inside MULTI, a command the gateway refuses is sent to the node as this arity error, so the
+#: node marks the transaction failed (EXECABORT), as it would for any command it refuses; the
+#: reply in that slot is the gateway's own error text.
+_QUEUE_TIME_FAILURE: Final = Command([b"ECHO"], encode_command([b"ECHO"]))
+_EMPTY_ACTIONS: Final = frozenset({SwitchAction.EMPTY, SwitchAction.ACKNOWLEDGE})
+
+
+class RedisSession(ClientSession):
+    """One client connection of a Redis cluster."""
+
+    runtime: RedisRuntime
+
+    def __init__(self, runtime: RedisRuntime, transport: ClientTransport, client_id: int):
+        super().__init__(runtime, transport, client_id)
+        self.state = RespSession(
+            client_id,
+            transport.peer,
+            runtime.listen,
+            runtime.passwords,
+            sharded=runtime.sharded,
+            peers=runtime.states,
+        )
+        self.parser = RequestParser(runtime.request_limits, authenticated=self.state.authenticated)
+        #: The dedicated backend connection while the session's state lives on a node, and
+        #: that node.
+        self.pinned: RedisConnection | None = None
+        self.pinned_node: Node = runtime.home
+        self._timeout = runtime.config.backend.command_timeout
+        # Per batch: replies in order, and the run of calls to forward with their reply slots.
+        self._out: list[bytes] = []
+        self._fwd: list[Call] = []
+        self._fwd_slots: list[int] = []
+        #: Whether every call queued since the last flush is idempotent.
+        self._fwd_idempotent = True
+        #: Replies the gateway puts in place of the node's (slot → reply).
+        self._substitutes: dict[int, bytes] = {}
+        #: Operations admitted by the limiter whose run has not returned yet.
+        self._admitted: list[str] = []
+        #: A SELECT sent on the pinned connection while WATCH is active: (reply slot, db).
+        self._pinned_select: tuple[int, int] | None = None
+        #: The client's own bytes for the whole current batch, when the parser kept them:
+        #: forwarded as they are when every command of the batch goes to the node unchanged.
+        self._batch_raw: bytes | None = None
+        self._batch_len = 0
+        self._batch = 0
+        #: Until when this session's reads go to the primary: ``_READ_YOUR_WRITES`` after its
+        #: last write (0.0: it never wrote).
+        self._reads_on_primary_until = 0.0
+        #: Trio's clock, read directly (once per batch) rather than through
+        #: ``trio.current_time()``'s extra call.
+        self._clock = trio.lowlevel.current_clock()
+
+    # ----------------------------------------------------------------------------------------
+    # Connection loop
+
+    async def serve(self) -> None:
+        runtime = self.runtime
+        state = self.state
+        batches = 0
+        try:
+            while not state.closing and not runtime.draining:
+                data = await self.next_input()
+                if not data:
+                    break
+                await self._handle_input(data)
+                batches += 1
+                if batches % _YIELD_EVERY == 0:
+                    await trio.lowlevel.checkpoint()
+        except OSError:
+            pass  # the client went away; nothing to answer
+        finally:
+            self._release_pinned()
+
+    async def _handle_input(self, data: bytes) -> None:
+        """Feed ``data`` and run every complete command, including any that arrived while a
+        batch waited (a blocking command buffers the client's next commands) and any error
+        that followed them."""
+        try:
+            self.parser.feed(data)
+            while not self.state.closing:
+                commands = self.parser.commands()
+                if not commands:
+                    break
+                await self._run_batch(commands)
+        except ProtocolError as exc:
+            await self._write(R.error(exc.reply_hint))
+            self.state.closing = True
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            sent = self.transport.send_nowait(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return  # the common case: the socket took it all, no deadline needed
+        with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
+            await self.transport.send_all(memoryview(data)[sent:])
+        if scope.cancelled_caught:
+            log.warning("client %s did not read its replies; closing it", self.transport.peer)
+            self.state.closing = True
+
+    async def _write_out(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            await self._write(data)
+
+    # ----------------------------------------------------------------------------------------
+    # One batch: every command of one read, replies written together
+
+    async def _run_batch(self, commands: list[Command]) -> None:
+        policies = self.runtime.policies
+        limiter = policies.limiter
+        admitted = None
+        if (
+            limiter is not None
+            and len(commands) > 1
+            and self.state.forwards_plain
+            and not policies.switchboard.active  # switched calls are never admitted
+        ):
+            admitted = _batch_operations(commands)
+            if admitted is not None and not limiter.admit_batch(
+                admitted, len(commands), self._clock.current_time()
+            ):
+                admitted = None
+        try:
+            await self._run_commands(commands, admitted is None)
+        finally:
+            # Given back once the backend has answered, before the replies are written: a
+            # client slow to read them must not hold the cluster's concurrency slots.
+            if admitted is not None:
+                assert limiter is not None
+                limiter.done_batch(admitted, len(commands))
+        await self._write_out()
+
+    async def _run_commands(self, commands: list[Command], limit_each: bool) -> None:
+        """Run a batch, leaving its replies in ``_out``; ``limit_each``: the limiter admits
+        each call (the batch was not admitted whole)."""
+        out = self._out
+        self._batch_raw = self.parser.batch_raw
+        self._batch_len = len(commands)
+        self._batch = batch = self._batch + 1
+        state = self.state
+        runtime = self.runtime
+        policies = runtime.policies
+        switchboard = policies.switchboard
+        limiter = policies.limiter if limit_each else None
+        governed = switchboard.active or limiter is not None
+        now = self._clock.current_time() if governed else 0.0
+        operation_of = runtime.operation
+        limit = limiter is not None
+        fast = state.forwards_plain
+        last: CommandInfo | None = None
+        for index, command in enumerate(commands):
+            if state.closing:
+                break
+            if fast:
+                info = command_info(command.args[0])
+                if info.plain:
+                    last = info
+                    op = operation_of(info)
+                    if governed:
+                        reply = self._govern(op, info, command, now, limit)
+                        if reply is not None:
+                            out.append(reply)
+                            continue
+                    # _queue, inline: this is the per-command hot path.
+                    self._fwd_idempotent = self._fwd_idempotent and op.idempotent
+                    self._fwd.append(Call(op, command, batch))
+                    self._fwd_slots.append(len(out))
+                    out.append(b"")
+                    continue
+            last = None
+            info = classify(command.args)
+            action = state.step(command, info)
+            if action is Action.SUBSCRIBE:
+                if await self._subscribe(info):
+                    await self._write_out()
+                    await self._relay(commands[index:])
+                    return
+            else:
+                await self._act(action, command, info)
+            # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
+            fast = state.forwards_plain
+        if last is not None:
+            state.last_command = last.name
+        await self._flush()
+
+    async def _act(self, action: Action, command: Command, info: CommandInfo) -> None:
+        """Carry out what the session decided for one command (every action but the fast
+        path's forwarding and ``SUBSCRIBE``)."""
+        out = self._out
+        state = self.state
+        if action is Action.REPLY:
+            out.append(state.reply)
+        elif action is Action.FORWARD:
+            self._forward(command, info, self.runtime.operation(info))
+        elif action is Action.LOCAL:
+            await self._local(command, info)
+        elif action is Action.BLOCK:
+            await self._block(command, info)
+        elif action is Action.QUEUE:
+            self._queue_in_multi(command, info)
+        elif action is Action.REFUSE_QUEUED:
+            self._refuse_queued(state.reply)
+        elif action is Action.END_MULTI:
+            slot = len(out)
+            self._queue(Call(self.runtime.operation(info), command, self._batch))
+            selects, local = state.ending_multi()
+            await self._flush()
+            if info.name == b"EXEC":
+                out[slot] = state.exec_reply(out[slot], selects, local)
+        elif action is Action.UNWATCH:
+            self._queue(Call(self.runtime.operation(info), command, self._batch))
+            state.unwatched()
+        elif action is Action.BEGIN_MULTI:
+            await self._begin_multi(command, info)
+        elif action is Action.BEGIN_WATCH:
+            await self._begin_watch(command, info)
+        else:  # pragma: no cover - every action is handled above
+            raise AssertionError(action)
+
+    # ----------------------------------------------------------------------------------------
+    # Governance per call: the degrade switch, then the limits
+
+    def _govern(
+        self, op: Operation, info: CommandInfo, command: Command, now: float, limit: bool = True
+    ) -> bytes | None:
+        """A call's switch and limits: the reply that answers it instead, or ``None`` to
+        forward it (the limiter then counts it until its run returns). ``now`` ``0.0``: read
+        the clock if a limit needs it; ``limit`` false: the batch was admitted whole."""
+        decision = self._switch(op, info)
+        if decision is not None:
+            return self._degraded(decision, info, command)
+        if not limit:
+            return None
+        rejection = self._limit(op, now)
+        return R.gateway_error(rejection) if rejection is not None else None
+
+    def _switch(self, op: Operation, info: CommandInfo) -> SwitchDecision | None:
+        """The degrade switch in force for this call, if any. Commands about the server
+        rather than data (``INFO``, ``TIME``...) are never switched."""
+        policies = self.runtime.policies
+        if not policies.switchboard.active or not info.switchable:
+            return None
+        return policies.decide(op.name, op.write)
+
+    def _limit(self, op: Operation, now: float = 0.0) -> str | None:
+        """Admit one call under the rate and concurrency limits: the refusal's text, or
+        ``None`` (then :meth:`_flush` gives its concurrency slot back when its run returns)."""
+        limiter = self.runtime.policies.limiter
+        if limiter is None:
+            return None
+        rejection = limiter.admit(op.name, now or self._clock.current_time())
+        if rejection is None:
+            self._admitted.append(op.name)
+        return rejection
+
+    def _done(self, admitted: list[str]) -> None:
+        """Give back the concurrency slots of calls that have ended."""
+        limiter = self.runtime.policies.limiter
+        if limiter is not None:
+            for name in admitted:
+                limiter.done(name)
+
+    def _degraded(self, decision: SwitchDecision, info: CommandInfo, command: Command) -> bytes:
+        """The reply a degrade switch gives a call in its stead."""
+        action = decision.action
+        if action is SwitchAction.ERROR:
+            return R.gateway_error(decision.message)
+        if info.kind is Kind.WATCH:
+            return R.OK  # nothing there can change under a miss or a fallback: it holds
+        if action is SwitchAction.FALLBACK:
+            return R.bulk(decision.value or b"")
+        if info.kind is Kind.BLOCKING:
+            return degrade.timed_out(info.name, self.state.resp)  # nothing came to take
+        if action is SwitchAction.EMPTY:
+            return degrade.empty(info.name, command.args, self.state.resp)
+        return degrade.acknowledged(info.name, self.state.resp)
+
+    # ----------------------------------------------------------------------------------------
+    # Forwarding
+
+    def _queue(self, call: Call) -> None:
+        """Add a call to the run forwarded at the next flush; reserve its reply slot."""
+        self._fwd_idempotent = self._fwd_idempotent and call.op.idempotent
+        self._fwd.append(call)
+        self._fwd_slots.append(len(self._out))
+        self._out.append(b"")
+
+    def _forward(self, command: Command, info: CommandInfo, op: Operation) -> None:
+        """A command off the fast path that goes to the node as it is, once governed."""
+        reply = self._govern(op, info, command, 0.0)
+        if reply is not None:
+            self._out.append(reply)
+            return
+        if info.name in CONNECTION_STATE and self.pinned is not None:
+            self.pinned.reusable = False  # it leaves with a db or a name of its own
+        self._queue(Call(op, command, self._batch))
+
+    async def _flush(self) -> None:
+        """Forward the queued run and put each reply in its slot."""
+        if not self._fwd:
+            return
+        calls = self._fwd
+        slots = self._fwd_slots
+        count = len(calls)
+        self._fwd = []
+        self._fwd_slots = []
+        idempotent = self._fwd_idempotent
+        self._fwd_idempotent = True
+        if count == self._batch_len and self._batch_raw is not None:
+            payload = self._batch_raw
+        else:
+            payload = b"".join([call.payload.raw for call in calls])  # type: ignore[attr-defined]
+        runtime = self.runtime
+        policies = runtime.policies
+        out = self._out
+        # Reads soon after this session's write go where the write went, so a client reads
+        # its own writes even when reads are spread over replicas that lag.
+        wrote = not idempotent and policies.spreads_reads
+        if idempotent and self._reads_on_primary_until:
+            idempotent = self._clock.current_time() >= self._reads_on_primary_until
+        admitted, self._admitted = self._admitted, []
+        replies: list[bytes]
+        try:
+            if self.pinned is not None:
+                replies = await self._pinned_request(payload, count, self._timeout)
+            elif runtime.shards is not None:
+                await self._flush_sharded(calls, slots)
+                return
+            else:
+                now = self._clock.current_time()
+                run = Run(
+                    calls,
+                    payload,
+                    idempotent=idempotent,
+                    deadline=now + self._timeout,
+                    operation=_run_operation(calls) if policies.operation_hedges else None,
+                    key=_run_key(calls) if idempotent and runtime.hash_reads else None,
+                    shape=(self.state.db, self.state.resp),
+                )
+                chunks = (await runtime.engine.execute(run)).replies
+                if slots[-1] - slots[0] == count - 1 and not self._substitutes:
+                    # The replies fill adjacent slots: take them as one run of bytes.
+                    out[slots[0]] = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    return
+                replies = split_replies(b"".join(chunks), count)
+        except Unavailable as exc:
+            replies = [R.unavailable(exc.node, exc.reason)] * count
+            if self.pinned is not None and self.pinned.closed:
+                # The session's server-side state (transaction, watches) is gone with it.
+                self._release_pinned()
+        finally:
+            if wrote:  # counted from when the write was answered (or failed)
+                self._reads_on_primary_until = self._clock.current_time() + _READ_YOUR_WRITES
+            if admitted:
+                self._done(admitted)
+        substitutes = self._substitutes
+        for slot, reply in zip(slots, replies, strict=True):
+            out[slot] = substitutes.pop(slot, reply) if substitutes else reply
+        if self._pinned_select is not None:
+            slot, db = self._pinned_select
+            self._pinned_select = None
+            if out[slot] == R.OK:
+                self.state.selected(db)
+        if self.pinned is not None and self.state.mode is Mode.NORMAL:
+            self._release_pinned()
+
+    async def _flush_sharded(self, calls: list[Call], slots: list[int]) -> None:
+        """Sharded mode: each command to the node of its keys; multi-key commands split
+        across nodes and their replies merged (``protocols/resp/sharding``). Every node's
+        share of the run goes out in one write, all nodes at once."""
+        runtime = self.runtime
+        shards = runtime.shards
+        assert shards is not None
+        nodes = shards.shards
+        out = self._out
+        per_node: dict[int, tuple[list[Call], list[bytes]]] = {}
+        # Where each node's replies go: a slot, or (slot, part index) of a split command.
+        routes: dict[int, list[int | tuple[int, int]]] = {}
+        splits: dict[int, tuple[Plan, list[bytes]]] = {}
+        for slot, call in zip(slots, calls, strict=True):
+            command: Command = call.payload  # type: ignore[assignment]
+            planned = sharding.plan(command.args, shards.shard_of, len(nodes))
+            if isinstance(planned, sharding.RefusedPlan):
+                out[slot] = planned.reply
+            elif not planned.parts:
+                share = per_node.setdefault(planned.shard, ([], []))
+                share[0].append(call)
+                share[1].append(command.raw)
+                routes.setdefault(planned.shard, []).append(slot)
+            else:
+                splits[slot] = (planned, [b""] * len(planned.parts))
+                for index, part in enumerate(planned.parts):
+                    share = per_node.setdefault(part.shard, ([], []))
+                    share[0].append(call)
+                    share[1].append(encode_command(part.args))
+                    routes.setdefault(part.shard, []).append((slot, index))
+        deadline = self._clock.current_time() + self._timeout
+        parts = {
+            nodes[index]: Run(
+                share_calls,
+                b"".join(payloads),
+                idempotent=False,
+                deadline=deadline,
+                shape=(self.state.db, self.state.resp),
+            )
+            for index, (share_calls, payloads) in per_node.items()
+        }
+        results = await runtime.engine.execute_split(parts)
+        for index, targets in routes.items():
+            result = results[nodes[index]]
+            if isinstance(result, Unavailable):
+                replies = [R.unavailable(result.node, result.reason)] * len(targets)
+            else:
+                replies = split_replies(b"".join(result.replies), len(targets))
+            for target, reply in zip(targets, replies, strict=True):
+                if isinstance(target, int):
+                    out[target] = reply
+                else:
+                    splits[target[0]][1][target[1]] = reply
+        for slot, (planned, part_replies) in splits.items():
+            try:
+                out[slot] = sharding.merge(planned, part_replies)
+            except ProtocolError as exc:
+                out[slot] = R.error(exc.reply_hint)
+
+    # ----------------------------------------------------------------------------------------
+    # Pinned sessions: MULTI/WATCH, blocking commands, pub/sub
+
+    async def _pin(self, node: Node | None = None) -> Unavailable | None:
+        """Move the session onto a dedicated connection to ``node`` (the primary by default),
+        flushing what is queued first. The node's breaker may refuse: a session starting
+        there would only fail. Returns why it could not, or ``None``."""
+        if self.pinned is not None:
+            return None
+        await self._flush()
+        runtime = self.runtime
+        node = node or runtime.home
+        refusal = runtime.policies.refuses(node, self._clock.current_time())
+        if refusal is not None:
+            return Unavailable(node.address, refusal, Outcome.REJECTED)
+        try:
+            self.pinned = await runtime.pool(node).acquire_dedicated(self.state.db, self.state.resp)
+        except BackendError as exc:
+            return exc
+        self.pinned_node = node
+        return None
+
+    def _release_pinned(self) -> None:
+        """Give the dedicated connection back; one still in MULTI or WATCH is closed instead.
+
+        A transaction or watch left open on a pooled connection would be inherited by the next
+        session that takes it (its EXEC would run our queued commands), so only a connection
+        with no server-side session state goes back to the pool.
+        """
+        conn, self.pinned = self.pinned, None
+        if conn is not None:
+            if self.state.mode is Mode.MULTI or self.state.mode is Mode.WATCHING:
+                conn.reusable = False
+            self.runtime.pool(self.pinned_node).release(conn)
+        self.state.released()
+        self._pinned_select = None
+
+    async def _pinned_request(
+        self, payload: bytes, count: int, timeout: float, *, timed: bool = True
+    ) -> list[bytes]:
+        """One exchange on the dedicated connection, counted for its node's health."""
+        conn = self.pinned
+        assert conn is not None
+        return await self.runtime.engine.execute_pinned(
+            self.pinned_node,
+            functools.partial(conn.request, payload, count, timeout),
+            replies_outcome,
+            timed=timed,
+        )
+
+    async def _begin_multi(self, command: Command, info: CommandInfo) -> None:
+        """MULTI: a call of its own (limits apply; no switch: the commands it queues are
+        switched one by one), then a dedicated connection. Refused, the transaction's
+        commands are refused too, up to EXEC (which answers EXECABORT) or DISCARD."""
+        state = self.state
+        op = self.runtime.operation(info)
+        rejection = self._limit(op)
+        if rejection is not None:
+            self._out.append(R.gateway_error(rejection))
+            state.refused_multi(rejection)
+            return
+        failure = await self._pin()
+        if failure is not None:
+            self._out.append(R.unavailable(failure.node, failure.reason))
+            why = "no dedicated backend connection"
+            state.refused_multi(why if failure.outcome is not Outcome.REJECTED else failure.reason)
+            return
+        state.began_multi()
+        self._queue(Call(op, command, self._batch))
+
+    async def _begin_watch(self, command: Command, info: CommandInfo) -> None:
+        op = self.runtime.operation(info)
+        reply = self._govern(op, info, command, 0.0)
+        if reply is not None:
+            self._out.append(reply)
+            return
+        failure = await self._pin()
+        if failure is not None:
+            self._out.append(R.unavailable(failure.node, failure.reason))
+            return
+        self.state.began_watch()
+        self._queue(Call(op, command, self._batch))
+
+    def _queue_in_multi(self, command: Command, info: CommandInfo) -> None:
+        """Inside MULTI (or a MULTI while watching): governed, then queued on the node."""
+        state = self.state
+        op = self.runtime.operation(info)
+        if state.mode is Mode.WATCHING:  # MULTI after WATCH: the transaction starts here
+            rejection = self._limit(op)
+            if rejection is not None:
+                self._out.append(R.gateway_error(rejection))
+                state.refused_multi(rejection)
+                return
+            state.began_multi()
+            self._queue(Call(op, command, self._batch))
+            return
+        if info.kind is Kind.MULTI or info.kind is Kind.WATCH:
+            # Not queued: the node answers them with an error on the spot.
+            self._queue(Call(op, command, self._batch))
+            return
+        reply = self._govern(op, info, command, 0.0)
+        if reply is not None:
+            if reply[:1] == b"-":
+                self._refuse_queued(reply)  # refused: EXEC will abort, as for the node's own
+            else:
+                self._out.append(R.QUEUED)  # switched: answered in EXEC's array by the gateway
+                state.queued(reply)
+            return
+        if info.name in CONNECTION_STATE and self.pinned is not None:
+            self.pinned.reusable = False  # it leaves with a db or a name of its own
+        self._queue(Call(op, command, self._batch))
+        state.queued()
+
+    def _refuse_queued(self, reply: bytes) -> None:
+        """Refuse a command inside MULTI: the node gets an arity error in its place (so it
+        aborts the transaction at EXEC) and the client the gateway's text."""
+        self._substitutes[len(self._out)] = reply
+        self._batch_raw = None
+        self._queue(Call(self.runtime.operation(command_info(b"ECHO")), _QUEUE_TIME_FAILURE, 0))
+
+    async def _block(self, command: Command, info: CommandInfo) -> None:
+        """A command that may block (``BLPOP``, ``XREAD BLOCK``, ``WAIT``): on a dedicated
+        connection for its own block time when it blocks, else forwarded like any other."""
+        runtime = self.runtime
+        assert info.spec is not None
+        block = cmdtable.block_timeout(info.spec, command.args)
+        node: Node | None = None
+        if runtime.shards is not None:
+            planned = sharding.plan(
+                command.args, runtime.shards.shard_of, len(runtime.shards.shards)
+            )
+            if isinstance(planned, sharding.RefusedPlan):
+                self._out.append(planned.reply)
+                return
+            if block is not None and not planned.parts:
+                node = runtime.shards.shards[planned.shard]
+            else:
+                block = None
+        if block is None:
+            read = cmdtable.is_idempotent_read(info.spec, command.args)
+            op = runtime.read_operation(info.operation) if read else runtime.operation(info)
+            self._forward(command, info, op)
+            return
+        op = runtime.operation(info)
+        decision = self._switch(op, info)
+        if decision is not None:
+            if decision.action in _EMPTY_ACTIONS:
+                # Nothing to take: wait the block time, as the node would, then time out.
+                await self._flush()
+                if await self._wait_blocked(block):
+                    self._out.append(degrade.timed_out(info.name, self.state.resp))
+            else:
+                self._out.append(self._degraded(decision, info, command))
+            return
+        await self._flush()
+        rejection = self._limit(op)
+        if rejection is not None:
+            self._out.append(R.gateway_error(rejection))
+            return
+        admitted, self._admitted = self._admitted, []
+        try:
+            reply = await self._run_blocking(command, block, node)
+        finally:
+            self._done(admitted)  # a blocked call is in flight until it returns
+        if reply is not None:
+            self._out.append(reply)
+
+    async def _run_blocking(
+        self, command: Command, block_seconds: float, node: Node | None
+    ) -> bytes | None:
+        """Run a blocking command on a dedicated connection, honouring its own block time.
+
+        While it waits, the client is watched: a disconnect cancels the wait (and closes the
+        connection, whose reply is still owed), and pipelined commands are buffered. Returns
+        the reply, or ``None`` if the client left.
+        """
+        temporary = self.pinned is None
+        if temporary:
+            failure = await self._pin(node)
+            if failure is not None:
+                return R.unavailable(failure.node, failure.reason)
+        conn = self.pinned
+        assert conn is not None
+        timeout = block_seconds + self._timeout
+        reply: bytes | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_client_while_blocked, nursery.cancel_scope)
+                try:
+                    replies = await self._pinned_request(
+                        command.raw,
+                        1,
+                        timeout if math.isfinite(timeout) else math.inf,
+                        timed=False,
+                    )
+                    reply = replies[0]
+                except Unavailable as exc:
+                    reply = R.unavailable(exc.node, exc.reason)
+                nursery.cancel_scope.cancel()
+        finally:
+            if temporary or conn.closed:
+                self._release_pinned()
+        return reply
+
+    async def _wait_blocked(self, block_seconds: float) -> bool:
+        """Wait ``block_seconds`` (0: for ever) as a blocked client, watching the client;
+        whether the wait ran its course (``False``: the client left)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_client_while_blocked, nursery.cancel_scope)
+            if block_seconds > 0:
+                await trio.sleep(block_seconds)
+            else:
+                await trio.sleep_forever()
+            nursery.cancel_scope.cancel()
+        return not self.state.closing
+
+    async def _watch_client_while_blocked(self, cancel: trio.CancelScope) -> None:
+        while True:
+            try:
+                data = await self.transport.recv()
+            except OSError:
+                data = b""
+            if not data:
+                self.state.closing = True
+                cancel.cancel()
+                return
+            try:
+                self.parser.feed(data)
+            except ProtocolError as exc:
+                self._out.append(R.error(exc.reply_hint))
+                self.state.closing = True
+                cancel.cancel()
+                return
+
+    async def _subscribe(self, info: CommandInfo) -> bool:
+        """SUBSCRIBE (or PSUBSCRIBE, SSUBSCRIBE): governed, then onto a dedicated connection.
+        Whether the session is now a relay (else the refusal is in its reply slot and the
+        batch goes on). Under a ``miss`` switch a subscription is served (it reads nothing
+        from the cache); ``error`` and ``fallback`` refuse it."""
+        op = self.runtime.operation(info)
+        decision = self._switch(op, info)
+        if decision is not None and decision.action not in _EMPTY_ACTIONS:
+            self._out.append(R.gateway_error(decision.message))
+            return False
+        await self._flush()
+        rejection = self._limit(op)
+        if rejection is not None:
+            self._out.append(R.gateway_error(rejection))
+            return False
+        # A subscription lasts: its concurrency slot is given back once it is set up.
+        admitted, self._admitted = self._admitted, []
+        try:
+            failure = await self._pin()
+        finally:
+            self._done(admitted)
+        if failure is not None:
+            self._out.append(R.unavailable(failure.node, failure.reason))
+            return False
+        self.state.subscribed()
+        return True
+
+    async def _relay(self, commands: list[Command]) -> None:
+        """Pub/sub: relay both directions on the pinned connection until either side ends."""
+        conn = self.pinned
+        assert conn is not None
+        conn.reusable = False  # its subscriptions must never reach another client
+        try:
+            await self._pinned_send(self.state.relay_payload(commands, self._relay_refusal))
+            async with trio.open_nursery() as nursery:
+                # A subscriber waits for messages as an idle client waits for input: a drain
+                # ends it at once (redis-server closes subscribers on shutdown too).
+                self.idle_scope = nursery.cancel_scope
+                if self.runtime.draining:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._relay_node_to_client, conn, nursery.cancel_scope)
+                await self._relay_client_to_node()
+                nursery.cancel_scope.cancel()
+        except Unavailable as exc:
+            await self._write(R.unavailable(exc.node, exc.reason))
+        finally:
+            self.idle_scope = None
+            self.state.closing = True
+
+    async def _pinned_send(self, payload: bytes) -> None:
+        """Send relayed commands (their replies come back unpaired, in the relay), counted
+        for the node's health as one exchange."""
+        conn = self.pinned
+        assert conn is not None
+        await self.runtime.engine.execute_pinned(
+            self.pinned_node, functools.partial(conn.send, payload), _sent_outcome
+        )
+
+    def _relay_refusal(self, command: Command, info: CommandInfo) -> str | None:
+        """Governance on the relay: a switched or limited command is refused there (its reply
+        cannot be slotted in), but a subscription under ``miss`` is served as anywhere; a
+        limit's slot is given back at once (replies on the relay are not paired)."""
+        op = self.runtime.operation(info)
+        decision = self._switch(op, info)
+        if decision is not None and (
+            decision.action is not SwitchAction.EMPTY or info.kind is not Kind.SUBSCRIBE
+        ):
+            return f"ERR resmesh: {decision.message}"
+        rejection = self._limit(op)
+        admitted, self._admitted = self._admitted, []
+        self._done(admitted)
+        return f"ERR resmesh: {rejection}" if rejection is not None else None
+
+    async def _relay_node_to_client(self, conn: RedisConnection, cancel: trio.CancelScope) -> None:
+        try:
+            while True:
+                data = await recv(conn.sock)
+                if not data:
+                    break
+                await self._write(data)
+                if self.state.closing:
+                    break
+        except OSError:
+            pass
+        cancel.cancel()
+
+    async def _relay_client_to_node(self) -> None:
+        while True:
+            if self.parser.failed:
+                data = b""  # malformed bytes already buffered: report them without waiting
+            else:
+                try:
+                    data = await self.transport.recv()
+                except OSError:
+                    return  # the client's connection broke: it is gone
+                if not data:
+                    return
+            try:
+                self.parser.feed(data)
+                commands = self.parser.commands()
+            except ProtocolError as exc:
+                # The connection is closed after this; replies the node still owes for
+                # earlier commands are dropped with it (redis-server would send them first).
+                await self._write(R.error(exc.reply_hint))
+                return
+            if commands:
+                await self._pinned_send(self.state.relay_payload(commands, self._relay_refusal))
+                self.parser.authenticated = self.state.authenticated
+
+    # ----------------------------------------------------------------------------------------
+    # Commands the gateway answers itself
+
+    async def _local(self, command: Command, info: CommandInfo) -> None:
+        name = info.name
+        state = self.state
+        out = self._out
+        if name == b"PING":
+            out.append(state.ping(command))
+        elif name == b"ECHO":
+            out.append(state.echo(command))
+        elif name == b"CLIENT":
+            out.append(state.client(command))
+        elif name == b"AUTH":
+            out.append(state.auth(command))
+        elif name == b"HELLO":
+            await self._hello(command)
+        elif name == b"SELECT":
+            await self._select_command(command)
+        elif name == b"QUIT":
+            await self._flush()
+            out.append(R.OK)
+            state.closing = True
+        elif name == b"RESET":
+            # What was queued before it is answered first, as redis-server would; then a
+            # pinned connection (its transaction or watches discarded) is closed, not pooled.
+            await self._flush()
+            self._release_pinned()
+            out.append(state.reset())
+        else:  # pragma: no cover - LOCAL_COMMANDS are all handled above
+            raise AssertionError(name)
+        self.parser.authenticated = state.authenticated
+
+    async def _hello(self, command: Command) -> None:
+        state = self.state
+        reply, switch_to = state.hello(command)
+        if switch_to is None:
+            self._out.append(reply)
+            return
+        await self._flush()  # queued commands go out under the protocol they were sent in
+        state.switch_protocol(switch_to)
+        if self.pinned is not None:
+            # WATCH is active: the pinned connection must speak the new protocol too (the
+            # node's own HELLO reply is replaced with the gateway's), and is not pooled after.
+            self.pinned.reusable = False
+            self._substitutes[len(self._out)] = reply
+            self._batch_raw = None
+            hello = [b"HELLO", command.args[1]]
+            self._queue(Call(self.runtime.operation(command_info(b"HELLO")), Command(hello), 0))
+        else:
+            self._out.append(reply)
+
+    async def _select_command(self, command: Command) -> None:
+        target = self.state.select_target(command)
+        if isinstance(target, bytes):
+            self._out.append(target)
+            return
+        if self.pinned is not None:
+            # WATCH is active: the node's own SELECT applies to the pinned connection, and
+            # the session follows it once the node has said +OK (see _flush).
+            self.pinned.reusable = False
+            self._pinned_select = (len(self._out), target)
+            self._queue(Call(self.runtime.operation(command_info(b"SELECT")), command, 0))
+            return
+        await self._flush()
+        try:
+            # Opening the shared connection for that db validates it against the node.
+            await self.runtime.pool(self.runtime.home).shared(target, self.state.resp)
+        except BackendError as exc:
+            if "DB index is out of range" in exc.reason:
+                self._out.append(R.DB_OUT_OF_RANGE)
+            else:
+                self._out.append(R.unavailable(exc.node, exc.reason))
+            return
+        self.state.selected(target)
+        self._out.append(R.OK)
+
+
+def _sent_outcome(_: None) -> Outcome:
+    return Outcome.OK
+
+
+#: What :func:`_batch_operations` found per batch shape (the sequence of command names as
+#: sent), bounded: cleared when full. Apps send the same few pipelines over and over.
+_BATCH_SHAPES: dict[tuple[bytes, ...], dict[str, int] | None] = {}
+_SHAPES_MAX: Final = 4096
+#: Batches longer than this are not remembered (a long one pays for counting per command).
+_SHAPE_MAX_LEN: Final = 64
+_NAME_MAX_LEN: Final = 32
+
+
+def _batch_operations(commands: list[Command]) -> dict[str, int] | None:
+    """How many calls of each operation a batch holds, if every command is plain (forwarded
+    as it is): such a batch is admitted by the limiter in one step. ``None`` otherwise."""
+    shape = tuple([command.args[0] for command in commands])
+    counts = _BATCH_SHAPES.get(shape, _UNKNOWN)
+    if counts is not _UNKNOWN:
+        return counts
+    counts = {}
+    for name in set(shape):
+        info = command_info(name)
+        if not info.plain:
+            counts = None
+            break
+        counts[info.operation] = counts.get(info.operation, 0) + shape.count(name)
+    if len(shape) <= _SHAPE_MAX_LEN and all(len(name) <= _NAME_MAX_LEN for name in shape):
+        if len(_BATCH_SHAPES) >= _SHAPES_MAX:
+            _BATCH_SHAPES.clear()
+            _NAMES.clear()
+        # The key holds one shared object per name, not the client's: a remembered shape
+        # costs its tuple only, however often the names were sent.
+        _BATCH_SHAPES[tuple([_NAMES.setdefault(name, name) for name in shape])] = counts
+    return counts
+
+
+_UNKNOWN: Final[dict[str, int]] = {}
+_NAMES: dict[bytes, bytes] = {}
+
+
+def _run_operation(calls: list[Call]) -> str | None:
+    """The operation of a run whose calls are all of one operation, else ``None``."""
+    op = calls[0].op
+    for call in calls:
+        if call.op is not op:
+            return None
+    return op.name
+
+
+def _run_key(calls: list[Call]) -> bytes | None:
+    """The first key of a read run, which ``balance: hash`` places on a node by."""
+    command: Command = calls[0].payload  # type: ignore[assignment]
+    info = classify(command.args)
+    keys = cmdtable.command_keys(info.spec, command.args) if info.spec is not None else []
+    return keys[0] if keys else None

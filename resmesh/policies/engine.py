@@ -1,0 +1,435 @@
+"""The HA engine: how every run of every protocol reaches a node, and what happens when the
+node is slow or fails. The one place governance awaits.
+
+A frontend decides per call (degrade switch, limits: :class:`~resmesh.policies.chain.
+ClusterPolicies`) and hands the engine a :class:`~resmesh.call.Run`; the engine chooses the
+node, asks its breaker, sends the run through the protocol's :class:`Transport`, waits, judges
+the answer, and fails over or backs the run up. One semantic for every protocol:
+
+* **Where.** An idempotent run of a cluster that spreads reads goes where the router and the
+  balancer say, among the nodes the breakers and the outlier detector leave available; any
+  other run goes to the primary (or, in a cluster without one, to the balancer's choice), once.
+* **Breaker refusals.** A node whose breaker refuses is skipped for another untried node: not
+  a retry, nothing is spent.
+* **Failover.** Only a node failure (``LOCAL_ERROR``, ``UPSTREAM_ERROR``) of an idempotent run is
+  retried, on a node no earlier attempt used (Envoy's ``previous_hosts``), while the retry
+  budget allows (Envoy's ``retry_budget``), and at most ``failover.max_attempts`` attempts
+  fail before the run gives up.
+* **Backup requests** (*The Tail at Scale*, Dean & Barroso, CACM 2013; motan-go's backup
+  request): if an idempotent run has not been answered after its operation's hedge delay, the
+  same run goes to another node too, within the hedge budget; the first answer wins. A node
+  failure does not win: the other attempt is awaited. An attempt that fails *before* the hedge
+  delay is followed at once by the next one (a retry), not after the delay (gRPC A6 does the
+  same after a non-fatal status).
+* **Losers.** An attempt that lost the race is cancelled where the protocol can
+  (:meth:`Attempt.cancel`); where it cannot (a Redis command already sent), its answer is
+  dropped and it stays counted in flight on its node until it ends, so a stalled node stops
+  being chosen by the least-loaded balancer.
+* **Deadline.** The run's deadline bounds everything: no attempt, retry or backup starts after
+  it, and the transport fails an attempt still unanswered at it.
+
+Runs that stay on one node for a whole session (Redis MULTI/WATCH, blocking commands, pub/sub;
+an SQL transaction) go through :meth:`HAEngine.execute_pinned`: the breaker is asked when the
+session starts on its node and every exchange's outcome is counted, but nothing is retried or
+hedged mid-session. A run whose calls live on different nodes (sharding) goes through
+:meth:`HAEngine.execute_split`.
+
+Nothing here spawns a task per run: the task that sends a run parks once on a
+:class:`~resmesh.policies.waiting.Waiter` its attempts share, and one timer task per cluster
+(:class:`~resmesh.policies.waiting.Alarms`) fires hedge delays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import trio
+
+from ..call import Outcome, Run, Unavailable
+from .waiting import Alarms, Waiter, wait_first
+
+if TYPE_CHECKING:
+    from ..cluster.topology import Node
+    from .chain import ClusterPolicies
+    from .hedge import HedgeDelay
+
+__all__ = ["Attempt", "HAEngine", "Transport"]
+
+_OK = Outcome.OK
+_LOCAL = Outcome.LOCAL_ERROR
+_REJECTED = Outcome.REJECTED
+
+A = TypeVar("A", bound="Attempt")
+A_co = TypeVar("A_co", bound="Attempt", covariant=True)
+T = TypeVar("T")
+
+
+class Attempt:
+    """One run in flight on one node. A :class:`Transport` makes it (a subclass holds the
+    answer in the protocol's terms) and calls :meth:`finish` once it is done; the engine fills
+    in the rest.
+
+    Attributes:
+        waiter: the parked task to wake when done (shared by the run's attempts).
+        error: why the node gave no answer, once that is known.
+        node: the node it was sent to; ``sent``: when (the engine sets both).
+        probe: whether it is its node's half-open breaker probe.
+        on_done: called when it finishes, for an attempt nobody waits for any more but whose
+            end still counts (a hedge's loser leaves its node's load then).
+    """
+
+    __slots__ = ("error", "node", "on_done", "probe", "sent", "waiter")
+
+    def __init__(self, waiter: Waiter) -> None:
+        self.waiter = waiter
+        self.error: Unavailable | None = None
+        self.node: Any = None
+        self.sent = 0.0
+        self.probe = False
+        self.on_done: Callable[[Attempt], None] | None = None
+
+    @property
+    def done(self) -> bool:
+        """The node answered, or the attempt failed."""
+        raise NotImplementedError
+
+    def outcome(self) -> Outcome:
+        """How a finished attempt that got an answer ended, for its node's health (``OK``,
+        ``APP_ERROR``, ``UPSTREAM_ERROR``): the protocol reads its answer."""
+        return _OK
+
+    def cancel(self) -> None:
+        """This attempt lost a race: stop it if the protocol can (default: it cannot; its
+        answer is dropped when it comes)."""
+
+    def finish(self) -> None:
+        """Called by the transport once the attempt is done."""
+        self.waiter.wake()
+        on_done = self.on_done
+        if on_done is not None:
+            self.on_done = None
+            on_done(self)
+
+
+class Transport(Protocol[A_co]):
+    """How a protocol sends a run to a node without waiting for the answer.
+
+    The attempt it returns must be failed (``error`` set, :meth:`Attempt.finish` called) if no
+    answer has come by ``run.deadline``.
+    """
+
+    def submit_nowait(self, node: Node, run: Run, waiter: Waiter) -> A_co | None:
+        """Send ``run`` if a connection is ready; ``None`` if :meth:`submit` must open one.
+
+        Raises:
+            Unavailable: the node cannot take it (its connection is closed or full).
+        """
+        ...
+
+    async def submit(self, node: Node, run: Run, waiter: Waiter) -> A_co:
+        """Send ``run``, opening a connection first if need be.
+
+        Raises:
+            Unavailable: no connection could be opened.
+        """
+        ...
+
+
+class HAEngine(Generic[A]):
+    """Sends runs of one cluster to its nodes under its policies (the module docstring says
+    how). Start :meth:`run` in a nursery that outlives every call: it keeps the hedge delays'
+    timer."""
+
+    def __init__(self, policies: ClusterPolicies, transport: Transport[A]) -> None:
+        self.policies = policies
+        self.transport = transport
+        self.alarms = Alarms()
+        self._clock = trio.lowlevel.current_clock()
+
+    async def run(self) -> None:
+        """The engine's timer task, until cancelled."""
+        await self.alarms.run()
+
+    # ------------------------------------------------------------------------------------
+    # One run, any node
+
+    async def execute(self, run: Run) -> A:
+        """Send ``run`` to a node, fail it over and back it up as the policies say, and
+        return the attempt that answered (its answer may still be the node's own error, if
+        no other node could do better).
+
+        Raises:
+            Unavailable: no node answered: every attempt failed, or none could be made.
+        """
+        policies = self.policies
+        now = self._clock.current_time()
+        if run.idempotent and policies.spreads_reads:
+            return await self._spread(run, now)
+        node = policies.primary
+        if node is None:
+            node = policies.pick(now, (), run.key)
+            if node is None:
+                raise Unavailable(None, "no node left to try", _REJECTED)
+        attempt = await self._send(node, run, Waiter(), now)
+        if not attempt.done:
+            try:
+                await wait_first((attempt,), attempt.waiter)
+            except BaseException:
+                policies.abandon(node, attempt.probe)
+                raise
+        self._settle(attempt, self._clock.current_time())
+        if attempt.error is not None:
+            raise attempt.error
+        return attempt
+
+    async def _spread(self, run: Run, started: float) -> A:
+        """An idempotent run in a cluster with several nodes: spread, backed up, failed over."""
+        policies = self.policies
+        clock = self._clock
+        hedger: HedgeDelay | None = policies.hedger(run.operation)
+        delay = hedger.delay(started) if hedger is not None else None
+        if delay is not None:
+            assert hedger is not None
+            hedger.budget.record_call()
+        hedge_at = started + delay if delay is not None else math.inf
+        deadline = run.deadline
+        budget = policies.retry_budget
+        max_failures = policies.max_attempts
+        waiter = Waiter()
+        #: Every node an attempt went to (or whose breaker refused): none is used twice.
+        tried: list[Node] = []
+        racing: list[A] = []
+        backup: A | None = None
+        #: The best failure so far: an answer that was the node's error (LOADING...) beats a
+        #: failure with no answer, which beats a refusal.
+        answered: A | None = None
+        failure: Unavailable | None = None
+        failures = 0
+        retries = 0
+        budget.request_started()
+        try:
+            now = started
+            launched: A | Unavailable | None = await self._launch(run, waiter, tried, now)
+            while True:
+                exhausted = False
+                if isinstance(launched, Unavailable):
+                    if launched.outcome is _REJECTED:
+                        exhausted = True  # no node left to try
+                    else:
+                        failures += 1
+                    if failure is None or launched.outcome is not _REJECTED:
+                        failure = launched
+                elif launched is not None:
+                    racing.append(launched)
+                launched = None
+                if racing:
+                    if hedge_at < math.inf:
+                        done = await wait_first(racing, waiter, self.alarms, hedge_at)
+                    else:
+                        done = await wait_first(racing, waiter)
+                    now = clock.current_time()
+                    if done is None:  # slow: back it up on another node
+                        hedge_at = math.inf
+                        assert hedger is not None
+                        if now < deadline and hedger.budget.try_hedge():
+                            launched = await self._launch(run, waiter, tried, now)
+                            if isinstance(launched, Unavailable):
+                                if launched.outcome is _REJECTED:
+                                    launched = None  # no other node: the first runs alone
+                            else:
+                                backup = launched
+                        continue
+                    racing.remove(done)
+                    outcome = self._settle(done, now)
+                    if not outcome.node_failure:
+                        if done is backup:
+                            assert hedger is not None
+                            hedger.budget.wins += 1
+                        self._drop(racing)
+                        racing.clear()
+                        if outcome is _OK and hedger is not None:
+                            hedger.record(now - started, now)
+                        return done
+                    failures += 1
+                    if done.error is None:
+                        answered = done
+                    else:
+                        failure = done.error
+                    if racing:
+                        continue  # the other attempt may still answer
+                # Nothing in flight: a retry on another node, if allowed.
+                if (
+                    exhausted
+                    or failures >= max_failures
+                    or now >= deadline
+                    or not budget.try_start_retry()
+                ):
+                    break
+                retries += 1
+                if hedger is not None and delay is not None and backup is None:
+                    hedge_at = now + delay  # the retry may be backed up in turn
+                launched = await self._launch(run, waiter, tried, now)
+        except BaseException:
+            for attempt in racing:
+                policies.abandon(attempt.node, attempt.probe)
+            raise
+        finally:
+            budget.request_finished()
+            for _ in range(retries):
+                budget.finish_retry()
+        if answered is not None:
+            return answered
+        assert failure is not None
+        raise failure
+
+    async def _launch(
+        self, run: Run, waiter: Waiter, tried: list[Node], now: float
+    ) -> A | Unavailable:
+        """Send ``run`` to a node not in ``tried`` (adding every node it considers): the
+        attempt, or why it could not go: the failure to send it (``LOCAL_ERROR``, counted
+        against that node), or ``REJECTED`` when no node is left (every remaining one's
+        breaker refuses, or there is none)."""
+        if now >= run.deadline:
+            return Unavailable(None, "deadline passed before sending", _REJECTED)
+        policies = self.policies
+        key = run.key
+        while True:
+            node = policies.pick(now, tried, key)
+            if node is None:
+                if not tried:
+                    node = policies.primary  # every route weight is 0: reads go there
+                if node is None:
+                    return Unavailable(None, "no node left to try", _REJECTED)
+            tried.append(node)
+            try:
+                return await self._send(node, run, waiter, now)
+            except Unavailable as exc:
+                if exc.outcome is not _REJECTED:
+                    return exc
+                # The breaker refused (a race for its probe): another node, not a retry.
+
+    async def _send(self, node: Node, run: Run, waiter: Waiter, now: float) -> A:
+        """Ask ``node``'s breaker, then hand ``run`` to the transport.
+
+        Raises:
+            Unavailable: the deadline has passed or the breaker refuses (``REJECTED``,
+                nothing counted), or the transport cannot send (``LOCAL_ERROR``, counted
+                against the node).
+        """
+        if now >= run.deadline:
+            # Out of time before sending: the node is not to blame, nothing is counted.
+            raise Unavailable(node.address, "deadline passed before sending", _REJECTED)
+        policies = self.policies
+        probe = policies.begin(node, now)
+        if isinstance(probe, str):
+            raise Unavailable(node.address, probe, _REJECTED)
+        transport = self.transport
+        try:
+            attempt = transport.submit_nowait(node, run, waiter)
+            if attempt is None:
+                attempt = await transport.submit(node, run, waiter)
+        except Unavailable:
+            later = self._clock.current_time()
+            policies.settle(node, _LOCAL, later - now, later, probe is True)
+            raise
+        except BaseException:
+            policies.abandon(node, probe is True)
+            raise
+        attempt.node = node
+        attempt.sent = now
+        attempt.probe = probe is True
+        return attempt
+
+    def _settle(self, attempt: Attempt, now: float) -> Outcome:
+        """A finished attempt leaves its node's load and counts for its node's health."""
+        outcome = _LOCAL if attempt.error is not None else attempt.outcome()
+        self.policies.settle(attempt.node, outcome, now - attempt.sent, now, attempt.probe)
+        return outcome
+
+    def _drop(self, losers: list[A]) -> None:
+        """Attempts that lost the race: cancelled if the protocol can; either way they stay
+        in flight on their node until they end, and a late failure still counts against it."""
+        policies = self.policies
+        for attempt in losers:
+            if attempt.done:
+                self._settle(attempt, self._clock.current_time())
+                continue
+            policies.release(attempt.node, attempt.probe)
+            attempt.on_done = self._loser_done
+            attempt.cancel()
+
+    def _loser_done(self, attempt: Attempt) -> None:
+        policies = self.policies
+        policies.unload(attempt.node)
+        if attempt.error is not None:
+            policies.record_outlier(attempt.node, _LOCAL, self._clock.current_time())
+
+    # ------------------------------------------------------------------------------------
+    # A run split over several nodes (sharding): each part to its own node, no failover
+
+    async def execute_split(self, parts: Mapping[Node, Run]) -> dict[Node, A | Unavailable]:
+        """Send each node its part at once and wait for all (one shared waiter, no task per
+        node). A key lives on one node only, so nothing is retried or hedged: a part whose
+        node fails comes back as its :class:`~resmesh.call.Unavailable`."""
+        now = self._clock.current_time()
+        waiter = Waiter()
+        results: dict[Node, A | Unavailable] = {}
+        waiting: list[A] = []
+        try:
+            for node, run in parts.items():
+                try:
+                    waiting.append(await self._send(node, run, waiter, now))
+                except Unavailable as exc:
+                    results[node] = exc
+            while waiting:
+                done = await wait_first(waiting, waiter)
+                assert done is not None
+                waiting.remove(done)
+                self._settle(done, self._clock.current_time())
+                results[done.node] = done.error or done
+        except BaseException:
+            for attempt in waiting:
+                self.policies.abandon(attempt.node, attempt.probe)
+            raise
+        return results
+
+    # ------------------------------------------------------------------------------------
+    # Pinned sessions
+
+    async def execute_pinned(
+        self,
+        node: Node,
+        exchange: Callable[[], Awaitable[T]],
+        judge: Callable[[T], Outcome],
+        *,
+        timed: bool = True,
+    ) -> T:
+        """One exchange of a session pinned to ``node`` (the session's task does the I/O on
+        its own connection: ``exchange``), counted for the node's health by ``judge``.
+
+        The session is committed to its node, so nothing is refused, retried or hedged here;
+        the breaker had its say when the session started there
+        (:meth:`~resmesh.policies.chain.ClusterPolicies.refuses`). ``timed``: whether the
+        exchange's latency says anything about the node (a blocking command's does not: it
+        waits for data by design).
+
+        Raises:
+            Unavailable: whatever ``exchange`` raised (its node gave no answer).
+        """
+        policies = self.policies
+        now = self._clock.current_time()
+        policies.begin_committed(node)
+        try:
+            result = await exchange()
+        except Unavailable as exc:
+            later = self._clock.current_time()
+            policies.settle(node, exc.outcome, later - now if timed else 0.0, later)
+            raise
+        except BaseException:
+            policies.abandon(node, False)
+            raise
+        later = self._clock.current_time()
+        policies.settle(node, judge(result), later - now if timed else 0.0, later)
+        return result
