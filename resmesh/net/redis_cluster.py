@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import trio
 
-from ..config import ClusterConfig, UserConfig
+from ..config import ClusterConfig, RedisSettings, UserConfig
 from ..protocols.resp.requests import RequestLimits
 from .frontend.redis import RedisSession
 from .frontend.redis_replies import error
@@ -47,7 +47,7 @@ class RedisClusterRuntime:
             {name: user for name, user in users.items() if config.name in user.clusters}
         )
         self.auth_required = bool(self.users)
-        limits = config.limits
+        limits = config.redis or RedisSettings()
         self.request_limits = RequestLimits(
             max_bulk_len=limits.max_bulk_len,
             max_multibulk_len=limits.max_multibulk_len,

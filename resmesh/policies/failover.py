@@ -17,17 +17,45 @@ covers a node dying; more mostly adds load.
 from __future__ import annotations
 
 import random
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TypeVar, final
 
 import trio
 
 from resmesh.call import Call, Outcome, Reply
+from resmesh.knobs import Kind, knob
 from resmesh.policies.hedge import Attempt
 from resmesh.policies.retry import RetryBudget, backoff
 
-__all__ = ["with_failover"]
+__all__ = ["FailoverConfig", "with_failover"]
 
 T = TypeVar("T")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    """Whether and how often a node failure is retried on another node; the configuration's
+    ``failover:``.
+
+    Attributes:
+        enabled: whether node failures of idempotent calls are retried.
+        max_attempts: attempts in all, the first included (2: one retry; Envoy
+            ``num_retries`` 1).
+        budget_ratio: retries in flight at most this share of calls in flight (0.2: Envoy
+            ``retry_budget.budget_percent`` 20 %); see :class:`RetryBudget`.
+        budget_min: ...but always allow this many (3: Envoy ``min_retry_concurrency``).
+    """
+
+    enabled: bool = knob(True, Kind.BOOL)
+    max_attempts: int = knob(2, Kind.INT, low=1, high=10)
+    budget_ratio: float = knob(0.2, Kind.RATIO, high=1.0)
+    budget_min: int = knob(3, Kind.INT, high=1000)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
+        RetryBudget(self.budget_ratio, self.budget_min)  # raises on a bad budget
 
 
 async def with_failover(

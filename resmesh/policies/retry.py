@@ -1,7 +1,7 @@
 """The retry budget: retries in flight are capped at a share of the requests in flight.
 
 Envoy's ``retry_budget`` (anchors §3.5, Istio ``RetryBudget``): a retry may start while the
-retries already in flight are fewer than ``max(min_concurrent, ratio x active requests)``,
+retries already in flight are fewer than ``max(budget_min, budget_ratio x active requests)``,
 with ratio 20 % and floor 3. A fixed "retries: 2" triples the load in exactly the outage where
 it hurts most (anchors §1.1); a budget keeps extra work a fraction of live traffic, and the
 floor keeps retries possible at low traffic.
@@ -27,8 +27,8 @@ __all__ = ["RetryBudget", "RetryBudgetStatistics", "backoff"]
 @final
 @dataclass(frozen=True, slots=True)
 class RetryBudgetStatistics:
-    ratio: float
-    min_concurrent: int
+    budget_ratio: float
+    budget_min: int
     active_requests: int
     active_retries: int
     #: The number of concurrent retries allowed right now.
@@ -39,33 +39,34 @@ class RetryBudgetStatistics:
 
 @final
 class RetryBudget:
-    """Concurrent retries at most ``max(min_concurrent, ratio x active requests)``.
+    """Concurrent retries at most ``max(budget_min, budget_ratio x active requests)``.
 
-    Defaults: ``ratio`` 0.2, ``min_concurrent`` 3 (Envoy ``budget_percent`` 20 %,
-    ``min_retry_concurrency`` 3; Istio the same).
+    Defaults: ``budget_ratio`` 0.2, ``budget_min`` 3 (Envoy ``budget_percent`` 20 %,
+    ``min_retry_concurrency`` 3; Istio the same), the configuration's ``failover:`` keys of
+    the same names (:class:`~resmesh.policies.failover.FailoverConfig`).
     """
 
     __slots__ = (
         "active_requests",
         "active_retries",
+        "budget_min",
+        "budget_ratio",
         "denied",
-        "min_concurrent",
-        "ratio",
         "retries",
     )
 
-    def __init__(self, ratio: float = 0.2, min_concurrent: int = 3) -> None:
+    def __init__(self, budget_ratio: float = 0.2, budget_min: int = 3) -> None:
         """Create an idle budget.
 
         Raises:
-            ValueError: ``ratio`` is outside ``[0, 1]`` or ``min_concurrent`` is negative.
+            ValueError: ``budget_ratio`` is outside ``[0, 1]`` or ``budget_min`` is negative.
         """
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
-        if min_concurrent < 0:
-            raise ValueError(f"min_concurrent must be >= 0, got {min_concurrent!r}")
-        self.ratio = ratio
-        self.min_concurrent = min_concurrent
+        if not 0.0 <= budget_ratio <= 1.0:
+            raise ValueError(f"budget_ratio must be in [0, 1], got {budget_ratio!r}")
+        if budget_min < 0:
+            raise ValueError(f"budget_min must be >= 0, got {budget_min!r}")
+        self.budget_ratio = budget_ratio
+        self.budget_min = budget_min
         self.active_requests = 0
         self.active_retries = 0
         self.retries = 0
@@ -82,14 +83,14 @@ class RetryBudget:
 
     def allowed(self) -> int:
         """How many retries may be in flight at once right now."""
-        return max(self.min_concurrent, int(self.ratio * self.active_requests))
+        return max(self.budget_min, int(self.budget_ratio * self.active_requests))
 
     def try_start_retry(self) -> bool:
         """Start a retry if the budget allows; if this returns ``True``, call
         :meth:`finish_retry` when the retry ends (in a ``finally``)."""
-        limit = int(self.ratio * self.active_requests)
-        if limit < self.min_concurrent:
-            limit = self.min_concurrent
+        limit = int(self.budget_ratio * self.active_requests)
+        if limit < self.budget_min:
+            limit = self.budget_min
         if self.active_retries < limit:
             self.active_retries += 1
             self.retries += 1
@@ -104,8 +105,8 @@ class RetryBudget:
 
     def statistics(self) -> RetryBudgetStatistics:
         return RetryBudgetStatistics(
-            ratio=self.ratio,
-            min_concurrent=self.min_concurrent,
+            budget_ratio=self.budget_ratio,
+            budget_min=self.budget_min,
             active_requests=self.active_requests,
             active_retries=self.active_retries,
             allowed=self.allowed(),

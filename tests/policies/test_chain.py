@@ -16,13 +16,13 @@ from resmesh.call import Call, Outcome, Protocol, Reply
 from resmesh.cluster.topology import Node, Topology
 from resmesh.config import (
     BalanceName,
-    BreakerSettings,
-    FailoverSettings,
+    BreakerConfig,
+    FailoverConfig,
     GovernanceConfig,
-    HedgeSettings,
-    LimitSettings,
+    HedgeConfig,
+    LimitConfig,
     OperationSettings,
-    OutlierSettings,
+    OutlierConfig,
     SwitchModeName,
     SwitchSettings,
 )
@@ -102,7 +102,7 @@ class FakeBackend:
 
 def _hedging(latency: float = 0.050, budget: float = 1.0) -> ClusterPolicies:
     """Hedging on, ``budget`` tokens per call, and a warm latency window (20 x ``latency``)."""
-    policies = _policies(_gov(hedge=HedgeSettings(enabled=True, budget=budget)))
+    policies = _policies(_gov(hedge=HedgeConfig(enabled=True, budget=budget)))
     hedger = policies.hedger("GET")
     assert hedger is not None
     for _ in range(20):
@@ -143,7 +143,7 @@ async def test_an_operation_switch_only_affects_that_operation() -> None:
 async def test_a_rate_limit_rejects_after_the_burst_and_refills(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    policies = _policies(_gov(limit=LimitSettings(rate=1, burst=3)))
+    policies = _policies(_gov(limit=LimitConfig(rate=1, burst=3)))
     backend = FakeBackend()
     replies = [await policies.call(_read(), backend, _never) for _ in range(5)]
     assert [r.outcome for r in replies] == [OK, OK, OK, REJECTED, REJECTED]
@@ -159,7 +159,7 @@ async def test_a_rate_limit_rejects_after_the_burst_and_refills(
 async def test_an_operation_rate_limit_applies_to_that_operation_only(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    ops = {"GET": OperationSettings(limit=LimitSettings(rate=1, burst=1))}
+    ops = {"GET": OperationSettings(limit=LimitConfig(rate=1, burst=1))}
     policies = _policies(_gov(operations=MappingProxyType(ops)))
     backend = FakeBackend()
     assert (await policies.call(_read("GET"), backend, _never)).outcome is OK
@@ -170,7 +170,7 @@ async def test_an_operation_rate_limit_applies_to_that_operation_only(
 
 
 async def test_a_concurrency_cap_rejects_while_full_and_frees_slots_as_calls_end() -> None:
-    policies = _policies(_gov(limit=LimitSettings(concurrency=2)))
+    policies = _policies(_gov(limit=LimitConfig(concurrency=2)))
     gate, all_in = trio.Event(), trio.Event()
     entered: list[Node] = []
 
@@ -204,7 +204,7 @@ async def test_a_concurrency_cap_rejects_while_full_and_frees_slots_as_calls_end
 async def test_a_cancelled_call_gives_back_its_slot_and_its_node(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    policies = _policies(_gov(limit=LimitSettings(concurrency=1)))
+    policies = _policies(_gov(limit=LimitConfig(concurrency=1)))
     backend = FakeBackend(plan=[(math.inf, OK)])
     with trio.move_on_after(0.5):
         await policies.call(_read(), backend, _never)
@@ -277,7 +277,7 @@ async def test_an_app_error_is_returned_at_once() -> None:
 
 @pytest.mark.parametrize(("enabled", "attempts"), [(True, 2), (False, 1)])
 async def test_attempts_are_bounded_by_the_failover_settings(enabled: bool, attempts: int) -> None:
-    policies = _policies(_gov(failover=FailoverSettings(enabled=enabled)))
+    policies = _policies(_gov(failover=FailoverConfig(enabled=enabled)))
     backend = FakeBackend(plan=[(0.0, UPSTREAM)] * 3)
     assert (await policies.call(_read(), backend, _never)).outcome is UPSTREAM
     assert len(backend.calls) == len(set(backend.calls)) == attempts
@@ -316,7 +316,7 @@ async def test_a_hung_read_is_backed_up_on_another_node_and_cancelled(
 async def test_no_hedge_before_the_latency_window_is_warm(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    policies = _policies(_gov(hedge=HedgeSettings(enabled=True, budget=1.0)))
+    policies = _policies(_gov(hedge=HedgeConfig(enabled=True, budget=1.0)))
     backend = FakeBackend(plan=[(0.5, OK)])
     assert (await policies.call(_read(), backend, _never)).outcome is OK
     assert len(backend.calls) == 1
@@ -354,8 +354,8 @@ async def test_an_open_breaker_keeps_its_node_out_of_picks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     nodes = _nodes()
-    breaker = BreakerSettings(consecutive_failures=3)
-    policies = _policies(_gov(breaker=breaker, outlier=OutlierSettings(enabled=False)), nodes)
+    breaker = BreakerConfig(consecutive_failures=3)
+    policies = _policies(_gov(breaker=breaker, outlier=OutlierConfig(enabled=False)), nodes)
     backend = FakeBackend(script={nodes[0]: (0.0, LOCAL)})
     for _ in range(3):
         assert (await policies.call(_read(pinned=True), backend, _never)).outcome is LOCAL
@@ -376,8 +376,8 @@ async def test_a_half_open_node_busy_probing_does_not_reject_reads(
 ) -> None:
     nodes = _nodes()
     governance = _gov(
-        breaker=BreakerSettings(consecutive_failures=1, open_for=1.0),
-        outlier=OutlierSettings(enabled=False),
+        breaker=BreakerConfig(consecutive_failures=1, open_for=1.0),
+        outlier=OutlierConfig(enabled=False),
         balance=BalanceName.ROUND_ROBIN,
     )
     policies = _policies(governance, nodes)
@@ -416,14 +416,14 @@ async def test_hash_balance_keeps_a_key_on_one_node_and_spreads_keys() -> None:
 
 async def test_statistics_report_every_policy() -> None:
     nodes = _nodes()
-    governance = _gov(limit=LimitSettings(rate=10), hedge=HedgeSettings(enabled=True))
+    governance = _gov(limit=LimitConfig(rate=10), hedge=HedgeConfig(enabled=True))
     stats = _policies(governance, nodes).statistics(0.0)
     keys = "limit switches breakers outlier route balance retry_budget hedges"
     assert set(stats) == set(keys.split())
     assert stats["limit"].cluster.name == CLUSTER
     assert set(stats["breakers"]) == {node.address for node in nodes}
     assert set(stats["hedges"]) == {"*"}
-    plain = _policies(_gov(breaker=BreakerSettings(enabled=False))).statistics(0.0)
+    plain = _policies(_gov(breaker=BreakerConfig(enabled=False))).statistics(0.0)
     assert (plain["limit"], plain["breakers"], plain["hedges"]) == (None, {}, {})
 
 
@@ -449,7 +449,7 @@ async def test_configured_switches_come_from_the_cluster_and_each_operation() ->
 async def test_a_call_already_past_its_deadline_is_not_sent_nor_counted_against_a_node(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    policies = _policies(_gov(breaker=BreakerSettings(consecutive_failures=2)))
+    policies = _policies(_gov(breaker=BreakerConfig(consecutive_failures=2)))
     backend = FakeBackend()
     late = dataclasses.replace(_write(), deadline=trio.current_time() - 1.0)
     for _ in range(5):
@@ -470,8 +470,8 @@ async def test_outlier_ejection_is_capped_per_group_not_per_cluster(
     groups = MappingProxyType({"dc-a": (a1, a2), "dc-b": (b1, b2)})
     topology = Topology(1, groups, MappingProxyType({"dc-a": 50, "dc-b": 50}), a1)
     governance = _gov(
-        breaker=BreakerSettings(enabled=False),
-        outlier=OutlierSettings(consecutive_failures=2, max_ejection_percent=50),
+        breaker=BreakerConfig(enabled=False),
+        outlier=OutlierConfig(consecutive_failures=2, max_ejection_percent=50),
     )
     policies = ClusterPolicies(CLUSTER, topology, governance, trio.current_time())
     now = trio.current_time()
@@ -487,7 +487,7 @@ async def test_outlier_ejection_is_capped_per_group_not_per_cluster(
 
 async def test_a_slow_call_that_trips_the_breaker_takes_its_node_out_at_once() -> None:
     nodes = _nodes(2)
-    breaker = BreakerSettings(slow_call=0.01, slow_ratio=1.0, min_calls=1)
+    breaker = BreakerConfig(slow_call=0.01, slow_ratio=1.0, min_calls=1)
     policies = _policies(_gov(breaker=breaker), nodes)
     now = trio.current_time()
     policies.pick(now)  # candidates cached: both nodes
@@ -501,7 +501,7 @@ async def test_an_ejected_lone_node_sends_its_group_s_reads_to_the_other_group()
     a, b = Node("10.0.1.1", 6379, "dc-a", 1), Node("10.0.2.1", 6379, "dc-b", 1)
     groups = MappingProxyType({"dc-a": (a,), "dc-b": (b,)})
     topology = Topology(1, groups, MappingProxyType({"dc-a": 50, "dc-b": 50}), a)
-    governance = _gov(breaker=BreakerSettings(enabled=False))
+    governance = _gov(breaker=BreakerConfig(enabled=False))
     policies = ClusterPolicies(CLUSTER, topology, governance, trio.current_time())
     now = trio.current_time()
     assert {policies.pick(now) for _ in range(100)} == {a, b}
@@ -533,7 +533,7 @@ async def test_a_plain_call_ending_without_a_verdict_keeps_the_probe_s_slot() ->
     (or loses a hedge) after the breaker went half-open, it must not free the slot of the
     probe still out, or a second probe slips through."""
     nodes = _nodes(2)
-    breaker = BreakerSettings(consecutive_failures=3, open_for=1.0, half_open_probes=1)
+    breaker = BreakerConfig(consecutive_failures=3, open_for=1.0, half_open_probes=1)
     policies = _policies(_gov(breaker=breaker), nodes)
     node = nodes[1]
     assert policies.begin(node, 0.0) is False  # a slow call, started while closed
@@ -551,7 +551,7 @@ async def test_a_plain_call_ending_without_a_verdict_keeps_the_probe_s_slot() ->
 
 
 async def test_a_refusal_further_on_is_no_verdict_on_the_node() -> None:
-    policies = _policies(_gov(breaker=BreakerSettings(consecutive_failures=1, open_for=1.0)))
+    policies = _policies(_gov(breaker=BreakerConfig(consecutive_failures=1, open_for=1.0)))
     node = policies.topology.nodes[1]
     assert policies.begin(node, 0.0) is False  # a plain call, still out when...
     assert policies.begin(node, 0.0) is False
@@ -563,8 +563,8 @@ async def test_a_refusal_further_on_is_no_verdict_on_the_node() -> None:
 
 
 async def test_an_operation_with_its_own_hedge_settings_has_its_own_budget() -> None:
-    operations = {"GET": OperationSettings(hedge=HedgeSettings(enabled=True, budget=0.5))}
-    policies = _policies(_gov(hedge=HedgeSettings(enabled=True), operations=operations))
+    operations = {"GET": OperationSettings(hedge=HedgeConfig(enabled=True, budget=0.5))}
+    policies = _policies(_gov(hedge=HedgeConfig(enabled=True), operations=operations))
     get, other = policies.hedger("GET"), policies.hedger("HGET")
     assert get is not None and other is not None and get is not other
     assert policies.hedge_budget is other.budget
@@ -613,8 +613,8 @@ async def test_the_last_resort_pick_spreads_over_the_nodes_it_may_use() -> None:
     nodes = _nodes(3)
     governance = _gov(
         balance=BalanceName.WEIGHTED,
-        breaker=BreakerSettings(consecutive_failures=1, open_for=60.0),
-        outlier=OutlierSettings(enabled=False),
+        breaker=BreakerConfig(consecutive_failures=1, open_for=60.0),
+        outlier=OutlierConfig(enabled=False),
     )
     policies = _policies(governance, nodes)
     now = trio.current_time()

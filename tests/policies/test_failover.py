@@ -73,7 +73,7 @@ async def test_running_out_of_nodes_returns_the_real_failure(
 
 
 async def test_an_exhausted_budget_stops_retries(autojump_clock: trio.testing.MockClock) -> None:
-    budget = RetryBudget(ratio=0.0, min_concurrent=0)
+    budget = RetryBudget(budget_ratio=0.0, budget_min=0)
     nodes = FakeNodes({"a": (0.001, LOCAL), "b": (0.001, OK)})
     reply = await with_failover(READ, nodes.attempt, budget)
     assert reply.node == "a"

@@ -38,9 +38,9 @@ def test_twenty_percent_of_active_requests() -> None:
 
 def test_validation() -> None:
     with pytest.raises(ValueError, match="ratio"):
-        RetryBudget(ratio=1.5)
-    with pytest.raises(ValueError, match="min_concurrent"):
-        RetryBudget(min_concurrent=-1)
+        RetryBudget(budget_ratio=1.5)
+    with pytest.raises(ValueError, match="budget_min"):
+        RetryBudget(budget_min=-1)
 
 
 def test_backoff_is_fully_jittered_and_capped() -> None:
@@ -59,7 +59,7 @@ class RetryBudgetModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.budget = RetryBudget(ratio=0.2, min_concurrent=3)
+        self.budget = RetryBudget(budget_ratio=0.2, budget_min=3)
         self.requests = 0
         self.retries = 0
 
