@@ -42,7 +42,10 @@ def start_gateway(
     cluster = config["clusters"]["bench"]
     port = free_port()
     cluster["listen"] = f"127.0.0.1:{port}"
-    cluster["groups"] = {"dc-a": [f"127.0.0.1:{backend}" for backend in backends]}
+    nodes: list[object] = [f"127.0.0.1:{backend}" for backend in backends]
+    if len(nodes) > 1:
+        nodes[0] = {"address": nodes[0], "role": "primary"}  # replicated: the first takes writes
+    cluster["groups"] = {"dc-a": nodes}
     path = work / Path(source).name
     path.write_text(yaml.safe_dump(config))
     log = stack.enter_context((work / f"{Path(source).name}.log").open("wb"))

@@ -58,7 +58,10 @@ def _config(source: str, port: int, backends: list[int]) -> dict[str, object]:
     config = yaml.safe_load((HERE / source).read_text())
     cluster = config["clusters"]["bench"]
     cluster["listen"] = f"127.0.0.1:{port}"
-    cluster["groups"] = {"dc-a": [f"127.0.0.1:{backend}" for backend in backends]}
+    nodes: list[object] = [f"127.0.0.1:{backend}" for backend in backends]
+    if len(nodes) > 1:
+        nodes[0] = {"address": nodes[0], "role": "primary"}  # replicated: the first takes writes
+    cluster["groups"] = {"dc-a": nodes}
     return dict(config)
 
 

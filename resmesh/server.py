@@ -202,7 +202,7 @@ async def serve(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as backend:
             runtimes = [
-                RUNTIMES[Protocol(cluster.protocol)](cluster, config.users, backend)
+                RUNTIMES[cluster.protocol](cluster, config.users, backend)
                 for cluster in config.clusters.values()
             ]
             for runtime in runtimes:

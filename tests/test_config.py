@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from resmesh.config import (
     Address,
     BackendConfig,
+    ClientLimits,
     ClusterConfig,
     Config,
     ConfigError,
@@ -28,8 +29,9 @@ from resmesh.config import (
     GovernanceConfig,
     Mode,
     NodeConfig,
+    NodeRole,
     Protocol,
-    RedisLimits,
+    RedisSettings,
     load_config,
     parse_config,
     parse_duration,
@@ -52,12 +54,13 @@ def valid() -> dict[str, Any]:
                 "listen": "127.0.0.1:6380",
                 "mode": "replicated",
                 "groups": {
-                    "dc-a": ["127.0.0.1:6379"],
+                    "dc-a": [{"address": "127.0.0.1:6379", "role": "primary"}],
                     "dc-b": [{"address": "10.0.0.2:6379", "weight": 50}],
                 },
                 "route": {"dc-a": 100, "dc-b": 0},
                 "backend": {"password": None, "connect_timeout": "2s", "command_timeout": 5},
-                "limits": {"max_bulk_len": "512MiB", "client_idle_timeout": 0},
+                "limits": {"max_clients": 10000, "client_idle_timeout": 0},
+                "redis": {"max_bulk_len": "512MiB"},
             }
         },
     }
@@ -96,10 +99,13 @@ def test_quickstart_loads() -> None:
     assert feed.listen == Address("127.0.0.1", 6380)
     assert str(feed.listen) == "127.0.0.1:6380"
     assert feed.mode is Mode.REPLICATED
-    assert dict(feed.groups) == {"dc-a": (NodeConfig(Address("127.0.0.1", 6379), 100),)}
+    primary = NodeConfig(Address("127.0.0.1", 6379), 100, NodeRole.PRIMARY)
+    assert dict(feed.groups) == {"dc-a": (primary,)}
+    assert feed.primary == primary  # the one node: the primary without saying so
     assert dict(feed.route) == {"dc-a": 100}
     assert feed.backend == BackendConfig()
-    assert feed.limits == RedisLimits()
+    assert feed.limits == ClientLimits()
+    assert feed.redis == RedisSettings()
     assert feed.policy == "cache"
     assert feed.governance.preset == "cache"
     assert feed.governance.hedge.enabled
@@ -109,7 +115,8 @@ def test_full_config_parses() -> None:
     config = parse_config(valid(), SOURCE)
     feed = config.clusters["feed-cache"]
     assert list(feed.groups) == ["dc-a", "dc-b"]
-    assert feed.groups["dc-b"] == (NodeConfig(Address("10.0.0.2", 6379), 50),)
+    assert feed.groups["dc-b"] == (NodeConfig(Address("10.0.0.2", 6379), 50, NodeRole.REPLICA),)
+    assert feed.primary == NodeConfig(Address("127.0.0.1", 6379), 100, NodeRole.PRIMARY)
     assert feed.backend.command_timeout == 5.0
     assert config.users["app"].clusters == frozenset({"feed-cache"})
     assert config.users["app"].password == "app"
@@ -122,7 +129,7 @@ def test_defaults_fill_in() -> None:
                 "c": {
                     "protocol": "redis",
                     "listen": "[::1]:0",
-                    "groups": {"x": ["a:1", "b:2"], "y": ["c:3"]},
+                    "groups": {"x": [{"address": "a:1", "role": "primary"}, "b:2"], "y": ["c:3"]},
                 }
             }
         },
@@ -151,17 +158,21 @@ def test_null_sections_mean_defaults() -> None:
     data["users"] = None
     cluster(data)["backend"] = None
     cluster(data)["limits"] = None
+    cluster(data)["redis"] = None
     config = parse_config(data, SOURCE)
     assert config.gateway == GatewayConfig()
-    assert config.clusters["feed-cache"].limits == RedisLimits()
+    assert config.clusters["feed-cache"].limits == ClientLimits()
+    assert config.clusters["feed-cache"].redis == RedisSettings()
 
 
 def test_sharded_and_policy() -> None:
     data = valid()
     cluster(data)["mode"] = "sharded"
+    cluster(data)["groups"]["dc-a"] = ["127.0.0.1:6379"]  # no primary: every node owns keys
     cluster(data)["policy"] = "cache"
     c = parse_config(data, SOURCE).clusters["feed-cache"]
     assert c.mode is Mode.SHARDED
+    assert c.primary is None
     assert c.policy == "cache"
 
 
@@ -179,7 +190,15 @@ def test_objects_are_frozen() -> None:
 
 
 def test_objects_are_slotted() -> None:
-    for cls in (Address, NodeConfig, BackendConfig, RedisLimits, ClusterConfig, Config):
+    for cls in (
+        Address,
+        NodeConfig,
+        BackendConfig,
+        ClientLimits,
+        RedisSettings,
+        ClusterConfig,
+        Config,
+    ):
         assert "__slots__" in vars(cls), cls
 
 
@@ -472,7 +491,7 @@ ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str, str]] =
     ),
     (
         "node is our own listener",
-        _set((*C, "groups", "dc-a"), ["localhost:6380"]),
+        _set((*C, "groups", "dc-a"), [{"address": "localhost:6380", "role": "primary"}]),
         "clusters.feed-cache.groups.dc-a[0]",
         "would forward to itself",
         "real server",
@@ -535,15 +554,15 @@ ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str, str]] =
     ),
     (
         "bad size unit",
-        _set((*C, "limits", "max_bulk_len"), "512mb"),
-        "clusters.feed-cache.limits.max_bulk_len",
+        _set((*C, "redis", "max_bulk_len"), "512mb"),
+        "clusters.feed-cache.redis.max_bulk_len",
         "expected a size, got '512mb'",
         "MiB",
     ),
     (
         "bulk larger than buffer",
-        _set((*C, "limits", "max_request_buffer"), "1MiB"),
-        "clusters.feed-cache.limits.max_bulk_len",
+        _set((*C, "redis", "max_request_buffer"), "1MiB"),
+        "clusters.feed-cache.redis.max_bulk_len",
         "larger than max_request_buffer",
         "raise max_request_buffer",
     ),
@@ -854,9 +873,11 @@ _KEYS = [
     "route",
     "backend",
     "limits",
+    "redis",
     "dc-a",
     "address",
     "weight",
+    "role",
     "password",
     "app",
     "admin",
@@ -878,6 +899,8 @@ _WORDS = [
     "feed-cache",
     "cache",
     "default",
+    "primary",
+    "replica",
     "",
 ]
 scalars = (

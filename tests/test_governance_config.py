@@ -18,27 +18,26 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import resmesh.config as config_module
 from resmesh.config import (
     BalanceName,
-    BreakerSettings,
+    BreakerConfig,
     ConfigError,
-    FailoverSettings,
+    FailoverConfig,
     GovernanceConfig,
-    HedgeSettings,
-    LimitSettings,
+    HedgeConfig,
+    LimitConfig,
     Mode,
     OperationSettings,
-    OutlierSettings,
+    OutlierConfig,
     SwitchModeName,
     SwitchSettings,
     load_config,
     parse_config,
 )
-from resmesh.policies.breaker import BreakerConfig
-from resmesh.policies.hedge import HedgeConfig
-from resmesh.policies.limit import LimitConfig
-from resmesh.policies.outlier import OutlierConfig
+from resmesh.config import presets as presets_module
+from resmesh.config.errors import Context
+from resmesh.config.governance import GOVERNANCE_KEYS
+from resmesh.knobs import knobs
 from resmesh.policies.retry import RetryBudget
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +48,13 @@ PRESET_NAMES = sorted(path.stem for path in PRESETS.glob("*.yaml"))
 
 def cluster_data(**extra: Any) -> dict[str, Any]:
     """One Redis cluster with two groups; ``extra`` adds or replaces cluster keys."""
+    first: object = {"address": "127.0.0.1:6379", "role": "primary"}
+    if extra.get("mode") == "sharded":
+        first = "127.0.0.1:6379"  # no primary: every node owns a slice of the keys
     cluster: dict[str, Any] = {
         "protocol": "redis",
         "listen": "127.0.0.1:6380",
-        "groups": {"dc-a": ["127.0.0.1:6379"], "dc-b": ["10.0.0.2:6379"]},
+        "groups": {"dc-a": [first], "dc-b": ["10.0.0.2:6379"]},
         "route": {"dc-a": 100, "dc-b": 0},
     }
     cluster.update(extra)
@@ -102,31 +104,14 @@ def test_bundled_presets_are_the_documented_four() -> None:
 def test_each_preset_loads_and_fits_the_policy_primitives(name: str) -> None:
     settings_ = governance(cluster_data(policy=name))
     assert settings_.preset == name
-    # Whatever the config accepts, the policy primitives accept too (their __post_init__
-    # range checks are the ground truth the loader's ranges must stay inside).
-    breaker = settings_.breaker
-    BreakerConfig(
-        failure_ratio=breaker.error_ratio,
-        slow_call_duration=breaker.slow_call,
-        slow_call_ratio=breaker.slow_ratio,
-        minimum_calls=breaker.min_calls,
-        window=breaker.window,
-        consecutive_failures=breaker.consecutive_failures,
-        open_duration=breaker.open_for,
-        half_open_probes=breaker.half_open_probes,
-    )
-    outlier = settings_.outlier
-    OutlierConfig(
-        consecutive_failures=outlier.consecutive_failures,
-        base_ejection_time=outlier.base_ejection,
-        max_ejection_time=outlier.max_ejection,
-        max_ejection_percent=outlier.max_ejection_percent,
-        panic_threshold=outlier.panic_threshold,
-    )
-    hedge = settings_.hedge
-    HedgeConfig(quantile=hedge.percentile, floor=hedge.floor, ratio=hedge.budget)
+    # The sections are the policies' own config types (their __post_init__ range checks ran
+    # when the loader built them), and the retry budget accepts the failover section's.
+    assert isinstance(settings_.breaker, BreakerConfig)
+    assert isinstance(settings_.outlier, OutlierConfig)
+    assert isinstance(settings_.hedge, HedgeConfig)
+    assert isinstance(settings_.failover, FailoverConfig)
+    assert isinstance(settings_.limit, LimitConfig)
     RetryBudget(settings_.failover.budget_ratio, settings_.failover.budget_min)
-    LimitConfig(settings_.limit.rate, settings_.limit.burst, settings_.limit.concurrency)
 
 
 def test_default_preset_spells_out_the_built_in_defaults() -> None:
@@ -142,12 +127,12 @@ def test_no_policy_means_default() -> None:
 
 def test_cache_preset() -> None:
     settings_ = governance(cluster_data(policy="cache"))
-    assert settings_.hedge == HedgeSettings(enabled=True, percentile=90.0, floor=0.010, budget=0.15)
+    assert settings_.hedge == HedgeConfig(enabled=True, percentile=90.0, floor=0.010, budget=0.15)
     assert settings_.failover.enabled
     assert settings_.breaker.enabled
     assert settings_.outlier.enabled
     assert settings_.balance is BalanceName.LEAST_LOADED
-    assert settings_.limit == LimitSettings()
+    assert settings_.limit == LimitConfig()
 
 
 def test_passthrough_preset_turns_everything_off() -> None:
@@ -156,7 +141,7 @@ def test_passthrough_preset_turns_everything_off() -> None:
     assert not settings_.outlier.enabled
     assert not settings_.failover.enabled
     assert not settings_.hedge.enabled
-    assert settings_.limit == LimitSettings()
+    assert settings_.limit == LimitConfig()
     assert settings_.switch == SwitchSettings()
     assert dict(settings_.operations) == {}
 
@@ -169,46 +154,33 @@ def test_strict_db_preset() -> None:
     assert settings_.limit.concurrency is not None
 
 
-def test_defaults_match_the_policy_modules() -> None:
-    """The config's defaults and the primitives' defaults cite the same sources; keep them equal."""
-    breaker, breaker_config = BreakerSettings(), BreakerConfig()
-    assert breaker.error_ratio == breaker_config.failure_ratio
-    assert breaker.slow_call == breaker_config.slow_call_duration
-    assert breaker.slow_ratio == breaker_config.slow_call_ratio
-    assert breaker.min_calls == breaker_config.minimum_calls
-    assert breaker.window == breaker_config.window
-    assert breaker.consecutive_failures == breaker_config.consecutive_failures
-    assert breaker.open_for == breaker_config.open_duration
-    assert breaker.half_open_probes == breaker_config.half_open_probes
-    outlier, outlier_config = OutlierSettings(), OutlierConfig()
-    assert outlier.consecutive_failures == outlier_config.consecutive_failures
-    assert outlier.base_ejection == outlier_config.base_ejection_time
-    assert outlier.max_ejection == outlier_config.max_ejection_time
-    assert outlier.max_ejection_percent == outlier_config.max_ejection_percent
-    assert outlier.panic_threshold == outlier_config.panic_threshold
-    hedge, hedge_config = HedgeSettings(), HedgeConfig()
-    assert (hedge.percentile, hedge.floor, hedge.budget) == (
-        hedge_config.quantile,
-        hedge_config.floor,
-        hedge_config.ratio,
-    )
-    budget = RetryBudget()
-    assert (FailoverSettings().budget_ratio, FailoverSettings().budget_min) == (
-        budget.ratio,
-        budget.min_concurrent,
-    )
-    limit, limit_config = LimitSettings(), LimitConfig()
-    assert (limit.rate, limit.burst, limit.concurrency) == (
-        limit_config.rate,
-        limit_config.burst,
-        limit_config.concurrency,
-    )
+SECTIONS: dict[str, type[Any]] = {
+    "limit": LimitConfig,
+    "breaker": BreakerConfig,
+    "outlier": OutlierConfig,
+    "failover": FailoverConfig,
+    "hedge": HedgeConfig,
+    "switch": SwitchSettings,
+}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_one_name_per_knob(section: str) -> None:
+    """The default preset spells out every knob of each section, under the attribute's name."""
+    preset = yaml.safe_load((PRESETS / "default.yaml").read_text(encoding="utf-8"))
+    assert list(preset[section]) == list(knobs(SECTIONS[section]))
+    assert set(GOVERNANCE_KEYS) == set(preset)
+
+
+def test_retry_budget_defaults_are_the_failover_defaults() -> None:
+    budget, failover = RetryBudget(), FailoverConfig()
+    assert (budget.budget_ratio, budget.budget_min) == (failover.budget_ratio, failover.budget_min)
 
 
 def test_built_in_default_when_no_preset_folder_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config_module, "_BUNDLED_PRESETS", tmp_path / "nowhere")
+    monkeypatch.setattr(presets_module, "BUNDLED_PRESETS", tmp_path / "nowhere")
     assert governance(cluster_data(), tmp_path) == GovernanceConfig(preset="default")
     assert governance(cluster_data(policy="default"), tmp_path) == GovernanceConfig(
         preset="default"
@@ -247,7 +219,7 @@ def test_empty_preset_is_all_defaults(tmp_path: Path) -> None:
 
 def test_override_mappings_merge_key_by_key() -> None:
     settings_ = governance(cluster_data(policy="cache", governance={"hedge": {"percentile": 99}}))
-    assert settings_.hedge == HedgeSettings(enabled=True, percentile=99.0, floor=0.010, budget=0.15)
+    assert settings_.hedge == HedgeConfig(enabled=True, percentile=99.0, floor=0.010, budget=0.15)
     assert settings_.failover.enabled  # untouched sections stay the preset's
 
 
@@ -264,12 +236,12 @@ def test_override_scalars_replace_and_null_means_built_in_default() -> None:
     assert settings_.breaker.slow_call is None
     assert settings_.breaker.open_for == 1.0
     assert settings_.breaker.slow_ratio == 0.8  # still the preset's
-    assert settings_.limit == LimitSettings(rate=500.0)
+    assert settings_.limit == LimitConfig(rate=500.0)
 
 
 def test_a_null_section_resets_it_to_built_in_defaults() -> None:
     settings_ = governance(cluster_data(policy="cache", governance={"hedge": None}))
-    assert settings_.hedge == HedgeSettings()
+    assert settings_.hedge == HedgeConfig()
 
 
 def test_empty_or_null_governance_changes_nothing() -> None:
@@ -289,22 +261,22 @@ def test_operations_merge_across_spellings(tmp_path: Path) -> None:
     )
     assert list(settings_.operations) == ["GET", "KEYS", "MGET"]
     get = settings_.operations["GET"]
-    assert get.limit == LimitSettings(rate=10.0)
+    assert get.limit == LimitConfig(rate=10.0)
     assert get.hedge is not None and get.hedge.enabled
     assert settings_.operations["KEYS"] == OperationSettings()
 
 
 def test_deep_merge_rule() -> None:
     """Mappings merge; lists, scalars and null replace; nothing is mutated."""
-    context = config_module._Context(Path("x.yaml"), {})
+    context = Context(Path("x.yaml"), {})
     layers = (
-        config_module._Layer(context, (), "", {}),
-        config_module._Layer(context, (), "", {}),
+        presets_module.Layer(context, (), "", {}),
+        presets_module.Layer(context, (), "", {}),
     )
     base = {"a": {"b": 1, "c": [1, 2]}, "d": {"e": 1}, "f": 1}
     top = {"a": {"c": [3], "g": 2}, "d": None, "h": {"i": 1}}
     origin: dict[Any, int] = {(): 0}
-    merged = config_module._deep_merge(base, top, (), layers, origin)
+    merged = presets_module.deep_merge(base, top, (), layers, origin)
     assert merged == {"a": {"b": 1, "c": [3], "g": 2}, "d": None, "f": 1, "h": {"i": 1}}
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": {"e": 1}, "f": 1}
     # Who set what, for error messages: 0 is the preset, 1 the cluster.
@@ -325,7 +297,7 @@ def test_operation_hedge_inherits_the_cluster_hedge() -> None:
             },
         )
     )
-    assert settings_.operations["GET"].hedge == HedgeSettings(
+    assert settings_.operations["GET"].hedge == HedgeConfig(
         enabled=True, percentile=99.0, floor=0.020, budget=0.15
     )
     assert settings_.operations["SET"] == OperationSettings()
@@ -337,16 +309,16 @@ def test_operation_settings() -> None:
             governance={
                 "operations": {
                     "keys": {"limit": {"concurrency": 1}},
-                    "client|list": {"idempotent": True},
+                    "scan": {"idempotent": True},
                     "flushall": {"switch": {"mode": "error"}},
                     "get": {"switch": {"mode": "fallback", "value": ""}},
                 }
             }
         )
     )
-    assert list(settings_.operations) == ["KEYS", "CLIENT|LIST", "FLUSHALL", "GET"]
-    assert settings_.operations["KEYS"].limit == LimitSettings(concurrency=1)
-    assert settings_.operations["CLIENT|LIST"].idempotent is True
+    assert list(settings_.operations) == ["KEYS", "SCAN", "FLUSHALL", "GET"]
+    assert settings_.operations["KEYS"].limit == LimitConfig(concurrency=1)
+    assert settings_.operations["SCAN"].idempotent is True
     assert settings_.operations["FLUSHALL"].switch == SwitchSettings(SwitchModeName.ERROR)
     assert settings_.operations["GET"].switch == SwitchSettings(SwitchModeName.FALLBACK, "")
 
@@ -366,13 +338,13 @@ def test_full_override_values() -> None:
             }
         )
     )
-    assert settings_.limit == LimitSettings(1000.0, 1500.0, 64)
-    assert settings_.breaker == BreakerSettings(error_ratio=0.25, slow_call=0.25, window=30.0)
-    assert settings_.outlier == OutlierSettings(
+    assert settings_.limit == LimitConfig(1000.0, 1500.0, 64)
+    assert settings_.breaker == BreakerConfig(error_ratio=0.25, slow_call=0.25, window=30.0)
+    assert settings_.outlier == OutlierConfig(
         base_ejection=10.0, max_ejection=60.0, panic_threshold=0
     )
-    assert settings_.failover == FailoverSettings(max_attempts=3, budget_ratio=0.0, budget_min=0)
-    assert settings_.hedge == HedgeSettings(enabled=True, percentile=99.5, floor=0.0)
+    assert settings_.failover == FailoverConfig(max_attempts=3, budget_ratio=0.0, budget_min=0)
+    assert settings_.hedge == HedgeConfig(enabled=True, percentile=99.5, floor=0.0)
     assert settings_.switch == SwitchSettings(SwitchModeName.READONLY)
     assert settings_.balance is BalanceName.HASH  # allowed in replicated mode too
     assert settings_.local_group == "dc-b"
@@ -653,13 +625,13 @@ def test_preset_balance_yields_to_sharding_but_the_clusters_own_does_not(tmp_pat
 def test_preset_is_read_once_per_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_preset(tmp_path, "shared", "hedge: {enabled: true}\n")
     reads: list[Path] = []
-    original = config_module._read_text
+    original = presets_module.read_text
 
     def counting(source: Path, missing: str, missing_fix: str) -> str:
         reads.append(source)
         return original(source, missing, missing_fix)
 
-    monkeypatch.setattr(config_module, "_read_text", counting)
+    monkeypatch.setattr(presets_module, "read_text", counting)
     data = cluster_data(policy="shared")
     data["clusters"]["other"] = {
         "protocol": "redis",
@@ -678,18 +650,18 @@ def test_preset_is_read_once_per_parse(tmp_path: Path, monkeypatch: pytest.Monke
 def test_governance_objects_are_frozen_slotted_and_read_only() -> None:
     settings_ = governance(cluster_data(governance={"operations": {"get": {"limit": {"rate": 1}}}}))
     for cls in (
-        LimitSettings,
-        BreakerSettings,
-        OutlierSettings,
-        FailoverSettings,
-        HedgeSettings,
+        LimitConfig,
+        BreakerConfig,
+        OutlierConfig,
+        FailoverConfig,
+        HedgeConfig,
         SwitchSettings,
         OperationSettings,
         GovernanceConfig,
     ):
         assert "__slots__" in vars(cls), cls
     with pytest.raises(dataclasses.FrozenInstanceError):
-        settings_.breaker = BreakerSettings()  # type: ignore[misc]
+        settings_.breaker = BreakerConfig()  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings_.operations["GET"].limit.rate = 2.0  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -725,10 +697,10 @@ def test_quickstart_commented_governance_example_is_valid(tmp_path: Path) -> Non
     feed = load_config(path).clusters["feed-cache"]
     settings_ = feed.governance
     assert settings_.preset == "cache"
-    assert settings_.limit == LimitSettings(rate=50000.0, concurrency=1024)
+    assert settings_.limit == LimitConfig(rate=50000.0, concurrency=1024)
     assert settings_.local_group == "dc-a"
-    assert settings_.operations["KEYS"].limit == LimitSettings(concurrency=1)
-    assert settings_.operations["GET"].hedge == HedgeSettings(
+    assert settings_.operations["KEYS"].limit == LimitConfig(concurrency=1)
+    assert settings_.operations["GET"].hedge == HedgeConfig(
         enabled=True, percentile=99.0, floor=0.010, budget=0.15
     )
     assert settings_.switch == SwitchSettings(SwitchModeName.MISS)
@@ -737,11 +709,11 @@ def test_quickstart_commented_governance_example_is_valid(tmp_path: Path) -> Non
 # --- hypothesis: junk under governance: (or in a preset) only raises ConfigError -------------
 
 _GOVERNANCE_WORDS = [
-    *config_module._GOVERNANCE_KEYS,
-    *config_module._BREAKER_KEYS,
-    *config_module._OUTLIER_KEYS,
-    *config_module._FAILOVER_KEYS,
-    *config_module._HEDGE_KEYS,
+    *GOVERNANCE_KEYS,
+    *knobs(BreakerConfig),
+    *knobs(OutlierConfig),
+    *knobs(FailoverConfig),
+    *knobs(HedgeConfig),
     "rate",
     "burst",
     "concurrency",
@@ -779,7 +751,7 @@ _junk = st.recursive(
 )
 # Mostly well-shaped: known sections holding junk, so the value validators are reached.
 _shaped = st.dictionaries(
-    st.sampled_from(config_module._GOVERNANCE_KEYS),
+    st.sampled_from(GOVERNANCE_KEYS),
     st.dictionaries(st.sampled_from(_GOVERNANCE_WORDS), _junk, max_size=4) | _junk,
     max_size=5,
 )

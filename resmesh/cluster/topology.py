@@ -44,8 +44,11 @@ class Topology:
         version: increases with every change applied.
         groups: group name → its nodes, in configured order.
         route: group name → traffic weight (0..100).
-        primary: the node that takes writes in replicated mode: the first node of the
-            heaviest-routed group (the configuration's convention until the registry can say).
+        primary: the node that takes writes: the configuration's primary
+            (:attr:`~resmesh.config.ClusterConfig.primary`). A sharded cluster has none (each
+            node takes the writes of its keys); there it is the node sessions pin their
+            dedicated connections to: the first node with a weight above 0 in the
+            heaviest-routed group.
     """
 
     version: int
@@ -63,11 +66,21 @@ def topology_from_config(cluster: ClusterConfig, version: int = 1) -> Topology:
         name: tuple(Node(n.address.host, n.address.port, name, n.weight) for n in nodes)
         for name, nodes in cluster.groups.items()
     }
-    heaviest = max(cluster.route.items(), key=lambda item: item[1])[0]
-    candidates = [n for n in groups[heaviest] if n.weight > 0] or list(groups[heaviest])
     return Topology(
         version=version,
         groups=MappingProxyType(groups),
         route=MappingProxyType(dict(cluster.route)),
-        primary=candidates[0],
+        primary=_primary(cluster, groups),
     )
+
+
+def _primary(cluster: ClusterConfig, groups: Mapping[str, tuple[Node, ...]]) -> Node:
+    configured = cluster.primary
+    if configured is not None:
+        for name, nodes in cluster.groups.items():
+            for index, node in enumerate(nodes):
+                if node == configured:
+                    return groups[name][index]
+    heaviest = max(cluster.route.items(), key=lambda item: item[1])[0]
+    candidates = [n for n in groups[heaviest] if n.weight > 0] or list(groups[heaviest])
+    return candidates[0]

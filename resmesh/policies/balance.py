@@ -23,6 +23,7 @@ non-empty (the failover path) or the candidate set changed.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
 import random
@@ -31,9 +32,10 @@ from bisect import bisect_left
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import reduce
-from typing import Final, Generic, Protocol, TypeVar, final
+from typing import Any, Final, Generic, Protocol, TypeVar, final
 
 __all__ = [
+    "BalanceName",
     "Balancer",
     "BalancerStatistics",
     "ConsistentHashBalancer",
@@ -42,8 +44,25 @@ __all__ = [
     "RoundRobinBalancer",
     "WeightedBalancer",
     "WeightedNode",
+    "balancer_for",
     "ketama_hash",
 ]
+
+
+class BalanceName(enum.StrEnum):
+    """How a node is picked inside a group: the configuration's ``balance``.
+
+    ``least_loaded`` is power-of-two-choices on in-flight calls: it steers around a slow node
+    without any tuning, which is why it is the default for replicated clusters. ``hash`` is
+    consistent hashing (ketama) on the call's key; a sharded cluster always uses it, and a
+    replicated one may (each key then sticks to one node, which keeps node-local caches warm).
+    """
+
+    RANDOM = "random"
+    ROUND_ROBIN = "round_robin"
+    WEIGHTED = "weighted"
+    LEAST_LOADED = "least_loaded"
+    HASH = "hash"
 
 
 class WeightedNode(Protocol):
@@ -521,3 +540,14 @@ class ConsistentHashBalancer(Generic[N]):
 
     def statistics(self) -> BalancerStatistics:
         return BalancerStatistics("consistent_hash", self.picks, self.excluding_picks)
+
+
+def balancer_for(name: BalanceName, rng: random.Random | None = None) -> Any:
+    """The balancer a cluster's ``balance`` names (``hash`` needs a key: see the caller)."""
+    if name is BalanceName.RANDOM:
+        return RandomBalancer(rng)
+    if name is BalanceName.ROUND_ROBIN:
+        return RoundRobinBalancer()
+    if name is BalanceName.WEIGHTED:
+        return WeightedBalancer()
+    return LeastLoadedBalancer(rng)

@@ -2,19 +2,19 @@
 
 States (Hystrix/Sentinel/resilience4j, anchors §3.1-3.3)::
 
-    CLOSED ──trip──▶ OPEN ──open_duration elapsed, next allow()──▶ HALF_OPEN
+    CLOSED ──trip──▶ OPEN ──open_for elapsed, next allow()──▶ HALF_OPEN
       ▲                ▲                                              │
       │                └────────────── a probe fails ◀────────────────┤
       └─────────────────────────────── a probe succeeds ◀─────────────┘
 
-It trips when, in the rolling window, at least ``minimum_calls`` calls ended and the share of
-failures reaches ``failure_ratio``, or the share of slow calls reaches ``slow_call_ratio``; or
+It trips when, in the rolling window, at least ``min_calls`` calls ended and the share of
+failures reaches ``error_ratio``, or the share of slow calls reaches ``slow_ratio``; or
 after ``consecutive_failures`` failures in a row, whatever the volume (motan-go ``failfast``).
 
 What counts: ``UPSTREAM_ERROR`` and ``LOCAL_ERROR`` are failures (:attr:`Outcome.node_failure`);
 ``OK`` and ``APP_ERROR`` are successes (a WRONGTYPE or a duplicate key says nothing bad about
 the node: anchors §1.3); ``REJECTED`` is ignored (the node never saw the call). A call is slow
-when its latency exceeds ``slow_call_duration``, whatever its outcome (resilience4j counts slow
+when its latency exceeds ``slow_call``, whatever its outcome (resilience4j counts slow
 failures as slow too).
 
 The ratio rules are evaluated when a failure (or a slow call) is recorded, the moments a
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Final, final
 
 from resmesh.call import Outcome
+from resmesh.knobs import Kind, knob
 from resmesh.policies.window import RollingCounter
 
 __all__ = ["BreakerConfig", "BreakerState", "BreakerStatistics", "CircuitBreaker"]
@@ -51,28 +52,31 @@ _NODE_FAILURES: Final = frozenset({Outcome.UPSTREAM_ERROR, Outcome.LOCAL_ERROR})
 #: Ratios are compared in floats: 7 failures of 100 must reach a 0.07 threshold (0.07 x 100 is
 #: 7.000000000000001).
 _ROUNDING: Final = 1e-9
+#: Far above any real threshold, low enough to be clearly a typo.
+_MAX_COUNT: Final = 1_000_000
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
-    """When a node's breaker trips and how it recovers.
+    """When a node's breaker trips and how it recovers; the configuration's ``breaker:``.
 
     Attributes:
-        failure_ratio: trip when failures / calls in the window reach this (0.5: Hystrix
+        enabled: whether nodes have breakers at all.
+        error_ratio: trip when failures / calls in the window reach this (0.5: Hystrix
             ``errorThresholdPercentage`` 50, resilience4j ``failureRateThreshold`` 50 %).
-        slow_call_duration: a call slower than this (seconds) is slow; ``None`` turns the
-            slow-call rule off (resmesh default: off unless set, anchors §5).
-        slow_call_ratio: trip when slow calls / calls in the window reach this (1.0:
-            resilience4j ``slowCallRateThreshold`` 100 %, Sentinel ``slowRatioThreshold`` 1.0).
-        minimum_calls: the ratio rules apply only once the window holds this many calls
-            (20: Hystrix ``requestVolumeThreshold``; Sentinel's 5 is too twitchy for a proxy).
+        slow_call: a call slower than this (seconds) is slow; ``None`` turns the slow-call
+            rule off (resmesh's default: a threshold only means something per cluster).
+        slow_ratio: trip when slow calls / calls in the window reach this (1.0: resilience4j
+            ``slowCallRateThreshold`` 100 %, Sentinel ``slowRatioThreshold`` 1.0).
+        min_calls: the ratio rules apply only once the window holds this many calls (20:
+            Hystrix ``requestVolumeThreshold``; Sentinel's 5 is too twitchy for a proxy).
         window: rolling window length in seconds (10 s: Hystrix ``rollingStats``).
         buckets: buckets in the window (10: Hystrix; Sentinel's single tumbling bucket lets a
-            burst straddle a boundary, anchors gap 4).
+            burst straddle a boundary). Not a configuration key.
         consecutive_failures: trip after this many failures in a row, whatever the volume
             (10: motan-go ``failfast``); 0 turns the rule off.
-        open_duration: how long the breaker stays open before probing (5 s: Hystrix
+        open_for: how long the breaker stays open before probing (5 s: Hystrix
             ``sleepWindowInMilliseconds``, hystrix-go ``SleepWindow``; resilience4j's 60 s is
             long for a gateway).
         half_open_probes: concurrent probes allowed while half-open (1: Sentinel and Hystrix;
@@ -81,33 +85,32 @@ class BreakerConfig:
             a gateway sees many calls, and the first answer is already fresh news.
     """
 
-    failure_ratio: float = 0.5
-    slow_call_duration: float | None = None
-    slow_call_ratio: float = 1.0
-    minimum_calls: int = 20
-    window: float = 10.0
+    enabled: bool = knob(True, Kind.BOOL)
+    error_ratio: float = knob(0.5, Kind.RATIO, high=1.0, low_open=True)
+    slow_call: float | None = knob(None, Kind.DURATION, low_open=True, example="500ms")
+    slow_ratio: float = knob(1.0, Kind.RATIO, high=1.0, low_open=True, example="0.8")
+    min_calls: int = knob(20, Kind.INT, low=1, high=_MAX_COUNT)
+    window: float = knob(10.0, Kind.DURATION, low_open=True, example="10s")
     buckets: int = 10
-    consecutive_failures: int = 10
-    open_duration: float = 5.0
-    half_open_probes: int = 1
+    consecutive_failures: int = knob(10, Kind.INT, high=_MAX_COUNT)
+    open_for: float = knob(5.0, Kind.DURATION, low_open=True, example="5s")
+    half_open_probes: int = knob(1, Kind.INT, low=1, high=1000)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.failure_ratio <= 1.0:
-            raise ValueError(f"failure_ratio must be in (0, 1], got {self.failure_ratio!r}")
-        if not 0.0 < self.slow_call_ratio <= 1.0:
-            raise ValueError(f"slow_call_ratio must be in (0, 1], got {self.slow_call_ratio!r}")
-        if self.slow_call_duration is not None and not self.slow_call_duration > 0:
-            raise ValueError(
-                f"slow_call_duration must be > 0 s or None, got {self.slow_call_duration!r}"
-            )
-        if self.minimum_calls < 1:
-            raise ValueError(f"minimum_calls must be >= 1, got {self.minimum_calls!r}")
+        if not 0.0 < self.error_ratio <= 1.0:
+            raise ValueError(f"error_ratio must be in (0, 1], got {self.error_ratio!r}")
+        if not 0.0 < self.slow_ratio <= 1.0:
+            raise ValueError(f"slow_ratio must be in (0, 1], got {self.slow_ratio!r}")
+        if self.slow_call is not None and not self.slow_call > 0:
+            raise ValueError(f"slow_call must be > 0 s or None, got {self.slow_call!r}")
+        if self.min_calls < 1:
+            raise ValueError(f"min_calls must be >= 1, got {self.min_calls!r}")
         if self.consecutive_failures < 0:
             raise ValueError(
                 f"consecutive_failures must be >= 0 (0 = off), got {self.consecutive_failures!r}"
             )
-        if not self.open_duration > 0:
-            raise ValueError(f"open_duration must be > 0 s, got {self.open_duration!r}")
+        if not self.open_for > 0:
+            raise ValueError(f"open_for must be > 0 s, got {self.open_for!r}")
         if self.half_open_probes < 1:
             raise ValueError(f"half_open_probes must be >= 1, got {self.half_open_probes!r}")
         if not self.window > 0 or self.buckets < 1:
@@ -141,9 +144,9 @@ class CircuitBreaker:
         "_consecutive",
         "_consecutive_limit",
         "_duration_limit",
-        "_failure_ratio",
-        "_minimum_calls",
-        "_open_duration",
+        "_error_ratio",
+        "_min_calls",
+        "_open_for",
         "_probe_limit",
         "_slow_ratio",
         "_window",
@@ -160,14 +163,12 @@ class CircuitBreaker:
         config = config or BreakerConfig()
         self.config = config
         self._window = RollingCounter(config.window, config.buckets)
-        self._failure_ratio = config.failure_ratio
-        self._slow_ratio = config.slow_call_ratio
-        self._duration_limit = (
-            float("inf") if config.slow_call_duration is None else config.slow_call_duration
-        )
-        self._minimum_calls = config.minimum_calls
+        self._error_ratio = config.error_ratio
+        self._slow_ratio = config.slow_ratio
+        self._duration_limit = float("inf") if config.slow_call is None else config.slow_call
+        self._min_calls = config.min_calls
         self._consecutive_limit = config.consecutive_failures or 1 << 62
-        self._open_duration = config.open_duration
+        self._open_for = config.open_for
         self._probe_limit = config.half_open_probes
         self._consecutive = 0
         self.state: BreakerState = _CLOSED
@@ -180,7 +181,7 @@ class CircuitBreaker:
     def allow(self, now: float) -> bool:
         """May a call go to this node at ``now``?
 
-        CLOSED: yes. OPEN: no, until ``open_duration`` has passed; then the breaker turns
+        CLOSED: yes. OPEN: no, until ``open_for`` has passed; then the breaker turns
         HALF_OPEN and this call is its first probe. HALF_OPEN: yes while fewer than
         ``half_open_probes`` probes are in flight. A call this returns ``True`` for must be
         reported to :meth:`record` (or :meth:`release` if it never reached the node).
@@ -189,7 +190,7 @@ class CircuitBreaker:
         if state is _CLOSED:
             return True
         if state is _OPEN:
-            if now - self.opened_at < self._open_duration:
+            if now - self.opened_at < self._open_for:
                 self.rejected += 1
                 return False
             self.state = _HALF_OPEN
@@ -204,7 +205,7 @@ class CircuitBreaker:
         """Report how an allowed call ended (``latency`` in seconds, ``now`` its end time).
 
         While HALF_OPEN, the first result decides: a success (not slow) closes the breaker
-        with a fresh window, a failure or slow call re-opens it for another ``open_duration``.
+        with a fresh window, a failure or slow call re-opens it for another ``open_for``.
         Results arriving while OPEN are from calls sent before it tripped and are ignored; one
         such late result arriving while HALF_OPEN is taken as the probe's (it is as recent a
         word on the node's health, and :meth:`allow` hands out no token to tell them apart).
@@ -231,13 +232,13 @@ class CircuitBreaker:
                     return
             else:
                 self._consecutive = 0
-            if (failed or slow) and window.total >= self._minimum_calls:
+            if (failed or slow) and window.total >= self._min_calls:
                 total = window.total
-                if window.failures >= self._failure_ratio * total - _ROUNDING:
+                if window.failures >= self._error_ratio * total - _ROUNDING:
                     self._trip(
                         now,
                         f"error ratio {window.failures / total:.0%} >= "
-                        f"{self._failure_ratio:.0%} over {total} calls",
+                        f"{self._error_ratio:.0%} over {total} calls",
                     )
                 elif slow and window.slow >= self._slow_ratio * total - _ROUNDING:
                     self._trip(
@@ -284,13 +285,13 @@ class CircuitBreaker:
         if state is _CLOSED:
             return True
         if state is _OPEN:
-            return now - self.opened_at >= self._open_duration
+            return now - self.opened_at >= self._open_for
         return self.probes_in_flight < self._probe_limit
 
     def state_at(self, now: float) -> BreakerState:
         """The state a call at ``now`` would see (OPEN reads as HALF_OPEN once it may probe),
         without changing anything."""
-        if self.state is _OPEN and now - self.opened_at >= self._open_duration:
+        if self.state is _OPEN and now - self.opened_at >= self._open_for:
             return _HALF_OPEN
         return self.state
 
@@ -308,5 +309,5 @@ class CircuitBreaker:
             trips=self.trips,
             rejected=self.rejected,
             reason=self.reason,
-            retry_at=self.opened_at + self._open_duration if state is _OPEN else None,
+            retry_at=self.opened_at + self._open_for if state is _OPEN else None,
         )

@@ -31,20 +31,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ..call import Outcome
-from .balance import Balancer, ConsistentHashBalancer
+from .balance import Balancer, ConsistentHashBalancer, balancer_for
 from .breaker import BreakerState, CircuitBreaker
 from .hedge import HedgeBudget, HedgeDelay
-from .limit import Limiter
+from .limit import Limiter, LimiterConfig
 from .outlier import OutlierDetector
 from .retry import RetryBudget
 from .route import GroupRouter
-from .settings import (
-    balancer_for,
-    breaker_config,
-    hedge_config,
-    limiter_config,
-    outlier_config,
-)
 from .switch import Switch, Switchboard, SwitchDecision, SwitchMode
 
 if TYPE_CHECKING:
@@ -93,7 +86,9 @@ class ClusterPolicies:
         #: Where writes and sessions go; ``None`` in a sharded cluster (each key has its node).
         self.primary: Node | None = None if sharded else topology.primary
         nodes = topology.nodes
-        limits = limiter_config(governance)
+        limits = LimiterConfig(
+            governance.limit, {name: op.limit for name, op in governance.operations.items()}
+        )
         has_limits = any(
             (scope.rate, scope.concurrency) != (None, None)
             for scope in (limits.cluster, *limits.operations.values())
@@ -102,7 +97,7 @@ class ClusterPolicies:
         #: nothing at all).
         self.limiter = Limiter(cluster, limits, now) if has_limits else None
         self.switchboard = Switchboard(switches)
-        breaker = breaker_config(governance.breaker)
+        breaker = governance.breaker
         self.breakers: dict[Node, CircuitBreaker | _NoBreaker] = {
             node: CircuitBreaker(breaker) if governance.breaker.enabled else _NoBreaker()
             for node in nodes
@@ -110,7 +105,7 @@ class ClusterPolicies:
         #: One detector per group: "never eject more than a share of a group" (Envoy's
         #: max_ejection_percent is per cluster; a group here is a data center, and emptying
         #: one while another is healthy would shift its traffic wholesale).
-        outlier = outlier_config(governance.outlier)
+        outlier = governance.outlier
         self.outliers = {
             group: OutlierDetector(members, outlier) for group, members in topology.groups.items()
         }
@@ -141,13 +136,11 @@ class ClusterPolicies:
         #: Hedge trackers (delay and budget): the cluster's (key ``None``) and each operation
         #: with its own hedge settings; ``None`` where hedging is off.
         self._hedges: dict[str | None, HedgeDelay | None] = {
-            None: HedgeDelay(hedge_config(governance.hedge)) if governance.hedge.enabled else None
+            None: HedgeDelay(governance.hedge) if governance.hedge.enabled else None
         }
         for name, op in governance.operations.items():
             if op.hedge is not None:
-                self._hedges[name] = (
-                    HedgeDelay(hedge_config(op.hedge)) if op.hedge.enabled else None
-                )
+                self._hedges[name] = HedgeDelay(op.hedge) if op.hedge.enabled else None
         #: Whether any operation hedges differently from the cluster (then a batch path must
         #: name the operation of each run it hedges).
         self.operation_hedges = len(self._hedges) > 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, final
 
+from resmesh.knobs import Kind, knob
 from resmesh.policies.window import RollingHistogram
 
 __all__ = [
@@ -45,12 +46,19 @@ _UNIT: Final = 1_000_000
 @final
 @dataclass(frozen=True, slots=True)
 class HedgeConfig:
-    """How a cluster/operation hedges.
+    """How a cluster/operation hedges; the configuration's ``hedge:``.
+
+    Off by default: a hedge is extra load by design, so a cluster opts in (the ``cache``
+    preset does). Only the knobs up to ``budget`` are configuration keys; the rest keep their
+    defaults.
 
     Attributes:
-        quantile: the latency percentile to wait before hedging (90: motan-go
+        enabled: whether slow idempotent calls are hedged.
+        percentile: the latency percentile to wait before hedging (90: motan-go
             ``backupRequestDelayRatio``; Tail at Scale suggests 95).
         floor: never hedge sooner than this many seconds (0.010: motan-go's 10 ms floor).
+        budget: hedges per call at most, as a token-bucket earn rate (0.15: motan-go
+            ``backupRequestMaxRetryRatio`` 15 per 100).
         fixed_delay: a fixed delay instead of the percentile (motan-go
             ``backupRequestDelayTime``; gRPC ``hedgingDelay``); ``None`` to measure.
         initial_delay: the delay to use before enough latencies are measured (motan-go
@@ -62,30 +70,29 @@ class HedgeConfig:
         window: seconds of latency history the percentile covers (10.0, in ``buckets`` buckets:
             see :class:`~resmesh.policies.window.RollingHistogram`).
         buckets: see ``window`` (5).
-        ratio: hedges per call at most, as a token-bucket earn rate (0.15: motan-go
-            ``backupRequestMaxRetryRatio`` 15 per 100).
         max_tokens: the most hedges that can be saved up for a burst (10: resmesh's choice,
             the size of gRPC A6's example throttle bucket; motan-go's round allowed 15 at once).
     """
 
-    quantile: float = 90.0
-    floor: float = 0.010
+    enabled: bool = knob(False, Kind.BOOL)
+    percentile: float = knob(90.0, Kind.NUMBER, high=100.0, example="90")
+    floor: float = knob(0.010, Kind.DURATION, example="10ms")
+    budget: float = knob(0.15, Kind.RATIO, high=1.0)
     fixed_delay: float | None = None
     initial_delay: float | None = None
     min_samples: int = 20
     refresh: float = 1.0
     window: float = 10.0
     buckets: int = 5
-    ratio: float = 0.15
     max_tokens: float = 10.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.quantile <= 100.0:
-            raise ValueError(f"quantile must be in [0, 100], got {self.quantile!r}")
+        if not 0.0 <= self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in [0, 100], got {self.percentile!r}")
         if self.floor < 0:
             raise ValueError(f"floor must be >= 0 s, got {self.floor!r}")
-        if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {self.ratio!r}")
+        if not 0.0 <= self.budget <= 1.0:
+            raise ValueError(f"budget must be in [0, 1], got {self.budget!r}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens!r}")
 
@@ -167,12 +174,12 @@ def hedge_delay(
     histogram: RollingHistogram,
     now: float,
     *,
-    quantile: float = 90.0,
+    percentile: float = 90.0,
     floor: float = 0.010,
     min_samples: int = 20,
     initial_delay: float | None = None,
 ) -> float | None:
-    """``max(floor, p<quantile>)`` of the latencies in ``histogram``'s window at ``now``.
+    """``max(floor, p<percentile>)`` of the latencies in ``histogram``'s window at ``now``.
 
     With fewer than ``min_samples`` latencies: ``initial_delay`` (``None`` = do not hedge),
     as motan-go does before its first metrics snapshot. Costs a histogram merge (tens of µs):
@@ -180,7 +187,7 @@ def hedge_delay(
     """
     if histogram.count(now) < min_samples:
         return initial_delay
-    return max(floor, histogram.percentile(quantile, now))
+    return max(floor, histogram.percentile(percentile, now))
 
 
 @final
@@ -201,7 +208,7 @@ class HedgeDelay:
     which recomputes it at most every ``config.refresh`` seconds, and, while still cold (no
     delay yet), as soon as ``min_samples`` new latencies are in: otherwise a busy gateway would
     not hedge at all during its first refresh interval. ``budget`` caps this operation's
-    hedges at ``config.ratio`` of its calls (each operation with settings of its own keeps
+    hedges at ``config.budget`` of its calls (each operation with settings of its own keeps
     its own, so every one is held to the share it was given).
     """
 
@@ -217,7 +224,7 @@ class HedgeDelay:
 
     def __init__(self, config: HedgeConfig | None = None) -> None:
         self.config = config or HedgeConfig()
-        self.budget = HedgeBudget(self.config.ratio, self.config.max_tokens)
+        self.budget = HedgeBudget(self.config.budget, self.config.max_tokens)
         self.histogram = RollingHistogram(self.config.window, self.config.buckets)
         self._delay: float | None = self.config.fixed_delay
         self._next_refresh = -float("inf")
@@ -245,7 +252,7 @@ class HedgeDelay:
             self._delay = hedge_delay(
                 self.histogram,
                 now,
-                quantile=config.quantile,
+                percentile=config.percentile,
                 floor=config.floor,
                 min_samples=config.min_samples,
                 initial_delay=config.initial_delay,

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, final
 
+from resmesh.knobs import Kind, knob
+
 __all__ = [
     "BucketStatistics",
     "ConcurrencyLimit",
@@ -38,6 +40,8 @@ __all__ = [
 #: find 0.9999999999999998 tokens. Refusing it would also lose that fraction for good once the
 #: bucket is capped at ``burst``, so a steady stream at exactly the rate got ~75 % through.
 _ROUNDING: Final = 1e-9
+#: Calls per second: far above what one gateway can pass, low enough to be clearly a typo.
+_MAX_RATE: Final = 1e9
 
 
 @final
@@ -211,20 +215,31 @@ class ConcurrencyLimit:
 @final
 @dataclass(frozen=True, slots=True)
 class LimitConfig:
-    """The limits of one scope (a cluster, or one operation of it).
+    """The limits of one scope (a cluster, or one operation of it); the configuration's
+    ``limit:``.
 
     Attributes:
         rate: calls per second (token bucket refill); ``None`` for no rate limit.
-        burst: bucket size; ``None`` for 2 x ``rate`` (motan-go, DESIGN §4).
+        burst: bucket size; ``None`` for 2 x ``rate`` (motan-go's rate limiter).
         concurrency: calls in flight at most; ``None`` for no cap. Envoy's cluster
-            ``max_requests`` default of 1024 (anchors §3.5) is a sensible value to configure,
-            but resmesh imposes no cap unless asked (new limits default to off: Envoy's
-            "0 % enforced, for safety", anchors §1.10).
+            ``max_requests`` default of 1024 is a sensible value to configure, but resmesh
+            imposes no cap unless asked (new limits default to off: Envoy's "0 % enforced,
+            for safety" for runtime features).
     """
 
-    rate: float | None = None
-    burst: float | None = None
-    concurrency: int | None = None
+    rate: float | None = knob(
+        None,
+        Kind.NUMBER,
+        high=_MAX_RATE,
+        low_open=True,
+        example="1000",
+        at_zero=(
+            "a rate of 0 would refuse every call",
+            "write rate: null for no limit; to refuse calls on purpose, use switch: {mode: error}",
+        ),
+    )
+    burst: float | None = knob(None, Kind.NUMBER, low=1, high=_MAX_RATE, example="2000")
+    concurrency: int | None = knob(None, Kind.INT, low=1, high=1_000_000, example="256")
 
 
 @final

@@ -2,8 +2,8 @@
 
 A node is ejected after ``consecutive_failures`` node failures in a row (``UPSTREAM_ERROR`` or
 ``LOCAL_ERROR``; ``APP_ERROR`` and ``OK`` reset the count, ``REJECTED`` is ignored) for
-``base_ejection_time x n`` seconds, where ``n`` counts its ejections (decaying by one per
-``decay_interval`` it spends healthy), capped at ``max_ejection_time``. It returns by itself
+``base_ejection x n`` seconds, where ``n`` counts its ejections (decaying by one per
+``decay_interval`` it spends healthy), capped at ``max_ejection``. It returns by itself
 when the time is up; there is no probe (the breaker, per node, does probing).
 
 Two guards keep detection from emptying a group (anchors §1.5 and gap 6):
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar, final
 
 from resmesh.call import Outcome
+from resmesh.knobs import Kind, knob
 
 __all__ = ["NodeOutlierStatistics", "OutlierConfig", "OutlierDetector", "OutlierStatistics"]
 
@@ -45,29 +46,33 @@ _NOT_EJECTED: Final = -math.inf
 @final
 @dataclass(frozen=True, slots=True)
 class OutlierConfig:
-    """When nodes are ejected and for how long.
+    """When nodes are ejected and for how long; the configuration's ``outlier:``.
 
     Attributes:
+        enabled: whether failing nodes are ejected.
         consecutive_failures: node failures in a row that eject it (5: Envoy
             ``consecutive_5xx`` / ``consecutive_local_origin_failure``, Istio
             ``consecutive5xxErrors``).
-        base_ejection_time: seconds per ejection, multiplied by the ejection count (30 s:
-            Envoy ``base_ejection_time``).
-        max_ejection_time: cap on one ejection (300 s: Envoy ``max_ejection_time``).
+        base_ejection: seconds per ejection, multiplied by the ejection count (30 s: Envoy
+            ``base_ejection_time``).
+        max_ejection: cap on one ejection (300 s: Envoy ``max_ejection_time``).
         max_ejection_percent: share of a group that may be ejected at once, but at least one
             node of a group of two or more (10 %: Envoy ``max_ejection_percent``; "at least one":
             gRPC A50).
         panic_threshold: below this percentage of healthy nodes, use them all (50 %: Envoy
             ``healthy_panic_threshold``); 0 disables panic mode.
         decay_interval: the ejection multiplier drops by one per this many seconds a node
-            spends healthy (10 s: Envoy's detection ``interval``).
+            spends healthy (10 s: Envoy's detection ``interval``). Not a configuration key.
+
+    The two percentages are floats here, and whole numbers in the configuration file.
     """
 
-    consecutive_failures: int = 5
-    base_ejection_time: float = 30.0
-    max_ejection_time: float = 300.0
-    max_ejection_percent: float = 10.0
-    panic_threshold: float = 50.0
+    enabled: bool = knob(True, Kind.BOOL)
+    consecutive_failures: int = knob(5, Kind.INT, low=1, high=1_000_000)
+    base_ejection: float = knob(30.0, Kind.DURATION, low_open=True, example="30s")
+    max_ejection: float = knob(300.0, Kind.DURATION, low_open=True, example="5m")
+    max_ejection_percent: float = knob(10.0, Kind.INT, high=100, example="10")
+    panic_threshold: float = knob(50.0, Kind.INT, high=100, example="50")
     decay_interval: float = 10.0
 
     def __post_init__(self) -> None:
@@ -75,10 +80,10 @@ class OutlierConfig:
             raise ValueError(
                 f"consecutive_failures must be >= 1, got {self.consecutive_failures!r}"
             )
-        if not 0 < self.base_ejection_time <= self.max_ejection_time:
+        if not 0 < self.base_ejection <= self.max_ejection:
             raise ValueError(
-                "need 0 < base_ejection_time <= max_ejection_time, got "
-                f"{self.base_ejection_time!r}, {self.max_ejection_time!r}"
+                "need 0 < base_ejection <= max_ejection, got "
+                f"{self.base_ejection!r}, {self.max_ejection!r}"
             )
         if not 0.0 <= self.max_ejection_percent <= 100.0:
             raise ValueError(
@@ -151,9 +156,7 @@ class OutlierDetector:
         self._cache_version = -1
         self._cache_result: Sequence[Hashable] = ()
         self._max_ejected = 0
-        self._max_multiplier = math.ceil(
-            self.config.max_ejection_time / self.config.base_ejection_time
-        )
+        self._max_multiplier = math.ceil(self.config.max_ejection / self.config.base_ejection)
         self.total_ejections = 0
         self.update_nodes(nodes)
 
@@ -200,7 +203,7 @@ class OutlierDetector:
             state.ejections = max(0, state.ejections - healthy_intervals)
         # The multiplier stops growing once it reaches the cap (Envoy), so it decays from there.
         state.ejections = min(state.ejections + 1, self._max_multiplier)
-        duration = min(config.base_ejection_time * state.ejections, config.max_ejection_time)
+        duration = min(config.base_ejection * state.ejections, config.max_ejection)
         state.ejected_until = now + duration
         state.consecutive = 0
         self._ejected.add(node)

@@ -1,34 +1,65 @@
-"""The retry budget: retries in flight are capped at a share of the requests in flight.
+"""Failover's settings and its retry budget: retries in flight are capped at a share of the
+requests in flight.
 
-Envoy's ``retry_budget`` (anchors §3.5, Istio ``RetryBudget``): a retry may start while the
-retries already in flight are fewer than ``max(min_concurrent, ratio x active requests)``,
-with ratio 20 % and floor 3. A fixed "retries: 2" triples the load in exactly the outage where
-it hurts most (anchors §1.1); a budget keeps extra work a fraction of live traffic, and the
-floor keeps retries possible at low traffic.
+Envoy's ``retry_budget`` (Envoy docs, "Retry budgets"; Istio's ``RetryBudget``): a retry may
+start while the retries already in flight are fewer than ``max(budget_min, budget_ratio x
+active requests)``, with ratio 20 % and floor 3. A fixed "retries: 2" triples the load in
+exactly the outage where it hurts most (the retry storms of the Google SRE book, "Handling
+Overload"); a budget keeps extra work a fraction of live traffic, and the floor keeps retries
+possible at low traffic.
 
 "Active requests" counts the original calls in flight (:meth:`RetryBudget.request_started` /
 :meth:`RetryBudget.request_finished`), not the retries themselves: Envoy counts every upstream
 request, which lets retries inflate their own budget; counting originals is stricter.
 
-Also here: :func:`backoff`, Envoy's fully jittered exponential back-off (base 25 ms, cap
-10 x base), for callers that retry the *same* target. Failover to a different node does not
-need to wait and :func:`resmesh.policies.failover.with_failover` does not, by default.
+The retrying itself (only node failures, on a node no earlier attempt used, at once: a
+different node needs no back-off) is the HA engine's (:mod:`~resmesh.policies.engine`).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import final
 
-__all__ = ["RetryBudget", "RetryBudgetStatistics", "backoff"]
+from resmesh.knobs import Kind, knob
+
+__all__ = ["FailoverConfig", "RetryBudget", "RetryBudgetStatistics"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    """Whether and how often a node failure is retried on another node; the configuration's
+    ``failover:``.
+
+    Default 2 attempts (one retry): Envoy's ``num_retries`` is 1; for a gateway in front of a
+    2-3 node group, one retry on another node covers a node dying, and more mostly adds load.
+
+    Attributes:
+        enabled: whether node failures of idempotent calls are retried.
+        max_attempts: attempts that may fail before a call gives up, the first included (2:
+            one retry).
+        budget_ratio: retries in flight at most this share of calls in flight (0.2: Envoy
+            ``retry_budget.budget_percent`` 20 %); see :class:`RetryBudget`.
+        budget_min: ...but always allow this many (3: Envoy ``min_retry_concurrency``).
+    """
+
+    enabled: bool = knob(True, Kind.BOOL)
+    max_attempts: int = knob(2, Kind.INT, low=1, high=10)
+    budget_ratio: float = knob(0.2, Kind.RATIO, high=1.0)
+    budget_min: int = knob(3, Kind.INT, high=1000)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
+        RetryBudget(self.budget_ratio, self.budget_min)  # raises on a bad budget
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class RetryBudgetStatistics:
-    ratio: float
-    min_concurrent: int
+    budget_ratio: float
+    budget_min: int
     active_requests: int
     active_retries: int
     #: The number of concurrent retries allowed right now.
@@ -39,33 +70,34 @@ class RetryBudgetStatistics:
 
 @final
 class RetryBudget:
-    """Concurrent retries at most ``max(min_concurrent, ratio x active requests)``.
+    """Concurrent retries at most ``max(budget_min, budget_ratio x active requests)``.
 
-    Defaults: ``ratio`` 0.2, ``min_concurrent`` 3 (Envoy ``budget_percent`` 20 %,
-    ``min_retry_concurrency`` 3; Istio the same).
+    Defaults: ``budget_ratio`` 0.2, ``budget_min`` 3 (Envoy ``budget_percent`` 20 %,
+    ``min_retry_concurrency`` 3; Istio the same), the configuration's ``failover:`` keys of
+    the same names (:class:`FailoverConfig`).
     """
 
     __slots__ = (
         "active_requests",
         "active_retries",
+        "budget_min",
+        "budget_ratio",
         "denied",
-        "min_concurrent",
-        "ratio",
         "retries",
     )
 
-    def __init__(self, ratio: float = 0.2, min_concurrent: int = 3) -> None:
+    def __init__(self, budget_ratio: float = 0.2, budget_min: int = 3) -> None:
         """Create an idle budget.
 
         Raises:
-            ValueError: ``ratio`` is outside ``[0, 1]`` or ``min_concurrent`` is negative.
+            ValueError: ``budget_ratio`` is outside ``[0, 1]`` or ``budget_min`` is negative.
         """
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
-        if min_concurrent < 0:
-            raise ValueError(f"min_concurrent must be >= 0, got {min_concurrent!r}")
-        self.ratio = ratio
-        self.min_concurrent = min_concurrent
+        if not 0.0 <= budget_ratio <= 1.0:
+            raise ValueError(f"budget_ratio must be in [0, 1], got {budget_ratio!r}")
+        if budget_min < 0:
+            raise ValueError(f"budget_min must be >= 0, got {budget_min!r}")
+        self.budget_ratio = budget_ratio
+        self.budget_min = budget_min
         self.active_requests = 0
         self.active_retries = 0
         self.retries = 0
@@ -82,14 +114,14 @@ class RetryBudget:
 
     def allowed(self) -> int:
         """How many retries may be in flight at once right now."""
-        return max(self.min_concurrent, int(self.ratio * self.active_requests))
+        return max(self.budget_min, int(self.budget_ratio * self.active_requests))
 
     def try_start_retry(self) -> bool:
         """Start a retry if the budget allows; if this returns ``True``, call
         :meth:`finish_retry` when the retry ends (in a ``finally``)."""
-        limit = int(self.ratio * self.active_requests)
-        if limit < self.min_concurrent:
-            limit = self.min_concurrent
+        limit = int(self.budget_ratio * self.active_requests)
+        if limit < self.budget_min:
+            limit = self.budget_min
         if self.active_retries < limit:
             self.active_retries += 1
             self.retries += 1
@@ -104,26 +136,11 @@ class RetryBudget:
 
     def statistics(self) -> RetryBudgetStatistics:
         return RetryBudgetStatistics(
-            ratio=self.ratio,
-            min_concurrent=self.min_concurrent,
+            budget_ratio=self.budget_ratio,
+            budget_min=self.budget_min,
             active_requests=self.active_requests,
             active_retries=self.active_retries,
             allowed=self.allowed(),
             retries=self.retries,
             denied=self.denied,
         )
-
-
-def backoff(
-    attempt: int, base: float = 0.025, cap: float | None = None, rng: random.Random | None = None
-) -> float:
-    """Seconds to wait before retry number ``attempt`` (1 for the first retry).
-
-    Envoy's fully jittered exponential back-off: uniform in ``[0, base x (2**attempt - 1)]``,
-    capped at ``cap`` (default 10 x ``base``, Envoy's ``max_interval``); base 25 ms (Envoy,
-    Istio).
-    """
-    if cap is None:
-        cap = 10.0 * base
-    ceiling = min(cap, base * ((1 << min(attempt, 32)) - 1))
-    return (rng or random).uniform(0.0, ceiling)

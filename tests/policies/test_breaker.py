@@ -36,18 +36,18 @@ def _state(breaker: CircuitBreaker) -> BreakerState:
 
 def test_defaults_come_from_the_anchors() -> None:
     config = BreakerConfig()
-    assert (config.failure_ratio, config.minimum_calls, config.window, config.buckets) == (
+    assert (config.error_ratio, config.min_calls, config.window, config.buckets) == (
         0.5,
         20,
         10.0,
         10,
     )
-    assert (config.consecutive_failures, config.open_duration, config.half_open_probes) == (
+    assert (config.consecutive_failures, config.open_for, config.half_open_probes) == (
         10,
         5.0,
         1,
     )
-    assert config.slow_call_duration is None
+    assert config.slow_call is None
 
 
 def test_trips_on_error_ratio_only_with_the_minimum_volume() -> None:
@@ -74,7 +74,7 @@ def test_app_errors_are_successes_and_rejections_are_ignored() -> None:
 
 
 def test_trips_on_consecutive_failures_whatever_the_volume() -> None:
-    breaker = CircuitBreaker(BreakerConfig(minimum_calls=1000))
+    breaker = CircuitBreaker(BreakerConfig(min_calls=1000))
     _feed(breaker, [OK] * 100 + [UPSTREAM] * 9, now=1.0)
     assert _state(breaker) is BreakerState.CLOSED
     _feed(breaker, [LOCAL], now=1.0)
@@ -91,8 +91,8 @@ def test_old_failures_leave_the_window() -> None:
     assert breaker.statistics(10.5).calls == 3
 
 
-def test_slow_call_ratio() -> None:
-    config = BreakerConfig(slow_call_duration=0.1, slow_call_ratio=0.8, minimum_calls=10)
+def test_slow_ratio() -> None:
+    config = BreakerConfig(slow_call=0.1, slow_ratio=0.8, min_calls=10)
     breaker = CircuitBreaker(config)
     _feed(breaker, [OK] * 2, now=1.0)
     _feed(breaker, [OK] * 7, now=1.0, latency=0.2)
@@ -124,7 +124,7 @@ def test_open_then_half_open_with_one_probe_then_closed() -> None:
 
 
 def test_a_failed_or_slow_probe_reopens() -> None:
-    breaker = CircuitBreaker(BreakerConfig(slow_call_duration=0.5))
+    breaker = CircuitBreaker(BreakerConfig(slow_call=0.5))
     _feed(breaker, [LOCAL] * 10, now=0.0)
     assert breaker.allow(5.0)
     breaker.record(LOCAL, 0.001, 5.5)
@@ -164,12 +164,12 @@ def test_results_arriving_while_open_are_ignored() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("failure_ratio", 0.0),
-        ("slow_call_ratio", 1.5),
-        ("slow_call_duration", 0.0),
-        ("minimum_calls", 0),
+        ("error_ratio", 0.0),
+        ("slow_ratio", 1.5),
+        ("slow_call", 0.0),
+        ("min_calls", 0),
         ("consecutive_failures", -1),
-        ("open_duration", 0.0),
+        ("open_for", 0.0),
         ("half_open_probes", 0),
         ("buckets", 0),
     ],
@@ -182,14 +182,14 @@ def test_config_validation(field: str, value: float) -> None:
 # -- the state machine against a reference model ------------------------------------------------
 
 MODEL_CONFIG = BreakerConfig(
-    failure_ratio=0.5,
-    slow_call_duration=0.1,
-    slow_call_ratio=0.75,
-    minimum_calls=6,
+    error_ratio=0.5,
+    slow_call=0.1,
+    slow_ratio=0.75,
+    min_calls=6,
     window=4.0,
     buckets=4,
     consecutive_failures=4,
-    open_duration=2.0,
+    open_for=2.0,
     half_open_probes=2,
 )
 
@@ -214,7 +214,7 @@ class ReferenceBreaker:
         if self.state == "closed":
             return True
         if self.state == "open":
-            if now - self.opened_at < self.config.open_duration:
+            if now - self.opened_at < self.config.open_for:
                 return False
             self.state = "half_open"
             self.probes = 0
@@ -231,9 +231,7 @@ class ReferenceBreaker:
             self.release()
             return
         failed = outcome in (Outcome.UPSTREAM_ERROR, Outcome.LOCAL_ERROR)
-        slow = self.config.slow_call_duration is not None and (
-            latency > self.config.slow_call_duration
-        )
+        slow = self.config.slow_call is not None and (latency > self.config.slow_call)
         if self.state == "half_open":
             if failed or slow:
                 self._open(now)
@@ -251,11 +249,11 @@ class ReferenceBreaker:
             return
         live = [e for e in self.events if e[0] > bucket - self.config.buckets]
         total = len(live)
-        if (failed or slow) and total >= self.config.minimum_calls:
+        if (failed or slow) and total >= self.config.min_calls:
             failures = sum(1 for e in live if e[1])
             slows = sum(1 for e in live if e[2])
-            if Fraction(failures, total) >= Fraction(self.config.failure_ratio) or (
-                slow and Fraction(slows, total) >= Fraction(self.config.slow_call_ratio)
+            if Fraction(failures, total) >= Fraction(self.config.error_ratio) or (
+                slow and Fraction(slows, total) >= Fraction(self.config.slow_ratio)
             ):
                 self._open(now)
 
@@ -311,11 +309,9 @@ TestBreakerMachine = BreakerMachine.TestCase
 TestBreakerMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
 
 
-def test_a_failure_ratio_reached_exactly_trips() -> None:
+def test_an_error_ratio_reached_exactly_trips() -> None:
     """7 failures in 100 calls reach 0.07 (in floats, 0.07 x 100 is 7.000000000000001)."""
-    breaker = CircuitBreaker(
-        BreakerConfig(failure_ratio=0.07, minimum_calls=100, consecutive_failures=0)
-    )
+    breaker = CircuitBreaker(BreakerConfig(error_ratio=0.07, min_calls=100, consecutive_failures=0))
     for i in range(93):
         breaker.record(Outcome.OK, 0.001, i * 0.01)
     for i in range(7):

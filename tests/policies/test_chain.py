@@ -15,12 +15,12 @@ from resmesh.call import Outcome
 from resmesh.cluster.topology import Node, Topology
 from resmesh.config import (
     BalanceName,
-    BreakerSettings,
+    BreakerConfig,
     GovernanceConfig,
-    HedgeSettings,
-    LimitSettings,
+    HedgeConfig,
+    LimitConfig,
     OperationSettings,
-    OutlierSettings,
+    OutlierConfig,
     SwitchModeName,
     SwitchSettings,
 )
@@ -79,8 +79,8 @@ async def test_a_cluster_switch_decides_every_call_and_an_operation_switch_its_o
 
 
 async def test_limits_come_from_the_cluster_and_each_operation() -> None:
-    ops = {"GET": OperationSettings(limit=LimitSettings(rate=1, burst=1))}
-    policies = _policies(_gov(limit=LimitSettings(concurrency=2), operations=MappingProxyType(ops)))
+    ops = {"GET": OperationSettings(limit=LimitConfig(rate=1, burst=1))}
+    policies = _policies(_gov(limit=LimitConfig(concurrency=2), operations=MappingProxyType(ops)))
     limiter = policies.limiter
     assert limiter is not None
     assert limiter.admit("GET", 0.0) is None
@@ -109,14 +109,14 @@ async def test_limits_come_from_the_cluster_and_each_operation() -> None:
 
 async def test_statistics_report_every_policy() -> None:
     nodes = _nodes()
-    governance = _gov(limit=LimitSettings(rate=10), hedge=HedgeSettings(enabled=True))
+    governance = _gov(limit=LimitConfig(rate=10), hedge=HedgeConfig(enabled=True))
     stats = _policies(governance, nodes).statistics(0.0)
     keys = "limit switches breakers outlier route balance retry_budget hedges"
     assert set(stats) == set(keys.split())
     assert stats["limit"].cluster.name == CLUSTER
     assert set(stats["breakers"]) == {node.address for node in nodes}
     assert set(stats["hedges"]) == {"*"}
-    plain = _policies(_gov(breaker=BreakerSettings(enabled=False))).statistics(0.0)
+    plain = _policies(_gov(breaker=BreakerConfig(enabled=False))).statistics(0.0)
     assert (plain["limit"], plain["breakers"], plain["hedges"]) == (None, {}, {})
 
 
@@ -149,8 +149,8 @@ async def test_outlier_ejection_is_capped_per_group_not_per_cluster(
     groups = MappingProxyType({"dc-a": (a1, a2), "dc-b": (b1, b2)})
     topology = Topology(1, groups, MappingProxyType({"dc-a": 50, "dc-b": 50}), a1)
     governance = _gov(
-        breaker=BreakerSettings(enabled=False),
-        outlier=OutlierSettings(consecutive_failures=2, max_ejection_percent=50),
+        breaker=BreakerConfig(enabled=False),
+        outlier=OutlierConfig(consecutive_failures=2, max_ejection_percent=50),
     )
     policies = ClusterPolicies(CLUSTER, topology, governance, trio.current_time())
     now = trio.current_time()
@@ -166,7 +166,7 @@ async def test_outlier_ejection_is_capped_per_group_not_per_cluster(
 
 async def test_a_slow_call_that_trips_the_breaker_takes_its_node_out_at_once() -> None:
     nodes = _nodes(2)
-    breaker = BreakerSettings(slow_call=0.01, slow_ratio=1.0, min_calls=1)
+    breaker = BreakerConfig(slow_call=0.01, slow_ratio=1.0, min_calls=1)
     policies = _policies(_gov(breaker=breaker), nodes)
     now = trio.current_time()
     policies.pick(now)  # candidates cached: both nodes
@@ -180,7 +180,7 @@ async def test_an_ejected_lone_node_sends_its_group_s_reads_to_the_other_group()
     a, b = Node("10.0.1.1", 6379, "dc-a", 1), Node("10.0.2.1", 6379, "dc-b", 1)
     groups = MappingProxyType({"dc-a": (a,), "dc-b": (b,)})
     topology = Topology(1, groups, MappingProxyType({"dc-a": 50, "dc-b": 50}), a)
-    governance = _gov(breaker=BreakerSettings(enabled=False))
+    governance = _gov(breaker=BreakerConfig(enabled=False))
     policies = ClusterPolicies(CLUSTER, topology, governance, trio.current_time())
     now = trio.current_time()
     assert {policies.pick(now) for _ in range(100)} == {a, b}
@@ -212,7 +212,7 @@ async def test_a_plain_call_ending_without_a_verdict_keeps_the_probe_s_slot() ->
     (or loses a hedge) after the breaker went half-open, it must not free the slot of the
     probe still out, or a second probe slips through."""
     nodes = _nodes(2)
-    breaker = BreakerSettings(consecutive_failures=3, open_for=1.0, half_open_probes=1)
+    breaker = BreakerConfig(consecutive_failures=3, open_for=1.0, half_open_probes=1)
     policies = _policies(_gov(breaker=breaker), nodes)
     node = nodes[1]
     assert policies.begin(node, 0.0) is False  # a slow call, started while closed
@@ -230,7 +230,7 @@ async def test_a_plain_call_ending_without_a_verdict_keeps_the_probe_s_slot() ->
 
 
 async def test_a_refusal_further_on_is_no_verdict_on_the_node() -> None:
-    policies = _policies(_gov(breaker=BreakerSettings(consecutive_failures=1, open_for=1.0)))
+    policies = _policies(_gov(breaker=BreakerConfig(consecutive_failures=1, open_for=1.0)))
     node = policies.topology.nodes[1]
     assert policies.begin(node, 0.0) is False  # a plain call, still out when...
     assert policies.begin(node, 0.0) is False
@@ -242,8 +242,8 @@ async def test_a_refusal_further_on_is_no_verdict_on_the_node() -> None:
 
 
 async def test_an_operation_with_its_own_hedge_settings_has_its_own_budget() -> None:
-    operations = {"GET": OperationSettings(hedge=HedgeSettings(enabled=True, budget=0.5))}
-    policies = _policies(_gov(hedge=HedgeSettings(enabled=True), operations=operations))
+    operations = {"GET": OperationSettings(hedge=HedgeConfig(enabled=True, budget=0.5))}
+    policies = _policies(_gov(hedge=HedgeConfig(enabled=True), operations=operations))
     get, other = policies.hedger("GET"), policies.hedger("HGET")
     assert get is not None and other is not None and get is not other
     assert policies.hedge_budget is other.budget
@@ -284,8 +284,8 @@ async def test_the_last_resort_pick_spreads_over_the_nodes_it_may_use() -> None:
     nodes = _nodes(3)
     governance = _gov(
         balance=BalanceName.WEIGHTED,
-        breaker=BreakerSettings(consecutive_failures=1, open_for=60.0),
-        outlier=OutlierSettings(enabled=False),
+        breaker=BreakerConfig(consecutive_failures=1, open_for=60.0),
+        outlier=OutlierConfig(enabled=False),
     )
     policies = _policies(governance, nodes)
     now = trio.current_time()

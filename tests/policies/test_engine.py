@@ -18,10 +18,10 @@ from resmesh.call import Outcome, Unavailable
 from resmesh.cluster.topology import Node
 from resmesh.config import (
     BalanceName,
-    BreakerSettings,
-    FailoverSettings,
-    HedgeSettings,
-    OutlierSettings,
+    BreakerConfig,
+    FailoverConfig,
+    HedgeConfig,
+    OutlierConfig,
 )
 from resmesh.policies.breaker import BreakerState
 from resmesh.policies.chain import ClusterPolicies
@@ -61,7 +61,7 @@ async def _engine(pol: ClusterPolicies, **script: Any) -> AsyncIterator[Setup]:
 
 def _hedging(latency: float = 0.050, budget: float = 1.0, **changes: Any) -> ClusterPolicies:
     """Hedging on, ``budget`` tokens per call, and a warm latency window (20 x ``latency``)."""
-    pol = policies(governance(hedge=HedgeSettings(enabled=True, budget=budget), **changes))
+    pol = policies(governance(hedge=HedgeConfig(enabled=True, budget=budget), **changes))
     hedger = pol.hedger("GET")
     assert hedger is not None
     for _ in range(20):
@@ -115,7 +115,7 @@ async def test_hash_balance_keeps_a_key_on_one_node_and_spreads_keys() -> None:
 
 
 async def test_a_run_past_its_deadline_is_not_sent_nor_counted_against_a_node() -> None:
-    pol = policies(governance(breaker=BreakerSettings(consecutive_failures=2)))
+    pol = policies(governance(breaker=BreakerConfig(consecutive_failures=2)))
     async with _engine(pol) as (engine, transport):
         for op in (SET, GET):
             for _ in range(3):
@@ -158,7 +158,7 @@ async def test_an_app_error_is_the_answer_at_once() -> None:
 
 @pytest.mark.parametrize(("enabled", "attempts"), [(True, 2), (False, 1)])
 async def test_attempts_are_bounded_by_the_failover_settings(enabled: bool, attempts: int) -> None:
-    pol = policies(governance(failover=FailoverSettings(enabled=enabled)))
+    pol = policies(governance(failover=FailoverConfig(enabled=enabled)))
     async with _engine(pol, plan=[(0.0, UPSTREAM)] * 3) as (engine, transport):
         attempt = await engine.execute(run())
     # Every node failed: the node's own answer (its error reply) is what the client gets.
@@ -175,7 +175,7 @@ async def test_with_no_answer_anywhere_the_real_failure_is_raised() -> None:
 
 
 async def test_an_exhausted_retry_budget_stops_retries() -> None:
-    pol = policies(governance(failover=FailoverSettings(budget_ratio=0.0, budget_min=0)))
+    pol = policies(governance(failover=FailoverConfig(budget_ratio=0.0, budget_min=0)))
     async with _engine(pol, plan=[(0.0, LOCAL)]) as (engine, transport):
         with pytest.raises(Unavailable):
             await engine.execute(run())
@@ -224,7 +224,7 @@ async def test_a_breaker_refusal_picks_another_node_and_is_not_a_retry(
 
 
 async def test_a_write_refused_by_its_breaker_is_rejected() -> None:
-    pol = policies(governance(breaker=BreakerSettings(consecutive_failures=1)))
+    pol = policies(governance(breaker=BreakerConfig(consecutive_failures=1)))
     async with _engine(pol, plan=[(0.0, LOCAL)]) as (engine, transport):
         with pytest.raises(Unavailable):
             await engine.execute(run(SET))
@@ -318,7 +318,7 @@ async def test_writes_are_never_backed_up(autojump_clock: trio.testing.MockClock
 async def test_no_backup_before_the_latency_window_is_warm(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    pol = policies(governance(hedge=HedgeSettings(enabled=True, budget=1.0)))
+    pol = policies(governance(hedge=HedgeConfig(enabled=True, budget=1.0)))
     async with _engine(pol, plan=[(0.5, OK)]) as (engine, transport):
         await engine.execute(run())
     assert len(transport.sent) == 1
@@ -368,8 +368,8 @@ async def test_an_open_breaker_keeps_its_node_out_of_picks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     members = nodes()
-    breaker = BreakerSettings(consecutive_failures=3)
-    pol = policies(governance(breaker=breaker, outlier=OutlierSettings(enabled=False)), members)
+    breaker = BreakerConfig(consecutive_failures=3)
+    pol = policies(governance(breaker=breaker, outlier=OutlierConfig(enabled=False)), members)
     async with _engine(pol, script={members[0]: (0.0, LOCAL)}) as (engine, _):
         for _ in range(3):
             with pytest.raises(Unavailable):
@@ -387,8 +387,8 @@ async def test_a_half_open_node_busy_probing_does_not_reject_reads(
 ) -> None:
     members = nodes()
     gov = governance(
-        breaker=BreakerSettings(consecutive_failures=1, open_for=1.0),
-        outlier=OutlierSettings(enabled=False),
+        breaker=BreakerConfig(consecutive_failures=1, open_for=1.0),
+        outlier=OutlierConfig(enabled=False),
         balance=BalanceName.ROUND_ROBIN,
     )
     pol = policies(gov, members)
@@ -421,7 +421,7 @@ async def test_a_cancelled_run_gives_back_its_node(autojump_clock: trio.testing.
 
 async def test_a_pinned_exchange_counts_for_its_node_and_is_never_retried() -> None:
     members = nodes()
-    pol = policies(governance(breaker=BreakerSettings(consecutive_failures=2)), members)
+    pol = policies(governance(breaker=BreakerConfig(consecutive_failures=2)), members)
     node = members[2]
     async with _engine(pol) as (engine, _):
         answer = await engine.execute_pinned(node, _returns(b"+OK"), lambda _: OK)
@@ -437,7 +437,7 @@ async def test_a_pinned_exchange_counts_for_its_node_and_is_never_retried() -> N
 async def test_a_blocking_exchange_is_never_counted_slow(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    breaker = BreakerSettings(slow_call=0.1, slow_ratio=0.5, min_calls=1)
+    breaker = BreakerConfig(slow_call=0.1, slow_ratio=0.5, min_calls=1)
     pol = policies(governance(breaker=breaker))
     node = pol.topology.nodes[0]
 

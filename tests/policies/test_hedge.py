@@ -58,7 +58,7 @@ def test_delay_is_the_p90_with_a_floor_and_none_on_a_cold_start() -> None:
     for i in range(100):
         histogram.record(0.001 if i % 10 else 0.040, now=1.0)
     assert hedge_delay(histogram, 1.0) == 0.010  # p90 ~ 1 ms: the 10 ms floor
-    assert hedge_delay(histogram, 1.0, quantile=95) == pytest.approx(0.040, rel=1 / 32)
+    assert hedge_delay(histogram, 1.0, percentile=95) == pytest.approx(0.040, rel=1 / 32)
     for _ in range(100):
         histogram.record(0.030, now=1.0)  # now 90 x 1 ms, 100 x 30 ms, 10 x 40 ms
     assert hedge_delay(histogram, 1.0) == pytest.approx(0.030, rel=1 / 32)
@@ -85,8 +85,8 @@ def test_hedge_delay_is_cached_for_its_refresh_period() -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ValueError, match="quantile"):
-        HedgeConfig(quantile=0.9 * 1000)
+    with pytest.raises(ValueError, match="percentile"):
+        HedgeConfig(percentile=0.9 * 1000)
     with pytest.raises(ValueError, match="ratio"):
         HedgeBudget(ratio=2)
     with pytest.raises(ValueError, match="max_tokens"):

@@ -17,7 +17,7 @@ def _fail(detector: OutlierDetector, node: str, times: int, now: float) -> None:
 
 def test_defaults_come_from_envoy() -> None:
     config = OutlierConfig()
-    assert (config.consecutive_failures, config.base_ejection_time, config.max_ejection_time) == (
+    assert (config.consecutive_failures, config.base_ejection, config.max_ejection) == (
         5,
         30.0,
         300.0,
@@ -141,8 +141,8 @@ def test_membership_changes_and_restore() -> None:
     ("field", "value"),
     [
         ("consecutive_failures", 0),
-        ("base_ejection_time", 0.0),
-        ("max_ejection_time", 1.0),
+        ("base_ejection", 0.0),
+        ("max_ejection", 1.0),
         ("max_ejection_percent", 101.0),
         ("panic_threshold", -1.0),
         ("decay_interval", 0.0),

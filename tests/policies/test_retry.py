@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from resmesh.policies.retry import RetryBudget, backoff
+from resmesh.policies.retry import RetryBudget
 
 
 def test_the_floor_allows_three_retries_at_low_traffic() -> None:
@@ -38,19 +36,9 @@ def test_twenty_percent_of_active_requests() -> None:
 
 def test_validation() -> None:
     with pytest.raises(ValueError, match="ratio"):
-        RetryBudget(ratio=1.5)
-    with pytest.raises(ValueError, match="min_concurrent"):
-        RetryBudget(min_concurrent=-1)
-
-
-def test_backoff_is_fully_jittered_and_capped() -> None:
-    rng = random.Random(1)
-    first = [backoff(1, rng=rng) for _ in range(200)]
-    assert all(0.0 <= b <= 0.025 for b in first)
-    late = [backoff(30, rng=rng) for _ in range(200)]
-    assert all(0.0 <= b <= 0.25 for b in late)
-    assert max(late) > 0.2
-    assert backoff(2, base=0.1, cap=0.05, rng=rng) <= 0.05
+        RetryBudget(budget_ratio=1.5)
+    with pytest.raises(ValueError, match="budget_min"):
+        RetryBudget(budget_min=-1)
 
 
 class RetryBudgetModel(RuleBasedStateMachine):
@@ -59,7 +47,7 @@ class RetryBudgetModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.budget = RetryBudget(ratio=0.2, min_concurrent=3)
+        self.budget = RetryBudget(budget_ratio=0.2, budget_min=3)
         self.requests = 0
         self.retries = 0
 

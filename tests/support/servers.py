@@ -173,14 +173,23 @@ def redis_cluster_config(
     users: dict[str, Any] | None = None,
     **cluster: Any,
 ) -> dict[str, Any]:
-    """A gateway config with one Redis cluster; ``nodes`` maps group → node ports."""
+    """A gateway config with one Redis cluster; ``nodes`` maps group → node ports.
+
+    In a replicated cluster of several nodes the first port listed is the primary.
+    """
+    groups: dict[str, list[Any]] = {
+        g: [f"127.0.0.1:{p}" for p in ports] for g, ports in nodes.items()
+    }
+    if cluster.get("mode") != "sharded" and sum(map(len, groups.values())) > 1:
+        first = next(iter(groups.values()))
+        first[0] = {"address": first[0], "role": "primary"}
     config: dict[str, Any] = {
         "gateway": {"drain_timeout": "5s"},
         "clusters": {
             name: {
                 "protocol": "redis",
                 "listen": f"127.0.0.1:{listen_port or free_port()}",
-                "groups": {g: [f"127.0.0.1:{p}" for p in ports] for g, ports in nodes.items()},
+                "groups": groups,
                 **cluster,
             }
         },

@@ -9,7 +9,7 @@ import trio
 
 from ...call import Operation, Protocol
 from ...cluster.topology import Node, topology_from_config
-from ...config import ClusterConfig, Mode, UserConfig
+from ...config import ClusterConfig, Mode, RedisSettings, UserConfig
 from ...policies.chain import ClusterPolicies, configured_switches
 from ...policies.engine import HAEngine
 from ...protocols.resp import replies as R
@@ -45,7 +45,7 @@ class RedisRuntime(ClusterRuntime):
         super().__init__(config, users, nursery)
         #: Gateway logins allowed here (name → password): the sessions check AUTH against it.
         self.passwords: Mapping[str, str] = {name: u.password for name, u in self.users.items()}
-        limits = config.limits
+        limits = config.redis or RedisSettings()
         self.request_limits = RequestLimits(
             max_bulk_len=limits.max_bulk_len,
             max_multibulk_len=limits.max_multibulk_len,
