@@ -6,11 +6,11 @@ pipeline (``resmesh/policies``) decides per call (degrade switch, limits) and pe
 breaker, failover, backup request), and judges every answer by its :class:`Outcome`. Keeping
 this vocabulary tiny is what lets one pipeline govern every protocol.
 
-A ``Call`` is built for every command of a pipeline, so it is a slotted object of four fields
-and everything that is the same for every call of one kind (its operation's name, whether it
-writes, whether it may be retried) lives in a shared :class:`Operation`, made once per kind.
-The cluster and protocol are not repeated per call: a call is only ever governed by its own
-cluster's pipeline, which knows both.
+A ``Call`` is made for every command of a pipeline, so it costs two attribute sets on the
+protocol's own request event (a ``Call`` subclass), and everything that is the same for every
+call of one kind (its operation's name, whether it writes, whether it may be retried) lives in
+a shared :class:`Operation`, made once per kind. The cluster and protocol are not repeated per
+call: a call is only ever governed by its own cluster's pipeline, which knows both.
 """
 
 from __future__ import annotations
@@ -84,34 +84,30 @@ class Operation:
         return f"Operation({self.name}, {kind}, idempotent={self.idempotent})"
 
 
-@final
 class Call:
     """One governable unit of work: a command, a query, an RPC.
 
+    Each protocol's request event *is* a call (a subclass: the RESP codec's ``Command``...),
+    so a pipeline of 16 commands is 16 calls without a second object per command: the
+    frontend classifies each event once and sets its :class:`Operation` and batch id.
+
     Attributes:
         op: its :class:`Operation`.
-        payload: the encoded request (the protocol's own event), opaque to policies.
         batch: calls from one client read (a pipeline) share a batch id.
-        keys: routing keys (a Redis command's keys), filled where the cluster places calls by
-            key (``balance: hash``, sharding); empty otherwise.
+        keys: routing keys (a Redis command's keys), for placing calls by key; empty here,
+            computed by a protocol's event that has them.
     """
 
-    __slots__ = ("batch", "keys", "op", "payload")
+    __slots__ = ("batch", "op")
 
-    def __init__(
-        self, op: Operation, payload: object, batch: int, keys: Sequence[bytes] = ()
-    ) -> None:
-        self.op = op
-        self.payload = payload
-        self.batch = batch
-        self.keys = keys
+    op: Operation
+    batch: int
+    #: The call's routing keys; a protocol's event computes its own.
+    keys: Sequence[bytes] = ()
 
     @property
     def operation(self) -> str:
         return self.op.name
-
-    def __repr__(self) -> str:
-        return f"Call({self.op.name}, batch={self.batch})"
 
 
 @final

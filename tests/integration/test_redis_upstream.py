@@ -18,7 +18,7 @@ import pytest
 import redis
 import trio
 
-from resmesh.call import Call, Run, Unavailable
+from resmesh.call import Run, Unavailable
 from resmesh.config import parse_config
 from resmesh.net.redis.runtime import RedisRuntime
 from resmesh.protocols.resp.requests import Command
@@ -57,7 +57,8 @@ async def _upstream(
 
 async def _read(upstream: RedisRuntime) -> list[bytes]:
     op = upstream.operation(command_info(b"GET"))
-    call = Call(op, Command([b"GET", b"upstream:k"], GET), 1)
+    call = Command([b"GET", b"upstream:k"], GET)
+    call.op, call.batch = op, 1
     deadline = trio.current_time() + upstream.config.backend.command_timeout
     run = Run([call], GET, idempotent=True, deadline=deadline, shape=(0, 2))
     return (await upstream.engine.execute(run)).replies

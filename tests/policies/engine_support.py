@@ -51,7 +51,8 @@ def policies(
 
 def run(op: Operation = GET, *, deadline: float = 10.0, key: bytes | None = None) -> Run:
     """A run of one call, its deadline ``deadline`` seconds from now."""
-    call = Call(op, b"payload", 1)
+    call = Call()
+    call.op, call.batch = op, 1
     return Run(
         [call],
         b"payload",

@@ -26,6 +26,8 @@ __all__ = ["RedisRuntime"]
 
 #: Operations remembered per cluster at most (command names come from clients).
 _CACHE_MAX = 8192
+#: Names longer than this are never remembered: no Redis command name comes close.
+_NAME_MAX_LEN = 32
 
 
 class RedisRuntime(ClusterRuntime):
@@ -72,6 +74,9 @@ class RedisRuntime(ClusterRuntime):
         self.home: Node = self.policies.primary or self.topology.primary
         self._operations: dict[CommandInfo, Operation] = {}
         self._read_operations: dict[str, Operation] = {}
+        #: The operation of each plain command (forwarded as it is in a normal session) by
+        #: its name as clients spell it: the per-command fast path is this one lookup.
+        self.plain: dict[bytes, Operation] = {}
 
     def open_session(self, transport: ClientTransport, client_id: int) -> RedisSession:
         return RedisSession(self, transport, client_id)
@@ -108,6 +113,11 @@ class RedisRuntime(ClusterRuntime):
             if len(self._operations) < _CACHE_MAX:  # names come from clients: bounded
                 self._operations[info] = op
         return op
+
+    def remember_plain(self, name: bytes, op: Operation) -> None:
+        """``name`` (as a client spelled it) is a plain command of operation ``op``."""
+        if len(self.plain) < _CACHE_MAX and len(name) <= _NAME_MAX_LEN:
+            self.plain[name] = op
 
     def read_operation(self, name: str) -> Operation:
         """The operation of a command that reads because of its arguments (``XREAD`` without

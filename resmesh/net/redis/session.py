@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ...call import Call, Operation, Outcome, Run, Unavailable
+from ...call import Operation, Outcome, Run, Unavailable
 from ...policies.switch import SwitchAction, SwitchDecision
 from ...protocols._errors import ProtocolError
 from ...protocols.resp import commands as cmdtable
@@ -84,7 +84,7 @@ _READ_YOUR_WRITES: Final = 1.0
 #: Inside MULTI, a command the gateway refuses is sent to the node as this arity error, so the
 #: node marks the transaction failed (EXECABORT), as it would for any command it refuses; the
 #: reply in that slot is the gateway's own error text.
-_QUEUE_TIME_FAILURE: Final = Command([b"ECHO"], encode_command([b"ECHO"]))
+_QUEUE_TIME_FAILURE: Final = encode_command([b"ECHO"])
 _EMPTY_ACTIONS: Final = frozenset({SwitchAction.EMPTY, SwitchAction.ACKNOWLEDGE})
 
 
@@ -111,7 +111,7 @@ class RedisSession(ClientSession):
         self._timeout = runtime.config.backend.command_timeout
         # Per batch: replies in order, and the run of calls to forward with their reply slots.
         self._out: list[bytes] = []
-        self._fwd: list[Call] = []
+        self._fwd: list[Command] = []
         self._fwd_slots: list[int] = []
         #: Whether every call queued since the last flush is idempotent.
         self._fwd_idempotent = True
@@ -119,6 +119,8 @@ class RedisSession(ClientSession):
         self._substitutes: dict[int, bytes] = {}
         #: Operations admitted by the limiter whose run has not returned yet.
         self._admitted: list[str] = []
+        #: Whether the limiter admitted the current batch whole (then not call by call).
+        self._admitted_whole = False
         #: A SELECT sent on the pinned connection while WATCH is active: (reply slot, db).
         self._pinned_select: tuple[int, int] | None = None
         #: The client's own bytes for the whole current batch, when the parser kept them:
@@ -206,9 +208,11 @@ class RedisSession(ClientSession):
                 admitted, len(commands), self._clock.current_time()
             ):
                 admitted = None
+        self._admitted_whole = admitted is not None
         try:
-            await self._run_commands(commands, admitted is None)
+            await self._run_commands(commands)
         finally:
+            self._admitted_whole = False
             # Given back once the backend has answered, before the replies are written: a
             # client slow to read them must not hold the cluster's concurrency slots.
             if admitted is not None:
@@ -216,9 +220,8 @@ class RedisSession(ClientSession):
                 limiter.done_batch(admitted, len(commands))
         await self._write_out()
 
-    async def _run_commands(self, commands: list[Command], limit_each: bool) -> None:
-        """Run a batch, leaving its replies in ``_out``; ``limit_each``: the limiter admits
-        each call (the batch was not admitted whole)."""
+    async def _run_commands(self, commands: list[Command]) -> None:
+        """Run a batch, leaving its replies in ``_out``."""
         out = self._out
         self._batch_raw = self.parser.batch_raw
         self._batch_len = len(commands)
@@ -227,29 +230,31 @@ class RedisSession(ClientSession):
         runtime = self.runtime
         policies = runtime.policies
         switchboard = policies.switchboard
-        limiter = policies.limiter if limit_each else None
+        limiter = None if self._admitted_whole else policies.limiter
         governed = switchboard.active or limiter is not None
         now = self._clock.current_time() if governed else 0.0
-        operation_of = runtime.operation
+        plain = runtime.plain
         limit = limiter is not None
         fast = state.forwards_plain
-        last: CommandInfo | None = None
+        last: Operation | None = None
         for index, command in enumerate(commands):
             if state.closing:
                 break
             if fast:
-                info = command_info(command.args[0])
-                if info.plain:
-                    last = info
-                    op = operation_of(info)
+                op = plain.get(command.args[0])
+                if op is not None:
+                    last = op
                     if governed:
+                        info = command_info(command.args[0])
                         reply = self._govern(op, info, command, now, limit)
                         if reply is not None:
                             out.append(reply)
                             continue
                     # _queue, inline: this is the per-command hot path.
+                    command.op = op
+                    command.batch = batch
                     self._fwd_idempotent = self._fwd_idempotent and op.idempotent
-                    self._fwd.append(Call(op, command, batch))
+                    self._fwd.append(command)
                     self._fwd_slots.append(len(out))
                     out.append(b"")
                     continue
@@ -266,7 +271,7 @@ class RedisSession(ClientSession):
             # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
             fast = state.forwards_plain
         if last is not None:
-            state.last_command = last.name
+            state.last_command = last.name.encode()
         await self._flush()
 
     async def _act(self, action: Action, command: Command, info: CommandInfo) -> None:
@@ -277,7 +282,10 @@ class RedisSession(ClientSession):
         if action is Action.REPLY:
             out.append(state.reply)
         elif action is Action.FORWARD:
-            self._forward(command, info, self.runtime.operation(info))
+            op = self.runtime.operation(info)
+            if info.plain:  # from now on the fast path knows its name as this client spells it
+                self.runtime.remember_plain(command.args[0], op)
+            self._forward(command, info, op)
         elif action is Action.LOCAL:
             await self._local(command, info)
         elif action is Action.BLOCK:
@@ -288,13 +296,13 @@ class RedisSession(ClientSession):
             self._refuse_queued(state.reply)
         elif action is Action.END_MULTI:
             slot = len(out)
-            self._queue(Call(self.runtime.operation(info), command, self._batch))
+            self._queue(command, self.runtime.operation(info))
             selects, local = state.ending_multi()
             await self._flush()
             if info.name == b"EXEC":
                 out[slot] = state.exec_reply(out[slot], selects, local)
         elif action is Action.UNWATCH:
-            self._queue(Call(self.runtime.operation(info), command, self._batch))
+            self._queue(command, self.runtime.operation(info))
             state.unwatched()
         elif action is Action.BEGIN_MULTI:
             await self._begin_multi(command, info)
@@ -332,7 +340,7 @@ class RedisSession(ClientSession):
         """Admit one call under the rate and concurrency limits: the refusal's text, or
         ``None`` (then :meth:`_flush` gives its concurrency slot back when its run returns)."""
         limiter = self.runtime.policies.limiter
-        if limiter is None:
+        if limiter is None or self._admitted_whole:
             return None
         rejection = limiter.admit(op.name, now or self._clock.current_time())
         if rejection is None:
@@ -364,10 +372,13 @@ class RedisSession(ClientSession):
     # ----------------------------------------------------------------------------------------
     # Forwarding
 
-    def _queue(self, call: Call) -> None:
-        """Add a call to the run forwarded at the next flush; reserve its reply slot."""
-        self._fwd_idempotent = self._fwd_idempotent and call.op.idempotent
-        self._fwd.append(call)
+    def _queue(self, command: Command, op: Operation) -> None:
+        """Make ``command`` a call of ``op`` and add it to the run forwarded at the next
+        flush; reserve its reply slot."""
+        command.op = op
+        command.batch = self._batch
+        self._fwd_idempotent = self._fwd_idempotent and op.idempotent
+        self._fwd.append(command)
         self._fwd_slots.append(len(self._out))
         self._out.append(b"")
 
@@ -379,7 +390,7 @@ class RedisSession(ClientSession):
             return
         if info.name in CONNECTION_STATE and self.pinned is not None:
             self.pinned.reusable = False  # it leaves with a db or a name of its own
-        self._queue(Call(op, command, self._batch))
+        self._queue(command, op)
 
     async def _flush(self) -> None:
         """Forward the queued run and put each reply in its slot."""
@@ -395,7 +406,7 @@ class RedisSession(ClientSession):
         if count == self._batch_len and self._batch_raw is not None:
             payload = self._batch_raw
         else:
-            payload = b"".join([call.payload.raw for call in calls])  # type: ignore[attr-defined]
+            payload = b"".join([command.raw for command in calls])
         runtime = self.runtime
         policies = runtime.policies
         out = self._out
@@ -450,7 +461,7 @@ class RedisSession(ClientSession):
         if self.pinned is not None and self.state.mode is Mode.NORMAL:
             self._release_pinned()
 
-    async def _flush_sharded(self, calls: list[Call], slots: list[int]) -> None:
+    async def _flush_sharded(self, calls: list[Command], slots: list[int]) -> None:
         """Sharded mode: each command to the node of its keys; multi-key commands split
         across nodes and their replies merged (``protocols/resp/sharding``). Every node's
         share of the run goes out in one write, all nodes at once."""
@@ -459,25 +470,24 @@ class RedisSession(ClientSession):
         assert shards is not None
         nodes = shards.shards
         out = self._out
-        per_node: dict[int, tuple[list[Call], list[bytes]]] = {}
+        per_node: dict[int, tuple[list[Command], list[bytes]]] = {}
         # Where each node's replies go: a slot, or (slot, part index) of a split command.
         routes: dict[int, list[int | tuple[int, int]]] = {}
         splits: dict[int, tuple[Plan, list[bytes]]] = {}
-        for slot, call in zip(slots, calls, strict=True):
-            command: Command = call.payload  # type: ignore[assignment]
+        for slot, command in zip(slots, calls, strict=True):
             planned = sharding.plan(command.args, shards.shard_of, len(nodes))
             if isinstance(planned, sharding.RefusedPlan):
                 out[slot] = planned.reply
             elif not planned.parts:
                 share = per_node.setdefault(planned.shard, ([], []))
-                share[0].append(call)
+                share[0].append(command)
                 share[1].append(command.raw)
                 routes.setdefault(planned.shard, []).append(slot)
             else:
                 splits[slot] = (planned, [b""] * len(planned.parts))
                 for index, part in enumerate(planned.parts):
                     share = per_node.setdefault(part.shard, ([], []))
-                    share[0].append(call)
+                    share[0].append(command)
                     share[1].append(encode_command(part.args))
                     routes.setdefault(part.shard, []).append((slot, index))
         deadline = self._clock.current_time() + self._timeout
@@ -577,7 +587,7 @@ class RedisSession(ClientSession):
             state.refused_multi(why if failure.outcome is not Outcome.REJECTED else failure.reason)
             return
         state.began_multi()
-        self._queue(Call(op, command, self._batch))
+        self._queue(command, op)
 
     async def _begin_watch(self, command: Command, info: CommandInfo) -> None:
         op = self.runtime.operation(info)
@@ -590,7 +600,7 @@ class RedisSession(ClientSession):
             self._out.append(R.unavailable(failure.node, failure.reason))
             return
         self.state.began_watch()
-        self._queue(Call(op, command, self._batch))
+        self._queue(command, op)
 
     def _queue_in_multi(self, command: Command, info: CommandInfo) -> None:
         """Inside MULTI (or a MULTI while watching): governed, then queued on the node."""
@@ -603,11 +613,11 @@ class RedisSession(ClientSession):
                 state.refused_multi(rejection)
                 return
             state.began_multi()
-            self._queue(Call(op, command, self._batch))
+            self._queue(command, op)
             return
         if info.kind is Kind.MULTI or info.kind is Kind.WATCH:
             # Not queued: the node answers them with an error on the spot.
-            self._queue(Call(op, command, self._batch))
+            self._queue(command, op)
             return
         reply = self._govern(op, info, command, 0.0)
         if reply is not None:
@@ -619,7 +629,7 @@ class RedisSession(ClientSession):
             return
         if info.name in CONNECTION_STATE and self.pinned is not None:
             self.pinned.reusable = False  # it leaves with a db or a name of its own
-        self._queue(Call(op, command, self._batch))
+        self._queue(command, op)
         state.queued()
 
     def _refuse_queued(self, reply: bytes) -> None:
@@ -627,7 +637,8 @@ class RedisSession(ClientSession):
         aborts the transaction at EXEC) and the client the gateway's text."""
         self._substitutes[len(self._out)] = reply
         self._batch_raw = None
-        self._queue(Call(self.runtime.operation(command_info(b"ECHO")), _QUEUE_TIME_FAILURE, 0))
+        failing = Command([b"ECHO"], _QUEUE_TIME_FAILURE)
+        self._queue(failing, self.runtime.operation(command_info(b"ECHO")))
 
     async def _block(self, command: Command, info: CommandInfo) -> None:
         """A command that may block (``BLPOP``, ``XREAD BLOCK``, ``WAIT``): on a dedicated
@@ -900,7 +911,7 @@ class RedisSession(ClientSession):
             self._substitutes[len(self._out)] = reply
             self._batch_raw = None
             hello = [b"HELLO", command.args[1]]
-            self._queue(Call(self.runtime.operation(command_info(b"HELLO")), Command(hello), 0))
+            self._queue(Command(hello), self.runtime.operation(command_info(b"HELLO")))
         else:
             self._out.append(reply)
 
@@ -914,7 +925,7 @@ class RedisSession(ClientSession):
             # the session follows it once the node has said +OK (see _flush).
             self.pinned.reusable = False
             self._pinned_select = (len(self._out), target)
-            self._queue(Call(self.runtime.operation(command_info(b"SELECT")), command, 0))
+            self._queue(command, self.runtime.operation(command_info(b"SELECT")))
             return
         await self._flush()
         try:
@@ -971,7 +982,7 @@ _UNKNOWN: Final[dict[str, int]] = {}
 _NAMES: dict[bytes, bytes] = {}
 
 
-def _run_operation(calls: list[Call]) -> str | None:
+def _run_operation(calls: list[Command]) -> str | None:
     """The operation of a run whose calls are all of one operation, else ``None``."""
     op = calls[0].op
     for call in calls:
@@ -980,9 +991,7 @@ def _run_operation(calls: list[Call]) -> str | None:
     return op.name
 
 
-def _run_key(calls: list[Call]) -> bytes | None:
+def _run_key(calls: list[Command]) -> bytes | None:
     """The first key of a read run, which ``balance: hash`` places on a node by."""
-    command: Command = calls[0].payload  # type: ignore[assignment]
-    info = classify(command.args)
-    keys = cmdtable.command_keys(info.spec, command.args) if info.spec is not None else []
+    keys = calls[0].keys
     return keys[0] if keys else None

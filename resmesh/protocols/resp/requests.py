@@ -23,7 +23,9 @@ from typing import Final
 
 import hiredis
 
+from ...call import Call
 from .._errors import RemoteProtocolError
+from .commands import lookup
 from .parser import parse_integer
 
 __all__ = ["Command", "RequestLimits", "RequestParser", "encode_command", "split_inline"]
@@ -50,8 +52,9 @@ class RequestLimits:
     max_buffer: int = 1024 * 1024 * 1024
 
 
-class Command:
-    """One parsed command.
+class Command(Call):
+    """One parsed command: a :class:`~resmesh.call.Call` once the frontend has classified it
+    (set its operation and batch).
 
     Attributes:
         args: the command name and its arguments, exactly as sent (binary-safe).
@@ -76,6 +79,13 @@ class Command:
     def name(self) -> bytes:
         """The upper-cased command name (``b"GET"``), the command table's key."""
         return self.args[0].upper() if self.args else b""
+
+    @property
+    def keys(self) -> list[bytes]:  # type: ignore[override]
+        """The keys the command touches (``COMMAND GETKEYS``'s answer), found on demand: only
+        calls placed by key (``balance: hash``, sharding) need them."""
+        spec = lookup(self.args)
+        return spec.extract_keys(self.args) if spec is not None else []
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Command):

@@ -153,8 +153,9 @@ class CommandInfo:
             not know (a module's), which is forwarded for the node to answer.
         container: the command has subcommands, which :func:`classify` tells apart.
         kind: see :class:`Kind`.
-        plain: forwarded as it is in a normal session: known, never refused whatever its
-            arguments, not answered here, never pinning or blocking. The driver's fast path.
+        plain: forwarded as it is in a normal session whatever its arguments: known, never
+            refused, not answered here, never pinning or blocking, no subcommands. The
+            driver's fast path.
         checked: its arguments may make it refused (``CONFIG SET``, ``CLIENT KILL``):
             :func:`~resmesh.protocols.resp.commands.refusal` must be asked per command.
         read: an idempotent read (retry, hedge and spreading over replicas are safe).
@@ -174,7 +175,7 @@ class CommandInfo:
         "switchable",
     )
 
-    def __init__(self, name: bytes, spec: CommandSpec | None) -> None:
+    def __init__(self, name: bytes, spec: CommandSpec | None, *, subcommand: bool = False) -> None:
         self.name = name
         self.operation = name.decode("ascii", "replace")
         self.spec = spec
@@ -183,7 +184,11 @@ class CommandInfo:
             self.kind = Kind.BLOCKING
         self.container = spec is not None and spec.container
         self.checked = spec is not None and (spec.container or spec.name in cmdtable.REFUSALS)
-        self.plain = spec is not None and self.kind is Kind.FORWARD and not self.checked
+        # A subcommand's classification is never plain: the fast path sees the command's
+        # name only, and another subcommand of it may be refused (CONFIG GET, CONFIG SET).
+        self.plain = (
+            spec is not None and self.kind is Kind.FORWARD and not self.checked and not subcommand
+        )
         self.read = spec is not None and cmdtable.is_idempotent_read(spec)
         self.switchable = (
             spec is None
@@ -230,7 +235,7 @@ def classify(args: list[bytes]) -> CommandInfo:
     sub = _SUBCOMMAND_INFO.get(key)
     if sub is None:
         spec = cmdtable.lookup(args)
-        sub = info if spec is info.spec else CommandInfo(info.name, spec)
+        sub = info if spec is info.spec else CommandInfo(info.name, spec, subcommand=True)
         if len(_SUBCOMMAND_INFO) < _INFO_MAX and len(args[1]) <= _NAME_MAX_LEN:
             _SUBCOMMAND_INFO[key] = sub
     return sub
