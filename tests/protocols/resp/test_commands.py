@@ -5,7 +5,8 @@ keys, with arguments synthesised from ``COMMAND DOCS`` (minimal and maximal form
 both ways), plus a hand-written list of realistic movable-key commands. Flags, blocking timeouts
 (including two behaviours observed on the live server), refusals and the never-raise guarantee
 are checked too. A missing ``redis-server`` fails the run (``tests.support.servers``): a skipped
-comparison would pass while testing nothing.
+comparison would pass while testing nothing. The tests that use the server are marked
+``integration``; the rest belong to the fast tier.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def _flat_docs(server: Server) -> dict[bytes, Mapping[bytes, Any]]:
     return flat
 
 
+@pytest.mark.integration
 def test_keys_match_server_for_every_command(server: Server) -> None:
     """Every command with keys, in several argument shapes, against ``COMMAND GETKEYS``."""
     compared: dict[bytes, int] = {}
@@ -338,6 +340,7 @@ REALISTIC: list[list[bytes]] = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("line", REALISTIC, ids=lambda line: b" ".join(line).decode())
 def test_realistic_lines_match_server(server: Server, line: list[bytes]) -> None:
     line = [b"" if arg == b"''" else arg for arg in line]
@@ -438,6 +441,7 @@ def test_lookup() -> None:
     assert container is not None and CommandFlag.CONTAINER in container.flags
 
 
+@pytest.mark.integration
 def test_every_server_command_resolves(server: Server) -> None:
     names = list(server.raw("COMMAND", "LIST"))
     for info in server.raw("COMMAND", "INFO", *names):
@@ -448,6 +452,7 @@ def test_every_server_command_resolves(server: Server) -> None:
         assert spec is not None and spec.name == name.upper(), name
 
 
+@pytest.mark.integration
 def test_table_matches_the_server(server: Server) -> None:
     """The committed data is what the generator reads from this server (same version)."""
     path = ROOT / "scripts" / "gen_redis_commands.py"
@@ -649,6 +654,7 @@ def _answers_within(server: Server, line: list[bytes], seconds: float) -> bool:
             return False
 
 
+@pytest.mark.integration
 def test_block_timeout_agrees_with_the_server(server: Server) -> None:
     """The two less obvious rules, observed on the real server rather than assumed."""
     assert server.raw("XGROUP", "CREATE", "blk", "g", "$", "MKSTREAM") == b"OK"
