@@ -34,6 +34,9 @@ NO_RETRY = Retry(NoBackoff(), 0)
 #: connect 1 s, command 3 s). A client's own timeout (``redis.TimeoutError``) therefore means
 #: the gateway hung; any answer from the gateway, an error reply or a close, ends a wait first.
 HANG = 30.0
+#: Deadline for a restarted node to be used again: the breaker that tripped when it died keeps
+#: it out for ``open_for`` (5 s by default), so this takes about 5 s; six times that.
+RECOVERY = 30.0
 PROBE = "test-probe"
 
 
@@ -153,7 +156,7 @@ def test_node_killed_mid_session_then_restarted(
     _answered_with_an_error(_error_of(lambda: _client(alpha_port).get("x")))
 
     node_a.start()
-    wait_for(lambda: _works(alpha), 10, "the same client to work again after the restart")
+    wait_for(lambda: _works(alpha), RECOVERY, "the same client to work again after the restart")
     assert _works(_client(alpha_port))
     pipe = alpha.pipeline()
     pipe.set("after", "restart").get("after")
@@ -164,7 +167,7 @@ def test_node_killed_mid_session_then_restarted(
 def test_node_killed_under_a_big_pipeline(node_a: RedisServer, two_clusters: Gateway) -> None:
     """Replies in flight on the shared connection when the node dies: errors, not a hang."""
     alpha_port = two_clusters.ports[0]
-    wait_for(lambda: _works(_client(alpha_port)), 10, "alpha to be up")
+    wait_for(lambda: _works(_client(alpha_port)), RECOVERY, "alpha to be up")
     direct_a = redis.Redis(port=node_a.port)
     count = 100_000
     payload = encode_command("GET", "probe") * count
@@ -212,7 +215,7 @@ def test_node_killed_under_a_big_pipeline(node_a: RedisServer, two_clusters: Gat
     replies, errors, closed = outcome
     assert closed or replies == count, outcome
     assert closed or errors > 0, "the node died mid-pipeline, yet every reply was a success"
-    wait_for(lambda: _works(_client(alpha_port)), 10, "alpha to work after the restart")
+    wait_for(lambda: _works(_client(alpha_port)), RECOVERY, "alpha to work after the restart")
 
 
 def _gateway_clients(node: RedisServer) -> list[dict[str, str]]:
