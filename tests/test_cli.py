@@ -1,6 +1,8 @@
 """Tests for the ``resmesh`` command line, run the way a user runs it: as a separate process.
 
 Only the bad-config path of ``run`` is exercised here; serving is the integration tests' job.
+The tests that start ``resmesh run`` (a gateway process, even one that exits at once) are
+marked ``integration``; ``check``, ``--version`` and ``--help`` stay in the fast tier.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def test_check_requires_a_file() -> None:
     assert "-c" in result.stderr
 
 
+@pytest.mark.integration
 def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
     path = bad_config(tmp_path)
     result = resmesh("run", "-c", str(path))
@@ -95,6 +98,7 @@ def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
     assert "clusters.feed-cache.listen" in lines[0]
 
 
+@pytest.mark.integration
 def test_run_without_default_config_says_so(tmp_path: Path) -> None:
     result = resmesh("run", cwd=tmp_path)
     assert result.returncode == 2
@@ -150,6 +154,7 @@ def test_log_format_is_one_key_value_line() -> None:
     assert rest == 'listening cluster=feed-cache listen=127.0.0.1:6380 note="two words"'
 
 
+@pytest.mark.integration
 def test_run_on_a_taken_port_names_the_cluster_the_address_and_a_fix(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

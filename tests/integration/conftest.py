@@ -1,4 +1,8 @@
-"""Fixtures: a real redis-server per test module, and a gateway in front of it."""
+"""Fixtures: a real redis-server per test module, and a gateway in front of it.
+
+Every test in this directory is marked ``integration`` (``pytest -m "not integration"`` runs
+the fast tier without them).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,15 @@ from typing import Any
 import pytest
 
 from tests.support.servers import Gateway, RedisServer, redis_cluster_config
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A conftest's hook sees every collected item, not only this directory's.
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="module")

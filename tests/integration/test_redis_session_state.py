@@ -115,7 +115,8 @@ def test_a_subscribe_that_gets_no_connection_leaves_the_rest_of_the_pipeline_ans
     gw = _one_dedicated_connection(redis_node, start_gateway)
     with RawRedis(gw.port) as holder:
         assert holder.call(("WATCH", "x")) == [b"+OK\r\n"]
-        with RawRedis(gw.port, timeout=3) as client:
+        # The SUBSCRIBE waits connect_timeout (300 ms) for the one pinned connection, then fails.
+        with RawRedis(gw.port, timeout=10) as client:
             subscribe, ping = client.call(("SUBSCRIBE", "c"), ("PING",))
     assert subscribe.startswith(b"-ERR") and ping == b"+PONG\r\n"
 

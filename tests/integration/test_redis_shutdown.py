@@ -1,4 +1,10 @@
-"""Graceful shutdown: SIGTERM/SIGINT drain the gateway and exit 0 within ``drain_timeout``."""
+"""Graceful shutdown: SIGTERM/SIGINT drain the gateway and exit 0 within ``drain_timeout``.
+
+Where the gateway must *not* wait for the drain, the drain is a minute long (``LONG_DRAIN``)
+and the exit must come within ``EXITED``: only waiting for the drain fails that bound, a slow
+machine does not. Where it must wait (a BLPOP that never ends), the drain is short and is a
+lower bound, which load cannot break.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +34,12 @@ from tests.support.servers import (
     wait_for,
 )
 
+#: The drain a never-ending command holds the gateway for.
 DRAIN = 2.0
-#: Process exit and interpreter teardown on a loaded 2-core machine.
-MARGIN = 2.5
+#: The drain of the tests where nothing should hold the gateway: waiting for it is a minute.
+LONG_DRAIN = 60.0
+#: Signal to exit, when nothing holds the drain: normally well under a second.
+EXITED = 20.0
 
 
 def _config(redis_node: RedisServer, drain: float = DRAIN) -> dict[str, Any]:
@@ -39,26 +48,39 @@ def _config(redis_node: RedisServer, drain: float = DRAIN) -> dict[str, Any]:
     return config
 
 
-def _stop(gw: Gateway, signum: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, float]:
-    """Signal the gateway; return its exit code and how long it took to exit."""
+def _stop(gw: Gateway, signum: int = signal.SIGTERM) -> tuple[int, float]:
+    """Signal the gateway; return its exit code and how long it took to exit.
+
+    Raises:
+        AssertionError: still running ``EXITED`` seconds after the signal (it is killed).
+    """
     started = time.monotonic()
     gw.proc.send_signal(signum)
-    code = gw.proc.wait(timeout)
-    return code, time.monotonic() - started
+    return _exit_code(gw), time.monotonic() - started
+
+
+def _exit_code(gw: Gateway) -> int:
+    try:
+        return gw.proc.wait(EXITED)
+    except subprocess.TimeoutExpired:
+        gw.proc.kill()
+        gw.proc.wait()
+        raise AssertionError(
+            f"the gateway was still running {EXITED:g}s after the signal; its log:\n{gw.log()}"
+        ) from None
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_idle_clients_exit_zero_promptly(
     signum: int, redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
 ) -> None:
-    gw = start_gateway(_config(redis_node))
-    idle = RawRedis(gw.port, timeout=DRAIN + MARGIN)
+    gw = start_gateway(_config(redis_node, drain=LONG_DRAIN))
+    idle = RawRedis(gw.port, timeout=10)
     assert idle.call(("SET", "k", "v"), ("GET", "k")) == [b"+OK\r\n", b"$1\r\nv\r\n"]
     client = redis.Redis(port=gw.port)
     assert client.ping()
-    code, elapsed = _stop(gw, signum)
+    code, _ = _stop(gw, signum)  # within EXITED: idle clients do not hold the drain
     assert code == 0, gw.log()
-    assert elapsed < DRAIN, f"took {elapsed:.2f}s with only idle clients"
     assert idle.read_until_closed() == b""  # the idle client was closed, not left hanging
     idle.close()
     assert not port_open(gw.port)
@@ -67,6 +89,8 @@ def test_idle_clients_exit_zero_promptly(
 def test_sigterm_during_blpop_forever(
     redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
 ) -> None:
+    """A BLPOP that never ends holds the drain to its end, no longer: then it is cut (the
+    client gets an error), and the gateway exits 0."""
     gw = start_gateway(_config(redis_node))
     direct = redis.Redis(port=redis_node.port)
     outcome: list[Any] = []
@@ -81,10 +105,10 @@ def test_sigterm_during_blpop_forever(
     thread = threading.Thread(target=block, daemon=True)
     thread.start()
     wait_for(lambda: int(direct.info("clients")["blocked_clients"]) >= 1, 5, "BLPOP to block")
-    code, elapsed = _stop(gw)
+    code, elapsed = _stop(gw)  # within EXITED: the drain ends at DRAIN
     assert code == 0, gw.log()
-    assert elapsed < DRAIN + MARGIN, elapsed
-    thread.join(5)
+    assert elapsed >= 0.9 * DRAIN, f"exited after {elapsed:.2f}s: in-flight work not waited for"
+    thread.join(10)
     assert not thread.is_alive(), "the blocked client was left hanging after the gateway exited"
     assert outcome and isinstance(outcome[0], redis.RedisError), outcome
     wait_for(
@@ -99,23 +123,25 @@ def test_sigterm_during_blpop_forever(
 def test_in_flight_command_finishes_during_drain(
     redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
 ) -> None:
-    """A BLPOP with a 1 s timeout gets its reply during a 5 s drain; then the gateway exits."""
-    gw = start_gateway(_config(redis_node, drain=5))
+    """A BLPOP in flight at SIGTERM gets its reply during the drain (woken by a push); the
+    listener closes at once, while the BLPOP still blocks; once it is answered, the gateway
+    exits without waiting for the rest of the minute-long drain."""
+    gw = start_gateway(_config(redis_node, drain=LONG_DRAIN))
     direct = redis.Redis(port=redis_node.port)
-    conn = RawRedis(gw.port, timeout=10)
-    conn.send(b"*3\r\n$5\r\nBLPOP\r\n$7\r\nshort-q\r\n$1\r\n1\r\n")
+    direct.delete("drain-wake-q")
+    conn = RawRedis(gw.port, timeout=EXITED)
+    conn.send(encode_command("BLPOP", "drain-wake-q", "0"))
     wait_for(lambda: int(direct.info("clients")["blocked_clients"]) >= 1, 5, "BLPOP to block")
-    started = time.monotonic()
     gw.proc.send_signal(signal.SIGTERM)
     # Stops accepting at once, while the in-flight command is still owed its answer.
-    wait_for(lambda: not port_open(gw.port), 2, "the listener to close")
+    wait_for(lambda: not port_open(gw.port), 10, "the listener to close")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
-    assert conn.read_replies(1) == [b"*-1\r\n"]
-    code = gw.proc.wait(10)
-    elapsed = time.monotonic() - started
-    assert code == 0, gw.log()
-    assert elapsed < 5, f"exited after {elapsed:.2f}s: it waited for the whole drain"
+    assert gw.proc.poll() is None
+    assert int(direct.info("clients")["blocked_clients"]) >= 1, "the BLPOP ended already"
+    direct.rpush("drain-wake-q", "last")
+    assert conn.read_replies(1) == [b"*2\r\n$12\r\ndrain-wake-q\r\n$4\r\nlast\r\n"]
+    assert _exit_code(gw) == 0, gw.log()  # within EXITED of the reply, not LONG_DRAIN
     conn.close()
 
 
@@ -150,12 +176,11 @@ def test_a_signal_to_every_process_of_a_multi_worker_gateway_still_drains(
 def test_an_idle_subscriber_does_not_hold_the_drain(
     redis_node: RedisServer, start_gateway: Callable[[dict[str, Any]], Gateway]
 ) -> None:
-    gw = start_gateway(_config(redis_node, drain=5.0))
+    gw = start_gateway(_config(redis_node, drain=LONG_DRAIN))
     subscriber = RawRedis(gw.port, timeout=10)
     assert subscriber.call(("SUBSCRIBE", "drain:c"))[0].startswith(b"*3\r\n$9\r\nsubscribe")
-    code, elapsed = _stop(gw)
+    code, _ = _stop(gw)  # within EXITED: the subscriber does not hold the drain
     assert code == 0, gw.log()
-    assert elapsed < 2.5, f"took {elapsed:.2f}s: the subscriber held the drain"
     assert subscriber.read_until_closed() == b""
     subscriber.close()
 
