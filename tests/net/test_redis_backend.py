@@ -1,0 +1,171 @@
+"""The Redis backend without redis-server: the multiplexed connection over a socketpair (the
+test plays the node on the other end), and the node pool against an in-process fake node."""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from resmesh.config import BackendConfig
+from resmesh.net.backend.errors import BackendError
+from resmesh.net.backend.redis_conn import RedisConnection
+from resmesh.net.backend.redis_mux import MuxConnection, Pending
+from resmesh.net.backend.redis_pool import NodePool
+from resmesh.policies.waiting import Waiter, wait_first
+from tests.net.fake_node import FakeNode
+
+
+@asynccontextmanager
+async def _mux() -> AsyncIterator[tuple[MuxConnection, trio.SocketStream]]:
+    """A multiplexed connection whose node is the test: write replies to the stream."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    node = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+    mux = MuxConnection(RedisConnection(ours, "test:1", 0, 2))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mux.run)
+        yield mux, node
+        mux.conn.close()
+        await node.aclose()
+
+
+async def _submit(mux: MuxConnection, count: int, deadline: float = math.inf) -> Pending:
+    return mux.submit(b"*1\r\n$4\r\nPING\r\n" * count, count, deadline, Waiter())
+
+
+async def _done(pending: Pending) -> Pending:
+    with trio.fail_after(5):
+        done = await wait_first([pending], pending.waiter)
+    assert done is pending
+    return pending
+
+
+async def test_replies_go_to_submissions_in_order_however_they_are_split() -> None:
+    async with _mux() as (mux, node):
+        first, second = await _submit(mux, 2), await _submit(mux, 1)
+        assert await node.receive_some(1000) == b"*1\r\n$4\r\nPING\r\n" * 3
+        replies = b"+A\r\n$2\r\nbb\r\n:3\r\n"
+        for byte in replies:
+            await node.send_all(bytes([byte]))
+        await _done(first)
+        await _done(second)
+        assert b"".join(first.replies) == b"+A\r\n$2\r\nbb\r\n"
+        assert second.replies == [b":3\r\n"]
+        assert (first.error, second.error, mux.outstanding) == (None, None, 0)
+
+
+async def test_a_node_that_closes_fails_every_waiting_submission() -> None:
+    async with _mux() as (mux, node):
+        waiting = [await _submit(mux, 1) for _ in range(3)]
+        await node.aclose()
+        for pending in waiting:
+            await _done(pending)
+            assert isinstance(pending.error, BackendError)
+            assert "closed by the node" in pending.error.reason
+        with pytest.raises(BackendError, match="connection closed"):
+            await _submit(mux, 1)
+
+
+async def test_garbage_from_the_node_fails_the_connection() -> None:
+    async with _mux() as (mux, node):
+        pending = await _submit(mux, 1)
+        await node.send_all(b"?what\r\n")
+        await _done(pending)
+        assert pending.error is not None and "protocol error" in pending.error.reason
+        assert mux.closed
+
+
+async def test_a_reply_without_a_request_fails_the_connection() -> None:
+    async with _mux() as (mux, node):
+        await node.send_all(b"+surprise\r\n")
+        with trio.fail_after(5):
+            while not mux.closed:
+                await trio.sleep(0.001)
+
+
+async def test_an_unanswered_submission_fails_at_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _mux() as (mux, _):
+        pending = await _submit(mux, 1, deadline=trio.current_time() + 1.0)
+        await _done(pending)
+        assert pending.error is not None and "no reply in time" in pending.error.reason
+        assert trio.current_time() == pytest.approx(1.0)
+        assert mux.closed  # its replies would be read as answers to the next request
+
+
+async def test_too_many_commands_in_flight_are_refused() -> None:
+    async with _mux() as (mux, _):
+        with pytest.raises(BackendError, match="too many commands in flight"):
+            mux.submit(b"", 100_001, math.inf, Waiter())
+
+
+# -- the pool -----------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _pool(**backend: object) -> AsyncIterator[tuple[NodePool, FakeNode]]:
+    node = FakeNode()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        pool = NodePool("127.0.0.1", node.port, BackendConfig(**backend), nursery)  # type: ignore[arg-type]
+        yield pool, node
+        pool.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_shared_connections_are_kept_per_database_and_protocol() -> None:
+    async with _pool(connections=2) as (pool, node):
+        first = await pool.shared(0, 2)
+        second = await pool.shared(0, 2)
+        assert first is not second  # round robin over two
+        assert await pool.shared(0, 2) is first
+        assert pool.shared_nowait(0, 2) is second
+        other = await pool.shared(3, 2)
+        assert other not in (first, second)
+        assert [b"SELECT", b"3"] in node.received  # opened straight into its database
+        assert pool.statistics().shared == 3
+
+
+async def test_a_clean_dedicated_connection_is_pooled_and_a_dirty_one_closed() -> None:
+    async with _pool(max_dedicated=2) as (pool, _):
+        conn = await pool.acquire_dedicated(0, 2)
+        pool.release(conn)
+        again = await pool.acquire_dedicated(0, 2)
+        assert again is conn  # reused
+        again.reusable = False  # a client's SELECT or MULTI may linger on it
+        pool.release(again)
+        assert again.closed
+        fresh = await pool.acquire_dedicated(0, 2)
+        assert fresh is not conn
+        pool.release(fresh)
+        assert pool.statistics().dedicated_in_use == 0
+
+
+async def test_callers_beyond_the_dedicated_cap_wait_then_are_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _pool(max_dedicated=1, connect_timeout=2.0) as (pool, _):
+        held = await pool.acquire_dedicated(0, 2)
+        with pytest.raises(BackendError, match="all 1 pinned connections are in use"):
+            await pool.acquire_dedicated(0, 2)
+        pool.release(held)
+        pool.release(await pool.acquire_dedicated(0, 2))
+
+
+async def test_a_stalled_handshake_fails_within_the_connect_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _pool(connect_timeout=1.0, password="pw") as (pool, node):
+        node.stall = trio.Event()  # takes the connection, never answers the AUTH
+        started = trio.current_time()
+        with pytest.raises(BackendError, match="connect timed out"):
+            await pool.shared(0, 2)
+        assert trio.current_time() - started == pytest.approx(1.0)
+        node.stall.set()

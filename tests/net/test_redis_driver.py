@@ -1,0 +1,139 @@
+"""The Redis session driver over memory streams (no client socket), in front of an in-process
+fake node: pipelining, the gateway's own replies, governance refusals, transactions, errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from resmesh.config import parse_config
+from resmesh.net.redis.runtime import RedisRuntime
+from resmesh.net.transport import StreamTransport
+from tests.net.fake_node import FakeNode
+from tests.support.servers import encode_command, resp_frame_end
+
+
+class Client:
+    """The application's end of a memory stream."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def call(self, *commands: tuple[str, ...]) -> list[bytes]:
+        await self.stream.send_all(b"".join(encode_command(*c) for c in commands))
+        return await self.replies(len(commands))
+
+    async def replies(self, count: int) -> list[bytes]:
+        out: list[bytes] = []
+        with trio.fail_after(5):
+            while len(out) < count:
+                end = resp_frame_end(self.buffer)
+                if end > 0:
+                    out.append(self.buffer[:end])
+                    self.buffer = self.buffer[end:]
+                    continue
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    raise EOFError(f"closed after {out}")
+                self.buffer += data
+        return out
+
+    async def closed(self) -> bool:
+        with trio.fail_after(5):
+            return await self.stream.receive_some(65536) == b""
+
+
+@asynccontextmanager
+async def _gateway(tmp_path: Path, **governance: Any) -> AsyncIterator[tuple[Client, FakeNode]]:
+    node = FakeNode()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        data = {
+            "clusters": {
+                "c": {
+                    "protocol": "redis",
+                    "listen": "127.0.0.1:1",
+                    "groups": {"dc-a": [f"127.0.0.1:{node.port}"]},
+                    "policy": "passthrough",
+                    "governance": governance,
+                }
+            }
+        }
+        config = parse_config(data, tmp_path / "driver.yaml")
+        runtime = RedisRuntime(config.clusters["c"], config.users, nursery)
+        client_end, gateway_end = trio.testing.memory_stream_pair()
+        nursery.start_soon(runtime.handle, StreamTransport(gateway_end))
+        yield Client(client_end), node
+        runtime.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pipeline_is_answered_in_order_local_replies_in_their_places(
+    tmp_path: Path,
+) -> None:
+    async with _gateway(tmp_path) as (client, node):
+        replies = await client.call(
+            ("SET", "k", "v"), ("PING",), ("GET", "k"), ("CLIENT", "ID"), ("ECHO", "e")
+        )
+        assert replies[0] == b"+OK\r\n" and replies[2] == b"$1\r\nv\r\n"
+        assert replies[1] == b"+PONG\r\n" and replies[4] == b"$1\r\ne\r\n"
+        assert replies[3].startswith(b":")
+        assert [args[0] for args in node.received] == [b"SET", b"GET"]  # local ones stay here
+
+
+async def test_switch_and_limit_refusals_are_resp_errors_and_the_pipeline_goes_on(
+    tmp_path: Path,
+) -> None:
+    governance = {"operations": {"GET": {"switch": {"mode": "miss"}, "limit": {"rate": 1}}}}
+    async with _gateway(tmp_path, **governance) as (client, node):
+        replies = await client.call(("SET", "k", "v"), ("GET", "k"), ("INCR", "n"))
+        assert replies == [b"+OK\r\n", b"$-1\r\n", b":1\r\n"]  # GET degraded to a miss
+        assert [args[0] for args in node.received] == [b"SET", b"INCR"]
+
+
+async def test_a_transaction_runs_on_a_dedicated_connection(tmp_path: Path) -> None:
+    async with _gateway(tmp_path) as (client, node):
+        await client.call(("GET", "warm"))  # a shared connection first
+        replies = await client.call(("MULTI",), ("INCR", "n"), ("INCR", "n"), ("EXEC",))
+        assert replies == [b"+OK\r\n", b"+QUEUED\r\n", b"+QUEUED\r\n", b"*2\r\n:1\r\n:2\r\n"]
+        assert node.connections == 2
+        assert await client.call(("GET", "n")) == [b"$1\r\n2\r\n"]
+
+
+async def test_a_node_error_is_an_error_reply_and_the_session_lives_on(tmp_path: Path) -> None:
+    async with _gateway(tmp_path) as (client, node):
+        node.hook = lambda args: b"-LOADING Redis is loading\r\n" if args[0] == b"GET" else None
+        assert await client.call(("GET", "k")) == [b"-LOADING Redis is loading\r\n"]
+        node.hook = None
+        assert await client.call(("GET", "k")) == [b"$-1\r\n"]
+
+
+async def test_a_protocol_error_is_answered_then_the_connection_closed(tmp_path: Path) -> None:
+    async with _gateway(tmp_path) as (client, _):
+        await client.stream.send_all(encode_command("PING") + b"*1\r\n$x\r\n")
+        assert await client.replies(2) == [
+            b"+PONG\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ]
+        assert await client.closed()
+
+
+async def test_quit_answers_then_closes(tmp_path: Path) -> None:
+    async with _gateway(tmp_path) as (client, _):
+        assert await client.call(("SET", "k", "v"), ("QUIT",)) == [b"+OK\r\n", b"+OK\r\n"]
+        assert await client.closed()
+
+
+async def test_select_applies_to_later_commands_and_reset_goes_back(tmp_path: Path) -> None:
+    async with _gateway(tmp_path) as (client, node):
+        assert await client.call(("SELECT", "3"), ("SET", "k", "three")) == [b"+OK\r\n"] * 2
+        assert await client.call(("SELECT", "99")) == [b"-ERR DB index is out of range\r\n"]
+        assert await client.call(("GET", "k")) == [b"$5\r\nthree\r\n"]
+        assert await client.call(("RESET",), ("GET", "k")) == [b"+RESET\r\n", b"$-1\r\n"]
+        assert node.data[3] == {b"k": b"three"}
