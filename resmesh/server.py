@@ -20,13 +20,13 @@ import sys
 import tempfile
 import time
 import typing
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import trio
 
 from .call import Protocol
-from .config import ClusterConfig, Config, UserConfig
+from .config import Config
 from .net.listen import bind_tcp
 from .net.redis.runtime import RedisRuntime
 from .net.runtime import ClusterRuntime
@@ -49,12 +49,7 @@ _SAME_SIGNAL_WINDOW = 1.0
 
 #: The runtime that serves a cluster of each protocol (``docs/architecture.md`` says how to
 #: add one).
-RUNTIMES: typing.Final[
-    Mapping[
-        Protocol,
-        Callable[[ClusterConfig, Mapping[str, UserConfig], trio.Nursery], ClusterRuntime],
-    ]
-] = {Protocol.REDIS: RedisRuntime}
+RUNTIMES: typing.Final[Mapping[Protocol, type[ClusterRuntime]]] = {Protocol.REDIS: RedisRuntime}
 
 
 def run(config: Config) -> int:
@@ -202,7 +197,9 @@ async def serve(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as backend:
             runtimes = [
-                RUNTIMES[cluster.protocol](cluster, config.users, backend)
+                RUNTIMES[cluster.protocol](
+                    cluster, config.users, backend, workers=config.gateway.workers
+                )
                 for cluster in config.clusters.values()
             ]
             for runtime in runtimes:

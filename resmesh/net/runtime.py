@@ -87,15 +87,22 @@ class ClusterRuntime:
         config: the cluster's configuration.
         users: every gateway user; the runtime keeps those allowed on this cluster.
         nursery: where the cluster's background tasks run (it outlives every session).
+        workers: gateway processes serving the cluster together (they share its limits).
     """
 
     #: The protocol this runtime serves.
     protocol: ClassVar[Protocol]
 
     def __init__(
-        self, config: ClusterConfig, users: Mapping[str, UserConfig], nursery: trio.Nursery
+        self,
+        config: ClusterConfig,
+        users: Mapping[str, UserConfig],
+        nursery: trio.Nursery,
+        *,
+        workers: int = 1,
     ) -> None:
         self.config = config
+        self.workers = workers
         self.name = config.name
         self.listen = str(config.listen)
         self.users: Mapping[str, UserConfig] = MappingProxyType(

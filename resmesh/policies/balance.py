@@ -105,6 +105,11 @@ class Balancer(Protocol[N]):
 
     def finish(self, node: N) -> None: ...
 
+    def forget(self, node: N) -> None:
+        """``node`` left this balancer's candidates (removed, or moved to another group):
+        drop what is kept for it."""
+        ...
+
     def statistics(self) -> BalancerStatistics: ...
 
 
@@ -151,6 +156,9 @@ class RandomBalancer(Generic[N]):
     def finish(self, node: N) -> None:
         pass
 
+    def forget(self, node: N) -> None:
+        pass
+
     def statistics(self) -> BalancerStatistics:
         return BalancerStatistics("random", self.picks, self.excluding_picks)
 
@@ -191,6 +199,9 @@ class RoundRobinBalancer(Generic[N]):
         pass
 
     def finish(self, node: N) -> None:
+        pass
+
+    def forget(self, node: N) -> None:
         pass
 
     def statistics(self) -> BalancerStatistics:
@@ -321,6 +332,9 @@ class WeightedBalancer(Generic[N]):
     def finish(self, node: N) -> None:
         pass
 
+    def forget(self, node: N) -> None:
+        pass
+
     def statistics(self) -> BalancerStatistics:
         return BalancerStatistics("weighted", self.picks, self.excluding_picks)
 
@@ -392,6 +406,9 @@ class LeastLoadedBalancer(Generic[N]):
             self._in_flight[node] = count
         else:
             self._in_flight.pop(node, None)
+
+    def forget(self, node: N) -> None:
+        self._in_flight.pop(node, None)
 
     def in_flight(self, node: N) -> int:
         return self._in_flight.get(node, 0)
@@ -536,6 +553,9 @@ class ConsistentHashBalancer(Generic[N]):
         pass
 
     def finish(self, node: N) -> None:
+        pass
+
+    def forget(self, node: N) -> None:
         pass
 
     def statistics(self) -> BalancerStatistics:

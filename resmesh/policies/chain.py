@@ -26,11 +26,13 @@ place that owns them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ..call import Outcome
+from ..cluster.topology import build_topology
 from .balance import Balancer, ConsistentHashBalancer, balancer_for
 from .breaker import BreakerState, CircuitBreaker
 from .hedge import HedgeBudget, HedgeDelay
@@ -41,7 +43,7 @@ from .route import GroupRouter
 from .switch import Switch, Switchboard, SwitchDecision, SwitchMode
 
 if TYPE_CHECKING:
-    from ..cluster.topology import Node, Topology
+    from ..cluster.topology import ClusterState, Node, Topology
     from ..config import GovernanceConfig, SwitchSettings
 
 __all__ = ["ClusterPolicies", "configured_switches"]
@@ -57,7 +59,7 @@ _UPSTREAM: Final = Outcome.UPSTREAM_ERROR
 
 
 class ClusterPolicies:
-    """Every governance policy of one cluster, over one topology snapshot.
+    """Every governance policy of one cluster, over its current topology.
 
     Args:
         cluster: the cluster's configured name (limits and switches name it in refusals).
@@ -68,6 +70,10 @@ class ClusterPolicies:
             :func:`configured_switches`).
         sharded: the cluster partitions keys over its nodes, so no two nodes can answer the
             same call: reads are not spread, retried elsewhere or hedged.
+        workers: gateway processes sharing the cluster's limits (each enforces its share).
+
+    The topology changes at run time through :meth:`apply` (a new layout from the registry)
+    and :meth:`set_primary`; everything kept per node carries over for the nodes that stay.
     """
 
     def __init__(
@@ -79,13 +85,11 @@ class ClusterPolicies:
         switches: Iterable[Switch] = (),
         *,
         sharded: bool = False,
+        workers: int = 1,
     ) -> None:
         self.cluster = cluster
-        self.topology = topology
         self.governance = governance
-        #: Where writes and sessions go; ``None`` in a sharded cluster (each key has its node).
-        self.primary: Node | None = None if sharded else topology.primary
-        nodes = topology.nodes
+        self.sharded = sharded
         limits = LimiterConfig(
             governance.limit, {name: op.limit for name, op in governance.operations.items()}
         )
@@ -95,41 +99,12 @@ class ClusterPolicies:
         )
         #: Rate and concurrency limits, or ``None`` when none is configured (then they cost
         #: nothing at all).
-        self.limiter = Limiter(cluster, limits, now) if has_limits else None
+        self.limiter = Limiter(cluster, limits, now, workers=workers) if has_limits else None
         self.switchboard = Switchboard(switches)
-        breaker = governance.breaker
-        self.breakers: dict[Node, CircuitBreaker | _NoBreaker] = {
-            node: CircuitBreaker(breaker) if governance.breaker.enabled else _NoBreaker()
-            for node in nodes
-        }
-        #: One detector per group: "never eject more than a share of a group" (Envoy's
-        #: max_ejection_percent is per cluster; a group here is a data center, and emptying
-        #: one while another is healthy would shift its traffic wholesale).
-        outlier = governance.outlier
-        self.outliers = {
-            group: OutlierDetector(members, outlier) for group, members in topology.groups.items()
-        }
-        self._outlier_of = {node: self.outliers[node.group] for node in nodes}
         self._outlier_on = governance.outlier.enabled
-        self.router = GroupRouter(dict(topology.route), governance.local_group)
         #: ``balance: hash`` picks by the call's key (ketama), so a key keeps to one node and
         #: that node's caches stay warm; a call without a key goes to a random node.
         self.hashing = str(governance.balance) == "hash"
-
-        def balancer() -> Balancer[Node]:
-            if self.hashing:
-                return ConsistentHashBalancer(name=_address)
-            return balancer_for(governance.balance)  # type: ignore[no-any-return]
-
-        #: One balancer per group: a balancer's state (a weighted schedule, a round-robin
-        #: position) belongs to one candidate set, and calls alternate between groups.
-        self.balancers = {group: balancer() for group in topology.groups}
-        self._balancer_of = {node: self.balancers[node.group] for node in nodes}
-        #: For the rare pick across groups (the chosen group has nothing left), and for the
-        #: rarer one among nodes none of which is available: one each, as a balancer's state
-        #: (a weighted schedule) belongs to one candidate list.
-        self._fallback_balancer = balancer()
-        self._last_resort_balancer = balancer()
         failover = governance.failover
         self.retry_budget = RetryBudget(failover.budget_ratio, failover.budget_min)
         self.max_attempts = failover.max_attempts if failover.enabled else 1
@@ -144,18 +119,110 @@ class ClusterPolicies:
         #: Whether any operation hedges differently from the cluster (then a batch path must
         #: name the operation of each run it hedges).
         self.operation_hedges = len(self._hedges) > 1
-        #: Nodes reads may use: configured weight above zero.
+        self.router = GroupRouter(dict(topology.route), governance.local_group)
+        self.breakers: dict[Node, CircuitBreaker | _NoBreaker] = {}
+        self._balancer_of: dict[Node, Balancer[Node]] = {}
+        #: One detector per group: "never eject more than a share of a group" (Envoy's
+        #: max_ejection_percent is per cluster; a group here is a data center, and emptying
+        #: one while another is healthy would shift its traffic wholesale).
+        self.outliers: dict[str, OutlierDetector] = {}
+        #: One balancer per group: a balancer's state (a weighted schedule, a round-robin
+        #: position) belongs to one candidate set, and calls alternate between groups.
+        self.balancers: dict[str, Balancer[Node]] = {}
+        #: For the rare pick across groups (the chosen group has nothing left), and for the
+        #: rarer one among nodes none of which is available: one each, as a balancer's state
+        #: (a weighted schedule) belongs to one candidate list.
+        self._fallback_balancer = self._balancer()
+        self._last_resort_balancer = self._balancer()
+        self._install(topology)
+
+    def _balancer(self) -> Balancer[Node]:
+        if self.hashing:
+            return ConsistentHashBalancer(name=_address)
+        return balancer_for(self.governance.balance)  # type: ignore[no-any-return]
+
+    def _install(self, topology: Topology) -> None:
+        """Make ``topology`` the one in force, keeping the state of every node and group that
+        stays (a node's breaker, ejection and load; a group's detector and balancer)."""
+        self.topology = topology
+        #: Where writes and sessions go; ``None`` in a sharded cluster (each key has its node).
+        self.primary: Node | None = None if self.sharded else topology.primary
+        nodes = topology.nodes
+        governance = self.governance
+        old_breakers = self.breakers
+        self.breakers = {
+            node: old_breakers.get(node)
+            or (CircuitBreaker(governance.breaker) if governance.breaker.enabled else _NoBreaker())
+            for node in nodes
+        }
+        outliers: dict[str, OutlierDetector] = {}
+        for group, members in topology.groups.items():
+            detector = self.outliers.get(group)
+            if detector is None:
+                detector = OutlierDetector(members, governance.outlier)
+            else:
+                detector.update_nodes(members)
+            outliers[group] = detector
+        self.outliers = outliers
+        self._outlier_of = {node: outliers[node.group] for node in nodes}
+        self.balancers = {
+            group: self.balancers.get(group) or self._balancer() for group in topology.groups
+        }
+        balancer_of = {node: self.balancers[node.group] for node in nodes}
+        for node, balancer in self._balancer_of.items():
+            if balancer_of.get(node) is not balancer:
+                balancer.forget(node)  # removed, or moved to another group
+        self._balancer_of = balancer_of
+        #: Nodes reads may use: weight above zero.
         self._readable = {
             group: tuple(n for n in members if n.weight > 0)
             for group, members in topology.groups.items()
         }
         #: Whether reads may go to more than one node (else every call goes to the primary).
-        self.spreads_reads = sum(map(len, self._readable.values())) > 1 and not sharded
+        self.spreads_reads = sum(map(len, self._readable.values())) > 1 and not self.sharded
         self._candidates: dict[str, list[Node]] = {}
         self._anywhere: list[Node] = []
         self._all_readable: list[Node] = []
         self._health_at = -math.inf
         self.set_route(topology.route)
+
+    def apply(self, state: ClusterState) -> tuple[list[Node], list[Node]]:
+        """Make ``state`` (a new layout: nodes, groups, weights, route, primary) the one in
+        force at once, for the calls that start from now on.
+
+        A node whose address stays keeps its :class:`~resmesh.cluster.topology.Node` and
+        everything counted for it (breaker, ejection, load); a new address starts fresh; a
+        removed node gets no new calls, and the calls it has in flight finish and are
+        counted. Returns the nodes added and removed, for the caller to open and drain their
+        connections.
+
+        Raises:
+            ValueError: ``state`` is not a valid layout (no node, no single primary).
+        """
+        old = self.topology.nodes
+        topology = build_topology(state, old)
+        before, after = set(old), set(topology.nodes)
+        added = [node for node in topology.nodes if node not in before]
+        removed = [node for node in old if node not in after]
+        self._install(topology)
+        return added, removed
+
+    def set_primary(self, address: str) -> Node:
+        """Move writes and new sessions to the node at ``address`` (a failover the operator
+        or the registry made). Sessions pinned to the old primary stay there until they end.
+
+        Raises:
+            ValueError: no node of the cluster has that address, or the cluster is sharded.
+        """
+        if self.sharded:
+            raise ValueError(f"cluster {self.cluster} is sharded: every node owns its keys")
+        node = next((n for n in self.topology.nodes if n.address == address), None)
+        if node is None:
+            known = ", ".join(n.address for n in self.topology.nodes)
+            raise ValueError(f"cluster {self.cluster} has no node {address} (it has {known})")
+        self.topology = dataclasses.replace(self.topology, primary=node)
+        self.primary = node
+        return node
 
     @property
     def hedge_budget(self) -> HedgeBudget | None:
@@ -165,9 +232,9 @@ class ClusterPolicies:
         return tracker.budget if tracker is not None else None
 
     def set_route(self, weights: Mapping[str, float]) -> None:
-        """New route weights between groups (a traffic shift). A group at weight 0 gets no
-        reads at all: not a failover, not a backup request (it was drained on purpose); with
-        every weight at 0, reads go to the primary."""
+        """New route weights between groups (a traffic shift), in force at once. A group at
+        weight 0 gets no reads at all: not a failover, not a backup request (it was drained
+        on purpose); with every weight at 0, reads go to the primary."""
         self.router.set_weights(weights)
         routed = [group for group, weight in weights.items() if weight > 0]
         self._routed = routed
@@ -257,7 +324,9 @@ class ClusterPolicies:
     def refuses(self, node: Node, now: float) -> str | None:
         """Why ``node``'s breaker would refuse a session starting there now, or ``None``
         (asks without taking a probe: the session's exchanges are counted as they come)."""
-        breaker = self.breakers[node]
+        breaker = self.breakers.get(node)
+        if breaker is None:
+            return f"node {node.address} left the cluster"
         if breaker.would_allow(now):
             return None
         return f"circuit breaker open ({breaker.reason})"
@@ -265,14 +334,20 @@ class ClusterPolicies:
     def begin_committed(self, node: Node) -> bool:
         """Start a call on ``node`` that its session is committed to (a command inside a
         transaction pinned there): counted in flight, never refused; never a probe."""
-        self._balancer_of[node].start(node)
+        balancer = self._balancer_of.get(node)
+        if balancer is not None:  # else the node left the cluster: nothing to count there
+            balancer.start(node)
         return False
 
     def settle(
         self, node: Node, outcome: Outcome, latency: float, now: float, probe: bool = False
     ) -> None:
-        """A call that :meth:`begin` started on ``node`` ended with ``outcome``."""
-        self._balancer_of[node].finish(node)
+        """A call that :meth:`begin` started on ``node`` ended with ``outcome``. A node that
+        has left the cluster meanwhile is counted no more."""
+        balancer = self._balancer_of.get(node)
+        if balancer is None:
+            return
+        balancer.finish(node)
         if outcome is _REJECTED and not probe:
             return  # refused further on: no word on the node, and no probe slot to give back
         breaker = self.breakers[node]
@@ -294,24 +369,29 @@ class ClusterPolicies:
         call must not: the slot it would free belongs to a probe still out.)"""
         if probe:
             self._health_at = -math.inf
-            self.breakers[node].release()
+            breaker = self.breakers.get(node)
+            if breaker is not None:
+                breaker.release()
 
     def abandon(self, node: Node, probe: bool) -> None:
         """A call that :meth:`begin` started ends with no verdict (cancelled: a backup won,
         the client left). Its probe slot, if it was one, is given back."""
         self.release(node, probe)
-        self._balancer_of[node].finish(node)
+        self.unload(node)
 
     def unload(self, node: Node) -> None:
         """A call :meth:`release` left in flight on ``node`` has ended."""
-        self._balancer_of[node].finish(node)
+        balancer = self._balancer_of.get(node)
+        if balancer is not None:
+            balancer.finish(node)
 
     def record_outlier(self, node: Node, outcome: Outcome, now: float) -> None:
         """Count an outcome for ``node``'s ejection only (a hedge's loser that failed late)."""
-        if self._outlier_on:
+        detector = self._outlier_of.get(node)
+        if self._outlier_on and detector is not None:
             if outcome is _LOCAL or outcome is _UPSTREAM:
                 self._health_at = -math.inf
-            self._outlier_of[node].record(node, outcome, now)
+            detector.record(node, outcome, now)
 
     def _available(self, group: str, nodes: Sequence[Node], now: float) -> list[Node]:
         """The nodes of ``group`` neither ejected (but all in panic) nor refused by a breaker."""

@@ -270,6 +270,25 @@ class LimiterStatistics:
     operations: tuple[ScopeStatistics, ...]
 
 
+def _share(config: LimitConfig, workers: int) -> LimitConfig:
+    """One worker's share of a limit the gateway's ``workers`` processes enforce together.
+
+    Each worker process limits its own calls, and the kernel spreads client connections evenly
+    over them (``SO_REUSEPORT``), so each enforces ``1/workers`` of the rate and of the burst,
+    and of the concurrency cap rounded up (a cap never drops to 0). The gateway as a whole then
+    admits the configured limit, give or take the unevenness of the spread: with few client
+    connections, a busy one's worker may refuse while another has room. Envoy's local rate
+    limit is per instance in the same way; a global limit needs a shared store.
+    """
+    if workers <= 1:
+        return config
+    return LimitConfig(
+        rate=None if config.rate is None else config.rate / workers,
+        burst=None if config.burst is None else max(1.0, config.burst / workers),
+        concurrency=None if config.concurrency is None else -(-config.concurrency // workers),
+    )
+
+
 @final
 class _Scope:
     """The bucket and cap of one scope, with the rejection texts precomputed (no formatting
@@ -277,21 +296,23 @@ class _Scope:
 
     __slots__ = ("bucket", "cap", "cap_message", "name", "rate_message")
 
-    def __init__(self, name: str, description: str, config: LimitConfig, now: float) -> None:
+    def __init__(
+        self, name: str, description: str, config: LimitConfig, now: float, workers: int = 1
+    ) -> None:
         self.name = name
-        self.bucket = (
-            None if config.rate is None else TokenBucket(config.rate, config.burst, now=now)
-        )
-        self.cap = None if config.concurrency is None else ConcurrencyLimit(config.concurrency)
+        share = _share(config, workers)
+        self.bucket = None if share.rate is None else TokenBucket(share.rate, share.burst, now=now)
+        self.cap = None if share.concurrency is None else ConcurrencyLimit(share.concurrency)
+        here = f" over {workers} workers" if workers > 1 else ""
         self.rate_message = (
             ""
             if config.rate is None
-            else f"rate limit of {description} ({config.rate:g}/s) exceeded"
+            else f"rate limit of {description} ({config.rate:g}/s{here}) exceeded"
         )
         self.cap_message = (
             ""
             if config.concurrency is None
-            else f"concurrency limit of {description} ({config.concurrency}) exceeded"
+            else f"concurrency limit of {description} ({config.concurrency}{here}) exceeded"
         )
 
     def statistics(self, now: float) -> ScopeStatistics:
@@ -315,17 +336,22 @@ class Limiter:
 
     __slots__ = ("_cluster", "_operations", "cluster", "config")
 
-    def __init__(self, cluster: str, config: LimiterConfig, now: float = 0.0) -> None:
+    def __init__(
+        self, cluster: str, config: LimiterConfig, now: float = 0.0, *, workers: int = 1
+    ) -> None:
         """Create the limiter with full buckets.
+
+        ``workers``: how many gateway processes share the configured limits (each enforces
+        its share: see :func:`_share`).
 
         Raises:
             ValueError: a configured rate, burst or concurrency is not positive.
         """
         self.cluster = cluster
         self.config = config
-        self._cluster = _Scope(cluster, f"cluster {cluster}", config.cluster, now)
+        self._cluster = _Scope(cluster, f"cluster {cluster}", config.cluster, now, workers)
         self._operations = {
-            operation: _Scope(operation, f"{cluster} {operation}", limits, now)
+            operation: _Scope(operation, f"{cluster} {operation}", limits, now, workers)
             for operation, limits in config.operations.items()
         }
 

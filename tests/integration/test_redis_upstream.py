@@ -91,7 +91,7 @@ async def test_concurrent_retries_are_capped_by_the_retry_budget(
             "hedge": {"enabled": False},
         },
     ) as upstream:
-        node_b = upstream.topology.groups["dc-b"][0]
+        node_b = upstream.policies.topology.groups["dc-b"][0]
         b_pool = upstream.pool(node_b)
         await b_pool.shared(0, 2)  # connected before b stalls
         a.kill()
@@ -140,7 +140,7 @@ async def test_a_backup_request_is_charged_its_own_latency(
             "outlier": {"enabled": False},
         },
     ) as upstream:
-        node_b = upstream.topology.groups["dc-b"][0]
+        node_b = upstream.policies.topology.groups["dc-b"][0]
         for _ in range(30):  # teaches the hedge delay (the 60 ms floor) and fills the budget
             assert await _read(upstream) == [b"$-1\r\n"]
         assert a.proc is not None

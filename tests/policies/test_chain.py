@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from resmesh.call import Outcome
-from resmesh.cluster.topology import Node, Topology
+from resmesh.cluster.topology import ClusterState, Node, NodeSpec, Topology
 from resmesh.config import (
     BalanceName,
     BreakerConfig,
@@ -24,6 +24,7 @@ from resmesh.config import (
     SwitchModeName,
     SwitchSettings,
 )
+from resmesh.policies.balance import LeastLoadedBalancer
 from resmesh.policies.breaker import BreakerState
 from resmesh.policies.chain import ClusterPolicies, configured_switches
 from resmesh.policies.switch import Switch, SwitchAction, SwitchMode
@@ -294,3 +295,93 @@ async def test_the_last_resort_pick_spreads_over_the_nodes_it_may_use() -> None:
         policies.settle(node, LOCAL, 0.001, now)
     picks = [policies.pick(now + 1.0, exclude=(nodes[2],)) for _ in range(10)]
     assert set(picks) == set(nodes[:2])
+
+
+# -- run-time changes (the registry's seam) -----------------------------------------------------
+
+
+def _state(*nodes: tuple[str, str, int, bool], route: dict[str, int] | None = None) -> ClusterState:
+    specs = tuple(
+        NodeSpec(address.split(":")[0], int(address.split(":")[1]), group, weight, primary)
+        for address, group, weight, primary in nodes
+    )
+    groups = {spec.group for spec in specs}
+    return ClusterState(2, specs, MappingProxyType(route or dict.fromkeys(groups, 100)))
+
+
+async def test_apply_keeps_what_is_counted_for_the_nodes_that_stay() -> None:
+    policies = _policies(_gov(breaker=BreakerConfig(consecutive_failures=1, open_for=60.0)))
+    a, b, c = policies.topology.nodes
+    now = trio.current_time()
+    assert policies.begin(b, now) is False
+    policies.settle(b, LOCAL, 0.001, now)  # b's breaker opens
+    assert policies.begin(c, now) is False  # a call in flight on c, which is removed below
+    added, removed = policies.apply(
+        _state(
+            ("10.0.0.1:6379", "dc1", 1, True),
+            ("10.0.0.2:6379", "dc1", 5, False),
+            ("10.0.0.7:6379", "dc2", 1, False),
+        )
+    )
+    assert [n.address for n in added] == ["10.0.0.7:6379"]
+    assert removed == [c]
+    assert policies.topology.nodes[:2] == (a, b)  # the same objects: their state carries over
+    assert (b.weight, policies.breakers[b].state) == (5, BreakerState.OPEN)
+    new = added[0]
+    assert policies.breakers[new].state is BreakerState.CLOSED
+    assert {policies.pick(now) for _ in range(200)} == {a, new}  # b open, c gone
+    policies.settle(c, OK, 0.001, now)  # c's last call ends: nothing to count any more
+    assert c not in policies.breakers
+    assert policies.statistics(now)["route"] is not None
+
+
+async def test_apply_moves_a_node_between_groups_and_forgets_its_old_load() -> None:
+    policies = _policies()
+    b = policies.topology.nodes[1]
+    assert policies.begin(b, 0.0) is False
+    balancer = policies.balancers["dc1"]
+    assert isinstance(balancer, LeastLoadedBalancer) and balancer.in_flight(b) == 1
+    policies.apply(_state(("10.0.0.1:6379", "dc1", 1, True), ("10.0.0.2:6379", "dc2", 1, False)))
+    assert b.group == "dc2" and balancer.in_flight(b) == 0
+    policies.settle(b, OK, 0.001, 0.0)  # counted against its new group's balancer: no harm
+    moved = policies.balancers["dc2"]
+    assert isinstance(moved, LeastLoadedBalancer) and moved.in_flight(b) == 0
+
+
+async def test_apply_refuses_a_layout_without_exactly_one_primary() -> None:
+    policies = _policies()
+    with pytest.raises(ValueError, match="0 primaries"):
+        policies.apply(_state(("10.0.0.1:6379", "dc1", 1, False)))
+    with pytest.raises(ValueError, match="no node"):
+        policies.apply(ClusterState(3, (), MappingProxyType({})))
+    assert len(policies.topology.nodes) == 3  # nothing changed
+
+
+async def test_the_primary_moves_on_its_own() -> None:
+    policies = _policies()
+    a, b, _ = policies.topology.nodes
+    assert policies.primary is a
+    assert policies.set_primary("10.0.0.2:6379") is b
+    assert policies.primary is b and policies.topology.primary is b
+    with pytest.raises(ValueError, match=r"no node 10\.9\.9\.9:1 \(it has 10\.0\.0\.1:6379"):
+        policies.set_primary("10.9.9.9:1")
+    with pytest.raises(ValueError, match="sharded"):
+        _policies(sharded=True).set_primary("10.0.0.1:6379")
+
+
+async def test_several_workers_share_each_limit() -> None:
+    limits = LimitConfig(rate=10, burst=10, concurrency=3)
+    policies = _policies(_gov(limit=limits), workers=2)
+    limiter = policies.limiter
+    assert limiter is not None
+    admitted = [limiter.admit("GET", 0.0) for _ in range(3)]
+    assert admitted[:2] == [None, None]  # ceil(3 / 2) in flight per worker
+    assert admitted[2] == "concurrency limit of cluster c (3 over 2 workers) exceeded"
+    limiter.done("GET")
+    limiter.done("GET")
+    taken = 0
+    while limiter.admit("GET", 0.0) is None:
+        limiter.done("GET")
+        taken += 1
+    assert taken == 3  # a burst of 10 / 2 = 5 tokens, two of them taken above
+    assert limiter.admit("GET", 0.0) == "rate limit of cluster c (10/s over 2 workers) exceeded"

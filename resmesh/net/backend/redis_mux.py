@@ -67,7 +67,15 @@ class Pending(Attempt):
 class MuxConnection:
     """Wraps a :class:`RedisConnection` with a reader task and a FIFO of submissions."""
 
-    __slots__ = ("_outstanding", "_queue", "_unsent", "_watchdog_lot", "_writer_lot", "conn")
+    __slots__ = (
+        "_outstanding",
+        "_queue",
+        "_retiring",
+        "_unsent",
+        "_watchdog_lot",
+        "_writer_lot",
+        "conn",
+    )
 
     def __init__(self, conn: RedisConnection) -> None:
         self.conn = conn
@@ -77,6 +85,8 @@ class MuxConnection:
         self._unsent = bytearray()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._watchdog_lot = trio.lowlevel.ParkingLot()
+        #: Set once its node left the cluster: no new submissions, closed when idle.
+        self._retiring = False
 
     @property
     def closed(self) -> bool:
@@ -108,6 +118,8 @@ class MuxConnection:
         """
         if self.conn.closed:
             raise BackendError(self.conn.node, "connection closed")
+        if self._retiring:
+            raise BackendError(self.conn.node, "node removed from the cluster")
         if self._outstanding + count > MAX_OUTSTANDING:
             raise BackendError(self.conn.node, "too many commands in flight")
         if not self._queue:
@@ -117,6 +129,12 @@ class MuxConnection:
         self._outstanding += count
         self._write(payload)
         return pending
+
+    def retire(self) -> None:
+        """Take no more submissions; close once those in flight have their replies."""
+        self._retiring = True
+        if not self._queue:
+            self.conn.close()
 
     def _write(self, payload: bytes) -> None:
         """Queue ``payload`` for the writer task, waking it if it sleeps.
@@ -212,6 +230,9 @@ class MuxConnection:
                     if pending.received == pending.expected:
                         queue.popleft()
                         pending.finish()
+                        if self._retiring and not queue:
+                            conn.close()
+                            return
             except (ProtocolError, BackendError) as exc:
                 conn.close()
                 reason = exc.reason if isinstance(exc, BackendError) else exc.reply_hint

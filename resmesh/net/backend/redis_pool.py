@@ -55,6 +55,8 @@ class NodePool:
         self._dedicated = trio.CapacityLimiter(backend.max_dedicated)
         #: Dedicated connections handed out, each with the borrower of its slot.
         self._in_use: dict[RedisConnection, object] = {}
+        #: Set once the node left the cluster: nothing new is handed out.
+        self.retired = False
 
     def shared_nowait(self, db: int, resp: int) -> MuxConnection | None:
         """The next live shared connection for ``(db, resp)`` if it is open already.
@@ -62,7 +64,7 @@ class NodePool:
         The hot path: no coroutine, no await. ``None`` means :meth:`shared` must open one.
         """
         slots = self._shared.get((db, resp))
-        if slots is None:
+        if slots is None or self.retired:
             return None
         mux = slots[next(self._turn) % len(slots)]
         return mux if mux is not None and not mux.closed else None
@@ -73,6 +75,8 @@ class NodePool:
         Raises:
             BackendError: no connection could be opened.
         """
+        if self.retired:
+            raise BackendError(self.node, "node removed from the cluster")
         shape = (db, resp)
         slots = self._shared.get(shape)
         if slots is None:
@@ -109,6 +113,8 @@ class NodePool:
             BackendError: the pinned-connection cap is reached for longer than the connect
                 timeout, or no connection could be opened.
         """
+        if self.retired:
+            raise BackendError(self.node, "node removed from the cluster")
         # The borrower is a token of this acquisition, kept until release: handing the slot
         # from a temporary borrower to the connection would free it for an instant, and a
         # waiting task would take it (trio hands a freed token straight to a waiter).
@@ -141,10 +147,24 @@ class NodePool:
         if borrower is None:
             return
         self._dedicated.release_on_behalf_of(borrower)
-        if conn.reusable and not conn.closed and conn.replies.empty:
+        if conn.reusable and not conn.closed and conn.replies.empty and not self.retired:
             self._idle.setdefault((conn.db, conn.resp), []).append(conn)
         else:
             conn.close()
+
+    def retire(self) -> None:
+        """The node left the cluster: hand out nothing more, close idle connections now and
+        busy ones once their work is done (shared ones when answered, dedicated ones when
+        their session gives them back)."""
+        self.retired = True
+        for slots in self._shared.values():
+            for mux in slots:
+                if mux is not None:
+                    mux.retire()
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
 
     def close(self) -> None:
         """Close every connection (shutdown)."""

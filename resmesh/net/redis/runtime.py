@@ -3,15 +3,16 @@ sessions of its clients."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import trio
 
 from ...call import Operation, Protocol
-from ...cluster.topology import Node, topology_from_config
+from ...cluster.topology import ClusterState, Node, topology_from_config
 from ...config import ClusterConfig, Mode, RedisSettings, UserConfig
 from ...policies.chain import ClusterPolicies, configured_switches
 from ...policies.engine import HAEngine
+from ...policies.switch import Switch
 from ...protocols.resp import replies as R
 from ...protocols.resp.requests import RequestLimits
 from ...protocols.resp.session import CommandInfo, RespSession
@@ -42,9 +43,14 @@ class RedisRuntime(ClusterRuntime):
     protocol = Protocol.REDIS
 
     def __init__(
-        self, config: ClusterConfig, users: Mapping[str, UserConfig], nursery: trio.Nursery
+        self,
+        config: ClusterConfig,
+        users: Mapping[str, UserConfig],
+        nursery: trio.Nursery,
+        *,
+        workers: int = 1,
     ) -> None:
-        super().__init__(config, users, nursery)
+        super().__init__(config, users, nursery, workers=workers)
         #: Gateway logins allowed here (name → password): the sessions check AUTH against it.
         self.passwords: Mapping[str, str] = {name: u.password for name, u in self.users.items()}
         limits = config.redis or RedisSettings()
@@ -53,30 +59,58 @@ class RedisRuntime(ClusterRuntime):
             max_multibulk_len=limits.max_multibulk_len,
             max_buffer=limits.max_request_buffer,
         )
-        self.topology = topology_from_config(config)
+        topology = topology_from_config(config)
         self.sharded = config.mode is Mode.SHARDED
-        self.transport = RedisTransport(config, self.topology, nursery)
+        self.transport = RedisTransport(config, topology, nursery)
         self.policies = ClusterPolicies(
             config.name,
-            self.topology,
+            topology,
             config.governance,
             trio.current_time(),
             configured_switches(config.name, config.governance),
             sharded=self.sharded,
+            workers=workers,
         )
         self.engine: HAEngine[Pending] = HAEngine(self.policies, self.transport)
-        #: In a sharded cluster, which node holds each key.
-        self.shards = ShardMap(self.topology) if self.sharded else None
-        #: Whether read runs are placed by their first key (``balance: hash``).
-        self.hash_reads = self.policies.hashing and self.policies.spreads_reads
-        #: The node pinned sessions use (the primary; for a sharded cluster, the first node
-        #: of its heaviest group, which also validates SELECT).
-        self.home: Node = self.policies.primary or self.topology.primary
+        self._topology_changed()
         self._operations: dict[CommandInfo, Operation] = {}
         self._read_operations: dict[str, Operation] = {}
         #: The operation of each plain command (forwarded as it is in a normal session) by
         #: its name as clients spell it: the per-command fast path is this one lookup.
         self.plain: dict[bytes, Operation] = {}
+
+    def _topology_changed(self) -> None:
+        topology = self.policies.topology
+        #: In a sharded cluster, which node holds each key.
+        self.shards = ShardMap(topology) if self.sharded else None
+        #: Whether read runs are placed by their first key (``balance: hash``).
+        self.hash_reads = self.policies.hashing and self.policies.spreads_reads
+        #: The node pinned sessions use (the primary; for a sharded cluster, the first node
+        #: of its heaviest group, which also validates SELECT).
+        self.home: Node = self.policies.primary or topology.primary
+
+    def apply(self, state: ClusterState, switches: Iterable[Switch] | None = None) -> None:
+        """A new layout (and, if given, the degrade switches) in force from now on: new
+        sessions and calls use it, sessions pinned to a node keep it until they end, and a
+        removed node's connections close once their work is done.
+
+        Raises:
+            ValueError: ``state`` is not a valid layout.
+        """
+        added, removed = self.policies.apply(state)
+        self.transport.apply(added, removed)
+        if switches is not None:
+            self.policies.switchboard.replace(switches)
+        self._topology_changed()
+
+    def set_primary(self, address: str) -> None:
+        """Writes and new sessions go to the node at ``address`` from now on.
+
+        Raises:
+            ValueError: no node has that address, or the cluster is sharded.
+        """
+        self.policies.set_primary(address)
+        self._topology_changed()
 
     def open_session(self, transport: ClientTransport, client_id: int) -> RedisSession:
         return RedisSession(self, transport, client_id)

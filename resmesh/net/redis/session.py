@@ -59,6 +59,7 @@ from ...protocols.resp.session import (
 from ...protocols.resp.sharding import Plan
 from ..backend.errors import BackendError
 from ..backend.redis_conn import RedisConnection
+from ..backend.redis_pool import NodePool
 from ..runtime import ClientSession
 from ..sockio import recv
 from ..transport import ClientTransport
@@ -108,6 +109,7 @@ class RedisSession(ClientSession):
         #: that node.
         self.pinned: RedisConnection | None = None
         self.pinned_node: Node = runtime.home
+        self._pinned_pool: NodePool | None = None
         self._timeout = runtime.config.backend.command_timeout
         # Per batch: replies in order, and the run of calls to forward with their reply slots.
         self._out: list[bytes] = []
@@ -535,10 +537,12 @@ class RedisSession(ClientSession):
         if refusal is not None:
             return Unavailable(node.address, refusal, Outcome.REJECTED)
         try:
-            self.pinned = await runtime.pool(node).acquire_dedicated(self.state.db, self.state.resp)
+            pool = runtime.pool(node)
+            self.pinned = await pool.acquire_dedicated(self.state.db, self.state.resp)
         except BackendError as exc:
             return exc
         self.pinned_node = node
+        self._pinned_pool = pool
         return None
 
     def _release_pinned(self) -> None:
@@ -552,7 +556,8 @@ class RedisSession(ClientSession):
         if conn is not None:
             if self.state.mode is Mode.MULTI or self.state.mode is Mode.WATCHING:
                 conn.reusable = False
-            self.runtime.pool(self.pinned_node).release(conn)
+            assert self._pinned_pool is not None
+            self._pinned_pool.release(conn)  # its node may have left the cluster meanwhile
         self.state.released()
         self._pinned_select = None
 

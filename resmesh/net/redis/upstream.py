@@ -9,6 +9,7 @@ protocol version (the run's ``shape``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 import trio
@@ -32,9 +33,19 @@ class RedisTransport:
     """One connection pool per node; runs go on the shared connection for their shape."""
 
     def __init__(self, config: ClusterConfig, topology: Topology, nursery: trio.Nursery) -> None:
-        self.pools: dict[Node, NodePool] = {
-            node: NodePool(node.host, node.port, config.backend, nursery) for node in topology.nodes
-        }
+        self._backend = config.backend
+        self._nursery = nursery
+        self.pools: dict[Node, NodePool] = {}
+        self.apply(topology.nodes, ())
+
+    def apply(self, added: Iterable[Node], removed: Iterable[Node]) -> None:
+        """Open pools to nodes that joined; drain those of nodes that left."""
+        for node in added:
+            self.pools[node] = NodePool(node.host, node.port, self._backend, self._nursery)
+        for node in removed:
+            pool = self.pools.pop(node, None)
+            if pool is not None:
+                pool.retire()
 
     def submit_nowait(self, node: Node, run: Run, waiter: Waiter) -> Pending | None:
         db, resp = cast(Shape, run.shape)

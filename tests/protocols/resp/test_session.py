@@ -274,8 +274,7 @@ def test_client_tracking_queries_say_tracking_is_off_and_reply_on_is_accepted() 
     assert session.client(_cmd("CLIENT", "GETREDIR")) == b":-1\r\n"
     info = session.client(_cmd("CLIENT", "TRACKINGINFO"))
     assert info == (
-        b"*6\r\n$5\r\nflags\r\n*1\r\n$3\r\noff\r\n"
-        b"$8\r\nredirect\r\n:-1\r\n$8\r\nprefixes\r\n*0\r\n"
+        b"*6\r\n$5\r\nflags\r\n*1\r\n$3\r\noff\r\n$8\r\nredirect\r\n:-1\r\n$8\r\nprefixes\r\n*0\r\n"
     )
     session.switch_protocol(3)
     assert session.client(_cmd("CLIENT", "TRACKINGINFO")).startswith(b"%3\r\n")
