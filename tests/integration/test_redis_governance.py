@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.support.servers import (
     Gateway,
@@ -349,57 +351,56 @@ def test_a_client_slow_to_read_holds_no_concurrency_slot(
             assert client.get("slow-reader:small") == b"v"
 
 
-def _stalled_replica_p99(
+def _ride_out_a_stalled_replica(
     nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway, **cluster: object
 ) -> None:
-    """SIGSTOP a replica: backup requests answer from another node; hedges stay under 15 %."""
+    """SIGSTOP a replica: the reads sent to it are backed up on a live node, which answers;
+    the copies sent stay within the hedge budget (15 % of reads).
+
+    No latency is compared: the backend's command timeout is 60 s and the client gives up
+    after 20 s, so a read left waiting on the stopped replica fails the test outright, while
+    a backed-up read is answered within the hedge delay (milliseconds)."""
     primary, replica_a, replica_b = nodes
     gw: Gateway = start_gateway(
         redis_cluster_config(
             "feed-cache",
             {"dc-a": [primary.port, replica_a.port, replica_b.port]},
+            backend={"command_timeout": "60s"},
             **cluster,
         )
     )
     redis.Redis(port=gw.port).set("hedge:k", "v")  # another session: this one never wrote
-    client = redis.Redis(port=gw.port, socket_timeout=10)
+    # No client-side retry: redis-py retries a timed-out read on a new connection by default,
+    # which would hide a read the gateway left waiting.
+    client = redis.Redis(port=gw.port, socket_timeout=20, retry=Retry(NoBackoff(), 0))
     wait_for(
         lambda: all(redis.Redis(port=s.port).get("hedge:k") == b"v" for s in nodes),
         5,
         "replication of the key",
     )
-
-    def latencies(reads: int) -> tuple[float, float]:
-        """(p99, worst) of ``reads`` sequential GETs."""
-        taken = []
-        for _ in range(reads):
-            started = time.perf_counter()
-            assert client.get("hedge:k") == b"v"
-            taken.append(time.perf_counter() - started)
-        taken.sort()
-        return taken[int(len(taken) * 0.99) - 1], taken[-1]
-
-    healthy, _ = latencies(400)  # also teaches the gateway the p90 and fills the hedge budget
-    _reset_stats(primary, replica_a)
+    for _ in range(400):  # teaches the gateway the p90 and fills the hedge budget
+        assert client.get("hedge:k") == b"v"
+    _reset_stats(*nodes)
     os.kill(replica_b.proc.pid, signal.SIGSTOP)
     try:
-        stalled, worst = latencies(600)
+        for _ in range(600):
+            assert client.get("hedge:k") == b"v"  # a read stuck on replica_b times out here
+        answered = _gets(primary.port) + _gets(replica_a.port)
     finally:
         os.kill(replica_b.proc.pid, signal.SIGCONT)
-    # Without a backup request, a GET sent to the stopped replica waits for the command
-    # timeout (5 s) before failing over; least-loaded balancing sends it at least one.
-    assert worst < 1.0, worst
-    answered = _gets(primary.port) + _gets(replica_a.port)
-    # Every read was answered by a live node; hedges (reads sent twice) are capped at 15 %.
-    assert answered >= 600
-    assert answered - 600 <= 0.15 * 600 + 10, answered
-    assert stalled < 3 * max(healthy, 0.002), (healthy, stalled)
+    # The stopped replica was sent reads (least-loaded balancing tries it until its stuck
+    # reads count against it): it runs them once resumed, long after live nodes answered.
+    wait_for(lambda: _gets(replica_b.port) >= 1, 10, "the stopped replica's reads")
+    sent_to_stopped = _gets(replica_b.port)
+    assert answered >= 600  # every read was answered by a live node
+    extra_copies = answered + sent_to_stopped - 600
+    assert extra_copies <= 0.15 * 600 + 10, (answered, sent_to_stopped)
 
 
-def test_hedged_reads_keep_p99_low_when_a_replica_stalls(
+def test_hedged_reads_ride_out_a_stalled_replica(
     nodes: tuple[RedisServer, RedisServer, RedisServer], start_gateway
 ) -> None:
-    _stalled_replica_p99(
+    _ride_out_a_stalled_replica(
         nodes, start_gateway, policy="cache", governance={"hedge": {"floor": "2ms"}}
     )
 
@@ -409,7 +410,7 @@ def test_an_operation_can_hedge_when_its_cluster_does_not(
 ) -> None:
     """Hedging off for the cluster, on for GET only: GETs still ride out a stalled replica
     (without a backup request, a GET sent to it would wait for the command timeout)."""
-    _stalled_replica_p99(
+    _ride_out_a_stalled_replica(
         nodes,
         start_gateway,
         policy="default",
