@@ -1,4 +1,4 @@
-"""The ``resmesh`` command: ``run``, ``check``, ``ctl`` and ``--version`` (DESIGN.md §8).
+"""The ``resmesh`` command: ``run``, ``check``, ``ctl`` and ``--version``.
 
 Why the CLI stays thin: it parses arguments, sets up logging, loads the config and hands over.
 Everything it prints is either the answer the user asked for (``check``'s summary, the version)

@@ -1,9 +1,9 @@
 """Run the gateway: bind every listener, serve, and drain cleanly on SIGTERM/SIGINT.
 
-Shutdown contract (DESIGN §8): on the first SIGTERM or SIGINT the gateway stops accepting,
-lets in-flight batches finish and idle clients go, waits at most ``gateway.drain_timeout`` for
-the rest, then cancels what remains and exits 0. A second signal (a second or more after the
-first) skips the wait.
+Shutdown contract: on the first SIGTERM or SIGINT the gateway stops accepting, lets in-flight
+batches finish and idle clients go, waits at most ``gateway.drain_timeout`` for the rest, then
+cancels what remains and exits 0. A second signal (a second or more after the first) skips the
+wait.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def run(config: Config) -> int:
     With ``gateway.workers`` > 1 this process becomes a supervisor of that many worker
     processes, each binding every listen port with ``SO_REUSEPORT`` (the kernel spreads new
     connections across them): Trio runs on one core, and a proxied command's cost is mostly
-    per-wakeup CPU, so more processes is the way to use more cores (perf-baselines: +35 %).
+    per-wakeup CPU, so more processes is the way to use more cores (``bench/README.md``
+    measures a second worker: ``--workers 2``).
     """
     workers = config.gateway.workers
     worker = os.environ.get(WORKER_ENV)

@@ -147,9 +147,9 @@ def parse_clusters(
             "groups: {dc-a: [127.0.0.1:6379]}}",
         )
     clusters: dict[str, ClusterConfig] = {}
-    # Where each bound address came from, by port (only the same port can clash: checking
-    # every pair made a config of thousands of clusters take minutes), to refuse two
-    # listeners on one socket.
+    # Where each bound address came from, by port (only the same port can clash, and
+    # checking every pair is quadratic: minutes for a config of thousands of clusters), to
+    # refuse two listeners on one socket.
     bound: dict[int, list[tuple[Address, KeyPath]]] = {}
     if gateway.admin is not None:
         bound[gateway.admin.port] = [(gateway.admin, ("gateway", "admin"))]

@@ -177,8 +177,10 @@ def with_primary(
 def _implicit_primary(
     groups: Mapping[str, tuple[NodeConfig, ...]], route: Mapping[str, int]
 ) -> tuple[str, int, NodeConfig]:
-    """The node earlier versions took as the primary without being told: the first node with
-    a weight above 0 in the heaviest-routed group (else that group's first node)."""
+    """The node the error suggests as the primary when a replicated cluster names none: the
+    first node with a weight above 0 in the heaviest-routed group (else that group's first
+    node), which resmesh took as the primary before ``role`` had to be written, so that a
+    config written then keeps sending its writes where they went."""
     heaviest = max(route.items(), key=lambda item: item[1])[0]
     nodes = groups[heaviest]
     index = next((i for i, node in enumerate(nodes) if node.weight > 0), 0)

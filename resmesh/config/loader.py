@@ -59,8 +59,9 @@ def read_text(source: Path, missing: str, missing_fix: str) -> str:
 
 class _Loader(yaml.SafeLoader):
     """YAML as SafeLoader reads it, except that nothing is read as a date: no config value
-    is one, and ``password: 2024-13-45`` either became a date (then refused as "not a
-    string") or failed in PyYAML's constructor with no key or line to point at."""
+    is one, and SafeLoader would either make ``password: 2024-12-31`` a date (then refused as
+    "not a string") or fail on ``password: 2024-13-45`` in its constructor, with no key or
+    line to point at."""
 
 
 _Loader.yaml_implicit_resolvers = {

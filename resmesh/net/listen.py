@@ -2,7 +2,8 @@
 
 Each listener owns a nursery of connection tasks, so a connection never outlives the listener
 that accepted it (structured concurrency). ``SO_REUSEPORT`` lets several worker processes share
-one port, the kernel spreading connections across them (perf-baselines: +35 % at ``-P 1``).
+one port, the kernel spreading connections across them (``bench/README.md`` measures what a
+second worker adds: ``--workers 2``).
 """
 
 from __future__ import annotations

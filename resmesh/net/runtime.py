@@ -1,7 +1,7 @@
 """What serving a cluster takes, whatever its protocol: the listener, the table of client
 sessions, the client cap, the idle timeout, and the drain on shutdown. Written once here; each
-protocol adds its runtime (a subclass of :class:`ClusterRuntime`, listed in :data:`RUNTIMES`
-by ``resmesh.server``) and its session driver (a subclass of :class:`ClientSession`).
+protocol adds its runtime (a subclass of :class:`ClusterRuntime`, listed in
+:data:`resmesh.server.RUNTIMES`) and its session driver (a subclass of :class:`ClientSession`).
 
 A protocol's runtime says three things: how to open a session for a new client
 (:meth:`ClusterRuntime.open_session`), what to send a client turned away because the cluster

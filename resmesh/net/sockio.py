@@ -1,12 +1,13 @@
 """Raw non-blocking socket I/O for the hot path.
 
 Why not ``trio.SocketStream``: every ``send_all``/``receive_some`` on a Trio stream passes through
-a checkpoint and a scheduler round trip even when the socket is ready, which measured at ~10 µs
-each, a large share of a proxied command's whole budget (``shared/reference/perf-baselines.md``,
-variant f). Here we try the syscall first and park on ``trio.lowlevel.wait_readable`` /
-``wait_writable`` only on ``EAGAIN``. Both waits are cancellation points, so cancel scopes and
-deadlines work as usual; a loop that never parks must call :func:`trio.lowlevel.checkpoint`
-itself now and then (the frontend does, every few batches).
+a checkpoint and a scheduler round trip even when the socket is ready. A Trio checkpoint alone
+measured about 10 µs on the project's 2-core benchmark machine, where a whole proxied command
+costs the gateway about 50 µs of CPU at ``-P 1`` (``bench/README.md``). Here we try the syscall
+first and park on ``trio.lowlevel.wait_readable`` / ``wait_writable`` only on ``EAGAIN``. Both
+waits are cancellation points, so cancel scopes and deadlines work as usual; a loop that never
+parks must call :func:`trio.lowlevel.checkpoint` itself now and then (a Redis client session
+does every few batches, a shared backend connection's reader every few MiB).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Every balancer has the same interface (:class:`Balancer`)::
 ``candidates`` are the nodes to choose from (typically what the outlier detector's
 ``available()`` returned); ``key`` is the call's routing key (used by consistent hashing only);
 ``exclude`` holds nodes already tried, so failover and hedging reach *a different node*
-(Envoy's ``previous_hosts`` predicate; motan-go may reselect the node that just failed,
-anchors gap 1). ``None`` means nothing is left to pick.
+(Envoy's ``previous_hosts`` retry host predicate; motan-go's failover, ``ha/failoverHA.go``,
+selects again from its balancer with no exclusion, so it may pick the node that just failed).
+``None`` means nothing is left to pick.
 
 A node is any hashable object with a ``weight`` (:class:`WeightedNode`). Balancers cache what
 they derive from a candidate sequence (a weighted schedule, a hash ring) and recognise the same

@@ -1,6 +1,6 @@
 """A circuit breaker per node: stop sending to a node that fails, probe it, take it back.
 
-States (Hystrix/Sentinel/resilience4j, anchors §3.1-3.3)::
+States (as in Hystrix, Sentinel and resilience4j)::
 
     CLOSED ──trip──▶ OPEN ──open_for elapsed, next allow()──▶ HALF_OPEN
       ▲                ▲                                              │
@@ -13,9 +13,10 @@ after ``consecutive_failures`` failures in a row, whatever the volume (motan-go 
 
 What counts: ``UPSTREAM_ERROR`` and ``LOCAL_ERROR`` are failures (:attr:`Outcome.node_failure`);
 ``OK`` and ``APP_ERROR`` are successes (a WRONGTYPE or a duplicate key says nothing bad about
-the node: anchors §1.3); ``REJECTED`` is ignored (the node never saw the call). A call is slow
-when its latency exceeds ``slow_call``, whatever its outcome (resilience4j counts slow
-failures as slow too).
+the node; gRPC A6's retry throttling likewise does not count answers to malformed requests,
+such as ``INVALID_ARGUMENT``, as failures); ``REJECTED`` is ignored (the node never saw the
+call). A call is slow when its latency exceeds ``slow_call``, whatever its outcome
+(resilience4j counts slow failures as slow too).
 
 The ratio rules are evaluated when a failure (or a slow call) is recorded, the moments a
 ratio can cross its threshold on the node's account; a ratio that rises only because old

@@ -7,9 +7,10 @@
 configuration, and the synchronous steps every protocol's path takes:
 
 * per call, as a frontend reads them: :meth:`~ClusterPolicies.decide` (the degrade switch in
-  force, first) and :meth:`~ClusterPolicies.admit` / :meth:`~ClusterPolicies.done` (rate and
-  concurrency limits); a pipelined batch is admitted whole by ``limiter.admit_batch`` when it
-  can be;
+  force, first), then the rate and concurrency limits of ``limiter`` (a
+  :class:`~resmesh.policies.limit.Limiter`, ``None`` when none is configured): ``admit`` /
+  ``done`` per call, or ``admit_batch`` / ``done_batch`` for a pipelined batch admitted whole
+  when it can be;
 * per run, for the HA engine (:mod:`~resmesh.policies.engine`, the only place that awaits):
   :meth:`~ClusterPolicies.pick` (group by route and health, node by the balancer),
   :meth:`~ClusterPolicies.begin` (the node's breaker), :meth:`~ClusterPolicies.settle` (the

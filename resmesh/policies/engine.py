@@ -1,10 +1,11 @@
 """The HA engine: how every run of every protocol reaches a node, and what happens when the
 node is slow or fails. The one place governance awaits.
 
-A frontend decides per call (degrade switch, limits: :class:`~resmesh.policies.chain.
-ClusterPolicies`) and hands the engine a :class:`~resmesh.call.Run`; the engine chooses the
-node, asks its breaker, sends the run through the protocol's :class:`Transport`, waits, judges
-the answer, and fails over or backs the run up. One semantic for every protocol:
+A frontend decides per call (degrade switch, limits:
+:class:`~resmesh.policies.chain.ClusterPolicies`) and hands the engine a
+:class:`~resmesh.call.Run`; the engine chooses the node, asks its breaker, sends the run through
+the protocol's :class:`Transport`, waits, judges the answer, and fails over or backs the run up.
+One semantic for every protocol:
 
 * **Where.** An idempotent run of a cluster that spreads reads goes where the router and the
   balancer say, among the nodes the breakers and the outlier detector leave available; any

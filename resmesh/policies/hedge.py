@@ -3,12 +3,14 @@
 Dean & Barroso, *The Tail at Scale* (CACM 2013): defer a second copy of an idempotent request
 until the first has been outstanding longer than a high percentile of its expected latency;
 the first answer wins. motan-go's ``backupRequest`` waits the **p90** of the method's recent
-latency, **floored at 10 ms**, and allows **15 backups per 100 requests** (anchors §3.8).
+latency, **floored at 10 ms**, and allows **15 backups per 100 requests** (motan-go's
+``ha/backupRequestHA.go``).
 
-resmesh's version closes motan-go's gaps (anchors §5): the budget is a continuous token bucket
+resmesh's version departs from motan-go's in three ways: the budget is a continuous token bucket
 (:class:`HedgeBudget`), not a per-round count that lets backups bunch up; the backup goes to a
-*different* node (the attempts share the set of nodes tried); and the loser is cancelled, not
-left running.
+*different* node (the attempts share the set of nodes tried); and the loser is cancelled where
+the protocol can, not left running (where it cannot, as for a Redis command already sent, its
+answer is dropped and it stays counted in flight on its node until it ends).
 
 Pieces:
 
@@ -115,8 +117,8 @@ class HedgeBudget:
 
     Over any run of calls, hedges ≤ ``ratio`` x calls (plus nothing: the bucket starts empty,
     so a cold gateway does not hedge its first calls). At most ``max_tokens`` are saved, which
-    bounds a burst of hedges after a quiet spell (motan-go's per-round count allowed 15 at the
-    start of every round: anchors gap 3).
+    bounds a burst of hedges after a quiet spell (motan-go's per-round count allows all 15 at
+    the start of every round).
     """
 
     __slots__ = ("_cap", "_earn", "_tokens", "calls", "denied", "hedges", "ratio", "wins")

@@ -3,13 +3,13 @@
 Over a limit a call is *rejected*, never queued: the frontend answers ``REJECTED`` at once with a
 protocol error naming the limit (the text :meth:`Limiter.admit` returns). A gateway that queues
 turns an overload into latency for everyone; Envoy's local rate limit and resilience4j's
-bulkhead (maxWait 0) reject too (anchors §3.2, §3.5). motan-go waits for a token up to the
-request timeout; resmesh does not.
+bulkhead (``maxWaitDuration`` 0) reject too. motan-go's ``rateLimit`` filter waits for a token
+up to the request timeout; resmesh does not.
 
-Why not ``trio.CapacityLimiter`` (DESIGN §4)? It is built for *waiting* tasks and tracks
-borrowers per task; a non-blocking cap needs only a counter, which the frontend can check for
-each command of a pipelined batch without an await. The counter's ``limit`` can be changed at
-run time, as CapacityLimiter's ``total_tokens`` can.
+Why not ``trio.CapacityLimiter``? It is built for *waiting* tasks and tracks borrowers per task;
+a non-blocking cap needs only a counter, which the frontend can check for each command of a
+pipelined batch without an await. The counter's ``limit`` can be changed at run time, as
+CapacityLimiter's ``total_tokens`` can.
 
 Everything takes an explicit ``now`` (``trio.current_time()``), allocates nothing per call, and
 is O(1).
@@ -38,7 +38,8 @@ __all__ = [
 
 #: Refills are float arithmetic: a call arriving exactly one token's time after the last can
 #: find 0.9999999999999998 tokens. Refusing it would also lose that fraction for good once the
-#: bucket is capped at ``burst``, so a steady stream at exactly the rate got ~75 % through.
+#: bucket is capped at ``burst``, so a steady stream at exactly the rate would get only ~75 %
+#: through.
 _ROUNDING: Final = 1e-9
 #: Calls per second: far above what one gateway can pass, low enough to be clearly a typo.
 _MAX_RATE: Final = 1e9
@@ -63,10 +64,10 @@ class TokenBucket:
     ``rate * t`` during it. Refill is computed lazily from the time since the last take, so
     there is no timer.
 
-    Default ``burst`` = 2 x ``rate``: motan-go's ``rateLimit`` filter capacity (DESIGN §4,
-    anchors §3.8); motan-go also clamps it to [1000, 5000], which resmesh does not (a small
-    cluster's 50/s limit would otherwise allow a burst of 1000). Floored at 1 so that a rate
-    below 0.5/s can still admit a call.
+    Default ``burst`` = 2 x ``rate``: motan-go's ``rateLimit`` filter capacity; motan-go also
+    clamps it to [1000, 5000], which resmesh does not (a small cluster's 50/s limit would
+    otherwise allow a burst of 1000). Floored at 1 so that a rate below 0.5/s can still admit
+    a call.
     """
 
     __slots__ = ("_last", "_tokens", "admitted", "burst", "rate", "rejected")
@@ -400,9 +401,9 @@ class Limiter:
         number of calls, ``total`` is their sum.
 
         Why: a pipeline of 16 commands then pays for one admission per scope instead of 16
-        (per-call admission was most of governance's cost at ``-P 16``). On ``False`` nothing
-        was taken, and the caller admits the calls one by one to find which are refused.
-        Release with :meth:`done_batch` and the same arguments.
+        (per-call admission would be most of governance's cost at ``-P 16``). On ``False``
+        nothing was taken, and the caller admits the calls one by one to find which are
+        refused. Release with :meth:`done_batch` and the same arguments.
         """
         scope = self._cluster
         cap = scope.cap

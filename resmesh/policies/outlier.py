@@ -6,13 +6,15 @@ A node is ejected after ``consecutive_failures`` node failures in a row (``UPSTR
 ``decay_interval`` it spends healthy), capped at ``max_ejection``. It returns by itself
 when the time is up; there is no probe (the breaker, per node, does probing).
 
-Two guards keep detection from emptying a group (anchors §1.5 and gap 6):
+Two guards keep detection from emptying a group (Envoy's ``max_ejection_percent`` and panic
+threshold):
 
 * **Ejection cap**: at most ``max_ejection_percent`` of the group's nodes are ejected at once,
-  but always at least one (gRPC A50: "max 10 %, but at least one address is always
-  ejectable"; Envoy alone would never eject from a group under 10 nodes). A group of one node
-  can lose it too: the group is a data center, and its calls then spill to the others (the
-  router reads group health); if there are none, panic mode below offers the node anyway.
+  but always at least one (gRPC A50: "Defaults to 10% but will eject at least one address
+  regardless of the value"; Envoy alone would never eject from a group under 10 nodes). A
+  group of one node can lose it too: the group is a data center, and its calls then spill to
+  the others (the router reads group health); if there are none, panic mode below offers the
+  node anyway.
 * **Panic mode**: when fewer than ``panic_threshold`` percent of the nodes offered to
   :meth:`OutlierDetector.available` are healthy, all of them are returned (Envoy's panic
   threshold, 50 %): a node that might answer beats a certain "no healthy upstream".

@@ -6,14 +6,14 @@ weight change.
 
 **Local-first.** When the router is given its ``local`` group and that group has a positive
 weight, every call goes there while it is healthy. As it loses health, traffic spills to the
-other weighted groups *in proportion*, not as a cliff, by Envoy's priority load (the local group
-is priority 0, the others together priority 1; overprovisioning factor 1.4, anchors §3.5): each
-tier's health is ``min(1, 1.4 x healthy share)`` (the others' share weighted by their route
-weights), and if the two add up to less than 1 both are scaled up to fill it. So a local group at
-72 % healthy still takes everything; at 50 % it takes 70 % while the others are healthy, but
-83 % when they are only 10 % healthy: spill never pushes calls to a tier in worse shape than
-the one they leave. Setting the local group's weight to 0 drains it like any other: the
-operator's shift beats locality.
+other weighted groups *in proportion*, not as a cliff, by Envoy's priority load (Envoy's docs,
+"Priority levels": the local group is priority 0, the others together priority 1,
+overprovisioning factor 1.4): each tier's health is ``min(1, 1.4 x healthy share)`` (the
+others' share weighted by their route weights), and if the two add up to less than 1 both are
+scaled up to fill it. So a local group at 72 % healthy still takes everything; at 50 % it takes
+70 % while the others are healthy, but 83 % when they are only 10 % healthy: spill never pushes
+calls to a tier in worse shape than the one they leave. Setting the local group's weight to 0
+drains it like any other: the operator's shift beats locality.
 
 **Without a local group** the weights split the calls, each group's weight first scaled by
 ``min(1, 1.4 x healthy share)`` (Envoy's locality-weighted balancing): a group at half health
@@ -40,7 +40,8 @@ from typing import Final, final
 
 __all__ = ["GroupRouter", "RouterStatistics"]
 
-#: Envoy's overprovisioning factor (``overprovisioning_factor`` 140 %), anchors §3.5.
+#: Envoy's overprovisioning factor (``ClusterLoadAssignment.Policy.overprovisioning_factor``,
+#: default 140 %; Envoy's docs, "Priority levels").
 OVERPROVISIONING: Final = 1.4
 
 

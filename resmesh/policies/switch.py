@@ -1,7 +1,8 @@
 """Degrade switches: per cluster or per operation, answer calls without (fully) serving them.
 
-Driven by the registry (``resmesh ctl degrade CLUSTER --mode miss --op GET``; motan-go
-``CMDDegrade`` and switchers, anchors §3.8). Modes (DESIGN §4):
+Set in the configuration, and driven at run time by the registry (``resmesh ctl degrade
+CLUSTER --mode miss --op GET``), as motan-go's registry ``CMDDegrade`` command and its named
+switchers drive its filters. Modes:
 
 * ``MISS``: reads answer empty (a cache miss: nil for a Redis GET, an empty result set),
   writes are acknowledged without effect. For a cache whose backend is sick: the app falls

@@ -5,14 +5,16 @@ the caller), so a pipelined batch of commands pays for one clock read, and tests
 hand. Methods on the per-call path are O(1) amortized and allocate nothing.
 
 * :class:`RollingCounter` counts calls, failures and slow calls over a rolling window of time
-  buckets: Hystrix's rolling 10 s window of 10 buckets (anchors §3.3), not Sentinel's single
-  tumbling bucket (anchors, gap 4), so a burst of failures cannot hide at a bucket boundary.
+  buckets: Hystrix's rolling 10 s window of 10 buckets (``metrics.rollingStats.*``), not the
+  single tumbling bucket of Sentinel's circuit breakers (``statIntervalMs``), so a burst of
+  failures cannot hide at a bucket boundary.
 * :class:`LatencyHistogram` is a log-linear (HdrHistogram-style) histogram with 1 µs resolution
   below 64 µs and 32 sub-buckets per power of two above, so every recorded value is within
   ~3 % of the value reported for it, from 1 µs to ~67 s, in 704 integer counters.
 * :class:`RollingHistogram` keeps one :class:`LatencyHistogram` per time bucket, so percentiles
   follow the latency of the last window (the hedge delay must adapt when a node slows down),
-  like Hystrix's bucketed rolling percentiles (anchors §3.3), with a shorter default window.
+  like Hystrix's bucketed rolling percentiles (``metrics.rollingPercentile.*``), with a shorter
+  default window.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class RollingCounter:
     sums are kept, so reading the totals is O(1); moving the window clears only the buckets that
     expired (at most ``buckets`` of them, however long the counter sat idle).
 
-    Default 10 buckets over 10 s: Hystrix ``metrics.rollingStats`` (anchors §3.3).
+    Default 10 buckets over 10 s: Hystrix ``metrics.rollingStats.timeInMilliseconds`` 10000,
+    ``metrics.rollingStats.numBuckets`` 10.
 
     The totals (:attr:`total`, :attr:`failures`, :attr:`slow`) are as of the last :meth:`add`
     or :meth:`advance`; call :meth:`advance` before reading them after a pause.
@@ -271,7 +274,7 @@ class LatencyHistogram:
         self.max_micros = 0
 
     def statistics(self) -> HistogramStatistics:
-        """Count, mean, max and the usual percentiles (p50/p90/p99/p99.9, DESIGN §7)."""
+        """Count, mean, max and the usual percentiles (p50/p90/p99/p99.9)."""
         return _histogram_statistics(self._counts, self.count, self.sum_micros, self.max_micros)
 
 
@@ -318,8 +321,9 @@ class RollingHistogram:
     current bucket: O(1), no allocation except a fresh bucket once per ``width`` seconds.
 
     Default 10 s in 5 buckets of 2 s: Hystrix uses 60 s in 6 buckets for its percentiles
-    (anchors §3.3), which adapts too slowly for a hedge delay that must follow a node that just
-    slowed down; motan-go reads the p90 of its last metrics snapshot. resmesh's choice.
+    (``metrics.rollingPercentile.*``), which adapts too slowly for a hedge delay that must
+    follow a node that just slowed down; motan-go reads the p90 of its last metrics snapshot.
+    resmesh's choice.
     """
 
     __slots__ = ("_current", "_histograms", "_inverse_width", "buckets", "window")

@@ -8,7 +8,9 @@ Two ways to use it:
   sessions' commands share it, replies paired to requests by FIFO order.
 
 Replies are framed, not decoded: :func:`scan_reply` finds where each one ends and the raw bytes
-are forwarded as they came (perf-baselines: forwarding raw replies cut CPU per op by ~25 %).
+are forwarded as they came. Decoding a reply only to encode it again would spend CPU on every
+reply to send the client the bytes it would have got anyway, or worse, different ones (a decoder
+that collapses types, as hiredis does, turns a ``+OK`` status into a bulk string).
 """
 
 from __future__ import annotations

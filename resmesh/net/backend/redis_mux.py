@@ -2,7 +2,7 @@
 
 Why multiplex: at ``-P 1`` most of a proxied command's CPU is per-socket wakeups, and one backend
 read here carries the replies of every client that sent a command since the last read: many
-commands per wakeup on the backend side (perf-baselines.md, recommendation 5).
+commands per wakeup on the backend side.
 
 How replies find their request: Redis answers in order, so each submission of ``n`` commands
 appends a :class:`Pending` (the HA engine's :class:`~resmesh.policies.engine.Attempt`) to a FIFO
@@ -175,7 +175,7 @@ class MuxConnection:
         """Fail the connection when its oldest submission outlives its deadline.
 
         Why one watchdog instead of a cancel scope per call: replies come in FIFO order, so
-        only the head of the queue can be the first to expire, and a scope per call cost
+        only the head of the queue can be the first to expire, and a scope per call costs
         several microseconds of a command's budget. The watchdog sleeps until the head's
         deadline and re-checks, which is about one wakeup per ``command_timeout``.
         """

@@ -93,8 +93,8 @@ class NodePool:
                 failed = self._connect_failures.get(shape)
                 if failed is not None and failed[0] >= arrived:
                     # An attempt made while this caller queued has just failed: share its
-                    # answer. Each trying again in turn made the last caller wait
-                    # callers x connect_timeout (and left a half-open socket per try).
+                    # answer. Each trying again in turn would make the last caller wait
+                    # callers x connect_timeout (and leave a half-open socket per try).
                     raise BackendError(self.node, failed[1])
                 try:
                     conn = await self._connect(db, resp)

@@ -14,8 +14,9 @@ Two implementations behind one interface (``feed``, ``next_value`` → value or
   strings, which is why this variant refuses RESP3.
 
 :func:`make_reply_parser` picks one. Both enforce the same :class:`~.framing.ReplyLimits` and
-raise :class:`~resmesh.protocols.RemoteProtocolError` (with a redis-server-style ``reply_hint``) on
-anything malformed; a parser that raised is unusable afterwards and raises the same error again.
+raise :class:`~resmesh.protocols._errors.RemoteProtocolError` (with a redis-server-style
+``reply_hint``) on anything malformed; a parser that raised is unusable afterwards and raises the
+same error again.
 
 Why the pure parser keeps an explicit stack between calls rather than re-parsing from the start of
 an incomplete reply: a 100 000-element ``LRANGE`` reply arriving in 64 KiB chunks would otherwise

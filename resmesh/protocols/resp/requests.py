@@ -4,10 +4,20 @@ A client sends either *multibulk* commands (``*<n>\\r\\n`` then ``n`` bulk strin
 commands (a line of space-separated words, the telnet form). ``redis-server`` accepts both, mixed
 on one connection, and so does this parser.
 
-Why a hand-written parser rather than hiredis here: the gateway forwards the client's bytes
-unchanged whenever it can, which needs each command's byte span, and hiredis' reader exposes no
-offsets. Requests are the simplest RESP shape (arrays of bulk strings), so a tight loop over
-``bytes.find`` costs about a microsecond per command (``bench/codec.py`` measures it).
+Two engines, one interface (:class:`RequestParser`):
+
+* hiredis' C reader, for speed, on authenticated multibulk traffic (what client libraries
+  send). It reads replies, not requests, and exposes no byte offsets, so every command it
+  returns is checked against its canonical multibulk encoding: that proves the client sent a
+  well-formed request, and says where the command ended, so the client's own bytes can be
+  forwarded unchanged.
+* a hand-written pure parser (a tight loop over ``bytes.find``) for everything else: it tracks
+  each command's byte span itself, reads inline commands, applies redis-server's tighter limits
+  before AUTH, and reports every error in redis-server's words. It takes over from hiredis for
+  an inline command or a command still incomplete after 64 KiB (until the next command
+  boundary), and for good after bytes hiredis rejects or that are not a canonical request.
+
+``bench/codec.py`` measures both.
 
 Limits mirror redis-server's own (``proto-max-bulk-len``, ``client-query-buffer-limit``, the
 1 Mi-element multibulk cap and the 64 KiB inline cap) so an app sees the same errors through the
@@ -525,8 +535,8 @@ class RequestParser:
 #: An aggregate header (array, push, map, set, attribute) with seven characters or more after
 #: its type byte, at the start of a line. A request's elements are bulk strings, never
 #: aggregates, but hiredis reads replies: it allocates the declared size as soon as it reads
-#: such a header inside a command (``*1\r\n>2147483648\r\n`` froze the gateway for tens of
-#: seconds while it allocated 16 GB). Input holding one goes to the pure parser, which
+#: such a header inside a command (``*1\r\n>2147483648\r\n`` would make it allocate 16 GB,
+#: stalling the worker for tens of seconds). Input holding one goes to the pure parser, which
 #: refuses nested aggregates as redis-server does. A value that happens to contain the
 #: pattern only costs that batch the slower parser. (Top-level headers are checked by count
 #: separately; a long one matches here too, which is harmless.)

@@ -1,6 +1,6 @@
 """Sans-IO planning of Redis commands over key-sharded nodes: route, split, merge, or refuse.
 
-In ``sharded`` mode (DESIGN §5) every key lives on exactly one node, chosen by consistent hashing
+In ``sharded`` mode every key lives on exactly one node, chosen by consistent hashing
 (ketama) of the key. Most commands name one key, or several that live together, and go to that
 node unchanged. A few multi-key commands are *split*: one sub-command per node, the replies merged
 back into the exact bytes a single redis-server would have sent (twemproxy's ``MGET``/``DEL``/

@@ -9,9 +9,9 @@ exactly what hiredis does (see :class:`.parser.HiredisReplyParser`).
 Every value is a frozen, slotted dataclass (hashable, so a :class:`Map` converts to a ``dict``
 whatever its keys). Construction validates what could make the value unencodable (a simple string
 holding CR or LF, an integer outside int64, a malformed double) and raises
-:class:`~resmesh.protocols.LocalProtocolError`: building such a value is a bug on our side, never
-the peer's fault (the parser raises :class:`~resmesh.protocols.RemoteProtocolError` before it
-would construct one).
+:class:`~resmesh.protocols._errors.LocalProtocolError`: building such a value is a bug on our
+side, never the peer's fault (the parser raises
+:class:`~resmesh.protocols._errors.RemoteProtocolError` before it would construct one).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ Two layers:
   string, a boolean an integer).
 
 Everything that cannot be represented (CR or LF in a simple string or error, an integer outside
-int64) raises :class:`~resmesh.protocols.LocalProtocolError`: it is our bug, and sending it would
-corrupt the client's stream.
+int64) raises :class:`~resmesh.protocols._errors.LocalProtocolError`: it is our bug, and sending
+it would corrupt the client's stream.
 """
 
 from __future__ import annotations
