@@ -1,9 +1,9 @@
 """Fuzz the gateway's Redis listener over real sockets, against a real redis-server.
 
 Every probe opens a fresh connection, sends random bytes or a mutated pipeline of valid
-commands, half-closes, and reads until the gateway closes. The invariants (DESIGN §9,
-"malformed bytes on every port → protocol error or close, the gateway keeps serving others,
-memory stays bounded"):
+commands, half-closes, and reads until the gateway closes. The invariants (malformed
+bytes on every port get a protocol error or a close, the gateway keeps serving others, memory
+stays bounded):
 
 * the gateway answers or closes within a deadline: never a hang;
 * whatever it sends is well-formed RESP (an incomplete last frame is allowed: the peer closed);

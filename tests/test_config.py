@@ -1,7 +1,7 @@
 """Tests for resmesh.config: the quickstart loads, and every bad config says where and how to fix.
 
-The error tests assert on the message text on purpose: the message *is* the feature (DESIGN.md
-§2: "errors name file, key path and fix").
+The error tests assert on the message text on purpose: the message *is* the feature (an error
+names the file, the key path and the fix).
 """
 
 from __future__ import annotations

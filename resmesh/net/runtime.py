@@ -16,9 +16,9 @@ import contextlib
 import itertools
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import trio
 
@@ -26,6 +26,10 @@ from ..call import Protocol
 from ..config import ClusterConfig, UserConfig
 from .listen import serve_listener
 from .transport import ClientTransport, SocketTransport
+
+if TYPE_CHECKING:
+    from ..cluster.topology import ClusterState
+    from ..policies.switch import Switch
 
 __all__ = ["ClientSession", "ClusterRuntime"]
 
@@ -125,6 +129,15 @@ class ClusterRuntime:
 
     async def run(self) -> None:
         """The cluster's background work, until cancelled (none by default)."""
+
+    def apply(self, state: ClusterState, switches: Iterable[Switch] | None = None) -> None:
+        """Make a new layout (and, if given, the degrade switches) the one in force, as the
+        registry states it: nodes, groups, weights, route and primary.
+
+        Raises:
+            ValueError: ``state`` is not a valid layout.
+        """
+        raise NotImplementedError
 
     def describe_backend(self) -> str:
         """Where the cluster's calls go, for the startup log line."""

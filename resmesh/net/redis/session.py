@@ -53,16 +53,17 @@ from ...protocols.resp.session import (
     Kind,
     Mode,
     RespSession,
+    batch_operations,
     classify,
     command_info,
 )
-from ...protocols.resp.sharding import Plan
 from ..backend.errors import BackendError
 from ..backend.redis_conn import RedisConnection
 from ..backend.redis_pool import NodePool
 from ..runtime import ClientSession
-from ..sockio import recv
 from ..transport import ClientTransport
+from .relay import relay
+from .sharded import forward_sharded
 
 if TYPE_CHECKING:
     from ...cluster.topology import Node
@@ -170,10 +171,12 @@ class RedisSession(ClientSession):
                     break
                 await self._run_batch(commands)
         except ProtocolError as exc:
-            await self._write(R.error(exc.reply_hint))
+            await self.write(R.error(exc.reply_hint))
             self.state.closing = True
 
-    async def _write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` to the client; one that does not read its replies within
+        ``CLIENT_WRITE_TIMEOUT`` is closed."""
         try:
             sent = self.transport.send_nowait(data)
         except BlockingIOError:
@@ -190,7 +193,7 @@ class RedisSession(ClientSession):
         if self._out:
             data = b"".join(self._out)
             self._out.clear()
-            await self._write(data)
+            await self.write(data)
 
     # ----------------------------------------------------------------------------------------
     # One batch: every command of one read, replies written together
@@ -205,7 +208,7 @@ class RedisSession(ClientSession):
             and self.state.forwards_plain
             and not policies.switchboard.active  # switched calls are never admitted
         ):
-            admitted = _batch_operations(commands)
+            admitted = batch_operations(commands)
             if admitted is not None and not limiter.admit_batch(
                 admitted, len(commands), self._clock.current_time()
             ):
@@ -266,7 +269,7 @@ class RedisSession(ClientSession):
             if action is Action.SUBSCRIBE:
                 if await self._subscribe(info):
                     await self._write_out()
-                    await self._relay(commands[index:])
+                    await relay(self, commands[index:])
                     return
             else:
                 await self._act(action, command, info)
@@ -423,7 +426,9 @@ class RedisSession(ClientSession):
             if self.pinned is not None:
                 replies = await self._pinned_request(payload, count, self._timeout)
             elif runtime.shards is not None:
-                await self._flush_sharded(calls, slots)
+                deadline = self._clock.current_time() + self._timeout
+                shape = (self.state.db, self.state.resp)
+                await forward_sharded(runtime, calls, slots, self._out, shape, deadline)
                 return
             else:
                 now = self._clock.current_time()
@@ -462,64 +467,6 @@ class RedisSession(ClientSession):
                 self.state.selected(db)
         if self.pinned is not None and self.state.mode is Mode.NORMAL:
             self._release_pinned()
-
-    async def _flush_sharded(self, calls: list[Command], slots: list[int]) -> None:
-        """Sharded mode: each command to the node of its keys; multi-key commands split
-        across nodes and their replies merged (``protocols/resp/sharding``). Every node's
-        share of the run goes out in one write, all nodes at once."""
-        runtime = self.runtime
-        shards = runtime.shards
-        assert shards is not None
-        nodes = shards.shards
-        out = self._out
-        per_node: dict[int, tuple[list[Command], list[bytes]]] = {}
-        # Where each node's replies go: a slot, or (slot, part index) of a split command.
-        routes: dict[int, list[int | tuple[int, int]]] = {}
-        splits: dict[int, tuple[Plan, list[bytes]]] = {}
-        for slot, command in zip(slots, calls, strict=True):
-            planned = sharding.plan(command.args, shards.shard_of, len(nodes))
-            if isinstance(planned, sharding.RefusedPlan):
-                out[slot] = planned.reply
-            elif not planned.parts:
-                share = per_node.setdefault(planned.shard, ([], []))
-                share[0].append(command)
-                share[1].append(command.raw)
-                routes.setdefault(planned.shard, []).append(slot)
-            else:
-                splits[slot] = (planned, [b""] * len(planned.parts))
-                for index, part in enumerate(planned.parts):
-                    share = per_node.setdefault(part.shard, ([], []))
-                    share[0].append(command)
-                    share[1].append(encode_command(part.args))
-                    routes.setdefault(part.shard, []).append((slot, index))
-        deadline = self._clock.current_time() + self._timeout
-        parts = {
-            nodes[index]: Run(
-                share_calls,
-                b"".join(payloads),
-                idempotent=False,
-                deadline=deadline,
-                shape=(self.state.db, self.state.resp),
-            )
-            for index, (share_calls, payloads) in per_node.items()
-        }
-        results = await runtime.engine.execute_split(parts)
-        for index, targets in routes.items():
-            result = results[nodes[index]]
-            if isinstance(result, Unavailable):
-                replies = [R.unavailable(result.node, result.reason)] * len(targets)
-            else:
-                replies = split_replies(b"".join(result.replies), len(targets))
-            for target, reply in zip(targets, replies, strict=True):
-                if isinstance(target, int):
-                    out[target] = reply
-                else:
-                    splits[target[0]][1][target[1]] = reply
-        for slot, (planned, part_replies) in splits.items():
-            try:
-                out[slot] = sharding.merge(planned, part_replies)
-            except ProtocolError as exc:
-                out[slot] = R.error(exc.reply_hint)
 
     # ----------------------------------------------------------------------------------------
     # Pinned sessions: MULTI/WATCH, blocking commands, pub/sub
@@ -786,41 +733,11 @@ class RedisSession(ClientSession):
         self.state.subscribed()
         return True
 
-    async def _relay(self, commands: list[Command]) -> None:
-        """Pub/sub: relay both directions on the pinned connection until either side ends."""
-        conn = self.pinned
-        assert conn is not None
-        conn.reusable = False  # its subscriptions must never reach another client
-        try:
-            await self._pinned_send(self.state.relay_payload(commands, self._relay_refusal))
-            async with trio.open_nursery() as nursery:
-                # A subscriber waits for messages as an idle client waits for input: a drain
-                # ends it at once (redis-server closes subscribers on shutdown too).
-                self.idle_scope = nursery.cancel_scope
-                if self.runtime.draining:
-                    nursery.cancel_scope.cancel()
-                nursery.start_soon(self._relay_node_to_client, conn, nursery.cancel_scope)
-                await self._relay_client_to_node()
-                nursery.cancel_scope.cancel()
-        except Unavailable as exc:
-            await self._write(R.unavailable(exc.node, exc.reason))
-        finally:
-            self.idle_scope = None
-            self.state.closing = True
-
-    async def _pinned_send(self, payload: bytes) -> None:
-        """Send relayed commands (their replies come back unpaired, in the relay), counted
-        for the node's health as one exchange."""
-        conn = self.pinned
-        assert conn is not None
-        await self.runtime.engine.execute_pinned(
-            self.pinned_node, functools.partial(conn.send, payload), _sent_outcome
-        )
-
-    def _relay_refusal(self, command: Command, info: CommandInfo) -> str | None:
-        """Governance on the relay: a switched or limited command is refused there (its reply
-        cannot be slotted in), but a subscription under ``miss`` is served as anywhere; a
-        limit's slot is given back at once (replies on the relay are not paired)."""
+    def relay_refusal(self, command: Command, info: CommandInfo) -> str | None:
+        """Governance on the pub/sub relay: a switched or limited command is refused there
+        (its reply cannot be slotted in), but a subscription under ``miss`` is served as
+        anywhere; a limit's slot is given back at once (replies on the relay are not
+        paired)."""
         op = self.runtime.operation(info)
         decision = self._switch(op, info)
         if decision is not None and (
@@ -831,42 +748,6 @@ class RedisSession(ClientSession):
         admitted, self._admitted = self._admitted, []
         self._done(admitted)
         return f"ERR resmesh: {rejection}" if rejection is not None else None
-
-    async def _relay_node_to_client(self, conn: RedisConnection, cancel: trio.CancelScope) -> None:
-        try:
-            while True:
-                data = await recv(conn.sock)
-                if not data:
-                    break
-                await self._write(data)
-                if self.state.closing:
-                    break
-        except OSError:
-            pass
-        cancel.cancel()
-
-    async def _relay_client_to_node(self) -> None:
-        while True:
-            if self.parser.failed:
-                data = b""  # malformed bytes already buffered: report them without waiting
-            else:
-                try:
-                    data = await self.transport.recv()
-                except OSError:
-                    return  # the client's connection broke: it is gone
-                if not data:
-                    return
-            try:
-                self.parser.feed(data)
-                commands = self.parser.commands()
-            except ProtocolError as exc:
-                # The connection is closed after this; replies the node still owes for
-                # earlier commands are dropped with it (redis-server would send them first).
-                await self._write(R.error(exc.reply_hint))
-                return
-            if commands:
-                await self._pinned_send(self.state.relay_payload(commands, self._relay_refusal))
-                self.parser.authenticated = self.state.authenticated
 
     # ----------------------------------------------------------------------------------------
     # Commands the gateway answers itself
@@ -944,47 +825,6 @@ class RedisSession(ClientSession):
             return
         self.state.selected(target)
         self._out.append(R.OK)
-
-
-def _sent_outcome(_: None) -> Outcome:
-    return Outcome.OK
-
-
-#: What :func:`_batch_operations` found per batch shape (the sequence of command names as
-#: sent), bounded: cleared when full. Apps send the same few pipelines over and over.
-_BATCH_SHAPES: dict[tuple[bytes, ...], dict[str, int] | None] = {}
-_SHAPES_MAX: Final = 4096
-#: Batches longer than this are not remembered (a long one pays for counting per command).
-_SHAPE_MAX_LEN: Final = 64
-_NAME_MAX_LEN: Final = 32
-
-
-def _batch_operations(commands: list[Command]) -> dict[str, int] | None:
-    """How many calls of each operation a batch holds, if every command is plain (forwarded
-    as it is): such a batch is admitted by the limiter in one step. ``None`` otherwise."""
-    shape = tuple([command.args[0] for command in commands])
-    counts = _BATCH_SHAPES.get(shape, _UNKNOWN)
-    if counts is not _UNKNOWN:
-        return counts
-    counts = {}
-    for name in set(shape):
-        info = command_info(name)
-        if not info.plain:
-            counts = None
-            break
-        counts[info.operation] = counts.get(info.operation, 0) + shape.count(name)
-    if len(shape) <= _SHAPE_MAX_LEN and all(len(name) <= _NAME_MAX_LEN for name in shape):
-        if len(_BATCH_SHAPES) >= _SHAPES_MAX:
-            _BATCH_SHAPES.clear()
-            _NAMES.clear()
-        # The key holds one shared object per name, not the client's: a remembered shape
-        # costs its tuple only, however often the names were sent.
-        _BATCH_SHAPES[tuple([_NAMES.setdefault(name, name) for name in shape])] = counts
-    return counts
-
-
-_UNKNOWN: Final[dict[str, int]] = {}
-_NAMES: dict[bytes, bytes] = {}
 
 
 def _run_operation(calls: list[Command]) -> str | None:

@@ -46,6 +46,7 @@ __all__ = [
     "Kind",
     "Mode",
     "RespSession",
+    "batch_operations",
     "classify",
     "command_info",
     "exec_element",
@@ -242,6 +243,42 @@ def classify(args: list[bytes]) -> CommandInfo:
 
 
 _SUBCOMMAND_INFO: dict[tuple[bytes, bytes], CommandInfo] = {}
+
+
+def batch_operations(commands: list[Command]) -> dict[str, int] | None:
+    """How many calls of each operation a batch holds, if every command is plain (forwarded
+    as it is), so a limiter can admit the batch in one step; ``None`` otherwise.
+
+    Remembered per batch shape (the sequence of command names as sent): applications send
+    the same few pipelines over and over, and counting a mixed one afresh costs more than
+    admitting it."""
+    shape = tuple([command.args[0] for command in commands])
+    counts = _BATCH_SHAPES.get(shape, _UNKNOWN_SHAPE)
+    if counts is not _UNKNOWN_SHAPE:
+        return counts
+    counts = {}
+    for name in set(shape):
+        info = command_info(name)
+        if not info.plain:
+            counts = None
+            break
+        counts[info.operation] = counts.get(info.operation, 0) + shape.count(name)
+    if len(shape) <= _SHAPE_MAX_LEN and all(len(name) <= _NAME_MAX_LEN for name in shape):
+        if len(_BATCH_SHAPES) >= _INFO_MAX:
+            _BATCH_SHAPES.clear()
+            _SHAPE_NAMES.clear()
+        # The key holds one shared object per name, not the client's: a remembered shape
+        # costs its tuple only, however often the names were sent.
+        _BATCH_SHAPES[tuple([_SHAPE_NAMES.setdefault(name, name) for name in shape])] = counts
+    return counts
+
+
+#: What :func:`batch_operations` found per batch shape (bounded: cleared when full).
+_BATCH_SHAPES: dict[tuple[bytes, ...], dict[str, int] | None] = {}
+_UNKNOWN_SHAPE: Final[dict[str, int]] = {}
+_SHAPE_NAMES: dict[bytes, bytes] = {}
+#: Batches longer than this are not remembered (a long one pays for counting per command).
+_SHAPE_MAX_LEN: Final = 64
 
 
 #: The action for each (mode, kind). ``SUBSCRIBED`` is absent: a subscribed session's commands
