@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from types import MappingProxyType
-from typing import Any
 
 import pytest
 import trio
@@ -28,32 +25,13 @@ from resmesh.policies.balance import LeastLoadedBalancer
 from resmesh.policies.breaker import BreakerState
 from resmesh.policies.chain import ClusterPolicies, configured_switches
 from resmesh.policies.switch import Switch, SwitchAction, SwitchMode
+from tests.policies.engine_support import governance as _gov
+from tests.policies.engine_support import nodes as _nodes
+from tests.policies.engine_support import policies as _policies
 
 OK, APP = Outcome.OK, Outcome.APP_ERROR
 UPSTREAM, LOCAL, REJECTED = Outcome.UPSTREAM_ERROR, Outcome.LOCAL_ERROR, Outcome.REJECTED
 CLUSTER = "c"
-
-
-def _nodes(count: int = 3) -> tuple[Node, ...]:
-    return tuple(Node(f"10.0.0.{i}", 6379, "dc1", 1) for i in range(1, count + 1))
-
-
-def _gov(**changes: Any) -> GovernanceConfig:
-    return dataclasses.replace(GovernanceConfig(), **changes)
-
-
-def _policies(
-    governance: GovernanceConfig | None = None,
-    nodes: Sequence[Node] | None = None,
-    primary: Node | None = None,
-    **kwargs: Any,
-) -> ClusterPolicies:
-    nodes = tuple(nodes or _nodes())
-    groups, route = MappingProxyType({"dc1": nodes}), MappingProxyType({"dc1": 100})
-    topology = Topology(1, groups, route, primary or nodes[0])
-    return ClusterPolicies(
-        CLUSTER, topology, governance or GovernanceConfig(), trio.current_time(), **kwargs
-    )
 
 
 # -- switch -------------------------------------------------------------------------------------
