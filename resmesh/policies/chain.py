@@ -187,9 +187,12 @@ class ClusterPolicies:
         self._health_at = -math.inf
         self.set_route(topology.route)
 
-    def apply(self, state: ClusterState) -> tuple[list[Node], list[Node]]:
-        """Make ``state`` (a new layout: nodes, groups, weights, route, primary) the one in
-        force at once, for the calls that start from now on.
+    def apply(
+        self, state: ClusterState, switches: Iterable[Switch] | None = None
+    ) -> tuple[list[Node], list[Node]]:
+        """Make ``state`` (a new layout: nodes, groups, weights, route, primary) and, if
+        given, ``switches`` (every degrade switch in force) the ones in force at once, for the
+        calls that start from now on.
 
         A node whose address stays keeps its :class:`~resmesh.cluster.topology.Node` and
         everything counted for it (breaker, ejection, load); a new address starts fresh; a
@@ -206,6 +209,8 @@ class ClusterPolicies:
         added = [node for node in topology.nodes if node not in before]
         removed = [node for node in old if node not in after]
         self._install(topology)
+        if switches is not None:
+            self.switchboard.replace(switches)
         return added, removed
 
     def set_primary(self, address: str) -> Node:

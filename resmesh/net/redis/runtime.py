@@ -97,10 +97,8 @@ class RedisRuntime(ClusterRuntime):
         Raises:
             ValueError: ``state`` is not a valid layout.
         """
-        added, removed = self.policies.apply(state)
+        added, removed = self.policies.apply(state, switches)
         self.transport.apply(added, removed)
-        if switches is not None:
-            self.policies.switchboard.replace(switches)
         self._topology_changed()
 
     def set_primary(self, address: str) -> None:
