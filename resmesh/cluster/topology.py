@@ -116,9 +116,16 @@ def build_topology(state: ClusterState, known: Iterable[Node] = ()) -> Topology:
     """
     if not state.nodes:
         raise ValueError(f"cluster state {state.version} has no node")
+    primaries = sum(spec.primary for spec in state.nodes)
+    if not state.sharded and primaries != 1:
+        raise ValueError(
+            f"cluster state {state.version} has {primaries} primaries; a replicated "
+            "cluster needs exactly one"
+        )
+    # Valid: only now may the nodes in use change (their weight and group).
     reuse = {node.address: node for node in known}
     groups: dict[str, list[Node]] = {}
-    primaries: list[Node] = []
+    primary: Node | None = None
     for spec in state.nodes:
         node = reuse.get(spec.address)
         if node is None:
@@ -128,19 +135,12 @@ def build_topology(state: ClusterState, known: Iterable[Node] = ()) -> Topology:
             node.weight = spec.weight
         groups.setdefault(spec.group, []).append(node)
         if spec.primary:
-            primaries.append(node)
+            primary = node
     route = {group: state.route.get(group, 0) for group in groups}
-    if state.sharded:
+    if primary is None:  # sharded: the node sessions pin to
         heaviest = max(route.items(), key=lambda item: item[1])[0]
         members = groups[heaviest]
         primary = next((n for n in members if n.weight > 0), members[0])
-    elif len(primaries) == 1:
-        primary = primaries[0]
-    else:
-        raise ValueError(
-            f"cluster state {state.version} has {len(primaries)} primaries; a replicated "
-            "cluster needs exactly one"
-        )
     return Topology(
         version=state.version,
         groups=MappingProxyType({g: tuple(nodes) for g, nodes in groups.items()}),

@@ -43,7 +43,7 @@ Nothing here spawns a task per run: the task that sends a run parks once on a
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import trio
@@ -117,23 +117,18 @@ class Attempt:
 class Transport(Protocol[A_co]):
     """How a protocol sends a run to a node without waiting for the answer.
 
-    The attempt it returns must be failed (``error`` set, :meth:`Attempt.finish` called) if no
+    ``submit`` never waits, not even for a connection: if none is open, the transport opens
+    one and sends once it is (or fails the attempt), so no attempt holds back another's
+    answer. The attempt must be failed (``error`` set, :meth:`Attempt.finish` called) if no
     answer has come by ``run.deadline``.
     """
 
-    def submit_nowait(self, node: Node, run: Run, waiter: Waiter) -> A_co | None:
-        """Send ``run`` if a connection is ready; ``None`` if :meth:`submit` must open one.
+    def submit(self, node: Node, run: Run, waiter: Waiter) -> A_co:
+        """Send ``run`` to ``node``, now or as soon as a connection is open.
 
         Raises:
-            Unavailable: the node cannot take it (its connection is closed or full).
-        """
-        ...
-
-    async def submit(self, node: Node, run: Run, waiter: Waiter) -> A_co:
-        """Send ``run``, opening a connection first if need be.
-
-        Raises:
-            Unavailable: no connection could be opened.
+            Unavailable: the node cannot take it (it left the cluster, its connection is
+                full).
         """
         ...
 
@@ -173,12 +168,12 @@ class HAEngine(Generic[A]):
             node = policies.pick(now, (), run.key)
             if node is None:
                 raise Unavailable(None, "no node left to try", _REJECTED)
-        attempt = await self._send(node, run, Waiter(), now)
+        attempt = self._send(node, run, Waiter(), now)
         if not attempt.done:
             try:
                 await wait_first((attempt,), attempt.waiter)
             except BaseException:
-                policies.abandon(node, attempt.probe)
+                self._drop((attempt,))  # the caller is gone; the node still has the run
                 raise
         self._settle(attempt, self._clock.current_time())
         if attempt.error is not None:
@@ -190,10 +185,10 @@ class HAEngine(Generic[A]):
         policies = self.policies
         clock = self._clock
         hedger: HedgeDelay | None = policies.hedger(run.operation)
-        delay = hedger.delay(started) if hedger is not None else None
-        if delay is not None:
-            assert hedger is not None
-            hedger.budget.record_call()
+        delay: float | None = None
+        if hedger is not None:
+            hedger.budget.record_call()  # every hedgeable run earns budget, warm or not
+            delay = hedger.delay(started)
         hedge_at = started + delay if delay is not None else math.inf
         deadline = run.deadline
         budget = policies.retry_budget
@@ -211,8 +206,8 @@ class HAEngine(Generic[A]):
         retries = 0
         budget.request_started()
         try:
-            now = started
-            launched: A | Unavailable | None = await self._launch(run, waiter, tried, now)
+            launched: A | Unavailable | None = self._launch(run, waiter, tried, started)
+            now = clock.current_time()
             while True:
                 exhausted = False
                 if isinstance(launched, Unavailable):
@@ -234,13 +229,7 @@ class HAEngine(Generic[A]):
                     if done is None:  # slow: back it up on another node
                         hedge_at = math.inf
                         assert hedger is not None
-                        if now < deadline and hedger.budget.try_hedge():
-                            launched = await self._launch(run, waiter, tried, now)
-                            if isinstance(launched, Unavailable):
-                                if launched.outcome is _REJECTED:
-                                    launched = None  # no other node: the first runs alone
-                            else:
-                                backup = launched
+                        launched = backup = self._back_up(run, waiter, tried, now, hedger)
                         continue
                     racing.remove(done)
                     outcome = self._settle(done, now)
@@ -248,10 +237,10 @@ class HAEngine(Generic[A]):
                         if done is backup:
                             assert hedger is not None
                             hedger.budget.wins += 1
-                        self._drop(racing)
-                        racing.clear()
+                        if racing:
+                            self._drop(racing)
                         if outcome is _OK and hedger is not None:
-                            hedger.record(now - started, now)
+                            hedger.record(now - done.sent, now)  # the answering node's own
                         return done
                     failures += 1
                     if done.error is None:
@@ -269,12 +258,15 @@ class HAEngine(Generic[A]):
                 ):
                     break
                 retries += 1
-                if hedger is not None and delay is not None and backup is None:
-                    hedge_at = now + delay  # the retry may be backed up in turn
-                launched = await self._launch(run, waiter, tried, now)
+                if delay is not None and backup is None:
+                    # The retry may be backed up in turn: a new wait with a later deadline,
+                    # so a new waiter (an armed waiter's deadline is never moved).
+                    hedge_at = now + delay
+                    waiter = Waiter()
+                launched = self._launch(run, waiter, tried, now)
         except BaseException:
-            for attempt in racing:
-                policies.abandon(attempt.node, attempt.probe)
+            if racing:
+                self._drop(racing)  # the caller is gone; the nodes still have the run
             raise
         finally:
             budget.request_finished()
@@ -285,9 +277,21 @@ class HAEngine(Generic[A]):
         assert failure is not None
         raise failure
 
-    async def _launch(
-        self, run: Run, waiter: Waiter, tried: list[Node], now: float
-    ) -> A | Unavailable:
+    def _back_up(
+        self, run: Run, waiter: Waiter, tried: list[Node], now: float, hedger: HedgeDelay
+    ) -> A | None:
+        """The backup request of a slow run, to a node not tried yet, paid from the hedge
+        budget only if it goes out. ``None`` if it does not."""
+        if now >= run.deadline or not hedger.budget.try_hedge():
+            return None
+        launched = self._launch(run, waiter, tried, now)
+        if isinstance(launched, Unavailable):
+            if launched.outcome is _REJECTED:
+                hedger.budget.refund()  # no node to send it to: nothing was spent
+            return None
+        return launched
+
+    def _launch(self, run: Run, waiter: Waiter, tried: list[Node], now: float) -> A | Unavailable:
         """Send ``run`` to a node not in ``tried`` (adding every node it considers): the
         attempt, or why it could not go: the failure to send it (``LOCAL_ERROR``, counted
         against that node), or ``REJECTED`` when no node is left (every remaining one's
@@ -305,13 +309,13 @@ class HAEngine(Generic[A]):
                     return Unavailable(None, "no node left to try", _REJECTED)
             tried.append(node)
             try:
-                return await self._send(node, run, waiter, now)
+                return self._send(node, run, waiter, now)
             except Unavailable as exc:
                 if exc.outcome is not _REJECTED:
                     return exc
                 # The breaker refused (a race for its probe): another node, not a retry.
 
-    async def _send(self, node: Node, run: Run, waiter: Waiter, now: float) -> A:
+    def _send(self, node: Node, run: Run, waiter: Waiter, now: float) -> A:
         """Ask ``node``'s breaker, then hand ``run`` to the transport.
 
         Raises:
@@ -326,17 +330,10 @@ class HAEngine(Generic[A]):
         probe = policies.begin(node, now)
         if isinstance(probe, str):
             raise Unavailable(node.address, probe, _REJECTED)
-        transport = self.transport
         try:
-            attempt = transport.submit_nowait(node, run, waiter)
-            if attempt is None:
-                attempt = await transport.submit(node, run, waiter)
-        except Unavailable:
-            later = self._clock.current_time()
-            policies.settle(node, _LOCAL, later - now, later, probe is True)
-            raise
-        except BaseException:
-            policies.abandon(node, probe is True)
+            attempt = self.transport.submit(node, run, waiter)
+        except Unavailable as exc:
+            policies.settle(node, exc.outcome, 0.0, now, probe is True)
             raise
         attempt.node = node
         attempt.sent = now
@@ -349,9 +346,10 @@ class HAEngine(Generic[A]):
         self.policies.settle(attempt.node, outcome, now - attempt.sent, now, attempt.probe)
         return outcome
 
-    def _drop(self, losers: list[A]) -> None:
-        """Attempts that lost the race: cancelled if the protocol can; either way they stay
-        in flight on their node until they end, and a late failure still counts against it."""
+    def _drop(self, losers: Sequence[A]) -> None:
+        """Attempts nobody waits for any more (they lost the race, or their caller is gone):
+        cancelled if the protocol can; either way they stay in flight on their node until they
+        end, and a late failure still counts against it."""
         policies = self.policies
         for attempt in losers:
             if attempt.done:
@@ -381,7 +379,7 @@ class HAEngine(Generic[A]):
         try:
             for node, run in parts.items():
                 try:
-                    waiting.append(await self._send(node, run, waiter, now))
+                    waiting.append(self._send(node, run, waiter, now))
                 except Unavailable as exc:
                     results[node] = exc
             while waiting:
@@ -391,8 +389,7 @@ class HAEngine(Generic[A]):
                 self._settle(done, self._clock.current_time())
                 results[done.node] = done.error or done
         except BaseException:
-            for attempt in waiting:
-                self.policies.abandon(attempt.node, attempt.probe)
+            self._drop(waiting)  # the caller is gone; the nodes still have their parts
             raise
         return results
 

@@ -157,6 +157,12 @@ class HedgeBudget:
         self.denied += 1
         return False
 
+    def refund(self) -> None:
+        """A hedge :meth:`try_hedge` paid for did not go out (no node to send it to)."""
+        tokens = self._tokens + _UNIT
+        self._tokens = tokens if tokens < self._cap else self._cap
+        self.hedges -= 1
+
     @property
     def tokens(self) -> float:
         return self._tokens / _UNIT

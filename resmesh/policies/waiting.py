@@ -119,7 +119,13 @@ class Alarms:
         self._not_before = -math.inf
 
     def set(self, waiter: Waiter, deadline: float) -> None:
-        """Wake ``waiter`` at ``deadline`` if it is still parked on this wait by then."""
+        """Wake ``waiter`` at ``deadline`` if it is still parked on this wait by then.
+
+        A waiter may be set again with the same deadline (a wait resumed early, then
+        parked again), never with another one: its first entry keeps its place in the FIFO,
+        and a later deadline there would hold back the alarms queued behind it. A wait with
+        a new deadline takes a new :class:`Waiter`.
+        """
         waiter.alarm = deadline
         queue = self._queue
         while queue and queue[0].alarm == math.inf:

@@ -169,3 +169,41 @@ async def test_a_stalled_handshake_fails_within_the_connect_timeout(
             await pool.shared(0, 2)
         assert trio.current_time() - started == pytest.approx(1.0)
         node.stall.set()
+
+
+async def test_a_submission_without_a_connection_is_sent_once_one_is_open() -> None:
+    async with _pool() as (pool, _):
+        waiter = Waiter()
+        pending = pool.submit(0, 2, b"*1\r\n$4\r\nPING\r\n", 1, trio.current_time() + 5, waiter)
+        assert not pending.done  # the connect happens in the pool's own task
+        await _done(pending)
+        assert (pending.error, pending.replies) == (None, [b"+PONG\r\n"])
+
+
+async def test_a_connect_that_fails_fails_the_submission(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _pool(connect_timeout=1.0, password="pw") as (pool, node):
+        node.stall = trio.Event()  # the handshake is never answered
+        pending = pool.submit(0, 2, b"*1\r\n$4\r\nPING\r\n", 1, trio.current_time() + 5, Waiter())
+        await _done(pending)
+        assert pending.error is not None and "connect timed out" in pending.error.reason
+        node.stall.set()
+
+
+async def test_a_pool_retired_during_a_connect_closes_the_new_connection_once_idle() -> None:
+    async with _pool(connect_timeout=5.0, password="pw") as (pool, node):
+        node.stall = trio.Event()  # the handshake waits
+        opened: list[MuxConnection] = []
+
+        async def open_shared() -> None:
+            opened.append(await pool.shared(0, 2))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_shared)
+            await trio.testing.wait_all_tasks_blocked()
+            pool.retire()  # the node leaves the cluster mid-connect
+            node.stall.set()
+        with trio.fail_after(5):
+            while not opened[0].closed:
+                await trio.sleep(0.001)

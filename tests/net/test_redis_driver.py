@@ -15,38 +15,8 @@ from resmesh.config import parse_config
 from resmesh.net.redis.runtime import RedisRuntime
 from resmesh.net.transport import StreamTransport
 from tests.net.fake_node import FakeNode
-from tests.support.servers import encode_command, resp_frame_end
-
-
-class Client:
-    """The application's end of a memory stream."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def call(self, *commands: tuple[str, ...]) -> list[bytes]:
-        await self.stream.send_all(b"".join(encode_command(*c) for c in commands))
-        return await self.replies(len(commands))
-
-    async def replies(self, count: int) -> list[bytes]:
-        out: list[bytes] = []
-        with trio.fail_after(5):
-            while len(out) < count:
-                end = resp_frame_end(self.buffer)
-                if end > 0:
-                    out.append(self.buffer[:end])
-                    self.buffer = self.buffer[end:]
-                    continue
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    raise EOFError(f"closed after {out}")
-                self.buffer += data
-        return out
-
-    async def closed(self) -> bool:
-        with trio.fail_after(5):
-            return await self.stream.receive_some(65536) == b""
+from tests.support.driver import Client
+from tests.support.servers import encode_command
 
 
 @asynccontextmanager

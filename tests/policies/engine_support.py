@@ -88,7 +88,8 @@ class FakeTransport:
     """``plan`` answers the attempts in order as (seconds, outcome), then each node's
     ``script`` entry, else an instant OK. ``math.inf`` seconds: no answer until the run's
     deadline, when the attempt fails as a real transport's would. An outcome of ``None``: the
-    connect fails. ``LOCAL_ERROR``: the connection breaks after the delay."""
+    node cannot take the run at all. ``LOCAL_ERROR``: the connection breaks after the
+    delay."""
 
     def __init__(
         self,
@@ -103,7 +104,7 @@ class FakeTransport:
         self.sent_at: list[float] = []
         self.attempts: list[FakeAttempt] = []
 
-    def submit_nowait(self, node: Node, run: Run, waiter: Waiter) -> FakeAttempt | None:
+    def submit(self, node: Node, run: Run, waiter: Waiter) -> FakeAttempt:
         delay, outcome = self.plan.pop(0) if self.plan else self.script.get(node, (0.0, OK))
         self.sent.append(node)
         self.sent_at.append(trio.current_time())
@@ -113,9 +114,6 @@ class FakeTransport:
         self.attempts.append(attempt)
         self.nursery.start_soon(self._answer, attempt, delay, outcome, run.deadline)
         return attempt
-
-    async def submit(self, node: Node, run: Run, waiter: Waiter) -> FakeAttempt:
-        raise AssertionError("submit_nowait always has a connection")
 
     async def _answer(
         self, attempt: FakeAttempt, delay: float, outcome: Outcome, deadline: float

@@ -363,3 +363,12 @@ async def test_several_workers_share_each_limit() -> None:
         taken += 1
     assert taken == 3  # a burst of 10 / 2 = 5 tokens, two of them taken above
     assert limiter.admit("GET", 0.0) == "rate limit of cluster c (10/s over 2 workers) exceeded"
+
+
+async def test_a_refused_layout_changes_nothing_in_force() -> None:
+    policies = _policies()
+    a, b, _ = policies.topology.nodes
+    no_primary = _state(("10.0.0.1:6379", "dc1", 0, False), ("10.0.0.2:6379", "dc2", 1, False))
+    with pytest.raises(ValueError, match="0 primaries"):
+        policies.apply(no_primary)
+    assert (a.weight, b.group) == (1, "dc1")

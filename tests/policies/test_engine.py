@@ -405,15 +405,22 @@ async def test_a_half_open_node_busy_probing_does_not_reject_reads(
     assert transport.sent[:2] == [members[0], members[0]]
 
 
-async def test_a_cancelled_run_gives_back_its_node(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_cancelled_run_stays_on_its_nodes_until_they_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The caller is gone, but the nodes still have the run (a Redis command already sent
+    cannot be called back): each stays counted in flight until it answers."""
     pol = _hedging(latency=0.010)
     async with _engine(pol, plan=[(5.0, OK), (5.0, OK)]) as (engine, transport):
         with trio.move_on_after(0.5):
             await engine.execute(run())
         assert len(transport.sent) == 2
-        assert [in_flight(pol, node) for node in transport.sent] == [0, 0]
+        assert [in_flight(pol, node) for node in transport.sent] == [1, 1]
         budget = pol.retry_budget.statistics()
         assert (budget.active_requests, budget.active_retries) == (0, 0)
+        await trio.sleep(10)
+        assert [in_flight(pol, node) for node in transport.sent] == [0, 0]
+        assert pol.statistics(0.0)["breakers"][transport.sent[0].address].calls == 0
 
 
 # -- pinned sessions and split runs -------------------------------------------------------------
@@ -537,3 +544,43 @@ def _raises(error: Exception) -> Callable[[], Any]:
 
 def _ok(_: object) -> Outcome:
     return OK
+
+
+# -- found in review ----------------------------------------------------------------------------
+
+
+async def test_a_retry_s_later_hedge_deadline_never_delays_other_runs_hedges(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A retry is hedged with a deadline of its own; re-arming the run's waiter with it would
+    leave a later deadline mid-queue, holding back the alarms behind it."""
+    pol = policies(governance(hedge=HedgeConfig(enabled=True, budget=1.0, fixed_delay=0.1)))
+    plan = [(10, OK), (0.089, LOCAL), (10, OK), (10, OK)] + [(0.001, OK)] * 6
+    async with _engine(pol, plan=plan) as (engine, transport):
+
+        async def one(at: float) -> None:
+            await trio.sleep_until(at)
+            await engine.execute(run())
+
+        async with trio.open_nursery() as runs:
+            for at in (0.0, 0.001, 0.002):
+                runs.start_soon(one, at)
+    # The third run's backup is due at 0.102 (started 0.002 + the 0.1 s delay).
+    assert any(t == pytest.approx(0.102, abs=0.002) for t in transport.sent_at), transport.sent_at
+
+
+async def test_no_hedge_is_paid_for_when_there_is_no_node_to_back_up_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    members = nodes(2)
+    gov = governance(
+        hedge=HedgeConfig(enabled=True, budget=1.0, fixed_delay=0.05),
+        breaker=BreakerConfig(consecutive_failures=1, open_for=60.0),
+    )
+    pol = policies(gov, members=members)
+    pol.breakers[members[1]].record(LOCAL, 0.0, trio.current_time())  # node 2 is out
+    async with _engine(pol, plan=[(0.2, OK)]) as (engine, transport):
+        await engine.execute(run())
+    assert transport.sent == [members[0]]
+    budget = pol.statistics(0.0)["hedges"]["*"]["budget"]
+    assert (budget.hedges, budget.tokens) == (0, 1.0)

@@ -116,19 +116,27 @@ class MuxConnection:
         Raises:
             BackendError: the connection is closed or has too many commands in flight.
         """
+        pending = Pending(count, deadline, waiter)
+        self.enqueue(pending, payload)
+        return pending
+
+    def enqueue(self, pending: Pending, payload: bytes) -> None:
+        """Queue a submission made before its connection was open.
+
+        Raises:
+            BackendError: the connection is closed or has too many commands in flight.
+        """
         if self.conn.closed:
             raise BackendError(self.conn.node, "connection closed")
         if self._retiring:
             raise BackendError(self.conn.node, "node removed from the cluster")
-        if self._outstanding + count > MAX_OUTSTANDING:
+        if self._outstanding + pending.expected > MAX_OUTSTANDING:
             raise BackendError(self.conn.node, "too many commands in flight")
         if not self._queue:
             self._watchdog_lot.unpark()
-        pending = Pending(count, deadline, waiter)
         self._queue.append(pending)
-        self._outstanding += count
+        self._outstanding += pending.expected
         self._write(payload)
-        return pending
 
     def retire(self) -> None:
         """Take no more submissions; close once those in flight have their replies."""

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import trio
 
 from ...config import BackendConfig
+from ...policies.waiting import Waiter
 from .errors import BackendError
 from .redis_conn import RedisConnection, connect
-from .redis_mux import MuxConnection
+from .redis_mux import MuxConnection, Pending
 
 __all__ = ["NodePool", "PoolStatistics"]
 
@@ -57,20 +58,35 @@ class NodePool:
         self._in_use: dict[RedisConnection, object] = {}
         #: Set once the node left the cluster: nothing new is handed out.
         self.retired = False
+        #: Shared connections being opened in the background: (shape, slot).
+        self._opening: set[tuple[SessionShape, int]] = set()
 
     def shared_nowait(self, db: int, resp: int) -> MuxConnection | None:
-        """The next live shared connection for ``(db, resp)`` if it is open already.
+        """A live shared connection for ``(db, resp)``, round-robin, if one is open already.
 
-        The hot path: no coroutine, no await. ``None`` means :meth:`shared` must open one.
+        The hot path: no coroutine, no await. When the connection in turn is not open but
+        another is, that one serves and the missing one is opened in the background, so a
+        run (a hedge's backup, above all) never waits for a connect while the node has a
+        connection ready. ``None``: none is open; :meth:`shared` opens one.
         """
-        slots = self._shared.get((db, resp))
+        shape = (db, resp)
+        slots = self._shared.get(shape)
         if slots is None or self.retired:
             return None
-        mux = slots[next(self._turn) % len(slots)]
-        return mux if mux is not None and not mux.closed else None
+        index = next(self._turn) % len(slots)
+        mux = slots[index]
+        if mux is not None and not mux.closed:
+            return mux
+        if (shape, index) not in self._opening:
+            self._opening.add((shape, index))
+            self._nursery.start_soon(self._open_quietly, shape, index)
+        for other in slots:
+            if other is not None and not other.closed:
+                return other
+        return None
 
     async def shared(self, db: int, resp: int) -> MuxConnection:
-        """A live shared connection for ``(db, resp)``, picked round-robin.
+        """A live shared connection for ``(db, resp)``, picked round-robin, opened if need be.
 
         Raises:
             BackendError: no connection could be opened.
@@ -86,6 +102,15 @@ class NodePool:
         mux = slots[index]
         if mux is not None and not mux.closed:
             return mux
+        return await self._open(shape, index)
+
+    async def _open(self, shape: SessionShape, index: int) -> MuxConnection:
+        """Open the shared connection of ``shape`` in slot ``index`` (unless someone just did).
+
+        Raises:
+            BackendError: it could not be opened.
+        """
+        slots = self._shared[shape]
         arrived = trio.current_time()
         async with self._shared_locks[shape]:
             mux = slots[index]
@@ -97,14 +122,56 @@ class NodePool:
                     # callers x connect_timeout (and leave a half-open socket per try).
                     raise BackendError(self.node, failed[1])
                 try:
-                    conn = await self._connect(db, resp)
+                    conn = await self._connect(*shape)
                 except BackendError as exc:
                     self._connect_failures[shape] = (trio.current_time(), exc.reason)
                     raise
                 mux = MuxConnection(conn)
                 slots[index] = mux
                 self._nursery.start_soon(mux.run)
+                if self.retired:  # the node left the cluster during the connect
+                    mux.retire()
         return mux
+
+    async def _open_quietly(self, shape: SessionShape, index: int) -> None:
+        """:meth:`_open` in the background: a failure is the next caller's to see."""
+        try:
+            await self._open(shape, index)
+        except BackendError:
+            pass
+        finally:
+            self._opening.discard((shape, index))
+
+    def submit(
+        self, db: int, resp: int, payload: bytes, count: int, deadline: float, waiter: Waiter
+    ) -> Pending:
+        """Send ``count`` commands on a shared connection for ``(db, resp)`` without waiting:
+        at once if one is open, else once one is (a task of the pool's opens it). A connect
+        that fails, or does not finish by ``deadline``, fails the submission.
+
+        Raises:
+            BackendError: the node left the cluster, or its open connection cannot take more.
+        """
+        mux = self.shared_nowait(db, resp)
+        if mux is not None:
+            return mux.submit(payload, count, deadline, waiter)
+        if self.retired:
+            raise BackendError(self.node, "node removed from the cluster")
+        pending = Pending(count, deadline, waiter)
+        self._nursery.start_soon(self._submit_when_open, db, resp, pending, payload)
+        return pending
+
+    async def _submit_when_open(self, db: int, resp: int, pending: Pending, payload: bytes) -> None:
+        try:
+            with trio.move_on_at(pending.deadline) as scope:
+                mux = await self.shared(db, resp)
+            if scope.cancelled_caught or trio.current_time() >= pending.deadline:
+                # Sent now, it would only fail the connection (every run on it) at once.
+                raise BackendError(self.node, "no connection in time (backend.command_timeout)")
+            mux.enqueue(pending, payload)
+        except BackendError as exc:
+            pending.error = exc
+            pending.finish()
 
     async def acquire_dedicated(self, db: int, resp: int) -> RedisConnection:
         """A connection for one session's exclusive use; give it back with :meth:`release`.
@@ -151,6 +218,20 @@ class NodePool:
             self._idle.setdefault((conn.db, conn.resp), []).append(conn)
         else:
             conn.close()
+
+    def forget(self, db: int, resp: int) -> None:
+        """Drop what is kept for a session shape that has no live shared connection (a
+        ``SELECT`` of a database the node does not have): a client must not grow the pool
+        with every number it tries."""
+        shape = (db, resp)
+        slots = self._shared.get(shape)
+        lock = self._shared_locks.get(shape)
+        if slots is None or (lock is not None and lock.locked()):
+            return
+        if all(mux is None or mux.closed for mux in slots):
+            del self._shared[shape]
+            self._shared_locks.pop(shape, None)
+            self._connect_failures.pop(shape, None)
 
     def retire(self) -> None:
         """The node left the cluster: hand out nothing more, close idle connections now and

@@ -117,8 +117,8 @@ class RedisRuntime(ClusterRuntime):
         return R.error("ERR max number of clients reached")  # redis-server's words
 
     async def run(self) -> None:
-        if self.policies.spreads_reads:
-            await self.engine.run()
+        # Always: a cluster that does not spread reads now may after a new layout.
+        await self.engine.run()
 
     def describe_backend(self) -> str:
         return self.home.address
@@ -141,7 +141,7 @@ class RedisRuntime(ClusterRuntime):
         says ``false``."""
         op = self._operations.get(info)
         if op is None:
-            op = self._make_operation(info.operation, read=info.read)
+            op = self._make_operation(info.operation, read=info.read, write=info.write)
             if len(self._operations) < _CACHE_MAX:  # names come from clients: bounded
                 self._operations[info] = op
         return op
@@ -156,12 +156,12 @@ class RedisRuntime(ClusterRuntime):
         ``BLOCK``)."""
         op = self._read_operations.get(name)
         if op is None:
-            op = self._make_operation(name, read=True)
+            op = self._make_operation(name, read=True, write=False)
             if len(self._read_operations) < _CACHE_MAX:
                 self._read_operations[name] = op
         return op
 
-    def _make_operation(self, name: str, *, read: bool) -> Operation:
+    def _make_operation(self, name: str, *, read: bool, write: bool) -> Operation:
         settings = self.config.governance.operations.get(name)
         idempotent = read and not (settings is not None and settings.idempotent is False)
-        return Operation(name, write=not read, idempotent=idempotent)
+        return Operation(name, write=write, idempotent=idempotent)

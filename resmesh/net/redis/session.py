@@ -88,6 +88,8 @@ _READ_YOUR_WRITES: Final = 1.0
 #: reply in that slot is the gateway's own error text.
 _QUEUE_TIME_FAILURE: Final = encode_command([b"ECHO"])
 _EMPTY_ACTIONS: Final = frozenset({SwitchAction.EMPTY, SwitchAction.ACKNOWLEDGE})
+#: The switch actions that refuse a subscription (a value cannot stand in for one).
+_REFUSING_SUBSCRIPTIONS: Final = frozenset({SwitchAction.ERROR, SwitchAction.FALLBACK})
 
 
 class RedisSession(ClientSession):
@@ -124,8 +126,9 @@ class RedisSession(ClientSession):
         self._admitted: list[str] = []
         #: Whether the limiter admitted the current batch whole (then not call by call).
         self._admitted_whole = False
-        #: A SELECT sent on the pinned connection while WATCH is active: (reply slot, db).
-        self._pinned_select: tuple[int, int] | None = None
+        #: SELECTs sent on the pinned connection while WATCH is active: (reply slot, db), in
+        #: order; the session follows each one the node answers +OK.
+        self._pinned_selects: list[tuple[int, int]] = []
         #: The client's own bytes for the whole current batch, when the parser kept them:
         #: forwarded as they are when every command of the batch goes to the node unchanged.
         self._batch_raw: bytes | None = None
@@ -158,6 +161,8 @@ class RedisSession(ClientSession):
             pass  # the client went away; nothing to answer
         finally:
             self._release_pinned()
+            admitted, self._admitted = self._admitted, []
+            self._done(admitted)
 
     async def _handle_input(self, data: bytes) -> None:
         """Feed ``data`` and run every complete command, including any that arrived while a
@@ -215,7 +220,7 @@ class RedisSession(ClientSession):
                 admitted = None
         self._admitted_whole = admitted is not None
         try:
-            await self._run_commands(commands)
+            await self._run_commands(commands, self.parser.batch_raw)
         finally:
             self._admitted_whole = False
             # Given back once the backend has answered, before the replies are written: a
@@ -225,10 +230,11 @@ class RedisSession(ClientSession):
                 limiter.done_batch(admitted, len(commands))
         await self._write_out()
 
-    async def _run_commands(self, commands: list[Command]) -> None:
-        """Run a batch, leaving its replies in ``_out``."""
+    async def _run_commands(self, commands: list[Command], raw: bytes | None) -> None:
+        """Run a batch, leaving its replies in ``_out``; ``raw``: the client's own bytes for
+        the whole batch, when the parser kept them."""
         out = self._out
-        self._batch_raw = self.parser.batch_raw
+        self._batch_raw = raw
         self._batch_len = len(commands)
         self._batch = batch = self._batch + 1
         state = self.state
@@ -269,7 +275,9 @@ class RedisSession(ClientSession):
             if action is Action.SUBSCRIBE:
                 if await self._subscribe(info):
                     await self._write_out()
-                    await relay(self, commands[index:])
+                    after_reset = await relay(self, commands[index:])
+                    if after_reset:  # the session left subscribed mode: go on as a new one
+                        await self._run_commands(after_reset, None)
                     return
             else:
                 await self._act(action, command, info)
@@ -296,7 +304,10 @@ class RedisSession(ClientSession):
         elif action is Action.BLOCK:
             await self._block(command, info)
         elif action is Action.QUEUE:
-            self._queue_in_multi(command, info)
+            if self.state.mode is Mode.WATCHING:
+                await self._multi_after_watch(command, info)
+            else:
+                self._queue_in_multi(command, info)
         elif action is Action.REFUSE_QUEUED:
             self._refuse_queued(state.reply)
         elif action is Action.END_MULTI:
@@ -450,8 +461,7 @@ class RedisSession(ClientSession):
         except Unavailable as exc:
             replies = [R.unavailable(exc.node, exc.reason)] * count
             if self.pinned is not None and self.pinned.closed:
-                # The session's server-side state (transaction, watches) is gone with it.
-                self._release_pinned()
+                self._lost_pinned(exc)
         finally:
             if wrote:  # counted from when the write was answered (or failed)
                 self._reads_on_primary_until = self._clock.current_time() + _READ_YOUR_WRITES
@@ -460,11 +470,11 @@ class RedisSession(ClientSession):
         substitutes = self._substitutes
         for slot, reply in zip(slots, replies, strict=True):
             out[slot] = substitutes.pop(slot, reply) if substitutes else reply
-        if self._pinned_select is not None:
-            slot, db = self._pinned_select
-            self._pinned_select = None
-            if out[slot] == R.OK:
-                self.state.selected(db)
+        if self._pinned_selects:
+            for slot, db in self._pinned_selects:
+                if out[slot] == R.OK:
+                    self.state.selected(db)
+            self._pinned_selects = []
         if self.pinned is not None and self.state.mode is Mode.NORMAL:
             self._release_pinned()
 
@@ -501,12 +511,12 @@ class RedisSession(ClientSession):
         """
         conn, self.pinned = self.pinned, None
         if conn is not None:
-            if self.state.mode is Mode.MULTI or self.state.mode is Mode.WATCHING:
+            if self.state.mode is not Mode.NORMAL:
                 conn.reusable = False
             assert self._pinned_pool is not None
             self._pinned_pool.release(conn)  # its node may have left the cluster meanwhile
         self.state.released()
-        self._pinned_select = None
+        self._pinned_selects = []
 
     async def _pinned_request(
         self, payload: bytes, count: int, timeout: float, *, timed: bool = True
@@ -521,55 +531,89 @@ class RedisSession(ClientSession):
             timed=timed,
         )
 
+    def _lost_pinned(self, failure: Unavailable) -> None:
+        """The dedicated connection broke: the session's state on the node went with it. A
+        transaction's remaining commands are refused up to its EXEC (EXECABORT), as for a
+        refused MULTI, so none runs outside it; a watch cannot be kept or replayed, so the
+        client's connection is closed once this batch's replies are out."""
+        mode = self.state.mode
+        self._release_pinned()
+        if mode is Mode.MULTI:
+            self.state.refused_multi(f"its backend connection was lost: {failure.reason}")
+        elif mode is Mode.WATCHING:
+            self.state.closing = True
+
+    async def _start_pinned(self, op: Operation, node: Node | None = None) -> str | None:
+        """A pinned session starting with a call of ``op``: what is queued goes out first,
+        then the limits admit the call, then the session takes a dedicated connection. Why it
+        could not (with nothing left held), or ``None``."""
+        await self._flush()
+        rejection = self._limit(op)
+        if rejection is not None:
+            return f"ERR resmesh: {rejection}"
+        admitted = len(self._admitted)  # the call's slot, if a limiter took one
+        failure = await self._pin(node)
+        if failure is not None:
+            if len(self._admitted) == admitted and admitted:
+                self._done([self._admitted.pop()])
+            return f"ERR resmesh: backend {failure.node} unavailable: {failure.reason}"
+        return None
+
     async def _begin_multi(self, command: Command, info: CommandInfo) -> None:
         """MULTI: a call of its own (limits apply; no switch: the commands it queues are
         switched one by one), then a dedicated connection. Refused, the transaction's
         commands are refused too, up to EXEC (which answers EXECABORT) or DISCARD."""
+        op = self.runtime.operation(info)
+        refusal = await self._start_pinned(op)
+        if refusal is not None:
+            self._out.append(R.error(refusal))
+            self.state.refused_multi(refusal.removeprefix("ERR resmesh: "))
+            return
+        self.state.began_multi()
+        self._queue(command, op)
+
+    async def _begin_watch(self, command: Command, info: CommandInfo) -> None:
+        op = self.runtime.operation(info)
+        decision = self._switch(op, info)
+        if decision is not None:
+            self._out.append(self._degraded(decision, info, command))
+            return
+        refusal = await self._start_pinned(op)
+        if refusal is not None:
+            self._out.append(R.error(refusal))
+            return
+        self.state.began_watch()
+        self._queue(command, op)
+
+    async def _multi_after_watch(self, command: Command, info: CommandInfo) -> None:
+        """MULTI while watching: the transaction starts on the connection that holds the
+        watch. Refused, the watch goes with it (as EXEC would end it): the connection is not
+        reused, and the transaction's commands are refused up to EXEC."""
         state = self.state
         op = self.runtime.operation(info)
         rejection = self._limit(op)
         if rejection is not None:
             self._out.append(R.gateway_error(rejection))
+            await self._flush()
+            self._release_pinned()  # still watching: closed, not pooled
             state.refused_multi(rejection)
-            return
-        failure = await self._pin()
-        if failure is not None:
-            self._out.append(R.unavailable(failure.node, failure.reason))
-            why = "no dedicated backend connection"
-            state.refused_multi(why if failure.outcome is not Outcome.REJECTED else failure.reason)
             return
         state.began_multi()
         self._queue(command, op)
 
-    async def _begin_watch(self, command: Command, info: CommandInfo) -> None:
-        op = self.runtime.operation(info)
-        reply = self._govern(op, info, command, 0.0)
-        if reply is not None:
-            self._out.append(reply)
-            return
-        failure = await self._pin()
-        if failure is not None:
-            self._out.append(R.unavailable(failure.node, failure.reason))
-            return
-        self.state.began_watch()
-        self._queue(command, op)
-
     def _queue_in_multi(self, command: Command, info: CommandInfo) -> None:
-        """Inside MULTI (or a MULTI while watching): governed, then queued on the node."""
+        """Inside MULTI: governed, then queued on the node; the gateway's own commands are
+        answered here and their replies put in EXEC's array."""
         state = self.state
         op = self.runtime.operation(info)
-        if state.mode is Mode.WATCHING:  # MULTI after WATCH: the transaction starts here
-            rejection = self._limit(op)
-            if rejection is not None:
-                self._out.append(R.gateway_error(rejection))
-                state.refused_multi(rejection)
-                return
-            state.began_multi()
-            self._queue(command, op)
-            return
         if info.kind is Kind.MULTI or info.kind is Kind.WATCH:
             # Not queued: the node answers them with an error on the spot.
             self._queue(command, op)
+            return
+        if info.name == b"CLIENT":
+            # About the client's own connection, which the node's is not.
+            self._out.append(R.QUEUED)
+            state.queued(state.client(command))
             return
         reply = self._govern(op, info, command, 0.0)
         if reply is not None:
@@ -580,7 +624,7 @@ class RedisSession(ClientSession):
                 state.queued(reply)
             return
         if info.name in CONNECTION_STATE and self.pinned is not None:
-            self.pinned.reusable = False  # it leaves with a db or a name of its own
+            self.pinned.reusable = False  # it leaves with a db of its own
         self._queue(command, op)
         state.queued()
 
@@ -670,6 +714,8 @@ class RedisSession(ClientSession):
                     reply = replies[0]
                 except Unavailable as exc:
                     reply = R.unavailable(exc.node, exc.reason)
+                    if not temporary:
+                        self._lost_pinned(exc)
                 nursery.cancel_scope.cancel()
         finally:
             if temporary or conn.closed:
@@ -713,7 +759,7 @@ class RedisSession(ClientSession):
         from the cache); ``error`` and ``fallback`` refuse it."""
         op = self.runtime.operation(info)
         decision = self._switch(op, info)
-        if decision is not None and decision.action not in _EMPTY_ACTIONS:
+        if decision is not None and decision.action in _REFUSING_SUBSCRIPTIONS:
             self._out.append(R.gateway_error(decision.message))
             return False
         await self._flush()
@@ -733,6 +779,14 @@ class RedisSession(ClientSession):
         self.state.subscribed()
         return True
 
+    def left_subscribed_mode(self) -> None:
+        """The pub/sub relay ended with the node's ``+RESET``: the dedicated connection is
+        closed (the RESET logged it in as the node's default user) and the session starts
+        afresh, as RESET makes it."""
+        self._release_pinned()
+        self.state.reset()
+        self.parser.authenticated = self.state.authenticated
+
     def relay_refusal(self, command: Command, info: CommandInfo) -> str | None:
         """Governance on the pub/sub relay: a switched or limited command is refused there
         (its reply cannot be slotted in), but a subscription under ``miss`` is served as
@@ -741,7 +795,7 @@ class RedisSession(ClientSession):
         op = self.runtime.operation(info)
         decision = self._switch(op, info)
         if decision is not None and (
-            decision.action is not SwitchAction.EMPTY or info.kind is not Kind.SUBSCRIBE
+            info.kind is not Kind.SUBSCRIBE or decision.action in _REFUSING_SUBSCRIPTIONS
         ):
             return f"ERR resmesh: {decision.message}"
         rejection = self._limit(op)
@@ -810,7 +864,7 @@ class RedisSession(ClientSession):
             # WATCH is active: the node's own SELECT applies to the pinned connection, and
             # the session follows it once the node has said +OK (see _flush).
             self.pinned.reusable = False
-            self._pinned_select = (len(self._out), target)
+            self._pinned_selects.append((len(self._out), target))
             self._queue(command, self.runtime.operation(command_info(b"SELECT")))
             return
         await self._flush()
@@ -819,6 +873,7 @@ class RedisSession(ClientSession):
             await self.runtime.pool(self.runtime.home).shared(target, self.state.resp)
         except BackendError as exc:
             if "DB index is out of range" in exc.reason:
+                self.runtime.pool(self.runtime.home).forget(target, self.state.resp)
                 self._out.append(R.DB_OUT_OF_RANGE)
             else:
                 self._out.append(R.unavailable(exc.node, exc.reason))

@@ -47,17 +47,9 @@ class RedisTransport:
             if pool is not None:
                 pool.retire()
 
-    def submit_nowait(self, node: Node, run: Run, waiter: Waiter) -> Pending | None:
+    def submit(self, node: Node, run: Run, waiter: Waiter) -> Pending:
         db, resp = cast(Shape, run.shape)
-        mux = self.pools[node].shared_nowait(db, resp)
-        if mux is None:
-            return None
-        return mux.submit(run.payload, len(run.calls), run.deadline, waiter)
-
-    async def submit(self, node: Node, run: Run, waiter: Waiter) -> Pending:
-        db, resp = cast(Shape, run.shape)
-        mux = await self.pools[node].shared(db, resp)
-        return mux.submit(run.payload, len(run.calls), run.deadline, waiter)
+        return self.pools[node].submit(db, resp, run.payload, len(run.calls), run.deadline, waiter)
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -33,8 +33,9 @@ NODE_ERROR_CODES: Final[Mapping[bytes, Outcome]] = {
     b"ASK": Outcome.UPSTREAM_ERROR,
     b"NOAUTH": Outcome.UPSTREAM_ERROR,  # the gateway's own backend login is wrong
     b"WRONGPASS": Outcome.UPSTREAM_ERROR,
-    b"NOPERM": Outcome.UPSTREAM_ERROR,
 }
+# NOPERM is the caller's: it answers one command or key the gateway's backend user may not
+# touch, and counting it against the node would let any client open the node's breaker.
 
 
 #: ``-`` simple errors and ``!`` RESP3 blob errors.

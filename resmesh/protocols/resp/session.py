@@ -137,6 +137,10 @@ NOT_IN_MULTI: Final = frozenset(b"SUBSCRIBE PSUBSCRIBE SSUBSCRIBE AUTH HELLO".sp
 CONNECTION_STATE: Final = frozenset(b"SELECT CLIENT".split())
 #: Reads that name no key (the command table gives them no key positions) but read data.
 _KEYSPACE_COMMANDS: Final = frozenset(b"SCAN KEYS RANDOMKEY DBSIZE".split())
+#: What makes a command a write for the degrade switches; scripts other than the ``_RO``
+#: forms may write too, and a publish hands a message to every subscriber.
+_WRITE_FLAGS: Final = CommandFlag.WRITE | CommandFlag.MAY_REPLICATE
+_PUBLISHING: Final = frozenset(b"PUBLISH SPUBLISH".split())
 #: Pub/sub commands a degrade switch applies to: they carry the cluster's messages.
 _PUBSUB_DATA: Final = frozenset(b"PUBLISH SPUBLISH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE".split())
 
@@ -160,6 +164,10 @@ class CommandInfo:
         checked: its arguments may make it refused (``CONFIG SET``, ``CLIENT KILL``):
             :func:`~resmesh.protocols.resp.commands.refusal` must be asked per command.
         read: an idempotent read (retry, hedge and spreading over replicas are safe).
+        write: may change data (the table's ``write`` or ``may_replicate``, a script that is
+            not a ``_RO`` form, a publish; an unknown command is taken to): what a
+            ``readonly`` switch refuses and a ``miss`` switch acknowledges. ``WATCH`` and
+            ``SUBSCRIBE`` change nothing.
         switchable: a degrade switch applies: commands on data do; commands about the server
             (``INFO``, ``TIME``, ``CONFIG GET``) are answered even by a degraded cache.
     """
@@ -174,6 +182,7 @@ class CommandInfo:
         "read",
         "spec",
         "switchable",
+        "write",
     )
 
     def __init__(self, name: bytes, spec: CommandSpec | None, *, subcommand: bool = False) -> None:
@@ -191,6 +200,12 @@ class CommandInfo:
             spec is not None and self.kind is Kind.FORWARD and not self.checked and not subcommand
         )
         self.read = spec is not None and cmdtable.is_idempotent_read(spec)
+        self.write = (
+            spec is None
+            or bool(spec.flags & _WRITE_FLAGS)
+            or (bool(spec.flags & CommandFlag.SCRIPTING) and not spec.flags & CommandFlag.READONLY)
+            or name in _PUBLISHING
+        )
         self.switchable = (
             spec is None
             or bool(spec.key_specs)
@@ -343,6 +358,12 @@ def _eval_reply(kind: bytes, text: str) -> bytes:
     return encode_command([b"EVAL", script, b"0", text.encode()])
 
 
+#: Commands the relay cannot pass to the node as they are: ``CLIENT`` would answer for the
+#: node's connection rather than the client's.
+_NOT_ON_THE_RELAY: Final[Mapping[bytes, str]] = {
+    b"CLIENT": "ERR resmesh: CLIENT on a subscribed connection is not supported; use another "
+    "connection",
+}
 #: Kinds a sharded cluster refuses: one dedicated connection cannot follow keys across nodes.
 _TRANSACTION_KINDS: Final = frozenset({Kind.MULTI, Kind.EXEC, Kind.WATCH, Kind.UNWATCH})
 #: What a subscribed connection may run in a sharded cluster (it is pinned to one node).
@@ -812,7 +833,8 @@ class RespSession:
         """A subscribed session's commands, translated for the node: it answers everything in
         order, the gateway's own words included (made into ``EVAL`` calls that return them).
         ``refuse`` is the driver's governance (a switch or a limit), asked for each command
-        that would reach the data."""
+        that would reach the data. A ``RESET`` goes to the node as it is (its ``+RESET``
+        ends the relay: the driver then leaves subscribed mode)."""
         parts: list[bytes] = []
         for command in commands:
             info = classify(command.args)
@@ -828,6 +850,8 @@ class RespSession:
                     "subscribed in a sharded cluster: it runs pub/sub commands only; use "
                     "another connection"
                 )
+            if refusal is None:
+                refusal = _NOT_ON_THE_RELAY.get(name)
             if refusal is None and name not in LOCAL_COMMANDS:
                 refusal = refuse(command, info)
             if refusal is not None:
@@ -838,10 +862,6 @@ class RespSession:
                 parts.append(_eval_reply(kind, reply[1:-2].decode()))
             elif name == b"HELLO":
                 parts.append(self._relay_hello(command))
-            elif name == b"RESET":
-                self.db, self.resp, self.name, self.user = 0, 2, b"", None
-                self.authenticated = not self.auth_required
-                parts.append(command.raw)
             else:
                 parts.append(command.raw)
         return b"".join(parts)
