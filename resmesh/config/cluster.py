@@ -59,7 +59,12 @@ class BackendConfig:
         username, password: the backend login (``AUTH [username] password``).
         connect_timeout: seconds allowed to open (and authenticate) one backend connection.
         command_timeout: seconds allowed for one command's reply, unless it blocks by design.
-        connections: multiplexed (shared) connections per node per (db, protocol version).
+        connections: multiplexed (shared) connections per node per (db, protocol version);
+            default 1: one connection carries every client's commands, many per write and
+            per read, which is what makes multiplexing cheap; a second one splits those
+            batches (more syscalls per command) and measured no gain with the gateway on one
+            core (``bench/README.md``). Raise it for a link where one connection's bandwidth
+            or latency is the bottleneck.
         max_dedicated: cap on pinned connections (MULTI, blocking pops, pub/sub) per node.
     """
 
@@ -67,7 +72,7 @@ class BackendConfig:
     password: str | None = knob(None, Kind.STRING, low=1, example="secret")
     connect_timeout: float = knob(2.0, Kind.DURATION, low_open=True, example="2s")
     command_timeout: float = knob(5.0, Kind.DURATION, low_open=True, example="5s")
-    connections: int = knob(2, Kind.INT, low=1, high=64)
+    connections: int = knob(1, Kind.INT, low=1, high=64)
     max_dedicated: int = knob(256, Kind.INT, low=1, high=65536)
 
 
