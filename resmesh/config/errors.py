@@ -148,10 +148,11 @@ def suggest(word: str, known: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def unknown_fix(key: str, known: Iterable[str]) -> str:
-    """The fix for an unknown key: the close known one, or the list of them."""
+def unknown_fix(key: str, known: Iterable[str], otherwise: str | None = None) -> str:
+    """The fix for an unknown name: the close known one, else ``otherwise`` (by default:
+    remove it, and the list of known keys)."""
     known = list(known)
     suggestion = suggest(key, known)
     if suggestion is not None:
         return f"did you mean {suggestion!r}?"
-    return f"remove it; known keys here: {', '.join(known)}"
+    return otherwise or f"remove it; known keys here: {', '.join(known)}"

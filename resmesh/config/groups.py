@@ -13,7 +13,7 @@ from typing import Final
 
 from . import values
 from .address import Address
-from .errors import Context, KeyPath, describe, dotted, suggest
+from .errors import Context, KeyPath, describe, dotted, unknown_fix
 
 __all__ = ["NodeConfig", "NodeRole", "parse_groups", "parse_route", "with_primary"]
 
@@ -207,12 +207,8 @@ def parse_route(
     section = values.mapping(ctx, value, path, None, example=f"{{{names[0]}: 100}}")
     for group in section:
         if group not in groups:
-            suggestion = suggest(group, names)
-            fix = (
-                f"did you mean {suggestion!r}?"
-                if suggestion
-                else f"route only to groups defined under groups: {', '.join(names)}"
-            )
+            otherwise = f"route only to groups defined under groups: {', '.join(names)}"
+            fix = unknown_fix(group, names, otherwise)
             raise ctx.error((*path, group), f"unknown group {group!r}", fix)
     route = {
         group: values.whole(ctx, section[group], (*path, group), 0, 100) if group in section else 0

@@ -8,7 +8,7 @@ from typing import Final
 
 from . import values
 from .cluster import ClusterConfig
-from .errors import Context, KeyPath, describe, suggest
+from .errors import Context, KeyPath, describe, unknown_fix
 
 __all__ = ["UserConfig", "parse_users"]
 
@@ -67,12 +67,8 @@ def parse_users(
         for index, item in enumerate(raw_clusters):
             cluster = values.string(ctx, item, (*clusters_path, index), example="feed-cache")
             if cluster not in clusters:
-                suggestion = suggest(cluster, clusters)
-                fix = (
-                    f"did you mean {suggestion!r}?"
-                    if suggestion
-                    else f"name a cluster defined under clusters: {', '.join(clusters)}"
-                )
+                otherwise = f"name a cluster defined under clusters: {', '.join(clusters)}"
+                fix = unknown_fix(cluster, clusters, otherwise)
                 raise ctx.error((*clusters_path, index), f"unknown cluster {cluster!r}", fix)
             allowed.add(cluster)
         users[name] = UserConfig(name=name, password=password, clusters=frozenset(allowed))
