@@ -3,11 +3,16 @@
 Starts a redis-server (unless --redis-port is given) and a gateway in front of it, then for every
 pipeline depth and test runs ``redis-benchmark`` first directly against Redis and then through
 the gateway (alternating when --repeat > 1) and prints ops/s, latency, the gateway/direct ratio
-and the gateway's own CPU per operation. See bench/README.md.
+and the gateway's own CPU per operation. With ``--reference nutcracker`` a twemproxy runs in
+front of the same Redis too, measured in the same rounds, and the table gives the gateway's CPU
+per operation as a multiple of twemproxy's. ``--counters`` adds one more run per test and depth
+that counts syscalls (``strace -c``) and the gateway's task steps per operation. See
+bench/README.md.
 
     python bench/redis.py                          # GET and SET, -P 1 and -P 16, 50 clients
     python bench/redis.py --repeat 3 --json bench/out/today.json
     python bench/redis.py --pipelines 16 --tests get --profile
+    python bench/redis.py --reference nutcracker --workers 2 --repeat 3 --counters
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ INSTALL_SERVER = (
     "or point the benchmark at a running one with --redis-port"
 )
 INSTALL_PYSPY = "py-spy not found: pip install py-spy (it is in resmesh's [dev] extras)"
+INSTALL_NUTCRACKER = "nutcracker not found: install twemproxy (apt-get install nutcracker)"
+INSTALL_STRACE = "strace not found: install it (apt-get install strace)"
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -79,7 +86,7 @@ INSTALL_PYSPY = "py-spy not found: pip install py-spy (it is in resmesh's [dev] 
 
 @dataclass
 class Run:
-    target: str  # "direct" or "gateway"
+    target: str  # "direct", "gateway" or "reference"
     test: str
     pipeline: int
     requests: int
@@ -94,6 +101,7 @@ class Run:
     benchmark_cpu_s: float
     redis_cpu_s: float | None
     gateway_cpu_s: float | None
+    """The CPU of the proxy measured: the gateway's tree, or the reference proxy's."""
     gateway_processes: int | None
     other_cpu_s: float
     """Busy CPU on the box not charged to redis, redis-benchmark, the gateway or py-spy."""
@@ -147,6 +155,9 @@ class Row:
     gateway_redis_us_per_op: float | None
     max_noise: float
     """Largest share of the box other processes used during the runs kept (see Run.noise)."""
+    reference_rps: float | None = None
+    reference_us_per_op: float | None = None
+    counters: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None
     direct_rps_all: list[float] = field(default_factory=list)
     gateway_rps_all: list[float] = field(default_factory=list)
@@ -287,6 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile-args", default="", help="extra py-spy record arguments, e.g. '--native'"
     )
     parser.add_argument(
+        "--reference",
+        choices=("none", "nutcracker"),
+        default="none",
+        help="also run a reference proxy in front of the same Redis, in the same rounds: "
+        "nutcracker is twemproxy (apt-get install nutcracker); the table gives the gateway's "
+        "CPU per op as a multiple of its (default: none)",
+    )
+    parser.add_argument(
+        "--counters",
+        action="store_true",
+        help="after the measured runs of each test and depth, one more run per proxy under "
+        "strace -c (syscalls per op) that also counts the gateway's task steps per op",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=DEFAULT_OUT,
@@ -321,6 +346,9 @@ class Bench:
         self.benchmark = shutil.which("redis-benchmark") or ""
         self.last_profile: Path | None = None
         self.discarded: list[Run] = []
+        self.reference: subprocess.Popen[bytes] | None = None
+        self.reference_port = 0
+        self.steps_file = self.out / f"task-steps-{os.getpid()}.txt"
 
     # redis ---------------------------------------------------------------------------------
 
@@ -421,11 +449,14 @@ class Bench:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.gateway_log = config_path.with_suffix(".log")
         log = self.stack.enter_context(self.gateway_log.open("wb"))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.args.counters:
+            env["RESMESH_TASK_STEPS"] = str(self.steps_file)  # resmesh/diagnostics.py
         proc = spawn(
             [sys.executable, "-m", "resmesh", "run", "-c", str(config_path)],
             stdout=log,
             cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
         )
         self.gateway = proc
         self.stack.callback(self.stop_gateway)
@@ -445,6 +476,37 @@ class Bench:
                 f"note: gateway.workers={self.workers} but the gateway runs only "
                 f"{self.gateway_processes} process(es)"
             )
+
+    def start_reference(self) -> None:
+        """twemproxy in front of the same Redis: one pool, one server, one connection to it
+        (its own default), hashing as it would for a sharded pool of one."""
+        nutcracker = shutil.which("nutcracker") or shutil.which("nutcracker", path="/usr/sbin")
+        if nutcracker is None:
+            raise BenchError(INSTALL_NUTCRACKER)
+        self.reference_port = free_port()
+        conf = self.out / f"nutcracker-{self.reference_port}.yml"
+        conf.write_text(
+            yaml.safe_dump(
+                {
+                    "bench": {
+                        "listen": f"127.0.0.1:{self.reference_port}",
+                        "hash": "fnv1a_64",
+                        "distribution": "ketama",
+                        "redis": True,
+                        "auto_eject_hosts": False,
+                        "servers": [f"127.0.0.1:{self.redis_port}:1"],
+                    }
+                }
+            )
+        )
+        log = conf.with_suffix(".log")
+        proc = spawn(
+            [nutcracker, "-c", str(conf), "-s", str(free_port()), "-o", str(log)],
+            stdout=subprocess.DEVNULL,
+        )
+        self.reference = proc
+        self.stack.callback(lambda: stop(proc, signal.SIGTERM, timeout=10))
+        wait_until(lambda: ping(self.reference_port), 15, "nutcracker to answer PING")
 
     def stop_gateway(self) -> None:
         proc, self.gateway = self.gateway, None
@@ -466,8 +528,13 @@ class Bench:
     # one redis-benchmark run ---------------------------------------------------------------
 
     def run_once(self, target: str, test: str, pipeline: int, *, profile: bool = False) -> Run:
-        port = self.redis_port if target == "direct" else self.gateway_port
-        gateway_pid = self.gateway.pid if self.gateway and target == "gateway" else None
+        port = {
+            "direct": self.redis_port,
+            "gateway": self.gateway_port,
+            "reference": self.reference_port,
+        }[target]
+        proxy = {"gateway": self.gateway, "reference": self.reference}.get(target)
+        gateway_pid = proxy.pid if proxy is not None else None
         requests = requests_for(self.args.requests, pipeline)
         argv = [
             self.benchmark,
@@ -608,6 +675,59 @@ class Bench:
         self.discarded += [run for run in attempts if run.discarded]
         return best
 
+    # syscalls and task steps ---------------------------------------------------------------
+
+    def workers_pids(self, proc: subprocess.Popen[bytes]) -> list[int]:
+        """The processes that serve: the workers (not a supervisor, which has no handler
+        for the step-count signal)."""
+        tree = process_tree(proc.pid)
+        return [pid for pid in tree if pid != proc.pid] or [proc.pid]
+
+    def task_steps(self, pids: list[int]) -> int:
+        """The task steps the gateway's workers have counted so far (resmesh/diagnostics.py)."""
+        before = self.steps_file.read_text() if self.steps_file.exists() else ""
+        for pid in pids:
+            os.kill(pid, signal.SIGUSR2)
+
+        def reported() -> bool:
+            text = self.steps_file.read_text() if self.steps_file.exists() else ""
+            return len(text.splitlines()) >= len(before.splitlines()) + len(pids)
+
+        wait_until(reported, 10, "the gateway's task-step counts")
+        lines = self.steps_file.read_text().splitlines()[len(before.splitlines()) :]
+        return sum(int(line.split()[1]) for line in lines)
+
+    def count(self, target: str, test: str, pipeline: int) -> dict[str, Any]:
+        """Task steps per op for the gateway (a plain run, counted by the gateway itself),
+        then syscalls per op, by name too, in one more run under ``strace -c`` (which slows
+        the process it traces, so its proxy batches more than in the measured runs: compare
+        syscall figures with one another, not with the CPU columns)."""
+        strace = shutil.which("strace")
+        if strace is None:
+            raise BenchError(INSTALL_STRACE)
+        proc = self.gateway if target == "gateway" else self.reference
+        assert proc is not None
+        pids = self.workers_pids(proc) if target == "gateway" else [proc.pid]
+        steps: float | None = None
+        if target == "gateway":
+            before = self.task_steps(pids)
+            run = self.run_once(target, test, pipeline)
+            steps = (self.task_steps(pids) - before) / run.requests
+        out = self.out / f"strace-{target}-{test}-P{pipeline}.txt"
+        argv = [strace, "-c", "-f", "-o", str(out)]
+        for pid in pids:
+            argv += ["-p", str(pid)]
+        tracer = spawn(argv, stdout=subprocess.DEVNULL, death_signal=signal.SIGINT)
+        time.sleep(0.5)  # strace attaches (it prints nothing to wait for)
+        run = self.run_once(target, test, pipeline)
+        stop(tracer, signal.SIGINT, timeout=30)
+        calls = _strace_calls(out.read_text())
+        return {
+            "syscalls_per_op": sum(calls.values()) / run.requests,
+            "by_syscall": {name: count / run.requests for name, count in sorted(calls.items())},
+            "task_steps_per_op": steps,
+        }
+
     # py-spy --------------------------------------------------------------------------------
 
     def start_profiler(
@@ -660,6 +780,16 @@ def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
 # --- parsing and reporting -------------------------------------------------------------------
 
 
+def _strace_calls(text: str) -> dict[str, int]:
+    """Calls per syscall from ``strace -c``'s table."""
+    calls: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            calls[parts[-1]] = int(parts[3])
+    return calls
+
+
 def parse_csv(text: str, test: str) -> dict[str, float] | None:
     reader = csv.reader(io.StringIO(text))
     for record in reader:
@@ -680,7 +810,9 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def summarize(test: str, pipeline: int, direct: list[Run], gateway: list[Run]) -> Row:
+def summarize(
+    test: str, pipeline: int, direct: list[Run], gateway: list[Run], reference: list[Run]
+) -> Row:
     def opt_median(values: list[float | None]) -> float | None:
         present = [v for v in values if v is not None]
         return median(present) if present else None
@@ -705,6 +837,10 @@ def summarize(test: str, pipeline: int, direct: list[Run], gateway: list[Run]) -
         max_noise=max(r.noise for r in [*direct, *gateway]),
         direct_rps_all=[r.rps for r in direct],
         gateway_rps_all=[r.rps for r in gateway],
+        reference_rps=median([r.rps for r in reference]) if reference else None,
+        reference_us_per_op=(
+            median([r.gateway_us_per_op or 0.0 for r in reference]) if reference else None
+        ),
     )
 
 
@@ -718,6 +854,7 @@ def print_table(rows: list[Row]) -> None:
         "direct p50/p99 ms",
         "gateway p50/p99 ms",
         "gateway µs/op",
+        *(("twemproxy µs/op", "gw/tw CPU") if any(r.reference_us_per_op for r in rows) else ()),
         "noise",
     )
     lines = [
@@ -730,6 +867,11 @@ def print_table(rows: list[Row]) -> None:
             f"{row.direct_p50_ms:.2f} / {row.direct_p99_ms:.2f}",
             f"{row.gateway_p50_ms:.2f} / {row.gateway_p99_ms:.2f}",
             f"{row.gateway_us_per_op:.1f}",
+            *(
+                (f"{row.reference_us_per_op:.1f}", _ratio(row))
+                if any(r.reference_us_per_op for r in rows)
+                else ()
+            ),
             f"{100 * row.max_noise:.0f}%",
         )
         for row in rows
@@ -744,10 +886,40 @@ def print_table(rows: list[Row]) -> None:
         ratios = ", ".join(f"{row.test.upper()} {100 * row.ratio:.1f}%" for row in group)
         mean_ratio = statistics.fmean(row.ratio for row in group)
         mean_us = statistics.fmean(row.gateway_us_per_op for row in group)
+        versus = ""
+        if all(row.reference_us_per_op for row in group):
+            mean_ref = statistics.fmean(row.reference_us_per_op or 0.0 for row in group)
+            versus = f"; twemproxy {mean_ref:.1f} µs/op: {mean_us / mean_ref:.2f}x"
         print(
             f"P{pipeline}: mean gateway/direct ratio {100 * mean_ratio:.1f}% ({ratios}); "
-            f"gateway CPU {mean_us:.1f} µs/op"
+            f"gateway CPU {mean_us:.1f} µs/op{versus}"
         )
+    counted = [row for row in rows if row.counters]
+    if counted:
+        print()
+        print("per op, one more run under strace -c:")
+        for row in counted:
+            assert row.counters is not None
+            for target, numbers in row.counters.items():
+                steps = numbers["task_steps_per_op"]
+                top = ", ".join(
+                    f"{name} {per:.2f}"
+                    for name, per in sorted(numbers["by_syscall"].items(), key=lambda kv: -kv[1])[
+                        :4
+                    ]
+                )
+                print(
+                    f"  {row.test.upper():3} -P {row.pipeline:<3} {target:9} "
+                    f"syscalls {numbers['syscalls_per_op']:.2f}"
+                    + (f", task steps {steps:.2f}" if steps is not None else "")
+                    + f"  ({top})"
+                )
+
+
+def _ratio(row: Row) -> str:
+    if not row.reference_us_per_op:
+        return "-"
+    return f"{row.gateway_us_per_op / row.reference_us_per_op:.2f}x"
 
 
 def print_profile(label: str, path: Path) -> dict[str, Any]:
@@ -830,6 +1002,8 @@ def run(args: argparse.Namespace) -> int:
         if args.prefill:
             bench.prefill()
         bench.start_gateway()
+        if args.reference != "none":
+            bench.start_reference()
         redis_version = info(bench.redis_port, "server").get("redis_version", "?")
         benchmark_version = subprocess.run(
             [bench.benchmark, "--version"], capture_output=True, text=True, check=False
@@ -845,11 +1019,18 @@ def run(args: argparse.Namespace) -> int:
             for test in args.tests:
                 direct: list[Run] = []
                 gateway: list[Run] = []
+                reference: list[Run] = []
                 for _ in range(args.repeat):
                     direct.append(bench.measured("direct", test, pipeline))
                     gateway.append(bench.measured("gateway", test, pipeline))
-                runs += direct + gateway
-                row = summarize(test, pipeline, direct, gateway)
+                    if bench.reference is not None:
+                        reference.append(bench.measured("reference", test, pipeline))
+                runs += direct + gateway + reference
+                row = summarize(test, pipeline, direct, gateway, reference)
+                if args.counters:
+                    row.counters = {"gateway": bench.count("gateway", test, pipeline)}
+                    if bench.reference is not None:
+                        row.counters["twemproxy"] = bench.count("reference", test, pipeline)
                 if args.profile:
                     profiled = bench.measured("gateway", test, pipeline, profile=True)
                     runs.append(profiled)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from . import diagnostics
 from .call import Protocol
 from .config import Config
 from .net.listen import bind_tcp
@@ -205,6 +206,9 @@ async def serve(
             ]
             for runtime in runtimes:
                 backend.start_soon(runtime.run)
+            steps_file = os.environ.get(diagnostics.ENV)
+            if steps_file:
+                backend.start_soon(diagnostics.report_steps, Path(steps_file))
             try:
                 async with trio.open_nursery() as connections:
                     accepting = trio.CancelScope()

@@ -25,6 +25,7 @@ import trio
 from ..call import Protocol
 from ..config import ClusterConfig, UserConfig
 from .listen import serve_listener
+from .sockio import RECV_SIZE
 from .transport import ClientTransport, SocketTransport
 
 if TYPE_CHECKING:
@@ -53,6 +54,10 @@ class ClientSession:
         self.id = client_id
         #: Cancelled by a drain to interrupt the wait for the next request.
         self.idle_scope: trio.CancelScope | None = None
+        #: Whether the last read filled the buffer, so more may be waiting: only then is a
+        #: read tried before parking. After a short read the socket is almost always empty
+        #: (a client waiting for its replies), and the try would only fail with EAGAIN.
+        self._more_waiting = False
 
     async def serve(self) -> None:
         """Serve the client until it leaves, breaks the protocol, or the gateway drains."""
@@ -66,10 +71,14 @@ class ClientSession:
             OSError: the connection broke.
         """
         transport = self.transport
-        try:
-            return transport.recv_nowait()
-        except BlockingIOError:
-            pass
+        if self._more_waiting:
+            try:
+                data = transport.recv_nowait()
+            except BlockingIOError:
+                pass
+            else:
+                self._more_waiting = len(data) >= RECV_SIZE
+                return data
         runtime = self.runtime
         if runtime.draining:
             return b""
@@ -81,7 +90,10 @@ class ClientSession:
                 scope.deadline = trio.current_time() + runtime.idle_timeout
             data = await transport.recv()
         self.idle_scope = None
-        return b"" if scope.cancelled_caught else data
+        if scope.cancelled_caught:
+            return b""
+        self._more_waiting = len(data) >= RECV_SIZE
+        return data
 
 
 class ClusterRuntime:

@@ -19,7 +19,7 @@ from typing import Final
 
 import trio
 
-__all__ = ["RECV_SIZE", "close_quietly", "open_tcp", "recv", "send_all"]
+__all__ = ["RECV_SIZE", "close_quietly", "open_tcp", "recv", "recv_when_readable", "send_all"]
 
 #: One read's size: large enough that a 16-command pipeline or a batch of replies is one read.
 RECV_SIZE: Final = 256 * 1024
@@ -36,6 +36,20 @@ async def recv(sock: socket.socket, size: int = RECV_SIZE) -> bytes:
             return sock.recv(size)
         except BlockingIOError:
             await _wait(trio.lowlevel.wait_readable, sock)
+
+
+async def recv_when_readable(sock: socket.socket, size: int = RECV_SIZE) -> bytes:
+    """:func:`recv` for a socket just found empty: park until it is readable, then read.
+
+    Raises:
+        OSError: the connection broke.
+    """
+    while True:
+        await _wait(trio.lowlevel.wait_readable, sock)
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            continue  # a spurious wakeup: park again
 
 
 async def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> None:

@@ -21,7 +21,7 @@ from typing import Protocol, final
 
 import trio
 
-from .sockio import RECV_SIZE, close_quietly, recv, send_all
+from .sockio import RECV_SIZE, close_quietly, recv_when_readable, send_all
 
 __all__ = ["ClientTransport", "SocketTransport", "StreamTransport"]
 
@@ -45,7 +45,8 @@ class ClientTransport(Protocol):
         ...
 
     async def recv(self) -> bytes:
-        """Wait for bytes (``b""`` at end of stream).
+        """Wait for bytes (``b""`` at end of stream), parking first: call it when
+        :meth:`recv_nowait` found nothing, or when nothing is expected yet.
 
         Raises:
             OSError: the connection broke.
@@ -88,7 +89,9 @@ class SocketTransport:
         self.send_nowait: Callable[[bytes], int] = sock.send
 
     async def recv(self) -> bytes:
-        return await recv(self.sock)
+        # Park first: callers try recv_nowait themselves when bytes may be waiting, so a
+        # trial recv here would only fail (EAGAIN) once more.
+        return await recv_when_readable(self.sock)
 
     async def send_all(self, data: bytes | memoryview) -> None:
         await send_all(self.sock, data)
