@@ -45,7 +45,9 @@ class ClientSession:
 
     The base keeps what the runtime needs of every session: its id, its transport, and the
     wait for the next request, which a drain or the idle timeout interrupts (never a request
-    in progress).
+    in progress). Replies may be written from another task (a backend connection's reader
+    answering a run, see :meth:`wake_for_output`); the session's own task then writes only
+    what did not fit in the socket.
     """
 
     def __init__(self, runtime: ClusterRuntime, transport: ClientTransport, client_id: int):
@@ -58,6 +60,19 @@ class ClientSession:
         #: read tried before parking. After a short read the socket is almost always empty
         #: (a client waiting for its replies), and the try would only fail with EAGAIN.
         self._more_waiting = False
+        #: Set by :meth:`wake_for_output`: the wait for input was interrupted to write.
+        self._output_waiting = False
+
+    def wake_for_output(self) -> None:
+        """Replies are waiting that only the session's task may write (the socket was full):
+        interrupt its wait for input so it writes them (:meth:`write_pending`), then waits
+        again."""
+        self._output_waiting = True
+        if self.idle_scope is not None:
+            self.idle_scope.cancel()
+
+    async def write_pending(self) -> None:
+        """Write what :meth:`wake_for_output` announced (nothing by default)."""
 
     async def serve(self) -> None:
         """Serve the client until it leaves, breaks the protocol, or the gateway drains."""
@@ -80,20 +95,25 @@ class ClientSession:
                 self._more_waiting = len(data) >= RECV_SIZE
                 return data
         runtime = self.runtime
-        if runtime.draining:
-            return b""
-        # Nothing to read: park, interruptible by a drain or the idle timeout. (The scope is
-        # only paid for here, not on the pipelined fast path.)
-        with trio.CancelScope() as scope:
-            self.idle_scope = scope
-            if runtime.idle_timeout > 0:
-                scope.deadline = trio.current_time() + runtime.idle_timeout
-            data = await transport.recv()
-        self.idle_scope = None
-        if scope.cancelled_caught:
-            return b""
-        self._more_waiting = len(data) >= RECV_SIZE
-        return data
+        while True:
+            if self._output_waiting:
+                self._output_waiting = False
+                await self.write_pending()
+            if runtime.draining:
+                return b""
+            # Nothing to read: park, interruptible by a drain, the idle timeout, or replies
+            # to write. (The scope is only paid for here, not on the pipelined fast path.)
+            with trio.CancelScope() as scope:
+                self.idle_scope = scope
+                if runtime.idle_timeout > 0:
+                    scope.deadline = trio.current_time() + runtime.idle_timeout
+                data = await transport.recv()
+            self.idle_scope = None
+            if not scope.cancelled_caught:
+                self._more_waiting = len(data) >= RECV_SIZE
+                return data
+            if not self._output_waiting:
+                return b""  # the drain, or the idle timeout
 
 
 class ClusterRuntime:

@@ -53,7 +53,7 @@ class ClientTransport(Protocol):
         """
         ...
 
-    def send_nowait(self, data: bytes) -> int:
+    def send_nowait(self, data: bytes | memoryview) -> int:
         """Send what fits now; how many bytes that was.
 
         Raises:
@@ -86,7 +86,7 @@ class SocketTransport:
         self.peer = peer
         #: The socket's own methods: the fast path is one C call.
         self.recv_nowait: Callable[[], bytes] = functools.partial(sock.recv, RECV_SIZE)
-        self.send_nowait: Callable[[bytes], int] = sock.send
+        self.send_nowait: Callable[[bytes | memoryview], int] = sock.send
 
     async def recv(self) -> bytes:
         # Park first: callers try recv_nowait themselves when bytes may be waiting, so a
@@ -124,7 +124,7 @@ class StreamTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise OSError(str(exc)) from exc
 
-    def send_nowait(self, data: bytes) -> int:
+    def send_nowait(self, data: bytes | memoryview) -> int:
         raise BlockingIOError
 
     async def send_all(self, data: bytes | memoryview) -> None:

@@ -180,6 +180,39 @@ class HAEngine(Generic[A]):
             raise attempt.error
         return attempt
 
+    def start(self, run: Run, on_done: Callable[[A | Unavailable], None]) -> bool:
+        """Send a run that goes to one node once, and return at once: ``on_done`` gets the
+        attempt that answered, or why none did, from the task that reads the node's answer,
+        so the caller's task need not wake for it (at ``-P 1`` that wakeup is a large share of
+        a command's CPU). ``False``, with nothing sent, for a run that needs :meth:`execute`
+        (an idempotent run spread over several nodes: failover and backup requests wait in
+        the caller's task).
+
+        ``on_done`` runs inside the transport's reader task: it must not block or raise.
+        """
+        policies = self.policies
+        if run.idempotent and policies.spreads_reads:
+            return False
+        now = self._clock.current_time()
+        node = policies.primary
+        if node is None:
+            node = policies.pick(now, (), run.key)
+        if node is None:
+            on_done(Unavailable(None, "no node left to try", _REJECTED))
+            return True
+        try:
+            attempt = self._send(node, run, Waiter(), now)
+        except Unavailable as exc:
+            on_done(exc)
+            return True
+
+        def finished(done: Attempt) -> None:
+            self._settle(done, self._clock.current_time())
+            on_done(done.error if done.error is not None else attempt)
+
+        attempt.on_done = finished
+        return True
+
     async def _spread(self, run: Run, started: float) -> A:
         """An idempotent run in a cluster with several nodes: spread, backed up, failed over."""
         policies = self.policies

@@ -15,7 +15,7 @@ from resmesh.config import parse_config
 from resmesh.net.redis.runtime import RedisRuntime
 from resmesh.net.transport import StreamTransport
 from tests.net.fake_node import FakeNode
-from tests.support.driver import Client
+from tests.support.driver import Client, inprocess_gateway
 from tests.support.servers import encode_command
 
 
@@ -107,3 +107,38 @@ async def test_select_applies_to_later_commands_and_reset_goes_back(tmp_path: Pa
         assert await client.call(("GET", "k")) == [b"$5\r\nthree\r\n"]
         assert await client.call(("RESET",), ("GET", "k")) == [b"+RESET\r\n", b"$-1\r\n"]
         assert node.data[3] == {b"k": b"three"}
+
+
+async def test_batches_sent_before_the_replies_are_answered_in_order(tmp_path: Path) -> None:
+    """The run of one batch is answered in the backend reader's task while the session
+    reads on: a batch that arrives meanwhile waits for it, so replies keep their order."""
+    async with _gateway(tmp_path) as (client, node):
+        assert await client.call(("SET", "k", "v")) == [b"+OK\r\n"]
+        node.stall = trio.Event()  # the node reads but does not answer
+        await client.stream.send_all(encode_command("GET", "k"))
+        await trio.testing.wait_all_tasks_blocked()
+        await client.stream.send_all(encode_command("INCR", "n") + encode_command("PING"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert [args[0] for args in node.received[-1:]] == [b"GET"]  # INCR not sent yet
+        node.stall.set()
+        assert await client.replies(3) == [b"$1\r\nv\r\n", b":1\r\n", b"+PONG\r\n"]
+
+
+async def test_a_run_answered_in_the_reader_s_task_gives_its_slots_back(
+    tmp_path: Path,
+) -> None:
+    node = FakeNode()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        async with inprocess_gateway(tmp_path, [node.port], limit={"concurrency": 2}) as (
+            runtime,
+            (client,),
+        ):
+            limiter = runtime.policies.limiter
+            assert limiter is not None
+            for _ in range(5):
+                replies = await client.call(("SET", "k", "v"), ("GET", "k"))
+                assert replies == [b"+OK\r\n", b"$1\r\nv\r\n"]  # admitted whole
+                assert await client.call(("INCR", "n")) != []  # admitted alone
+            assert limiter.statistics(0.0).cluster.concurrency.in_flight == 0
+        nursery.cancel_scope.cancel()

@@ -30,6 +30,7 @@ What a degrade switch does to a pinned session:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -39,6 +40,7 @@ import trio
 
 from ...call import Operation, Outcome, Run, Unavailable
 from ...policies.switch import SwitchAction, SwitchDecision
+from ...policies.waiting import Waiter, wait_first
 from ...protocols._errors import ProtocolError
 from ...protocols.resp import commands as cmdtable
 from ...protocols.resp import degrade, sharding
@@ -59,6 +61,7 @@ from ...protocols.resp.session import (
 )
 from ..backend.errors import BackendError
 from ..backend.redis_conn import RedisConnection
+from ..backend.redis_mux import Pending
 from ..backend.redis_pool import NodePool
 from ..runtime import ClientSession
 from ..transport import ClientTransport
@@ -126,6 +129,17 @@ class RedisSession(ClientSession):
         self._admitted: list[str] = []
         #: Whether the limiter admitted the current batch whole (then not call by call).
         self._admitted_whole = False
+        #: A batch admitted whole, as (operation counts, calls), until its run returns.
+        self._batch_admission: tuple[dict[str, int], int] | None = None
+        #: The batch whose run is in flight without this task waiting for it (its answer is
+        #: handled by :meth:`_answered`, in the backend reader's task): (reply slots, calls,
+        #: operations admitted one by one, whether it wrote). ``None``: none.
+        self._inflight: tuple[list[int], int, list[str], bool] | None = None
+        #: Woken when the run in flight has been answered, if this task waits for it.
+        self._inflight_waiter = Waiter()
+        #: Replies :meth:`_answered` could not fit in the client's socket: this task's to
+        #: write, before anything else.
+        self._unsent: memoryview | None = None
         #: SELECTs sent on the pinned connection while WATCH is active: (reply slot, db), in
         #: order; the session follows each one the node answers +OK.
         self._pinned_selects: list[tuple[int, int]] = []
@@ -160,6 +174,10 @@ class RedisSession(ClientSession):
         except OSError:
             pass  # the client went away; nothing to answer
         finally:
+            with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+                # A run in flight still holds its slots and owes the client its replies.
+                with trio.move_on_after(self._timeout):
+                    await self._settled()
             self._release_pinned()
             admitted, self._admitted = self._admitted, []
             self._done(admitted)
@@ -179,7 +197,7 @@ class RedisSession(ClientSession):
             await self.write(R.error(exc.reply_hint))
             self.state.closing = True
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         """Send ``data`` to the client; one that does not read its replies within
         ``CLIENT_WRITE_TIMEOUT`` is closed."""
         try:
@@ -200,10 +218,79 @@ class RedisSession(ClientSession):
             self._out.clear()
             await self.write(data)
 
+    async def _settled(self) -> None:
+        """Wait until the run in flight, if any, has been answered and its replies written:
+        the next batch's replies come after them."""
+        waiter = self._inflight_waiter
+        while self._inflight is not None:
+            await wait_first((), waiter)  # _answered wakes it
+        await self.write_pending()
+
+    async def write_pending(self) -> None:
+        unsent, self._unsent = self._unsent, None
+        if unsent is not None:
+            await self.write(unsent)
+
+    def _answered(self, result: Pending | Unavailable) -> None:
+        """The run :meth:`_flush` left in flight has its answer: count it, put the replies
+        in their slots and write the batch's replies; what does not fit in the socket is
+        left to the session's task. Runs in the backend reader's task: never blocks."""
+        info, self._inflight = self._inflight, None
+        assert info is not None
+        slots, count, admitted, wrote = info
+        try:
+            self._done(admitted)
+            self._release_batch()
+            if wrote:
+                self._reads_on_primary_until = self._clock.current_time() + _READ_YOUR_WRITES
+            out = self._out
+            if isinstance(result, Unavailable):
+                failure = R.unavailable(result.node, result.reason)
+                for slot in slots:
+                    out[slot] = failure
+            elif slots[-1] - slots[0] == count - 1:
+                chunks = result.replies
+                out[slots[0]] = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            else:
+                replies = split_replies(b"".join(result.replies), count)
+                for slot, reply in zip(slots, replies, strict=True):
+                    out[slot] = reply
+            data = b"".join(out)
+            out.clear()
+            if self.state.closing:
+                return
+            try:
+                sent = self.transport.send_nowait(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self._unsent = memoryview(data)[sent:]
+                self.wake_for_output()
+        except OSError:
+            self.state.closing = True  # the client went away
+        except Exception:
+            # A bug here must end this client only, never the reader every session shares.
+            log.exception(
+                "client %s: unexpected error; its connection is closed", self.transport.peer
+            )
+            self.state.closing = True
+            self.transport.close()
+        finally:
+            self._inflight_waiter.wake()
+
+    def _release_batch(self) -> None:
+        """Give back a batch's whole admission, once (whoever ends the batch first)."""
+        admission, self._batch_admission = self._batch_admission, None
+        if admission is not None:
+            limiter = self.runtime.policies.limiter
+            assert limiter is not None
+            limiter.done_batch(*admission)
+
     # ----------------------------------------------------------------------------------------
     # One batch: every command of one read, replies written together
 
     async def _run_batch(self, commands: list[Command]) -> None:
+        await self._settled()  # the previous batch's replies go first
         policies = self.runtime.policies
         limiter = policies.limiter
         admitted = None
@@ -219,16 +306,19 @@ class RedisSession(ClientSession):
             ):
                 admitted = None
         self._admitted_whole = admitted is not None
+        if admitted is not None:
+            self._batch_admission = (admitted, len(commands))
         try:
             await self._run_commands(commands, self.parser.batch_raw)
         finally:
             self._admitted_whole = False
             # Given back once the backend has answered, before the replies are written: a
-            # client slow to read them must not hold the cluster's concurrency slots.
-            if admitted is not None:
-                assert limiter is not None
-                limiter.done_batch(admitted, len(commands))
-        await self._write_out()
+            # client slow to read them must not hold the cluster's concurrency slots. A run
+            # still in flight gives it back when answered.
+            if self._inflight is None:
+                self._release_batch()
+        if self._inflight is None:
+            await self._write_out()
 
     async def _run_commands(self, commands: list[Command], raw: bytes | None) -> None:
         """Run a batch, leaving its replies in ``_out``; ``raw``: the client's own bytes for
@@ -285,7 +375,7 @@ class RedisSession(ClientSession):
             fast = state.forwards_plain
         if last is not None:
             state.last_command = last.name.encode()
-        await self._flush()
+        await self._flush(last=True)
 
     async def _act(self, action: Action, command: Command, info: CommandInfo) -> None:
         """Carry out what the session decided for one command (every action but the fast
@@ -408,8 +498,10 @@ class RedisSession(ClientSession):
             self.pinned.reusable = False  # it leaves with a db or a name of its own
         self._queue(command, op)
 
-    async def _flush(self) -> None:
-        """Forward the queued run and put each reply in its slot."""
+    async def _flush(self, *, last: bool = False) -> None:
+        """Forward the queued run and put each reply in its slot. ``last``: the batch ends
+        here, so a run to one node may be left in flight: :meth:`_answered` finishes it in
+        the backend reader's task while this one goes back to reading the client."""
         if not self._fwd:
             return
         calls = self._fwd
@@ -452,6 +544,13 @@ class RedisSession(ClientSession):
                     key=_run_key(calls) if idempotent and runtime.hash_reads else None,
                     shape=(self.state.db, self.state.resp),
                 )
+                if last and not self._substitutes and not self._pinned_selects:
+                    self._inflight = (slots, count, admitted, wrote)
+                    if runtime.engine.start(run, self._answered):
+                        admitted = []  # _answered gives them back
+                        wrote = False
+                        return
+                    self._inflight = None
                 chunks = (await runtime.engine.execute(run)).replies
                 if slots[-1] - slots[0] == count - 1 and not self._substitutes:
                     # The replies fill adjacent slots: take them as one run of bytes.
