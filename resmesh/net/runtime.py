@@ -6,15 +6,17 @@ protocol adds its runtime (a subclass of :class:`ClusterRuntime`, listed in
 A protocol's runtime says three things: how to open a session for a new client
 (:meth:`ClusterRuntime.open_session`), what to send a client turned away because the cluster
 has ``limits.max_clients`` clients already (:meth:`ClusterRuntime.too_many_clients`), and what
-runs in the background for the cluster (:meth:`ClusterRuntime.run`: the HA engine's timer,
-backend connection readers).
+runs in the background for the cluster (:meth:`ClusterRuntime.run_backend`: the HA engine's
+timer, backend connection readers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import logging
+import math
 import socket
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from ..cluster.topology import ClusterState
     from ..policies.switch import Switch
 
-__all__ = ["ClientSession", "ClusterRuntime"]
+__all__ = ["ClientSession", "ClusterRuntime", "Waiting"]
 
 log = logging.getLogger(__name__)
 
@@ -40,50 +42,92 @@ log = logging.getLogger(__name__)
 _client_ids = itertools.count(1)
 
 
+class Waiting(enum.Enum):
+    """What a session's task waits for, which says what may end the session there."""
+
+    #: Nothing: it handles a request. A drain lets it finish.
+    NOTHING = "nothing"
+    #: The client's next request. A drain or the idle timeout ends the session here.
+    REQUEST = "request"
+    #: A subscription's messages. A drain ends the session here; the idle timeout does not
+    #: (redis-server's ``timeout`` skips Pub/Sub clients too).
+    MESSAGES = "messages"
+
+
 class ClientSession:
     """One client connection, driven by its own task (:meth:`serve`).
 
-    The base keeps what the runtime needs of every session: its id, its transport, and the
-    wait for the next request, which a drain or the idle timeout interrupts (never a request
-    in progress). Replies may be written from another task (a backend connection's reader
-    answering a run, see :meth:`wake_for_output`); the session's own task then writes only
-    what did not fit in the socket.
+    The base keeps what the runtime needs of every session: its id, its transport, the wait
+    for the next request (which a drain or the idle timeout may end, never a request in
+    progress), and the writer of replies that did not fit in the client's socket.
+
+    Ending a waiting session cancels :attr:`scope`, entered once for the session's life:
+    entering a Trio cancel scope costs a few microseconds, as much as the rest of a proxied
+    command's gateway work, so the wait for each request must not have one of its own.
     """
+
+    #: The session's writer tasks run here (see :meth:`wake_for_output`); set by the runtime
+    #: before :meth:`serve`.
+    nursery: trio.Nursery
 
     def __init__(self, runtime: ClusterRuntime, transport: ClientTransport, client_id: int):
         self.runtime = runtime
         self.transport = transport
         self.id = client_id
-        #: Cancelled by a drain to interrupt the wait for the next request.
-        self.idle_scope: trio.CancelScope | None = None
+        #: Cancelled (by :meth:`interrupt`) to end the session where it waits.
+        self.scope = trio.CancelScope()
+        #: Whether :meth:`interrupt` was called: bytes that arrived along with it are dropped.
+        self.interrupted = False
+        self.waiting = Waiting.NOTHING
+        #: Idle-timeout sweeps that found the session waiting for the same request.
+        self.idle_sweeps = 0
+        #: Whether a writer task is writing what :meth:`wake_for_output` announced.
+        self.writing = False
         #: Whether the last read filled the buffer, so more may be waiting: only then is a
         #: read tried before parking. After a short read the socket is almost always empty
         #: (a client waiting for its replies), and the try would only fail with EAGAIN.
         self._more_waiting = False
-        #: Set by :meth:`wake_for_output`: the wait for input was interrupted to write.
-        self._output_waiting = False
+
+    def interrupt(self) -> None:
+        """End the session where it waits (a drain, the idle timeout)."""
+        self.interrupted = True
+        self.scope.cancel()
 
     def wake_for_output(self) -> None:
-        """Replies are waiting that only the session's task may write (the socket was full):
-        interrupt its wait for input so it writes them (:meth:`write_pending`), then waits
-        again."""
-        self._output_waiting = True
-        if self.idle_scope is not None:
-            self.idle_scope.cancel()
+        """Replies are waiting that did not fit in the client's socket: a writer task writes
+        them (:meth:`write_pending`). Neither the backend reader that answered (it serves
+        every session, so it never blocks) nor the session's task (it may be waiting for a
+        client that itself waits for these replies) can wait for the client to read."""
+        if not self.writing:
+            self.writing = True
+            self.nursery.start_soon(self._write_output)
+
+    async def _write_output(self) -> None:
+        try:
+            await self.write_pending()
+        except OSError:
+            self.transport.close()  # the client is gone: its session's task ends too
+        finally:
+            self.writing = False
+            self.output_written()
 
     async def write_pending(self) -> None:
         """Write what :meth:`wake_for_output` announced (nothing by default)."""
+
+    def output_written(self) -> None:
+        """The writer task has finished (nothing by default)."""
 
     async def serve(self) -> None:
         """Serve the client until it leaves, breaks the protocol, or the gateway drains."""
         raise NotImplementedError
 
     async def next_input(self) -> bytes:
-        """The client's next bytes; ``b""`` when it closed the connection, stayed silent past
-        ``limits.client_idle_timeout``, or the gateway is draining.
+        """The client's next bytes; ``b""`` when it closed the connection or the gateway is
+        draining.
 
         Raises:
             OSError: the connection broke.
+            trio.Cancelled: the session was ended here (:meth:`interrupt`).
         """
         transport = self.transport
         if self._more_waiting:
@@ -93,27 +137,20 @@ class ClientSession:
                 pass
             else:
                 self._more_waiting = len(data) >= RECV_SIZE
+                self.idle_sweeps = 0
                 return data
-        runtime = self.runtime
-        while True:
-            if self._output_waiting:
-                self._output_waiting = False
-                await self.write_pending()
-            if runtime.draining:
-                return b""
-            # Nothing to read: park, interruptible by a drain, the idle timeout, or replies
-            # to write. (The scope is only paid for here, not on the pipelined fast path.)
-            with trio.CancelScope() as scope:
-                self.idle_scope = scope
-                if runtime.idle_timeout > 0:
-                    scope.deadline = trio.current_time() + runtime.idle_timeout
-                data = await transport.recv()
-            self.idle_scope = None
-            if not scope.cancelled_caught:
-                self._more_waiting = len(data) >= RECV_SIZE
-                return data
-            if not self._output_waiting:
-                return b""  # the drain, or the idle timeout
+        if self.runtime.draining:
+            return b""
+        self.waiting = Waiting.REQUEST
+        try:
+            data = await transport.recv()
+        finally:
+            self.waiting = Waiting.NOTHING
+        if self.interrupted:
+            return b""  # ended just as the bytes came: the session must not start on them
+        self._more_waiting = len(data) >= RECV_SIZE
+        self.idle_sweeps = 0
+        return data
 
 
 class ClusterRuntime:
@@ -159,8 +196,9 @@ class ClusterRuntime:
         """What a client turned away at ``limits.max_clients`` is sent before the close."""
         raise NotImplementedError
 
-    async def run(self) -> None:
-        """The cluster's background work, until cancelled (none by default)."""
+    async def run_backend(self) -> None:
+        """The protocol's background work for the cluster, until cancelled (none by
+        default)."""
 
     def apply(self, state: ClusterState, switches: Iterable[Switch] | None = None) -> None:
         """Make a new layout (and, if given, the degrade switches) the one in force, as the
@@ -181,6 +219,37 @@ class ClusterRuntime:
     # ------------------------------------------------------------------------------------
     # Shared by every protocol
 
+    async def run(self) -> None:
+        """The cluster's background work, until cancelled: the protocol's
+        (:meth:`run_backend`) and, when ``limits.client_idle_timeout`` is set, the sweep that
+        ends idle clients."""
+        async with trio.open_nursery() as nursery:
+            if self.idle_timeout > 0:
+                nursery.start_soon(self._end_idle_sessions)
+            await self.run_backend()
+
+    async def _end_idle_sessions(self) -> None:
+        """End every session that has waited for its next request for
+        ``limits.client_idle_timeout``, within a quarter of it (at most a second) after.
+
+        One periodic sweep over the sessions rather than a deadline on each wait (a deadline
+        costs each request a cancel scope); redis-server enforces its ``timeout`` the same
+        way, from the cron that walks its clients.
+        """
+        interval = min(self.idle_timeout / 4, 1.0)
+        # A session seen waiting by n sweeps in a row has waited at least n - 1 intervals.
+        sweeps = math.ceil(self.idle_timeout / interval) + 1
+        while True:
+            await trio.sleep(interval)
+            for session in list(self.sessions.values()):
+                if session.waiting is Waiting.REQUEST:
+                    session.idle_sweeps += 1
+                    if session.idle_sweeps >= sweeps:
+                        log.info("client %s: idle timeout; closing it", session.transport.peer)
+                        session.interrupt()
+                else:
+                    session.idle_sweeps = 0
+
     async def serve(self, listener: socket.socket, connections: trio.Nursery) -> None:
         """Accept clients on ``listener`` into ``connections`` until cancelled."""
         await serve_listener(listener, self._accepted, connections)
@@ -199,7 +268,12 @@ class ClusterRuntime:
             session = self.open_session(transport, next(_client_ids))
             self.sessions[session.id] = session
             try:
-                await session.serve()
+                async with trio.open_nursery() as session.nursery:
+                    try:
+                        with session.scope:
+                            await session.serve()
+                    finally:
+                        transport.close()  # ends a writer task still waiting on the client
             except Exception:
                 # A bug met by one client ends that client's connection, never the gateway
                 # and every other client with it.
@@ -215,5 +289,5 @@ class ClusterRuntime:
         """Stop taking new requests: idle sessions end now, busy ones after their request."""
         self.draining = True
         for session in list(self.sessions.values()):
-            if session.idle_scope is not None:
-                session.idle_scope.cancel()
+            if session.waiting is not Waiting.NOTHING:
+                session.interrupt()

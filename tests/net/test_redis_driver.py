@@ -142,3 +142,43 @@ async def test_a_run_answered_in_the_reader_s_task_gives_its_slots_back(
                 assert await client.call(("INCR", "n")) != []  # admitted alone
             assert limiter.statistics(0.0).cluster.concurrency.in_flight == 0
         nursery.cancel_scope.cancel()
+
+
+_SUBSCRIBED = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+
+
+async def test_the_idle_timeout_ends_a_silent_client_only_after_its_silence(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``limits.client_idle_timeout``: a client is closed once silent that long (within a
+    quarter of it after), never earlier; a subscriber waiting for messages is spared, as
+    redis-server's ``timeout`` spares Pub/Sub clients."""
+    node = FakeNode()
+    node.hook = lambda args: _SUBSCRIBED if args[0] == b"SUBSCRIBE" else None
+    closed_at: dict[str, float] = {}
+
+    async def closed(name: str, client: Client) -> None:
+        assert await client.closed()
+        closed_at[name] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        async with inprocess_gateway(
+            tmp_path, [node.port], clients=3, limits={"client_idle_timeout": 2.0}
+        ) as (runtime, (talker, silent, subscriber)):
+            start = trio.current_time()
+            nursery.start_soon(closed, "silent", silent)
+            assert await subscriber.call(("SUBSCRIBE", "ch")) == [_SUBSCRIBED]
+            for _ in range(4):  # talks for 6 s, silent for 1.5 s at a time
+                assert await talker.call(("PING",)) == [b"+PONG\r\n"]
+                await trio.sleep(1.5)
+            assert 2.0 <= closed_at["silent"] - start <= 2.5
+            await trio.sleep(0.25)  # between two sweeps
+            assert await talker.call(("PING",)) == [b"+PONG\r\n"]
+            last_input = trio.current_time()
+            await closed("talker", talker)
+            assert 2.0 <= closed_at["talker"] - last_input <= 2.5
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(runtime.sessions) == 1  # the subscriber, after many sweeps
+            assert await subscriber.call(("PING",)) == [b"+PONG\r\n"]
+        nursery.cancel_scope.cancel()

@@ -55,6 +55,7 @@ async def inprocess_gateway(
     *,
     clients: int = 1,
     backend: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
     **governance: Any,
 ) -> AsyncIterator[tuple[RedisRuntime, list[Client]]]:
     """One cluster (policy ``passthrough`` plus ``governance``) over ``nodes`` (ports, or node
@@ -69,6 +70,8 @@ async def inprocess_gateway(
     }
     if backend:
         cluster["backend"] = backend
+    if limits:
+        cluster["limits"] = limits
     config = parse_config({"clusters": {"c": cluster}}, tmp_path / "inprocess.yaml")
     async with trio.open_nursery() as nursery:
         runtime = RedisRuntime(config.clusters["c"], config.users, nursery)

@@ -27,6 +27,7 @@ from ...protocols._errors import ProtocolError
 from ...protocols.resp import replies as R
 from ...protocols.resp.requests import Command
 from ..backend.redis_conn import RedisConnection
+from ..runtime import Waiting
 from ..sockio import recv
 
 if TYPE_CHECKING:
@@ -141,9 +142,9 @@ async def relay(session: RedisSession, commands: list[Command]) -> list[Command]
         async with trio.open_nursery() as nursery:
             # A subscriber waits for messages as an idle client waits for input: a drain
             # ends it at once (redis-server closes subscribers on shutdown too).
-            session.idle_scope = nursery.cancel_scope
+            session.waiting = Waiting.MESSAGES
             if session.runtime.draining:
-                nursery.cancel_scope.cancel()
+                session.interrupt()
             nursery.start_soon(stretch.node_to_client, nursery.cancel_scope)
             if not await stretch.send(commands):
                 error = await stretch.client_to_node()
@@ -155,7 +156,7 @@ async def relay(session: RedisSession, commands: list[Command]) -> list[Command]
     except Unavailable as exc:
         await session.write(R.unavailable(exc.node, exc.reason))
     finally:
-        session.idle_scope = None
+        session.waiting = Waiting.NOTHING
     if stretch.reset and not session.state.closing:
         session.left_subscribed_mode()
         return stretch.after_reset

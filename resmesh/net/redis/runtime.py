@@ -116,7 +116,7 @@ class RedisRuntime(ClusterRuntime):
     def too_many_clients(self) -> bytes:
         return R.error("ERR max number of clients reached")  # redis-server's words
 
-    async def run(self) -> None:
+    async def run_backend(self) -> None:
         # Always: a cluster that does not spread reads now may after a new layout.
         await self.engine.run()
 

@@ -135,10 +135,11 @@ class RedisSession(ClientSession):
         #: handled by :meth:`_answered`, in the backend reader's task): (reply slots, calls,
         #: operations admitted one by one, whether it wrote). ``None``: none.
         self._inflight: tuple[list[int], int, list[str], bool] | None = None
-        #: Woken when the run in flight has been answered, if this task waits for it.
-        self._inflight_waiter = Waiter()
-        #: Replies :meth:`_answered` could not fit in the client's socket: this task's to
-        #: write, before anything else.
+        #: Woken when the run in flight has been answered or the writer task is done, if
+        #: this task waits for them.
+        self._settle_waiter = Waiter()
+        #: Replies :meth:`_answered` could not fit in the client's socket: the writer task's
+        #: to write (:meth:`wake_for_output`), before anything else.
         self._unsent: memoryview | None = None
         #: SELECTs sent on the pinned connection while WATCH is active: (reply slot, db), in
         #: order; the session follows each one the node answers +OK.
@@ -211,6 +212,7 @@ class RedisSession(ClientSession):
         if scope.cancelled_caught:
             log.warning("client %s did not read its replies; closing it", self.transport.peer)
             self.state.closing = True
+            self.transport.close()  # wakes the session's task if it waits on the client
 
     async def _write_out(self) -> None:
         if self._out:
@@ -221,15 +223,17 @@ class RedisSession(ClientSession):
     async def _settled(self) -> None:
         """Wait until the run in flight, if any, has been answered and its replies written:
         the next batch's replies come after them."""
-        waiter = self._inflight_waiter
-        while self._inflight is not None:
-            await wait_first((), waiter)  # _answered wakes it
-        await self.write_pending()
+        waiter = self._settle_waiter
+        while self._inflight is not None or self.writing:
+            await wait_first((), waiter)  # _answered and output_written wake it
 
     async def write_pending(self) -> None:
         unsent, self._unsent = self._unsent, None
         if unsent is not None:
             await self.write(unsent)
+
+    def output_written(self) -> None:
+        self._settle_waiter.wake()
 
     def _answered(self, result: Pending | Unavailable) -> None:
         """The run :meth:`_flush` left in flight has its answer: count it, put the replies
@@ -264,6 +268,7 @@ class RedisSession(ClientSession):
             except BlockingIOError:
                 sent = 0
             if sent < len(data):
+                assert self._unsent is None  # the next batch waits for the writer
                 self._unsent = memoryview(data)[sent:]
                 self.wake_for_output()
         except OSError:
@@ -276,7 +281,7 @@ class RedisSession(ClientSession):
             self.state.closing = True
             self.transport.close()
         finally:
-            self._inflight_waiter.wake()
+            self._settle_waiter.wake()
 
     def _release_batch(self) -> None:
         """Give back a batch's whole admission, once (whoever ends the batch first)."""
