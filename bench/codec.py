@@ -4,7 +4,8 @@ Run: ``python bench/codec.py`` (``--quick`` for a shorter run).
 
 What it answers:
 
-- ``RequestParser`` on a 16-command GET pipeline: the frontend's cost per command;
+- ``RequestParser`` (the compiled framer) and the pure parser on a 16-command GET pipeline
+  and on one GET: the frontend's cost per command;
 - ``scan_reply`` / ``ReplyFramer`` on GET/SET replies: the backend's cost to frame a reply it
   forwards unchanged (the gateway's hot path);
 - pure ``ReplyParser`` against ``HiredisReplyParser`` on typical replies, and ``encode``: where
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resmesh.protocols.resp import writer
 from resmesh.protocols.resp.framing import NEED_DATA, ReplyFramer, scan_reply
 from resmesh.protocols.resp.parser import HiredisReplyParser, ReplyParser
-from resmesh.protocols.resp.requests import RequestParser, encode_command
+from resmesh.protocols.resp.requests import RequestParser, _PureRequestParser, encode_command
 from resmesh.protocols.resp.values import Array, BulkString, SimpleString
 
 VALUE_16 = b"0123456789abcdef"
@@ -57,23 +58,24 @@ def per_op(func: Callable[[], object], ops: int, quick: bool) -> float:
 
 def bench_requests(quick: bool) -> list[tuple[str, float]]:
     pipeline = b"".join(encode_command([b"GET", b"key:%d" % i]) for i in range(16))
-
-    def parse() -> None:
-        parser = RequestParser()
-        parser.feed(pipeline)
-        assert len(parser.commands()) == 16
-
     single = encode_command([b"GET", b"key:1"])
+    rows = []
+    for engine, make in (("RequestParser", RequestParser), ("pure parser", _PureRequestParser)):
+        parser = make()
 
-    def parse_one() -> None:
-        parser = RequestParser()
-        parser.feed(single)
-        parser.commands()
+        def parse(parser: RequestParser | _PureRequestParser = parser) -> None:
+            parser.feed(pipeline)
+            assert len(parser.commands()) == 16
 
-    return [
-        ("RequestParser, 16 x GET pipeline (per command)", per_op(parse, 16, quick)),
-        ("RequestParser, one GET (incl. parser creation)", per_op(parse_one, 1, quick)),
-    ]
+        def parse_one(parser: RequestParser | _PureRequestParser = parser) -> None:
+            parser.feed(single)
+            parser.commands()
+
+        rows += [
+            (f"{engine}, 16 x GET pipeline (per command)", per_op(parse, 16, quick)),
+            (f"{engine}, one GET", per_op(parse_one, 1, quick)),
+        ]
+    return rows
 
 
 def bench_scan(quick: bool) -> list[tuple[str, float]]:

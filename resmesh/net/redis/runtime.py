@@ -3,6 +3,7 @@ sessions of its clients."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 
 import trio
@@ -14,6 +15,7 @@ from ...policies.chain import ClusterPolicies, configured_switches
 from ...policies.engine import HAEngine
 from ...policies.switch import Switch
 from ...protocols.resp import replies as R
+from ...protocols.resp import requests
 from ...protocols.resp.requests import RequestLimits
 from ...protocols.resp.session import CommandInfo, RespSession
 from ..backend.redis_mux import Pending
@@ -22,6 +24,8 @@ from ..runtime import ClusterRuntime
 from ..transport import ClientTransport
 from .session import RedisSession
 from .upstream import RedisTransport, ShardMap
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RedisRuntime"]
 
@@ -51,6 +55,14 @@ class RedisRuntime(ClusterRuntime):
         workers: int = 1,
     ) -> None:
         super().__init__(config, users, nursery, workers=workers)
+        if not requests.COMPILED:
+            log.warning(
+                "cluster %s: the compiled request framer is not installed, so requests are "
+                "parsed in pure Python (more CPU per command); install a C compiler and "
+                "Python's headers (apt-get install build-essential python3-dev), then "
+                "reinstall resmesh",
+                config.name,
+            )
         #: Gateway logins allowed here (name → password): the sessions check AUTH against it.
         self.passwords: Mapping[str, str] = {name: u.password for name, u in self.users.items()}
         limits = config.redis or RedisSettings()

@@ -6,16 +6,17 @@ on one connection, and so does this parser.
 
 Two engines, one interface (:class:`RequestParser`):
 
-* hiredis' C reader, for speed, on authenticated multibulk traffic (what client libraries
-  send). It reads replies, not requests, and exposes no byte offsets, so every command it
-  returns is checked against its canonical multibulk encoding: that proves the client sent a
-  well-formed request, and says where the command ended, so the client's own bytes can be
-  forwarded unchanged.
+* a compiled framer (``_framer.c``), for speed, on authenticated multibulk traffic (what
+  client libraries send): it takes only the canonical encoding, returns each command with its
+  own bytes (so a batch is forwarded unchanged), and stops at the first byte that is anything
+  else. It is the one piece of the request path in C: at 16 pipelined commands, parsing in
+  Python cost a third of the gateway's CPU per command.
 * a hand-written pure parser (a tight loop over ``bytes.find``) for everything else: it tracks
   each command's byte span itself, reads inline commands, applies redis-server's tighter limits
-  before AUTH, and reports every error in redis-server's words. It takes over from hiredis for
-  an inline command or a command still incomplete after 64 KiB (until the next command
-  boundary), and for good after bytes hiredis rejects or that are not a canonical request.
+  before AUTH, and reports every error in redis-server's words. It takes over from the framer
+  for an inline command or a command still incomplete after 64 KiB (until the next command
+  boundary), and for good after bytes the framer does not take. It is also the reference the
+  framer is tested against, and the fallback where the framer was not built.
 
 ``bench/codec.py`` measures both.
 
@@ -27,7 +28,6 @@ one of them is fatal to the connection, as it is in Redis.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,6 +37,14 @@ from ...call import Call
 from .._errors import RemoteProtocolError
 from .commands import lookup
 from .parser import parse_integer
+
+try:
+    from ._framer import frame
+except ImportError:  # installed without a C compiler: the pure parser does everything
+    frame = None  # type: ignore[assignment]
+
+#: Whether the compiled framer is installed.
+COMPILED: Final = frame is not None
 
 __all__ = ["Command", "RequestLimits", "RequestParser", "encode_command", "split_inline"]
 
@@ -364,16 +372,17 @@ class RequestParser:
     """Turns a client's byte stream into :class:`Command` objects.
 
     Use: ``feed(data)`` whenever bytes arrive, then ``commands()`` for every complete command so
-    far; ``batch_raw`` then holds the exact bytes of that batch when known, so a batch that is
-    forwarded whole goes out as the client sent it, with no re-encoding.
+    far; ``batch_raw`` then holds the exact bytes of that batch, so a batch that is forwarded
+    whole goes out as the client sent it, with no re-encoding.
 
-    Two engines behind one interface: hiredis' C reader for authenticated multibulk traffic
-    (about 0.2 µs a command against 2.5 µs in Python: ``bench/codec.py``), and the pure parser
-    for the rest: inline commands, the pre-AUTH limits, and exact redis-server error wording.
-    On anything hiredis rejects, the bytes it had not finished are re-parsed by the pure parser,
-    which stays in charge for the rest of the connection. An inline command, or one still
-    incomplete after 64 KiB (a large value), goes to the pure parser too, but only until the
-    next command boundary: then hiredis takes over again.
+    Two engines behind one interface: the compiled framer (:data:`frame`) for authenticated
+    multibulk traffic, and the pure parser for the rest: inline commands, the pre-AUTH
+    limits, and exact redis-server error wording. The framer stops at the first byte it does
+    not take; the pure parser reads on from there, and stays in charge for the rest of the
+    connection. An inline command, or one still incomplete after 64 KiB (a large value), goes
+    to the pure parser too, but only until the next command boundary: then the framer takes
+    over again. Without the compiled framer (no C compiler at install) the pure parser does
+    everything.
 
     Raises:
         RemoteProtocolError: from ``feed`` past the buffer cap, and from ``commands`` on
@@ -381,30 +390,17 @@ class RequestParser:
             first and ``failed`` turns true: the next ``commands()`` call raises.
     """
 
-    __slots__ = (
-        "_fast",
-        "_fast_ok",
-        "_limits",
-        "_pending",
-        "_pending_used",
-        "_pure",
-        "_returned",
-        "batch_raw",
-    )
+    __slots__ = ("_fast", "_fast_ok", "_limits", "_pending", "_pure", "batch_raw")
 
     def __init__(self, limits: RequestLimits | None = None, *, authenticated: bool = True) -> None:
         self._limits = limits or RequestLimits()
         self._pure = _PureRequestParser(self._limits, authenticated=authenticated)
-        self._fast: hiredis.Reader | None = None
-        #: False once the client sent something hiredis cannot take (inline, bad bytes).
-        self._fast_ok = True
-        #: Bytes given to hiredis since it was last at a command boundary.
-        self._pending = bytearray()
-        #: Whether commands from ``_pending`` were already returned (then ``batch_raw`` is
-        #: unknown for the batch that finishes it).
-        self._pending_used = False
-        #: Non-empty commands hiredis returned since the last boundary (skipped on fallback).
-        self._returned = 0
+        #: Whether the framer has the stream now (else the pure parser has).
+        self._fast = False
+        #: False once the client sent bytes the framer does not take (for good).
+        self._fast_ok = frame is not None
+        #: Bytes the framer has not returned as commands (an incomplete command).
+        self._pending = b""
         self.batch_raw: bytes | None = None
 
     @property
@@ -418,178 +414,84 @@ class RequestParser:
     @property
     def failed(self) -> bool:
         """True when malformed input is waiting to be reported by the next ``commands()``."""
-        return self._fast is None and self._pure.error is not None
+        return not self._fast and self._pure.error is not None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as commands."""
-        return len(self._pending) if self._fast is not None else self._pure.buffered
+        return len(self._pending) if self._fast else self._pure.buffered
 
     def feed(self, data: bytes) -> None:
         """Append bytes from the client."""
-        if self._fast is None:
+        if not data:
+            return
+        if not self._fast:
             pure = self._pure
             if not (self._fast_ok and pure.authenticated and pure.buffered == 0):
                 pure.feed(data)
                 return
             if pure.error is not None:
                 raise pure.error
-            self._fast = hiredis.Reader()  # authenticated: the pre-AUTH limits are behind us
-        if len(self._pending) + len(data) > self._limits.max_buffer:
-            raise _protocol_error("client query buffer limit exceeded")
-        if not self._pending and data[:1] != b"*":
-            self._fall_back(data, resume=True)  # an inline command: the pure parser's job
-            return
+            self._fast = True  # authenticated: the pre-AUTH limits are behind us
         pending = self._pending
-        scan_from = max(0, len(pending) - _LONG_HEADER_SPAN)
-        pending += data
-        if _LONG_NESTED_HEADER.search(pending, scan_from) is not None:
-            self._fall_back(b"", resume=True)  # the pure parser refuses it, in redis' words
-            return
-        self._fast.feed(data)
+        if len(pending) + len(data) > self._limits.max_buffer:
+            raise _protocol_error("client query buffer limit exceeded")
+        if pending:
+            self._pending = pending + data
+        elif data[0] == 0x2A:  # '*'
+            self._pending = data
+        else:
+            self._fall_back(data, resume=True)  # an inline command: the pure parser's job
 
     def commands(self) -> list[Command]:
         """Every complete command buffered so far, in order (possibly none)."""
-        fast = self._fast
         self.batch_raw = None
-        if fast is None:
+        if not self._fast:
             return self._pure.commands()
-        out: list[Command] = []
-        limits = self._limits
         pending = self._pending
-        verified = 0
+        if not pending:
+            return []
+        limits = self._limits
+        assert frame is not None  # _fast is never set without it
+        out, end, stopped = frame(pending, limits.max_multibulk_len, limits.max_bulk_len, Command)
         try:
-            while True:
-                # hiredis allocates a declared array as soon as it reads the header, so a
-                # header over the limit (``*2147483648``) must be refused before gets() sees
-                # it. Six digits or fewer is always within bounds: one find() per command.
-                if verified < len(pending):
-                    header_end = pending.find(b"\r\n", verified, verified + 9)
-                    if header_end < 0 or header_end - verified > 7:
-                        _check_in_progress(pending, verified, limits)
-                args = fast.gets()
-                if args is False:
-                    break
-                if type(args) is not list or len(args) > limits.max_multibulk_len:
-                    raise _NotARequest
-                # join() is the cheapest "every element is bytes" test there is (a TypeError
-                # otherwise), and its size bounds every element's size.
-                if len(b"".join(args)) > limits.max_bulk_len and any(
-                    len(a) > limits.max_bulk_len for a in args
-                ):
-                    raise _NotARequest
-                # hiredis reads replies, not requests: it takes ``+x`` or ``(1`` elements as
-                # bytes and skips a bulk's CRLF unchecked. A command counts only if the client
-                # sent exactly its canonical encoding, which also says where it ended (hiredis'
-                # has_data() cannot: it is false mid-command once the type byte is read).
-                raw = encode_command(args)
-                if not pending.startswith(raw, verified):
-                    raise _NotARequest
-                verified += len(raw)
-                if args:
-                    self._returned += 1
-                    out.append(Command(args, raw))
-            if verified < len(pending):
-                _check_in_progress(pending, verified, limits)
-        except (hiredis.ProtocolError, _NotARequest, TypeError, MemoryError) as exc:
-            # MemoryError: hiredis allocates a declared array up front (``*4000000000``).
-            self._fall_back(b"", resume=isinstance(exc, _TooLong))
+            if stopped:
+                raise _NotARequest
+            # What the framer left is a canonical prefix within the limits (it stops at
+            # anything else), so redis-server would not refuse it yet either.
+            if len(pending) - end > INLINE_MAX_SIZE:
+                raise _TooLong
+        except _NotARequest as exc:
+            self._pending = b""
+            self._fall_back(pending[end:], resume=isinstance(exc, _TooLong))
             try:
-                rest = self._pure.commands()[self._returned :]
+                rest = self._pure.commands()
             except RemoteProtocolError:
-                rest = []  # nothing before the error: ``failed`` is set, raised below
-            self._returned = 0
-            if not out and not rest and self._pure.error is not None:
-                raise self._pure.error from None
+                if not out:
+                    raise
+                rest = []  # the next call raises it: ``failed`` is set
             return out + rest
-        self._returned = 0
-        if verified == len(pending):
-            # hiredis consumed exactly the verified bytes: a command boundary.
-            if not self._pending_used:
-                self.batch_raw = bytes(pending)
-            self._pending = bytearray()
-            self._pending_used = False
-        elif verified:
-            # Mid-command: drop what was returned, so ``_pending`` (and the cap) only holds
-            # the command in progress and a fallback re-parses from a boundary.
-            del pending[:verified]
-            self._pending_used = True
+        if end == len(pending):
+            self._pending = b""
+            self.batch_raw = pending
+        elif end:
+            # Mid-command: keep only the command in progress (and count only it in the cap).
+            self._pending = pending[end:]
+            self.batch_raw = pending[:end]
         return out
 
-    def _fall_back(self, data: bytes, *, resume: bool = False) -> None:
-        """Hand what hiredis holds (plus ``data``) to the pure parser: for good, or with
-        ``resume`` until the pure parser is at a command boundary again.
-
-        The pure parser re-reads the bytes since hiredis' last command boundary, so its own
-        errors, in redis-server's words, are what the client sees; the caller skips the
-        commands among them that hiredis had already returned.
-        """
-        pending = bytes(self._pending) + data
-        self._fast = None
+    def _fall_back(self, data: bytes, *, resume: bool) -> None:
+        """Hand ``data`` (from a command boundary on) to the pure parser: for good, or with
+        ``resume`` until the pure parser is at a command boundary again."""
+        self._fast = False
         self._fast_ok = resume
-        self._pending = bytearray()
-        self._pending_used = False
-        self._pure.feed(pending)
-
-
-#: An aggregate header (array, push, map, set, attribute) with seven characters or more after
-#: its type byte, at the start of a line. A request's elements are bulk strings, never
-#: aggregates, but hiredis reads replies: it allocates the declared size as soon as it reads
-#: such a header inside a command (``*1\r\n>2147483648\r\n`` would make it allocate 16 GB,
-#: stalling the worker for tens of seconds). Input holding one goes to the pure parser, which
-#: refuses nested aggregates as redis-server does. A value that happens to contain the
-#: pattern only costs that batch the slower parser. (Top-level headers are checked by count
-#: separately; a long one matches here too, which is harmless.)
-_LONG_NESTED_HEADER: Final = re.compile(rb"\r\n[*>%~|][^\r]{7}")
-#: How far back into bytes already scanned a match could start (``\r\n``, type, 7 more).
-_LONG_HEADER_SPAN: Final = 9
+        self._pure.feed(data)
 
 
 class _NotARequest(Exception):
-    """hiredis parsed a valid RESP value that is not a valid request (or breaks a limit)."""
+    """The framer stopped at bytes it does not take: the pure parser reads them."""
 
 
 class _TooLong(_NotARequest):
-    """A command still incomplete after 64 KiB: the pure parser takes it, then hands back."""
-
-
-def _check_in_progress(pending: bytearray, start: int, limits: RequestLimits) -> None:
-    """Refuse now what redis-server would refuse before a command is complete.
-
-    hiredis waits for the whole command, while redis-server rejects a bad count as soon as the
-    header line is in (and hiredis allocates the declared array at once), and a header line
-    over 64 KiB without waiting for the rest. So: check the count, and leave any command still
-    incomplete after 64 KiB to the pure parser, which applies redis-server's line limits with
-    its wording (and resumes large commands without re-parsing them).
-
-    Raises:
-        _NotARequest: the pure parser must take over (:class:`_TooLong`: for this command).
-    """
-    if pending[start] != 0x2A:  # '*'
-        raise _NotARequest
-    if len(pending) - start > INLINE_MAX_SIZE:
-        raise _TooLong
-    header_end = pending.find(b"\r\n", start + 1, start + 24)
-    if header_end < 0:
-        if len(pending) - start >= 24:
-            raise _NotARequest
-        return
-    count = parse_integer(pending[start + 1 : header_end])
-    if count is None or count > limits.max_multibulk_len:
-        raise _NotARequest
-    # The bulk headers received so far: redis-server refuses a bad length on sight.
-    pos = header_end + 2
-    for _ in range(count):
-        if pos >= len(pending):
-            return
-        if pending[pos] != 0x24:  # '$'
-            raise _NotARequest
-        line_end = pending.find(b"\r\n", pos + 1, pos + 24)
-        if line_end < 0:
-            if len(pending) - pos >= 24:
-                raise _NotARequest
-            return
-        length = parse_integer(pending[pos + 1 : line_end])
-        if length is None or length < 0 or length > limits.max_bulk_len:
-            raise _NotARequest
-        pos = line_end + 2 + length + 2
+    """A command still incomplete after 64 KiB: the pure parser takes it (it resumes a large
+    command where it left off rather than re-reading it on every read), then hands back."""

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resmesh.protocols._errors import RemoteProtocolError
+from resmesh.protocols.resp import requests
 from resmesh.protocols.resp.requests import (
     Command,
     RequestLimits,
@@ -334,34 +335,19 @@ def _outcome(parser: Any, chunks: list[bytes]) -> tuple[list[list[bytes]], str |
 
 @FAST
 @given(st.data())
-def test_hiredis_path_agrees_with_the_pure_parser(data: st.DataObject) -> None:
-    """The hiredis engine never returns a command the pure parser would not.
-
-    On valid input both give the same commands. On malformed input the hiredis engine may
-    still be waiting where the pure parser already refuses (hiredis reads nested arrays, so
-    ``*5`` where an argument should be looks like an incomplete command to it): it then returns
-    a prefix of the pure parser's commands, and whenever it raises, it is the same error.
-    """
+def test_the_framer_agrees_with_the_pure_parser(data: st.DataObject) -> None:
+    """The compiled framer and the pure parser give the same commands and the same error on
+    any input, cut anywhere: the framer stops where it is unsure and the pure parser reads on
+    from there."""
     commands = data.draw(st.lists(arg_lists, min_size=1, max_size=5))
     stream = b"".join(encode_command(a) for a in commands)
     if data.draw(st.booleans()):
         stream = data.draw(mutated(stream))
     chunks = split(stream, data.draw(cut_lists))
-    fast_commands, fast_error = _outcome(RequestParser(SMALL), chunks)
-    pure_commands, pure_error = _outcome(_PureRequestParser(SMALL), chunks)
-    assert fast_commands == pure_commands[: len(fast_commands)]
-    if fast_error == CAP_ERROR and pure_error != CAP_ERROR:
-        # An incomplete command is judged by its count only until it passes 64 KiB, so a cap
-        # below that can be hit before its over-long bulk header is refused.
-        return
-    if fast_error is not None or pure_error is None:
-        assert (fast_commands, fast_error) == (pure_commands, pure_error)
+    assert _outcome(RequestParser(SMALL), chunks) == _outcome(_PureRequestParser(SMALL), chunks)
 
 
-CAP_ERROR = "ERR Protocol error: client query buffer limit exceeded"
-
-
-def test_hiredis_takes_over_again_after_a_large_command_and_after_an_inline_one() -> None:
+def test_the_framer_takes_over_again_after_a_large_command_and_after_an_inline_one() -> None:
     """A command still incomplete after 64 KiB (a large value) and an inline command go to the
     pure parser; at the next command boundary the fast engine is back, with ``batch_raw``."""
     parser = RequestParser()
@@ -370,25 +356,25 @@ def test_hiredis_takes_over_again_after_a_large_command_and_after_an_inline_one(
         parser.feed(big[start : start + 16_384])
         got = parser.commands()
     assert args_of(got) == [[b"SET", b"k", b"v" * 200_000]]
-    assert parser._fast is None  # the large command was the pure parser's
+    assert not parser._fast  # the large command was the pure parser's
     small = encode_command([b"GET", b"k"]) * 3
     parser.feed(small)
     assert args_of(parser.commands()) == [[b"GET", b"k"]] * 3
-    assert parser._fast is not None and parser.batch_raw == small
+    assert parser._fast and parser.batch_raw == small
     parser.feed(b"PING\r\n")  # inline
     assert args_of(parser.commands()) == [[b"PING"]]
     parser.feed(small)
     assert args_of(parser.commands()) == [[b"GET", b"k"]] * 3
-    assert parser._fast is not None and parser.batch_raw == small
+    assert parser._fast and parser.batch_raw == small
 
 
 @pytest.mark.parametrize("kind", [b"*", b">", b"%", b"~", b"|"])
 def test_a_nested_aggregate_declaring_millions_is_refused_without_allocating_it(
     kind: bytes,
 ) -> None:
-    """hiredis allocates an aggregate's declared size when it reads the header; inside a
-    request (``*1\r\n>2147483648``) that froze the gateway while it allocated 16 GB. The
-    pure parser refuses it at once, in redis-server's words."""
+    """An aggregate header inside a request (``*1\r\n>2147483648``) is refused at once, in
+    redis-server's words, without allocating what it declares (a reply reader such as
+    hiredis allocates it on sight: 16 GB there)."""
     parser = RequestParser()
     tracemalloc.start()
     try:
@@ -402,7 +388,7 @@ def test_a_nested_aggregate_declaring_millions_is_refused_without_allocating_it(
     assert peak < 4 << 20  # a list of 30 M slots would be 240 MB
 
 
-def test_a_value_that_looks_like_a_long_header_parses_and_hiredis_comes_back() -> None:
+def test_a_value_that_looks_like_a_long_header_parses_and_the_framer_comes_back() -> None:
     parser = RequestParser()
     tricky = encode_command([b"SET", b"k", b"\r\n*123456789\r\n>99999999"])
     parser.feed(tricky)
@@ -410,7 +396,7 @@ def test_a_value_that_looks_like_a_long_header_parses_and_hiredis_comes_back() -
     small = encode_command([b"GET", b"k"]) * 2
     parser.feed(small)
     assert args_of(parser.commands()) == [[b"GET", b"k"]] * 2
-    assert parser._fast is not None and parser.batch_raw == small
+    assert parser._fast and parser.batch_raw == small
 
 
 large_and_small = st.lists(
@@ -433,3 +419,61 @@ def test_large_commands_among_small_ones_parse_the_same_however_split(
     fast_commands, fast_error = _outcome(RequestParser(), chunks)
     assert fast_error is None
     assert fast_commands == commands
+
+
+def test_the_compiled_framer_is_installed() -> None:
+    assert requests.COMPILED, (
+        "resmesh/protocols/resp/_framer.c was not built: install a C compiler and Python's "
+        "headers (apt-get install build-essential python3-dev), then pip install -e '.[dev]'"
+    )
+
+
+def _framed(data: bytes, max_count: int = 100, max_length: int = 100) -> Any:
+    assert requests.frame is not None
+    commands, end, stopped = requests.frame(data, max_count, max_length, lambda a, r: (a, r))
+    return [args for args, _ in commands], end, stopped
+
+
+GET = encode_command([b"GET", b"k"])
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (GET + GET, ([[b"GET", b"k"]] * 2, 2 * len(GET), False)),
+        (b"*0\r\n" + GET, ([[b"GET", b"k"]], 4 + len(GET), False)),  # skipped, as redis does
+        (b"*1\r\n$0\r\n\r\n", ([[b""]], 10, False)),
+        (GET + GET[:-1], ([[b"GET", b"k"]], len(GET), False)),  # incomplete: wait
+        (GET + b"*", ([[b"GET", b"k"]], len(GET), False)),
+        (GET + b"*12", ([[b"GET", b"k"]], len(GET), False)),
+        (GET + b"PING\r\n", ([[b"GET", b"k"]], len(GET), True)),  # inline: the pure parser's
+        (b"*01\r\n$4\r\nPING\r\n", ([], 0, True)),  # leading zero
+        (b"*1\r\n$+4\r\nPING\r\n", ([], 0, True)),  # sign
+        (b"*-1\r\n", ([], 0, True)),
+        (b"*1\r\n:4\r\n", ([], 0, True)),  # not a bulk string
+        (b"*1\r\n$4\r\nPINGxx", ([], 0, True)),  # no terminator after the declared length
+        (b"*1\r\n$4\n", ([], 0, True)),  # LF without CR
+        (b"*101\r\n", ([], 0, True)),  # over max_count, seen before its arguments
+        (b"*1\r\n$101\r\n", ([], 0, True)),  # over max_length, seen before its bytes
+        (b"*1\r\n$99999999999999999999999", ([], 0, True)),
+    ],
+)
+def test_framer_golden(data: bytes, expected: Any) -> None:
+    assert _framed(data) == expected
+
+
+def test_framer_returns_each_command_s_own_bytes() -> None:
+    assert requests.frame is not None
+    stream = GET + b"*0\r\n" + encode_command([b"SET", b"k", b"\r\n"])
+    commands, _, _ = requests.frame(stream, 100, 100, lambda a, r: r)
+    assert commands == [GET, encode_command([b"SET", b"k", b"\r\n"])]
+
+
+def test_without_the_framer_the_pure_parser_does_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(requests, "frame", None)
+    parser = RequestParser()
+    parser.feed(GET * 3 + b"PING\r\n")
+    assert args_of(parser.commands()) == [[b"GET", b"k"]] * 3 + [[b"PING"]]
+    assert not parser._fast
