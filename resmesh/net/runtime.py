@@ -20,13 +20,15 @@ import math
 import socket
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import trio
 
 from ..call import Protocol
 from ..config import ClusterConfig, UserConfig
+from ..policies.waiting import Waiter, wait_first
 from .listen import serve_listener
+from .poller import HANG_UP, Poller
 from .sockio import RECV_SIZE
 from .transport import ClientTransport, SocketTransport
 
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Client ids are unique across every cluster of the process, as redis-server's are.
 _client_ids = itertools.count(1)
+#: Reads of one client per poller round before the others get their turn.
+_READS_PER_TURN: Final = 4
 
 
 class Waiting(enum.Enum):
@@ -59,7 +63,18 @@ class ClientSession:
 
     The base keeps what the runtime needs of every session: its id, its transport, the wait
     for the next request (which a drain or the idle timeout may end, never a request in
-    progress), and the writer of replies that did not fit in the client's socket.
+    progress), the writer of replies that did not fit in the client's socket, and the hand-off
+    of the client's socket to the cluster's :class:`~resmesh.net.poller.Poller`.
+
+    **Dispatched sessions.** While the protocol allows it (:meth:`can_dispatch`), the session's
+    task hands the socket to the poller (:meth:`dispatch`) and parks. The poller's task reads
+    the client when it becomes readable (:meth:`on_readable`) and gives the bytes to
+    :meth:`handle_nowait`, which serves whatever needs no waiting right there (parse, govern,
+    send the run; its answer is written by the backend reader's task); anything else is
+    handed back to the session's task, which carries it on and then dispatches again. While a
+    request is in flight (:attr:`busy`) the poller does not read the client: the protocol
+    calls :meth:`resume_reading` once it is answered, so replies keep their order and a client
+    that pipelines faster than the node answers waits in its socket (TCP's flow control).
 
     Ending a waiting session cancels :attr:`scope`, entered once for the session's life:
     entering a Trio cancel scope costs a few microseconds, as much as the rest of a proxied
@@ -87,11 +102,33 @@ class ClientSession:
         #: read tried before parking. After a short read the socket is almost always empty
         #: (a client waiting for its replies), and the try would only fail with EAGAIN.
         self._more_waiting = False
+        #: The poller that may drive the session (set by the runtime for a socket client).
+        self.poller: Poller | None = None
+        #: Whether the poller drives the session now (its task waits in :meth:`dispatch`).
+        self.dispatched = False
+        #: Whether the client's socket may hold bytes the poller has not read: it reported
+        #: them while the session was busy, or a read filled the buffer.
+        self._readable = False
+        #: Whether :meth:`on_readable` is running (a reply written meanwhile only notes that
+        #: reading may go on: the running call does it).
+        self._reading = False
+        #: Whether the dispatched session ended because the client left.
+        self._left = False
+        #: Whether the poller saw the client close: the stream ends after what is buffered.
+        self._hung_up = False
+        self._handover = Waiter()
 
     def interrupt(self) -> None:
         """End the session where it waits (a drain, the idle timeout)."""
         self.interrupted = True
         self.scope.cancel()
+
+    def drop(self) -> None:
+        """Close the client's connection from outside the session's task, which then ends
+        wherever it waits."""
+        self.transport.close()
+        if self.dispatched:
+            self._hand_back(left=True)
 
     def wake_for_output(self) -> None:
         """Replies are waiting that did not fit in the client's socket: a writer task writes
@@ -106,16 +143,121 @@ class ClientSession:
         try:
             await self.write_pending()
         except OSError:
-            self.transport.close()  # the client is gone: its session's task ends too
+            self.drop()  # the client is gone: its session ends too
         finally:
             self.writing = False
             self.output_written()
+            self.resume_reading()
 
     async def write_pending(self) -> None:
         """Write what :meth:`wake_for_output` announced (nothing by default)."""
 
     def output_written(self) -> None:
         """The writer task has finished (nothing by default)."""
+
+    # ------------------------------------------------------------------------------------
+    # Dispatch: the poller reads the client
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request is in flight or its replies are being written: the client's
+        next request waits for it."""
+        return self.writing
+
+    def can_dispatch(self) -> bool:
+        """Whether the poller may drive the session now (never, by default)."""
+        return False
+
+    def handle_nowait(self, data: bytes) -> bool:
+        """Handle the client's bytes without waiting (in the poller's task; must not raise):
+        ``False`` hands the session back to its task, which carries on from what the
+        protocol kept of them."""
+        raise NotImplementedError
+
+    async def dispatch(self) -> bool:
+        """Let the poller drive the session until it hands it back; ``False`` when the
+        client left (or its connection broke).
+
+        Raises:
+            trio.Cancelled: the session was ended here (:meth:`interrupt`).
+        """
+        self.dispatched = True
+        self._left = False
+        self.waiting = Waiting.REQUEST
+        try:
+            # Bytes that came while the task had the socket raised no event for the poller.
+            self._readable = True
+            self.on_readable()
+            while self.dispatched:
+                await wait_first((), self._handover)
+        finally:
+            self.waiting = Waiting.NOTHING
+            self.dispatched = False
+        return not self._left
+
+    def _hand_back(self, *, left: bool = False) -> None:
+        self.dispatched = False
+        self._left = left
+        self._handover.wake()
+
+    def on_readable(self, events: int = 0) -> None:
+        """The poller saw the client's socket become readable or hang up (``events``), or
+        the session asks to read on: read and handle what came, unless the session is
+        busy."""
+        if events & HANG_UP:
+            self._hung_up = True  # read to the end of the stream, whoever reads it
+        if not self.dispatched:
+            return  # the session's task reads the socket itself now
+        if self._reading:
+            self._readable = True  # the running call reads on
+            return
+        self._reading = True
+        try:
+            self._read_dispatched()
+        except Exception:
+            # A bug met by one client ends that client's connection, never the poller and
+            # every other client with it.
+            log.exception(
+                "client %s: unexpected error; its connection is closed", self.transport.peer
+            )
+            self.drop()
+        finally:
+            self._reading = False
+
+    def _read_dispatched(self) -> None:
+        transport = self.transport
+        runtime = self.runtime
+        for _ in range(_READS_PER_TURN):
+            if not self.dispatched:
+                return
+            if self.busy or runtime.draining:
+                self._readable = True  # resume_reading comes back; a drain ends the session
+                return
+            self._readable = False
+            try:
+                data = transport.recv_nowait()
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._hand_back(left=True)
+                return
+            self.idle_sweeps = 0
+            if not self.handle_nowait(data):
+                self._hand_back()
+                return
+            if len(data) < RECV_SIZE and not self._readable and not self._hung_up:
+                return  # a short read emptied the socket: the next arrival raises an event
+        self._readable = True
+        assert self.poller is not None
+        self.poller.again(self.on_readable)  # other clients first
+
+    def resume_reading(self) -> None:
+        """The request in flight is done (answered and written): read on if the client sent
+        more meanwhile."""
+        if self.dispatched and self._readable and not self.busy:
+            self.on_readable()
 
     async def serve(self) -> None:
         """Serve the client until it leaves, breaks the protocol, or the gateway drains."""
@@ -185,6 +327,8 @@ class ClusterRuntime:
         self.max_clients = config.limits.max_clients
         self.sessions: dict[int, ClientSession] = {}
         self.draining = False
+        #: Reads the sessions' sockets while they are dispatched (see :class:`ClientSession`).
+        self.poller = Poller()
 
     # ------------------------------------------------------------------------------------
     # What each protocol provides
@@ -224,6 +368,7 @@ class ClusterRuntime:
         (:meth:`run_backend`) and, when ``limits.client_idle_timeout`` is set, the sweep that
         ends idle clients."""
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.poller.run)
             if self.idle_timeout > 0:
                 nursery.start_soon(self._end_idle_sessions)
             await self.run_backend()
@@ -242,7 +387,7 @@ class ClusterRuntime:
         while True:
             await trio.sleep(interval)
             for session in list(self.sessions.values()):
-                if session.waiting is Waiting.REQUEST:
+                if session.waiting is Waiting.REQUEST and not session.busy:
                     session.idle_sweeps += 1
                     if session.idle_sweeps >= sweeps:
                         log.info("client %s: idle timeout; closing it", session.transport.peer)
@@ -267,12 +412,19 @@ class ClusterRuntime:
                 return
             session = self.open_session(transport, next(_client_ids))
             self.sessions[session.id] = session
+            poller = self.poller
+            sock = transport.sock
+            if sock is not None and poller.running:
+                fd = poller.register(sock, session.on_readable)
+                session.poller = poller
             try:
                 async with trio.open_nursery() as session.nursery:
                     try:
                         with session.scope:
                             await session.serve()
                     finally:
+                        if session.poller is not None:
+                            poller.unregister(fd, session.on_readable)
                         transport.close()  # ends a writer task still waiting on the client
             except Exception:
                 # A bug met by one client ends that client's connection, never the gateway

@@ -35,6 +35,12 @@ class ClientTransport(Protocol):
 
     peer: str
 
+    @property
+    def sock(self) -> socket.socket | None:
+        """The socket, when there is one (the poller reads it while its session is
+        dispatched)."""
+        ...
+
     def recv_nowait(self) -> bytes:
         """What has arrived (``b""`` at end of stream).
 
@@ -108,11 +114,12 @@ class StreamTransport:
     runs its slow path only; the protocol logic is the same.
     """
 
-    __slots__ = ("_closed", "peer", "stream")
+    __slots__ = ("_closed", "peer", "sock", "stream")
 
     def __init__(self, stream: trio.abc.Stream, peer: str = "test:0") -> None:
         self.stream = stream
         self.peer = peer
+        self.sock = None
         self._closed = False
 
     def recv_nowait(self) -> bytes:

@@ -152,6 +152,10 @@ class RedisSession(ClientSession):
         #: Until when this session's reads go to the primary: ``_READ_YOUR_WRITES`` after its
         #: last write (0.0: it never wrote).
         self._reads_on_primary_until = 0.0
+        #: What :meth:`handle_nowait` left to the session's task: the protocol error to
+        #: answer, or a batch and the index of its first command not run yet (``None``: the
+        #: batch is not begun).
+        self._handed: ProtocolError | tuple[list[Command], int | None] | None = None
         #: Trio's clock, read directly (once per batch) rather than through
         #: ``trio.current_time()``'s extra call.
         self._clock = trio.lowlevel.current_clock()
@@ -165,6 +169,11 @@ class RedisSession(ClientSession):
         batches = 0
         try:
             while not state.closing and not runtime.draining:
+                if self.poller is not None and self.can_dispatch():
+                    if not await self.dispatch():
+                        break
+                    await self._carry_on()
+                    continue
                 data = await self.next_input()
                 if not data:
                     break
@@ -195,8 +204,68 @@ class RedisSession(ClientSession):
                     break
                 await self._run_batch(commands)
         except ProtocolError as exc:
+            await self._settled()  # the replies of the commands before it go first
             await self.write(R.error(exc.reply_hint))
             self.state.closing = True
+
+    # ----------------------------------------------------------------------------------------
+    # Dispatched: the poller's task serves plain batches (see ClientSession)
+
+    def can_dispatch(self) -> bool:
+        # A session on its own connection, a sharded cluster, and reads spread over replicas
+        # wait in the session's task at every batch: handing each one back would only cost.
+        runtime = self.runtime
+        return (
+            self.pinned is None
+            and self.state.forwards_plain
+            and runtime.shards is None
+            and not runtime.policies.spreads_reads
+        )
+
+    def handle_nowait(self, data: bytes) -> bool:
+        try:
+            self.parser.feed(data)
+            commands = self.parser.commands()
+        except ProtocolError as exc:
+            self._handed = exc
+            return False
+        if not commands:
+            return True
+        if not self.can_dispatch():  # a new layout spreads reads now
+            self._handed = (commands, None)
+            return False
+        self._admit_batch(commands)
+        self._begin_batch(commands, self.parser.batch_raw)
+        index = self._run_plain(commands, 0)
+        if index < len(commands):
+            self._handed = (commands, index)  # the rest of the batch may have to wait
+            return False
+        self._admitted_whole = False
+        if self._fwd:
+            started = self._start_run()
+            assert started, "a dispatched session's run always goes to one node once"
+        if self._inflight is None:
+            self._release_batch()
+            self._send_out()
+        # Malformed bytes after the batch: the session's task answers the error once the
+        # batch's replies are out, and closes.
+        return not self.parser.failed
+
+    async def _carry_on(self) -> None:
+        """Carry on from where :meth:`handle_nowait` handed the session back."""
+        handed, self._handed = self._handed, None
+        if isinstance(handed, ProtocolError):
+            await self._settled()
+            await self.write(R.error(handed.reply_hint))
+            self.state.closing = True
+            return
+        if handed is not None:
+            commands, index = handed
+            if index is None:
+                await self._run_batch(commands)
+            else:
+                await self._finish_batch(commands, index)
+        await self._handle_input(b"")  # commands or an error that came with the batch
 
     async def write(self, data: bytes | memoryview) -> None:
         """Send ``data`` to the client; one that does not read its replies within
@@ -235,10 +304,14 @@ class RedisSession(ClientSession):
     def output_written(self) -> None:
         self._settle_waiter.wake()
 
+    @property
+    def busy(self) -> bool:
+        return self._inflight is not None or self.writing
+
     def _answered(self, result: Pending | Unavailable) -> None:
-        """The run :meth:`_flush` left in flight has its answer: count it, put the replies
-        in their slots and write the batch's replies; what does not fit in the socket is
-        left to the session's task. Runs in the backend reader's task: never blocks."""
+        """The run :meth:`_start_run` left in flight has its answer: count it, put the
+        replies in their slots and write the batch's replies; what does not fit in the socket
+        is left to the writer task. Runs in the backend reader's task: never blocks."""
         info, self._inflight = self._inflight, None
         assert info is not None
         slots, count, admitted, wrote = info
@@ -259,29 +332,43 @@ class RedisSession(ClientSession):
                 replies = split_replies(b"".join(result.replies), count)
                 for slot, reply in zip(slots, replies, strict=True):
                     out[slot] = reply
-            data = b"".join(out)
-            out.clear()
-            if self.state.closing:
-                return
-            try:
-                sent = self.transport.send_nowait(data)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                assert self._unsent is None  # the next batch waits for the writer
-                self._unsent = memoryview(data)[sent:]
-                self.wake_for_output()
+            self._send_out()
         except OSError:
             self.state.closing = True  # the client went away
+            self.drop()
         except Exception:
             # A bug here must end this client only, never the reader every session shares.
             log.exception(
                 "client %s: unexpected error; its connection is closed", self.transport.peer
             )
             self.state.closing = True
-            self.transport.close()
+            self.drop()
         finally:
             self._settle_waiter.wake()
+        self.resume_reading()
+
+    def _send_out(self) -> None:
+        """Write the batch's replies without waiting; what does not fit in the socket goes
+        to the writer task.
+
+        Raises:
+            OSError: the client's connection broke.
+        """
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.state.closing:
+            return
+        try:
+            sent = self.transport.send_nowait(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            assert self._unsent is None  # the next batch waits for the writer
+            self._unsent = memoryview(data)[sent:]
+            self.wake_for_output()
 
     def _release_batch(self) -> None:
         """Give back a batch's whole admission, once (whoever ends the batch first)."""
@@ -295,7 +382,30 @@ class RedisSession(ClientSession):
     # One batch: every command of one read, replies written together
 
     async def _run_batch(self, commands: list[Command]) -> None:
+        """Run a batch and write its replies."""
         await self._settled()  # the previous batch's replies go first
+        self._admit_batch(commands)
+        self._begin_batch(commands, self.parser.batch_raw)
+        await self._finish_batch(commands, 0)
+
+    async def _finish_batch(self, commands: list[Command], index: int) -> None:
+        """Run a begun batch from ``index`` on (:meth:`handle_nowait` may have run the
+        commands before it) and write its replies."""
+        try:
+            await self._run_commands(commands, index)
+        finally:
+            self._admitted_whole = False
+            # Given back once the backend has answered, before the replies are written: a
+            # client slow to read them must not hold the cluster's concurrency slots. A run
+            # still in flight gives it back when answered.
+            if self._inflight is None:
+                self._release_batch()
+        if self._inflight is None:
+            await self._write_out()
+
+    def _admit_batch(self, commands: list[Command]) -> None:
+        """Admit a pipeline of plain commands under the limits in one step, when every limit
+        has room (then not call by call)."""
         policies = self.runtime.policies
         limiter = policies.limiter
         admitted = None
@@ -313,74 +423,78 @@ class RedisSession(ClientSession):
         self._admitted_whole = admitted is not None
         if admitted is not None:
             self._batch_admission = (admitted, len(commands))
-        try:
-            await self._run_commands(commands, self.parser.batch_raw)
-        finally:
-            self._admitted_whole = False
-            # Given back once the backend has answered, before the replies are written: a
-            # client slow to read them must not hold the cluster's concurrency slots. A run
-            # still in flight gives it back when answered.
-            if self._inflight is None:
-                self._release_batch()
-        if self._inflight is None:
-            await self._write_out()
 
-    async def _run_commands(self, commands: list[Command], raw: bytes | None) -> None:
-        """Run a batch, leaving its replies in ``_out``; ``raw``: the client's own bytes for
-        the whole batch, when the parser kept them."""
-        out = self._out
+    def _begin_batch(self, commands: list[Command], raw: bytes | None) -> None:
+        """``raw``: the client's own bytes for the whole batch, when the parser kept them."""
         self._batch_raw = raw
         self._batch_len = len(commands)
-        self._batch = batch = self._batch + 1
+        self._batch += 1
+
+    async def _run_commands(self, commands: list[Command], start: int) -> None:
+        """Run a begun batch from ``start``, leaving its replies in ``_out``."""
         state = self.state
-        runtime = self.runtime
-        policies = runtime.policies
-        switchboard = policies.switchboard
-        limiter = None if self._admitted_whole else policies.limiter
-        governed = switchboard.active or limiter is not None
-        now = self._clock.current_time() if governed else 0.0
-        plain = runtime.plain
-        limit = limiter is not None
-        fast = state.forwards_plain
-        last: Operation | None = None
-        for index, command in enumerate(commands):
-            if state.closing:
-                break
-            if fast:
-                op = plain.get(command.args[0])
-                if op is not None:
-                    last = op
-                    if governed:
-                        info = command_info(command.args[0])
-                        reply = self._govern(op, info, command, now, limit)
-                        if reply is not None:
-                            out.append(reply)
-                            continue
-                    # _queue, inline: this is the per-command hot path.
-                    command.op = op
-                    command.batch = batch
-                    self._fwd_idempotent = self._fwd_idempotent and op.idempotent
-                    self._fwd.append(command)
-                    self._fwd_slots.append(len(out))
-                    out.append(b"")
-                    continue
-            last = None
+        index = start
+        while index < len(commands) and not state.closing:
+            if state.forwards_plain:
+                index = self._run_plain(commands, index)
+                if index == len(commands):
+                    break
+            command = commands[index]
+            index += 1
             info = classify(command.args)
             action = state.step(command, info)
             if action is Action.SUBSCRIBE:
                 if await self._subscribe(info):
                     await self._write_out()
-                    after_reset = await relay(self, commands[index:])
+                    after_reset = await relay(self, commands[index - 1 :])
                     if after_reset:  # the session left subscribed mode: go on as a new one
-                        await self._run_commands(after_reset, None)
+                        self._begin_batch(after_reset, None)
+                        await self._run_commands(after_reset, 0)
                     return
             else:
                 await self._act(action, command, info)
-            # AUTH, RESET, MULTI, EXEC... may have changed what the fast path may assume.
-            fast = state.forwards_plain
+        await self._flush(last=True)
+
+    def _run_plain(self, commands: list[Command], index: int) -> int:
+        """Govern and queue the plain commands from ``index`` on (forwarded as they are; a
+        switched or limited one is answered in its slot): the index of the first command
+        that is not plain, or the batch's length."""
+        state = self.state
+        policies = self.runtime.policies
+        limiter = None if self._admitted_whole else policies.limiter
+        governed = policies.switchboard.active or limiter is not None
+        now = self._clock.current_time() if governed else 0.0
+        limit = limiter is not None
+        plain = self.runtime.plain
+        batch = self._batch
+        out = self._out
+        fwd = self._fwd
+        fwd_slots = self._fwd_slots
+        idempotent = self._fwd_idempotent
+        last: Operation | None = None
+        count = len(commands)
+        while index < count and not state.closing:
+            command = commands[index]
+            op = plain.get(command.args[0])
+            if op is None:
+                break
+            index += 1
+            last = op
+            if governed:
+                reply = self._govern(op, command_info(command.args[0]), command, now, limit)
+                if reply is not None:
+                    out.append(reply)
+                    continue
+            command.op = op
+            command.batch = batch
+            idempotent = idempotent and op.idempotent
+            fwd.append(command)
+            fwd_slots.append(len(out))
+            out.append(b"")
+        self._fwd_idempotent = idempotent
         if last is not None:
             state.last_command = last.name.encode()
-        await self._flush(last=True)
+        return index
 
     async def _act(self, action: Action, command: Command, info: CommandInfo) -> None:
         """Carry out what the session decided for one command (every action but the fast
@@ -505,29 +619,13 @@ class RedisSession(ClientSession):
 
     async def _flush(self, *, last: bool = False) -> None:
         """Forward the queued run and put each reply in its slot. ``last``: the batch ends
-        here, so a run to one node may be left in flight: :meth:`_answered` finishes it in
-        the backend reader's task while this one goes back to reading the client."""
-        if not self._fwd:
+        here, so a run to one node may be left in flight (:meth:`_start_run`)."""
+        if not self._fwd or (last and self._start_run()):
             return
-        calls = self._fwd
-        slots = self._fwd_slots
+        calls, slots, payload, idempotent, wrote = self._take_run(self._reads_anywhere())
         count = len(calls)
-        self._fwd = []
-        self._fwd_slots = []
-        idempotent = self._fwd_idempotent
-        self._fwd_idempotent = True
-        if count == self._batch_len and self._batch_raw is not None:
-            payload = self._batch_raw
-        else:
-            payload = b"".join([command.raw for command in calls])
         runtime = self.runtime
-        policies = runtime.policies
         out = self._out
-        # Reads soon after this session's write go where the write went, so a client reads
-        # its own writes even when reads are spread over replicas that lag.
-        wrote = not idempotent and policies.spreads_reads
-        if idempotent and self._reads_on_primary_until:
-            idempotent = self._clock.current_time() >= self._reads_on_primary_until
         admitted, self._admitted = self._admitted, []
         replies: list[bytes]
         try:
@@ -539,23 +637,7 @@ class RedisSession(ClientSession):
                 await forward_sharded(runtime, calls, slots, self._out, shape, deadline)
                 return
             else:
-                now = self._clock.current_time()
-                run = Run(
-                    calls,
-                    payload,
-                    idempotent=idempotent,
-                    deadline=now + self._timeout,
-                    operation=_run_operation(calls) if policies.operation_hedges else None,
-                    key=_run_key(calls) if idempotent and runtime.hash_reads else None,
-                    shape=(self.state.db, self.state.resp),
-                )
-                if last and not self._substitutes and not self._pinned_selects:
-                    self._inflight = (slots, count, admitted, wrote)
-                    if runtime.engine.start(run, self._answered):
-                        admitted = []  # _answered gives them back
-                        wrote = False
-                        return
-                    self._inflight = None
+                run = self._make_run(calls, payload, idempotent)
                 chunks = (await runtime.engine.execute(run)).replies
                 if slots[-1] - slots[0] == count - 1 and not self._substitutes:
                     # The replies fill adjacent slots: take them as one run of bytes.
@@ -581,6 +663,65 @@ class RedisSession(ClientSession):
             self._pinned_selects = []
         if self.pinned is not None and self.state.mode is Mode.NORMAL:
             self._release_pinned()
+
+    def _start_run(self) -> bool:
+        """Send the queued run, the batch's last, so that the backend reader's task answers
+        it (:meth:`_answered`) while this one goes back to reading the client: when it goes
+        to one node once (not pinned, not sharded, not spread) and every slot is the node's.
+        ``False``, with nothing done, otherwise."""
+        runtime = self.runtime
+        if (
+            self.pinned is not None
+            or runtime.shards is not None
+            or self._substitutes
+            or self._pinned_selects
+        ):
+            return False
+        idempotent = self._reads_anywhere()
+        if idempotent and runtime.policies.spreads_reads:
+            return False
+        calls, slots, payload, idempotent, wrote = self._take_run(idempotent)
+        admitted, self._admitted = self._admitted, []
+        self._inflight = (slots, len(calls), admitted, wrote)
+        started = runtime.engine.start(self._make_run(calls, payload, idempotent), self._answered)
+        assert started
+        return True
+
+    def _reads_anywhere(self) -> bool:
+        """Whether the queued run may go to any node: it only reads, and not right after
+        this session wrote (replicas lag, so a client must read its own writes)."""
+        if not self._fwd_idempotent:
+            return False
+        until = self._reads_on_primary_until
+        return not until or self._clock.current_time() >= until
+
+    def _take_run(self, idempotent: bool) -> tuple[list[Command], list[int], bytes, bool, bool]:
+        """Take the queued run: its calls, their reply slots, its payload, whether it may go
+        to any node, and whether it writes where reads are spread (its answer then starts
+        the read-your-writes window)."""
+        calls = self._fwd
+        slots = self._fwd_slots
+        self._fwd = []
+        self._fwd_slots = []
+        wrote = not self._fwd_idempotent and self.runtime.policies.spreads_reads
+        self._fwd_idempotent = True
+        if len(calls) == self._batch_len and self._batch_raw is not None:
+            payload = self._batch_raw
+        else:
+            payload = b"".join([command.raw for command in calls])
+        return calls, slots, payload, idempotent, wrote
+
+    def _make_run(self, calls: list[Command], payload: bytes, idempotent: bool) -> Run:
+        runtime = self.runtime
+        return Run(
+            calls,
+            payload,
+            idempotent=idempotent,
+            deadline=self._clock.current_time() + self._timeout,
+            operation=_run_operation(calls) if runtime.policies.operation_hedges else None,
+            key=_run_key(calls) if idempotent and runtime.hash_reads else None,
+            shape=(self.state.db, self.state.resp),
+        )
 
     # ----------------------------------------------------------------------------------------
     # Pinned sessions: MULTI/WATCH, blocking commands, pub/sub
