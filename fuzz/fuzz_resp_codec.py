@@ -7,7 +7,8 @@ Each property is the suite's, with many more examples and bigger inputs:
 - replies: random and *mutated* valid streams (bytes flipped, inserted, deleted, type bytes
   swapped), cut at random points, through the pure and the hiredis parser and the framer. Only
   values or :class:`RemoteProtocolError` may come out, buffers stay under their caps, every value
-  re-encodes, and where the pure parser reads a value the framer ends it at the same byte;
+  re-encodes, where the pure parser reads a value the framer ends it at the same byte, and the
+  compiled reply scanner takes only what the Python framer takes, with the same ends;
 - valid streams: round trip, split-invariance, framing == parser boundaries;
 - requests: random and mutated pipelines (multibulk and inline) through ``RequestParser``
   (the compiled framer) and the pure parser: the same commands and errors from both.
@@ -47,6 +48,7 @@ from resmesh.protocols.resp.requests import (  # noqa: E402
 )
 from tests.protocols.resp.resp_support import (  # noqa: E402
     VECTORS,
+    check_compiled_agrees,
     collapse_top,
     cut_lists,
     mutated,
@@ -94,6 +96,9 @@ def check_reply_garbage(stream: bytes, cuts: list[int]) -> None:
             assert framer.buffer.pending <= LIMITS.max_buffer
     except RemoteProtocolError as exc:
         assert exc.reply_hint.startswith("ERR Protocol error")
+    # The compiled scanner takes only what the Python framer takes, ending each reply there.
+    check_compiled_agrees(stream, LIMITS, resp3=True)
+    check_compiled_agrees(stream, LIMITS, resp3=False)
     # Where the parser reads the first value, framing ends it at the same byte.
     parser = ReplyParser(LIMITS)
     try:

@@ -21,7 +21,7 @@ import socket
 import trio
 
 from ...protocols._errors import ProtocolError
-from ...protocols.resp.framing import NEED_DATA, ReplyFramer, scan_reply
+from ...protocols.resp.framing import NEED_DATA, ReplyFramer
 from ...protocols.resp.requests import encode_command
 from ..sockio import close_quietly, open_tcp, recv, send_all
 from .errors import BackendError
@@ -32,10 +32,9 @@ __all__ = ["RedisConnection", "ReplyBuffer", "connect"]
 class ReplyBuffer:
     """Receive buffer that hands out complete raw replies in order.
 
-    The first reply in line is framed by a :class:`ReplyFramer`, which resumes an incomplete
-    aggregate where it stopped (a 100k-element ``LRANGE`` arriving in many reads is scanned
-    once, not once per read) and caps what may be buffered; the replies after it in the same
-    read are framed by the stateless :func:`scan_reply`, the fastest path for small replies.
+    Replies are framed by a :class:`ReplyFramer` (:meth:`ReplyFramer.next_ends`), which
+    resumes an incomplete aggregate where it stopped (a 100k-element ``LRANGE`` arriving in
+    many reads is scanned once, not once per read) and caps what may be buffered.
     """
 
     __slots__ = ("_framer",)
@@ -69,19 +68,10 @@ class ReplyBuffer:
         Raises:
             RemoteProtocolError: the node sent something that is not RESP.
         """
-        framer = self._framer
-        end = framer.next_end()
-        if end < 0:
+        end, taken = self._framer.next_ends(limit)
+        if not taken:
             return b"", 0
-        data = framer.buffer.data
-        taken = 1
-        while taken < limit:
-            next_end = scan_reply(data, end)
-            if next_end < 0:
-                break
-            end = next_end
-            taken += 1
-        return framer.buffer.take(end), taken
+        return self._framer.buffer.take(end), taken
 
     @property
     def empty(self) -> bool:

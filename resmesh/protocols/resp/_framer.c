@@ -1,16 +1,16 @@
-/* The compiled request framer: finds the complete RESP commands at the start of a client's
- * bytes. It is the hot path of every Redis command the gateway proxies, so it is written in C;
- * the pure-Python parser in requests.py stays the reference and the fallback.
+/* The compiled RESP framer: finds where complete commands (from clients) and complete replies
+ * (from nodes) end. Both are on the hot path of every command the gateway proxies, so they are
+ * written in C; the pure-Python parser and framer in requests.py and framing.py stay the
+ * reference and the fallback. RESP: https://redis.io/docs/latest/develop/reference/protocol-spec/
  *
- * It takes only the canonical form every client library sends (RESP's "multi bulk" request:
- * "*<count>\r\n" then count times "$<length>\r\n<bytes>\r\n", numbers in plain decimal with no
- * sign or leading zero; https://redis.io/docs/latest/develop/reference/protocol-spec/) and
- * stops at the first byte that is anything else, leaving it to the pure parser, which knows
- * redis-server's wording for every error. It allocates nothing for a command until the whole
- * command is in the buffer, so a declared count or length costs nothing before its bytes
- * arrive.
+ * Both functions take only what is unambiguous and stop at anything else, leaving it to the
+ * Python code, which knows redis-server's wording for every error and the rare forms (inline
+ * commands, RESP3 pushes and attributes). Neither allocates anything for a command or reply
+ * until it is whole, so a declared count or length costs nothing before its bytes arrive.
  *
  * frame(buffer, max_count, max_length, factory) -> (commands, end, stopped)
+ *   The canonical commands every client library sends ("*<count>\r\n" then count times
+ *   "$<length>\r\n<bytes>\r\n", numbers in plain decimal with no sign or leading zero).
  *   commands: factory(args, raw) for every complete command with at least one argument
  *             ("*0\r\n" is skipped, as redis-server skips it), in order; args is a list of
  *             bytes, raw the command's own bytes.
@@ -18,9 +18,17 @@
  *   stopped:  True when the byte at end starts something the framer does not take (not
  *             canonical, a count or length over its limit, an inline command); False when
  *             end is the end of the buffer or the start of an incomplete command.
+ *
+ * scan_replies(buffer, start, limit, max_length, max_count, max_line, max_depth, resp3)
+ *     -> (end, count)
+ *   Up to limit complete replies from start: simple strings, errors, integers, bulk strings
+ *   and arrays (and, with resp3, the RESP3 scalars, blob errors, verbatim strings, maps and
+ *   sets), within the limits. count: how many; end: where the last one ends. It stops at an
+ *   incomplete reply and at anything else (a push, an attribute, a malformed header).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
 
 #define MAX_LIMIT (1LL << 56)
 
@@ -243,17 +251,255 @@ done:
     return result;
 }
 
+/* Replies ------------------------------------------------------------------------------- */
+
+/* Open aggregates scan_replies follows at most (deeper replies are left to Python). */
+#define MAX_NESTING 64
+
+/* Reads a bulk length or aggregate count: canonical decimal at most max, or "-1" when
+ * allowed; same results as read_number. */
+static enum number
+read_length(const char *p, const char *end, long long max, int minus_one, long long *value,
+            const char **next)
+{
+    if (p < end && *p == '-') {
+        if (!minus_one) {
+            return NUMBER_REFUSED;
+        }
+        if (end - p < 4) {
+            return (end - p >= 2 && p[1] != '1') ? NUMBER_REFUSED : NUMBER_INCOMPLETE;
+        }
+        if (p[1] != '1' || p[2] != '\r' || p[3] != '\n') {
+            return NUMBER_REFUSED;
+        }
+        *value = -1;
+        *next = p + 4;
+        return NUMBER_OK;
+    }
+    return read_number(p, end, max, value, next);
+}
+
+/* The end of the line starting at p (past its "\r\n"), NULL if incomplete; *too_long when no
+ * line of at most max bytes can end there. */
+static const char *
+line_end(const char *p, const char *end, long long max, int *too_long)
+{
+    const char *q = p;
+
+    *too_long = 0;
+    while (q < end) {
+        const char *cr = memchr(q, '\r', (size_t)(end - q));
+
+        if (cr == NULL || cr + 1 >= end) {
+            break;
+        }
+        if (cr[1] == '\n') {
+            if (cr - p > max) {
+                *too_long = 1;
+                return NULL;
+            }
+            return cr + 2;
+        }
+        q = cr + 1;
+    }
+    if (end - p > max + 2) {
+        *too_long = 1;
+    }
+    return NULL;
+}
+
+/* What scanning one reply found. */
+enum reply { REPLY_COMPLETE, REPLY_INCOMPLETE, REPLY_STOPPED };
+
+static enum reply
+scan_reply_at(const char *p, const char *end, long long max_length, long long max_count,
+              long long max_line, int max_depth, int resp3, const char **next)
+{
+    long long remaining[MAX_NESTING];
+    int depth = 0;
+
+    if (max_depth > MAX_NESTING) {
+        max_depth = MAX_NESTING;
+    }
+    for (;;) {
+        const char *q;
+        long long n;
+        char kind;
+
+        if (p >= end) {
+            return REPLY_INCOMPLETE;
+        }
+        kind = *p;
+        switch (kind) {
+        case '+':
+        case '-':
+        case ':':
+        case '_':
+        case ',':
+        case '#':
+        case '(': {
+            int too_long;
+
+            if (!resp3 && kind != '+' && kind != '-' && kind != ':') {
+                return REPLY_STOPPED;
+            }
+            q = line_end(p + 1, end, max_line, &too_long);
+            if (q == NULL) {
+                return too_long ? REPLY_STOPPED : REPLY_INCOMPLETE;
+            }
+            p = q;
+            break;
+        }
+        case '$':
+        case '!':
+        case '=': {
+            const char *data;
+
+            if (!resp3 && kind != '$') {
+                return REPLY_STOPPED;
+            }
+            switch (read_length(p + 1, end, max_length, kind == '$', &n, &data)) {
+            case NUMBER_INCOMPLETE:
+                return REPLY_INCOMPLETE;
+            case NUMBER_REFUSED:
+                return REPLY_STOPPED;
+            case NUMBER_OK:
+                break;
+            }
+            if (n < 0) {
+                p = data; /* the RESP2 null bulk string */
+                break;
+            }
+            if (end - data < n + 2) {
+                return REPLY_INCOMPLETE;
+            }
+            if (data[n] != '\r' || data[n + 1] != '\n') {
+                return REPLY_STOPPED;
+            }
+            if (kind == '=' && (n < 4 || data[3] != ':')) {
+                return REPLY_STOPPED;
+            }
+            p = data + n + 2;
+            break;
+        }
+        case '*':
+        case '%':
+        case '~':
+            if (!resp3 && kind != '*') {
+                return REPLY_STOPPED;
+            }
+            switch (read_length(p + 1, end, max_count, kind == '*', &n, &q)) {
+            case NUMBER_INCOMPLETE:
+                return REPLY_INCOMPLETE;
+            case NUMBER_REFUSED:
+                return REPLY_STOPPED;
+            case NUMBER_OK:
+                break;
+            }
+            p = q;
+            if (n > 0) {
+                if (depth >= max_depth) {
+                    return REPLY_STOPPED;
+                }
+                remaining[depth++] = kind == '%' ? 2 * n : n;
+                continue; /* its elements follow */
+            }
+            break; /* empty or null: complete */
+        default:
+            return REPLY_STOPPED;
+        }
+        /* One element is complete: close every aggregate it completes. */
+        while (depth > 0 && --remaining[depth - 1] == 0) {
+            depth--;
+        }
+        if (depth == 0) {
+            *next = p;
+            return REPLY_COMPLETE;
+        }
+    }
+}
+
+static PyObject *
+scan_replies(PyObject *Py_UNUSED(module), PyObject *const *argv, Py_ssize_t argc)
+{
+    Py_buffer view;
+    Py_ssize_t start, limit, count = 0;
+    long long max_length, max_count, max_line, max_depth;
+    int resp3;
+    const char *p, *end;
+
+    if (argc != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_replies(buffer, start, limit, max_length, max_count, max_line, "
+                        "max_depth, resp3)");
+        return NULL;
+    }
+    start = PyLong_AsSsize_t(argv[1]);
+    limit = PyLong_AsSsize_t(argv[2]);
+    max_length = PyLong_AsLongLong(argv[3]);
+    max_count = PyLong_AsLongLong(argv[4]);
+    max_line = PyLong_AsLongLong(argv[5]);
+    max_depth = PyLong_AsLongLong(argv[6]);
+    resp3 = PyObject_IsTrue(argv[7]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (start < 0 || limit < 0 || max_length < 0 || max_count < 0 || max_line < 0 ||
+        max_depth < 0) {
+        PyErr_SetString(PyExc_ValueError, "offsets and limits must not be negative");
+        return NULL;
+    }
+    if (max_length > MAX_LIMIT) {
+        max_length = MAX_LIMIT;
+    }
+    if (max_count > MAX_LIMIT / 2) {
+        max_count = MAX_LIMIT / 2;
+    }
+    if (max_line > MAX_LIMIT) {
+        max_line = MAX_LIMIT;
+    }
+    if (max_depth > MAX_NESTING) {
+        max_depth = MAX_NESTING;
+    }
+    if (PyObject_GetBuffer(argv[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (start > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "start is past the end of the buffer");
+        return NULL;
+    }
+    p = (const char *)view.buf + start;
+    end = (const char *)view.buf + view.len;
+    while (count < limit) {
+        const char *next = NULL;
+
+        if (scan_reply_at(p, end, max_length, max_count, max_line, (int)max_depth, resp3,
+                          &next) != REPLY_COMPLETE) {
+            break;
+        }
+        p = next;
+        count++;
+    }
+    start = (Py_ssize_t)(p - (const char *)view.buf);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nn)", start, count);
+}
+
 static PyMethodDef framer_methods[] = {
     {"frame", (PyCFunction)(void (*)(void))frame, METH_FASTCALL,
      "frame(buffer, max_count, max_length, factory) -> (commands, end, stopped)\n\n"
      "The complete canonical RESP commands at the start of buffer."},
+    {"scan_replies", (PyCFunction)(void (*)(void))scan_replies, METH_FASTCALL,
+     "scan_replies(buffer, start, limit, max_length, max_count, max_line, max_depth, resp3)"
+     " -> (end, count)\n\nUp to limit complete replies from start."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef framer_module = {
     PyModuleDef_HEAD_INIT,
     "_framer",
-    "The compiled RESP request framer (see resmesh.protocols.resp.requests).",
+    "The compiled RESP framer (see resmesh.protocols.resp.requests and .framing).",
     0,
     framer_methods,
     NULL,

@@ -10,3 +10,15 @@ def frame(
     factory: Callable[[list[bytes], bytes], _T],
     /,
 ) -> tuple[list[_T], int, bool]: ...
+
+def scan_replies(
+    buffer: bytes | bytearray,
+    start: int,
+    limit: int,
+    max_length: int,
+    max_count: int,
+    max_line: int,
+    max_depth: int,
+    resp3: bool,
+    /,
+) -> tuple[int, int]: ...

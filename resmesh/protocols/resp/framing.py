@@ -27,6 +27,11 @@ from typing import Final, final
 from .._buffer import ReceiveBuffer
 from .._errors import RemoteProtocolError
 
+try:
+    from ._framer import scan_replies
+except ImportError:  # installed without a C compiler: the Python scan does everything
+    scan_replies = None  # type: ignore[assignment]
+
 __all__ = [
     "NEED_DATA",
     "NeedData",
@@ -492,6 +497,54 @@ class ReplyFramer:
         if end < 0:
             return NEED_DATA
         return self.buffer.take(end)
+
+    def next_ends(self, limit: int) -> tuple[int, int]:
+        """Frame up to ``limit`` replies without consuming them: the end offset of the last
+        complete one in ``buffer.data`` (``buffer.start`` if none) and how many there are.
+
+        The compiled scanner (``_framer.c``) takes the replies it can; the Python scan takes
+        any it leaves (an incomplete aggregate, which :meth:`next_end` resumes; a push; bytes
+        that are not RESP, which it refuses in its own words).
+
+        Raises:
+            RemoteProtocolError: the node sent something that is not RESP.
+        """
+        buffer = self.buffer
+        data = buffer.data
+        end = buffer.start
+        taken = 0
+        limits = self._limits
+        while taken < limit:
+            if scan_replies is not None and not self._stack:
+                end, count = scan_replies(
+                    data,
+                    end,
+                    limit - taken,
+                    limits.max_bulk_len,
+                    limits.max_aggregate_len,
+                    limits.max_line_len,
+                    limits.max_depth,
+                    not self._resp2_only,
+                )
+                taken += count
+                if taken == limit:
+                    break
+            if taken:
+                next_end = scan_reply(
+                    data,
+                    end,
+                    limits.max_depth,
+                    max_bulk_len=limits.max_bulk_len,
+                    max_aggregate_len=limits.max_aggregate_len,
+                    max_line_len=limits.max_line_len,
+                )
+            else:
+                next_end = self.next_end()
+            if next_end < 0:
+                break
+            end = next_end
+            taken += 1
+        return end, taken
 
     def next_end(self) -> int:
         """Frame the next reply without consuming it: its end offset in ``buffer.data``, or -1.

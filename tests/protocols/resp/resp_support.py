@@ -7,6 +7,7 @@ so every test compares against data written independently of the parser.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from resmesh.protocols.resp.framing import ReplyLimits
+from resmesh.protocols._errors import RemoteProtocolError
+from resmesh.protocols.resp.framing import NEED_DATA, ReplyFramer, ReplyLimits, scan_replies
 from resmesh.protocols.resp.requests import RequestLimits
 from resmesh.protocols.resp.values import (
     INT64_MAX,
@@ -212,3 +214,47 @@ resp_alphabet_garbage = st.binary(max_size=64) | st.lists(
     ),
     max_size=40,
 ).map(b"".join)
+
+
+def compiled_scan(
+    data: bytes, limits: ReplyLimits, *, resp3: bool = True, limit: int = 1 << 20
+) -> tuple[int, int]:
+    assert scan_replies is not None
+    return scan_replies(
+        data,
+        0,
+        limit,
+        limits.max_bulk_len,
+        limits.max_aggregate_len,
+        limits.max_line_len,
+        limits.max_depth,
+        resp3,
+    )
+
+
+def python_ends(data: bytes, limits: ReplyLimits, *, resp3: bool = True) -> list[int]:
+    """The ends of the complete replies at the start of ``data`` by the Python framer, up to
+    the first incomplete or refused one. (The buffer cap is the receive buffer's concern.)"""
+    framer = ReplyFramer(dataclasses.replace(limits, max_buffer=len(data)), resp2_only=not resp3)
+    framer.feed(data)
+    ends: list[int] = []
+    try:
+        while (reply := framer.next_reply()) is not NEED_DATA:
+            assert isinstance(reply, bytes)
+            ends.append((ends[-1] if ends else 0) + len(reply))
+    except RemoteProtocolError:
+        pass
+    return ends
+
+
+def check_compiled_agrees(data: bytes, limits: ReplyLimits, resp3: bool) -> None:
+    """The compiled scanner takes only what the Python framer takes, ending each reply where it
+    does, and stops short only at a push or an attribute, which it leaves to Python."""
+    end, count = compiled_scan(data, limits, resp3=resp3)
+    ends = python_ends(data, limits, resp3=resp3)
+    assert count <= len(ends)
+    assert end == (ends[count - 1] if count else 0)
+    # Stopping short is allowed only where the Python scan takes a form the compiled one leaves.
+    if count < len(ends):
+        rest = data[end : ends[count]]
+        assert b">" in rest or b"|" in rest

@@ -7,13 +7,14 @@ every proper prefix of a reply (never a wrong end), and turn garbage into Remote
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resmesh.protocols._errors import RemoteProtocolError
-from resmesh.protocols.resp import writer
+from resmesh.protocols.resp import framing, writer
 from resmesh.protocols.resp.framing import (
     NEED_DATA,
     ReplyFramer,
@@ -21,12 +22,15 @@ from resmesh.protocols.resp.framing import (
     error_text,
     is_error_reply,
     parse_length,
+    scan_replies,
     scan_reply,
 )
 from resmesh.protocols.resp.parser import ReplyParser
 from resmesh.protocols.resp.values import Array, BlobError, BulkString, Value
 from tests.protocols.resp.resp_support import (
     VECTORS,
+    check_compiled_agrees,
+    compiled_scan,
     cut_lists,
     mutated,
     reply_limits,
@@ -307,3 +311,106 @@ def test_blob_and_bulk_payloads_are_opaque() -> None:
     value = Array((BulkString(b"*1\r\n$-5\r\n"), BlobError(b"-\r\n+")))
     data = writer.encode(value)
     assert scan_reply(data, 0) == len(data)
+
+
+# -- the compiled scanner (_framer.scan_replies) ------------------------------------------------
+#
+# It takes only what it can frame unambiguously and stops at anything else (a push, an
+# attribute, a malformed or over-limit header, an incomplete reply), leaving the rest to the
+# Python scan, which stays the reference: every reply it takes must end where the Python scan
+# puts the end, and it must never take a reply the Python scan refuses.
+
+
+compiled_only = pytest.mark.skipif(scan_replies is None, reason="covered by the test below")
+
+
+def test_the_compiled_scanner_is_installed() -> None:
+    assert scan_replies is not None, (
+        "resmesh/protocols/resp/_framer.c is not built: install with a C compiler "
+        "(apt-get install build-essential python3-dev) and `pip install -e .`"
+    )
+
+
+@compiled_only
+@pytest.mark.parametrize("vector", REPLIES, ids=[v["name"] for v in REPLIES])
+def test_compiled_scan_golden_replies(vector: dict[str, Any]) -> None:
+    data = wire(vector["wire"])
+    end, count = compiled_scan(data + data, ReplyLimits())
+    if b">" in data or b"|" in data:  # a push or an attribute: Python frames them
+        assert (end, count) == (0, 0)
+    else:
+        assert (end, count) == (2 * len(data), 2)
+        assert compiled_scan(data + data, ReplyLimits(), limit=1) == (len(data), 1)
+    for cut in range(len(data)):
+        assert compiled_scan(data[:cut], ReplyLimits()) == (0, 0)
+
+
+@compiled_only
+@pytest.mark.parametrize("vector", REPLY_ERRORS, ids=[v["name"] for v in REPLY_ERRORS])
+def test_compiled_scan_leaves_every_golden_error_to_python(vector: dict[str, Any]) -> None:
+    data = wire(vector["wire"])
+    limits = reply_limits(vector.get("limits"))
+    check_compiled_agrees(data, limits, resp3=True)
+    check_compiled_agrees(data, limits, resp3=False)
+
+
+@compiled_only
+def test_compiled_scan_limits() -> None:
+    limits = ReplyLimits(max_bulk_len=3, max_aggregate_len=2, max_depth=2, max_line_len=4)
+    assert compiled_scan(b"$3\r\nabc\r\n$4\r\nabcd\r\n", limits) == (9, 1)
+    assert compiled_scan(b"*2\r\n:1\r\n:2\r\n*3\r\n", limits) == (12, 1)
+    assert compiled_scan(b"*1\r\n*1\r\n*0\r\n*1\r\n*1\r\n*1\r\n:1\r\n", limits) == (12, 1)
+    assert compiled_scan(b"+1234\r\n+12345\r\n", limits) == (7, 1)
+    assert compiled_scan(b"+12345", limits) == (0, 0)  # over the line limit: Python's call
+    assert compiled_scan(b"_\r\n#t\r\n", limits, resp3=False) == (0, 0)
+    assert compiled_scan(b"*-1\r\n$-1\r\n%-1\r\n", limits) == (10, 2)
+    assert compiled_scan(b"=4\r\ntxt:\r\n=3\r\ntxt\r\n", ReplyLimits()) == (10, 1)
+
+
+@compiled_only
+@FAST
+@given(st.lists(resp3_values, min_size=1, max_size=6), st.booleans())
+def test_compiled_scan_agrees_on_valid_streams(values: list[Value], resp3: bool) -> None:
+    check_compiled_agrees(writer.encode_many(values), ReplyLimits(), resp3)
+
+
+@compiled_only
+@FAST
+@given(st.data(), st.booleans())
+def test_compiled_scan_agrees_on_mutated_streams(data: st.DataObject, resp3: bool) -> None:
+    values = data.draw(st.lists(resp3_values, min_size=1, max_size=4))
+    check_compiled_agrees(data.draw(mutated(writer.encode_many(values))), SMALL_LIMITS, resp3)
+
+
+@compiled_only
+@FAST
+@given(resp_alphabet_garbage, st.booleans())
+def test_compiled_scan_agrees_on_garbage(data: bytes, resp3: bool) -> None:
+    check_compiled_agrees(data, SMALL_LIMITS, resp3)
+
+
+@FAST
+@given(st.lists(resp3_values, min_size=1, max_size=6), cut_lists, st.integers(1, 8), st.booleans())
+def test_next_ends_frames_whole_replies(
+    values: list[Value], cuts: list[int], limit: int, compiled: bool
+) -> None:
+    """``next_ends`` (compiled scan, then Python for what it leaves; or Python alone) hands
+    out whole replies, at most ``limit`` at a time, however the bytes arrive."""
+    encoded = [writer.encode(v) for v in values]
+    framer = ReplyFramer()
+    out: list[bytes] = []
+    with mock.patch.object(framing, "scan_replies", framing.scan_replies if compiled else None):
+        for chunk in split(b"".join(encoded), cuts):
+            framer.feed(chunk)
+            while True:
+                end, taken = framer.next_ends(limit)
+                if not taken:
+                    break
+                assert taken <= limit
+                out.append(framer.buffer.take(end))
+    assert b"".join(out) == b"".join(encoded)
+    boundaries = {sum(len(e) for e in encoded[: i + 1]) for i in range(len(encoded))}
+    offset = 0
+    for piece in out:
+        offset += len(piece)
+        assert offset in boundaries
