@@ -61,6 +61,8 @@ __all__ = ["Attempt", "HAEngine", "Transport"]
 _OK = Outcome.OK
 _LOCAL = Outcome.LOCAL_ERROR
 _REJECTED = Outcome.REJECTED
+#: The waiter of attempts nobody parks on (:meth:`HAEngine.start`): its task stays ``None``.
+_NOBODY = Waiter()
 
 A = TypeVar("A", bound="Attempt")
 A_co = TypeVar("A_co", bound="Attempt", covariant=True)
@@ -107,7 +109,9 @@ class Attempt:
 
     def finish(self) -> None:
         """Called by the transport once the attempt is done."""
-        self.waiter.wake()
+        waiter = self.waiter
+        if waiter.task is not None:
+            waiter.wake()
         on_done = self.on_done
         if on_done is not None:
             self.on_done = None
@@ -180,7 +184,9 @@ class HAEngine(Generic[A]):
             raise attempt.error
         return attempt
 
-    def start(self, run: Run, on_done: Callable[[A | Unavailable], None]) -> bool:
+    def start(
+        self, run: Run, on_done: Callable[[A | Unavailable], None], now: float | None = None
+    ) -> bool:
         """Send a run that goes to one node once, and return at once: ``on_done`` gets the
         attempt that answered, or why none did, from the task that reads the node's answer,
         so the caller's task need not wake for it (at ``-P 1`` that wakeup is a large share of
@@ -189,11 +195,13 @@ class HAEngine(Generic[A]):
         the caller's task).
 
         ``on_done`` runs inside the transport's reader task: it must not block or raise.
+        ``now``: the caller's reading of the clock, if it has just taken one.
         """
         policies = self.policies
         if run.idempotent and policies.spreads_reads:
             return False
-        now = self._clock.current_time()
+        if now is None:
+            now = self._clock.current_time()
         node = policies.primary
         if node is None:
             node = policies.pick(now, (), run.key)
@@ -201,14 +209,20 @@ class HAEngine(Generic[A]):
             on_done(Unavailable(None, "no node left to try", _REJECTED))
             return True
         try:
-            attempt = self._send(node, run, Waiter(), now)
+            attempt = self._send(node, run, _NOBODY, now)
         except Unavailable as exc:
             on_done(exc)
             return True
+        policies = self.policies
+        clock = self._clock
 
         def finished(done: Attempt) -> None:
-            self._settle(done, self._clock.current_time())
-            on_done(done.error if done.error is not None else attempt)
+            # _settle, inlined: this runs once per command at -P 1.
+            error = done.error
+            now = clock.current_time()
+            outcome = _LOCAL if error is not None else done.outcome()
+            policies.settle(done.node, outcome, now - done.sent, now, done.probe)
+            on_done(error if error is not None else attempt)
 
         attempt.on_done = finished
         return True

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from resmesh.call import Outcome
 from resmesh.config import BackendConfig
 from resmesh.net.backend.errors import BackendError
 from resmesh.net.backend.redis_conn import RedisConnection
@@ -58,6 +59,27 @@ async def test_replies_go_to_submissions_in_order_however_they_are_split() -> No
         assert b"".join(first.replies) == b"+A\r\n$2\r\nbb\r\n"
         assert second.replies == [b":3\r\n"]
         assert (first.error, second.error, mux.outstanding) == (None, None, 0)
+
+
+async def test_a_submission_s_outcome_blames_the_node_only_for_its_own_errors() -> None:
+    """The reader counts error replies as it frames them; the outcome reads them only then:
+    WRONGTYPE is the caller's (OK for the node), LOADING the node's, however the replies of a
+    submission arrive (one read, or one at a time through the Python framer's resumption)."""
+    cases = [
+        (b"+A\r\n:1\r\n", Outcome.OK),
+        (b"-WRONGTYPE Operation\r\n:1\r\n", Outcome.OK),
+        (b":1\r\n-LOADING Redis is loading\r\n", Outcome.UPSTREAM_ERROR),
+        (b"*1\r\n-LOADING inside an array\r\n:1\r\n", Outcome.OK),  # EXEC's, not the node's
+    ]
+    async with _mux() as (mux, node):
+        for replies, outcome in cases:
+            for pieces in ([replies], [bytes([byte]) for byte in replies]):
+                pending = await _submit(mux, 2)
+                await node.receive_some(1000)
+                for piece in pieces:
+                    await node.send_all(piece)
+                await _done(pending)
+                assert pending.outcome() is outcome, replies
 
 
 async def test_a_node_that_closes_fails_every_waiting_submission() -> None:

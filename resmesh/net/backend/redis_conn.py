@@ -59,8 +59,9 @@ class ReplyBuffer:
         reply = self._framer.next_reply()
         return None if reply is NEED_DATA else reply
 
-    def take(self, limit: int) -> tuple[bytes, int]:
-        """Up to ``limit`` complete replies as one bytes object, and how many it holds.
+    def take(self, limit: int) -> tuple[bytes, int, int]:
+        """Up to ``limit`` complete replies as one bytes object, how many it holds, and how
+        many of them are error replies.
 
         One slice for a whole run of replies: a client whose batch went out in one write gets
         its replies back as one buffer, without a bytes object per reply.
@@ -68,10 +69,11 @@ class ReplyBuffer:
         Raises:
             RemoteProtocolError: the node sent something that is not RESP.
         """
-        end, taken = self._framer.next_ends(limit)
+        framer = self._framer
+        end, taken, errors = framer.next_ends(limit)
         if not taken:
-            return b"", 0
-        return self._framer.buffer.take(end), taken
+            return b"", 0, 0
+        return framer.buffer.take(end), taken, errors
 
     @property
     def empty(self) -> bool:
@@ -88,7 +90,7 @@ class RedisConnection:
             transaction, an aborted exchange): such a connection is closed, never pooled.
     """
 
-    __slots__ = ("_closed", "db", "node", "replies", "resp", "reusable", "sock")
+    __slots__ = ("closed", "db", "node", "replies", "resp", "reusable", "sock")
 
     def __init__(self, sock: socket.socket, node: str, db: int, resp: int) -> None:
         self.sock = sock
@@ -97,15 +99,12 @@ class RedisConnection:
         self.resp = resp
         self.replies = ReplyBuffer()
         self.reusable = True
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        #: Set by :meth:`close` (a plain attribute: every command reads it).
+        self.closed = False
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if not self.closed:
+            self.closed = True
             self.reusable = False
             close_quietly(self.sock)
 
@@ -115,7 +114,7 @@ class RedisConnection:
         Peeks without consuming; an idle connection must have nothing to read, so any byte
         (or end of stream, or an error) means it is unusable.
         """
-        if self._closed:
+        if self.closed:
             return False
         try:
             self.sock.recv(1, socket.MSG_PEEK)
@@ -132,7 +131,7 @@ class RedisConnection:
         Raises:
             BackendError: the connection broke or the write was cancelled.
         """
-        if self._closed:
+        if self.closed:
             raise BackendError(self.node, "connection closed")
         try:
             await send_all(self.sock, data)

@@ -37,6 +37,8 @@ __all__ = ["MuxConnection", "Pending"]
 #: refused instead of queueing without limit behind a slow node.
 MAX_OUTSTANDING: Final = 100_000
 
+_OK: Final = Outcome.OK
+
 
 #: Bytes the reader may take in a row before letting other tasks run.
 _YIELD_AFTER_BYTES: Final = 4 << 20
@@ -45,15 +47,18 @@ _YIELD_AFTER_BYTES: Final = 4 << 20
 class Pending(Attempt):
     """One submission: how many replies it waits for, and those received so far, as runs of
     raw bytes (one slice per backend read holding whole replies: a client whose batch went out
-    in one write gets its replies back as one buffer, without a bytes object per reply)."""
+    in one write gets its replies back as one buffer, without a bytes object per reply).
+    ``errors``: whether any of them is an error reply (only then are they read again to judge
+    the node)."""
 
-    __slots__ = ("deadline", "expected", "received", "replies")
+    __slots__ = ("deadline", "errors", "expected", "received", "replies")
 
     def __init__(self, expected: int, deadline: float, waiter: Waiter) -> None:
         super().__init__(waiter)
         self.expected = expected
         self.deadline = deadline
         self.received = 0
+        self.errors = False
         self.replies: list[bytes] = []
 
     @property
@@ -61,7 +66,7 @@ class Pending(Attempt):
         return self.error is not None or self.received == self.expected
 
     def outcome(self) -> Outcome:
-        return replies_outcome(self.replies)
+        return replies_outcome(self.replies) if self.errors else _OK
 
 
 class MuxConnection:
@@ -121,7 +126,13 @@ class MuxConnection:
         return pending
 
     def enqueue(self, pending: Pending, payload: bytes) -> None:
-        """Queue a submission made before its connection was open.
+        """Queue a submission (made now, or before its connection was open) and its bytes for
+        the writer task, waking it if it sleeps.
+
+        Why not send right here: every client session that runs in the same scheduler tick
+        appends to the buffer before the writer runs, so one ``send`` carries all their
+        commands, and a loopback ``send`` (which also wakes the node) is the single most
+        expensive step of a proxied command.
 
         Raises:
             BackendError: the connection is closed or has too many commands in flight.
@@ -136,25 +147,15 @@ class MuxConnection:
             self._watchdog_lot.unpark()
         self._queue.append(pending)
         self._outstanding += pending.expected
-        self._write(payload)
+        if not self._unsent:
+            self._writer_lot.unpark()
+        self._unsent += payload
 
     def retire(self) -> None:
         """Take no more submissions; close once those in flight have their replies."""
         self._retiring = True
         if not self._queue:
             self.conn.close()
-
-    def _write(self, payload: bytes) -> None:
-        """Queue ``payload`` for the writer task, waking it if it sleeps.
-
-        Why not send right here: every client session that runs in the same scheduler tick
-        appends to the buffer before the writer runs, so one ``send`` carries all their
-        commands, and a loopback ``send`` (which also wakes the node) is the single most
-        expensive step of a proxied command.
-        """
-        if not self._unsent:
-            self._writer_lot.unpark()
-        self._unsent += payload
 
     async def _write_loop(self) -> None:
         sock = self.conn.sock
@@ -229,9 +230,11 @@ class MuxConnection:
                             break
                         raise BackendError(conn.node, "reply without a request")
                     pending = queue[0]
-                    run, count = buffer.take(pending.expected - pending.received)
+                    run, count, errors = buffer.take(pending.expected - pending.received)
                     if not count:
                         break
+                    if errors:
+                        pending.errors = True
                     pending.replies.append(run)
                     pending.received += count
                     self._outstanding -= count

@@ -73,9 +73,9 @@ class NodePool:
         slots = self._shared.get(shape)
         if slots is None or self.retired:
             return None
-        index = next(self._turn) % len(slots)
+        index = next(self._turn) % len(slots) if len(slots) > 1 else 0
         mux = slots[index]
-        if mux is not None and not mux.closed:
+        if mux is not None and not mux.conn.closed:
             return mux
         if (shape, index) not in self._opening:
             self._opening.add((shape, index))

@@ -93,7 +93,7 @@ class _Relay:
                             self.reset = True
                             break
                     else:
-                        run, count = buffer.take(_RUN)
+                        run, count, _ = buffer.take(_RUN)
                         if not count:
                             break
                         out.append(run)

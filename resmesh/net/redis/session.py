@@ -234,7 +234,10 @@ class RedisSession(ClientSession):
         if not self.can_dispatch():  # a new layout spreads reads now
             self._handed = (commands, None)
             return False
-        self._admit_batch(commands)
+        if len(commands) > 1:
+            self._admit_batch(commands)
+        else:
+            self._admitted_whole = False  # as _admit_batch decides for one command
         self._begin_batch(commands, self.parser.batch_raw)
         index = self._run_plain(commands, 0)
         if index < len(commands):
@@ -316,8 +319,10 @@ class RedisSession(ClientSession):
         assert info is not None
         slots, count, admitted, wrote = info
         try:
-            self._done(admitted)
-            self._release_batch()
+            if admitted:
+                self._done(admitted)
+            if self._batch_admission is not None:
+                self._release_batch()
             if wrote:
                 self._reads_on_primary_until = self._clock.current_time() + _READ_YOUR_WRITES
             out = self._out
@@ -344,8 +349,10 @@ class RedisSession(ClientSession):
             self.state.closing = True
             self.drop()
         finally:
-            self._settle_waiter.wake()
-        self.resume_reading()
+            if self._settle_waiter.task is not None:
+                self._settle_waiter.wake()
+        if self._readable:
+            self.resume_reading()
 
     def _send_out(self) -> None:
         """Write the batch's replies without waiting; what does not fit in the socket goes
@@ -637,7 +644,7 @@ class RedisSession(ClientSession):
                 await forward_sharded(runtime, calls, slots, self._out, shape, deadline)
                 return
             else:
-                run = self._make_run(calls, payload, idempotent)
+                run = self._make_run(calls, payload, idempotent, self._clock.current_time())
                 chunks = (await runtime.engine.execute(run)).replies
                 if slots[-1] - slots[0] == count - 1 and not self._substitutes:
                     # The replies fill adjacent slots: take them as one run of bytes.
@@ -683,7 +690,9 @@ class RedisSession(ClientSession):
         calls, slots, payload, idempotent, wrote = self._take_run(idempotent)
         admitted, self._admitted = self._admitted, []
         self._inflight = (slots, len(calls), admitted, wrote)
-        started = runtime.engine.start(self._make_run(calls, payload, idempotent), self._answered)
+        now = self._clock.current_time()
+        run = self._make_run(calls, payload, idempotent, now)
+        started = runtime.engine.start(run, self._answered, now)
         assert started
         return True
 
@@ -711,13 +720,13 @@ class RedisSession(ClientSession):
             payload = b"".join([command.raw for command in calls])
         return calls, slots, payload, idempotent, wrote
 
-    def _make_run(self, calls: list[Command], payload: bytes, idempotent: bool) -> Run:
+    def _make_run(self, calls: list[Command], payload: bytes, idempotent: bool, now: float) -> Run:
         runtime = self.runtime
         return Run(
             calls,
             payload,
             idempotent=idempotent,
-            deadline=self._clock.current_time() + self._timeout,
+            deadline=now + self._timeout,
             operation=_run_operation(calls) if runtime.policies.operation_hedges else None,
             key=_run_key(calls) if idempotent and runtime.hash_reads else None,
             shape=(self.state.db, self.state.resp),

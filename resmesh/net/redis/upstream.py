@@ -10,7 +10,6 @@ protocol version (the run's ``shape``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
 
 import trio
 
@@ -48,8 +47,10 @@ class RedisTransport:
                 pool.retire()
 
     def submit(self, node: Node, run: Run, waiter: Waiter) -> Pending:
-        db, resp = cast(Shape, run.shape)
-        return self.pools[node].submit(db, resp, run.payload, len(run.calls), run.deadline, waiter)
+        shape: Shape = run.shape  # type: ignore[assignment]  # opaque to the engine
+        return self.pools[node].submit(
+            shape[0], shape[1], run.payload, len(run.calls), run.deadline, waiter
+        )
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -20,11 +20,13 @@
  *             end is the end of the buffer or the start of an incomplete command.
  *
  * scan_replies(buffer, start, limit, max_length, max_count, max_line, max_depth, resp3)
- *     -> (end, count)
+ *     -> (end, count, errors)
  *   Up to limit complete replies from start: simple strings, errors, integers, bulk strings
  *   and arrays (and, with resp3, the RESP3 scalars, blob errors, verbatim strings, maps and
- *   sets), within the limits. count: how many; end: where the last one ends. It stops at an
- *   incomplete reply and at anything else (a push, an attribute, a malformed header).
+ *   sets), within the limits. count: how many; end: where the last one ends; errors: how
+ *   many of them are error replies ('-' or '!'), so that a caller judging a node by its
+ *   answers reads the replies again only when one is. It stops at an incomplete reply and at
+ *   anything else (a push, an attribute, a malformed header).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -423,7 +425,7 @@ static PyObject *
 scan_replies(PyObject *Py_UNUSED(module), PyObject *const *argv, Py_ssize_t argc)
 {
     Py_buffer view;
-    Py_ssize_t start, limit, count = 0;
+    Py_ssize_t start, limit, count = 0, errors = 0;
     long long max_length, max_count, max_line, max_depth;
     int resp3;
     const char *p, *end;
@@ -478,12 +480,15 @@ scan_replies(PyObject *Py_UNUSED(module), PyObject *const *argv, Py_ssize_t argc
                           &next) != REPLY_COMPLETE) {
             break;
         }
+        if (*p == '-' || *p == '!') {
+            errors++;
+        }
         p = next;
         count++;
     }
     start = (Py_ssize_t)(p - (const char *)view.buf);
     PyBuffer_Release(&view);
-    return Py_BuildValue("(nn)", start, count);
+    return Py_BuildValue("(nnn)", start, count, errors);
 }
 
 static PyMethodDef framer_methods[] = {
@@ -492,7 +497,7 @@ static PyMethodDef framer_methods[] = {
      "The complete canonical RESP commands at the start of buffer."},
     {"scan_replies", (PyCFunction)(void (*)(void))scan_replies, METH_FASTCALL,
      "scan_replies(buffer, start, limit, max_length, max_count, max_line, max_depth, resp3)"
-     " -> (end, count)\n\nUp to limit complete replies from start."},
+     " -> (end, count, errors)\n\nUp to limit complete replies from start."},
     {NULL, NULL, 0, NULL},
 };
 

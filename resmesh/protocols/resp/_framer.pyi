@@ -10,7 +10,6 @@ def frame(
     factory: Callable[[list[bytes], bytes], _T],
     /,
 ) -> tuple[list[_T], int, bool]: ...
-
 def scan_replies(
     buffer: bytes | bytearray,
     start: int,
@@ -21,4 +20,4 @@ def scan_replies(
     max_depth: int,
     resp3: bool,
     /,
-) -> tuple[int, int]: ...
+) -> tuple[int, int, int]: ...

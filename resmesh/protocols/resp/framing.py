@@ -159,6 +159,7 @@ _INT64_MAX: Final = 2**63 - 1
 
 # Type bytes, as ints (indexing bytes gives ints).
 _LINE_KINDS: Final = frozenset(b"+-:_,#(")
+_ERROR_KINDS: Final = frozenset(b"-!")
 _RESP2_LINE_KINDS: Final = frozenset(b"+-:")
 _AGGREGATE_KINDS: Final = frozenset(b"*%~>|")
 _RESP2_KINDS: Final = frozenset(b"+-:$*")
@@ -498,9 +499,10 @@ class ReplyFramer:
             return NEED_DATA
         return self.buffer.take(end)
 
-    def next_ends(self, limit: int) -> tuple[int, int]:
+    def next_ends(self, limit: int) -> tuple[int, int, int]:
         """Frame up to ``limit`` replies without consuming them: the end offset of the last
-        complete one in ``buffer.data`` (``buffer.start`` if none) and how many there are.
+        complete one in ``buffer.data`` (``buffer.start`` if none), how many there are, and
+        how many of them are error replies (``-`` or ``!``).
 
         The compiled scanner (``_framer.c``) takes the replies it can; the Python scan takes
         any it leaves (an incomplete aggregate, which :meth:`next_end` resumes; a push; bytes
@@ -512,11 +514,11 @@ class ReplyFramer:
         buffer = self.buffer
         data = buffer.data
         end = buffer.start
-        taken = 0
+        taken = errors = 0
         limits = self._limits
         while taken < limit:
             if scan_replies is not None and not self._stack:
-                end, count = scan_replies(
+                end, count, found = scan_replies(
                     data,
                     end,
                     limit - taken,
@@ -527,6 +529,7 @@ class ReplyFramer:
                     not self._resp2_only,
                 )
                 taken += count
+                errors += found
                 if taken == limit:
                     break
             if taken:
@@ -542,9 +545,11 @@ class ReplyFramer:
                 next_end = self.next_end()
             if next_end < 0:
                 break
+            if data[end] in _ERROR_KINDS:
+                errors += 1
             end = next_end
             taken += 1
-        return end, taken
+        return end, taken, errors
 
     def next_end(self) -> int:
         """Frame the next reply without consuming it: its end offset in ``buffer.data``, or -1.

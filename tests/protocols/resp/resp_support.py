@@ -216,9 +216,10 @@ resp_alphabet_garbage = st.binary(max_size=64) | st.lists(
 ).map(b"".join)
 
 
-def compiled_scan(
+def compiled_scan_all(
     data: bytes, limits: ReplyLimits, *, resp3: bool = True, limit: int = 1 << 20
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
+    """``scan_replies`` from the start of ``data``: (end, count, errors)."""
     assert scan_replies is not None
     return scan_replies(
         data,
@@ -230,6 +231,14 @@ def compiled_scan(
         limits.max_depth,
         resp3,
     )
+
+
+def compiled_scan(
+    data: bytes, limits: ReplyLimits, *, resp3: bool = True, limit: int = 1 << 20
+) -> tuple[int, int]:
+    """``scan_replies`` from the start of ``data``: (end, count)."""
+    end, count, _ = compiled_scan_all(data, limits, resp3=resp3, limit=limit)
+    return end, count
 
 
 def python_ends(data: bytes, limits: ReplyLimits, *, resp3: bool = True) -> list[int]:
@@ -249,11 +258,14 @@ def python_ends(data: bytes, limits: ReplyLimits, *, resp3: bool = True) -> list
 
 def check_compiled_agrees(data: bytes, limits: ReplyLimits, resp3: bool) -> None:
     """The compiled scanner takes only what the Python framer takes, ending each reply where it
-    does, and stops short only at a push or an attribute, which it leaves to Python."""
-    end, count = compiled_scan(data, limits, resp3=resp3)
+    does and counting its error replies, and stops short only at a push or an attribute, which
+    it leaves to Python."""
+    end, count, errors = compiled_scan_all(data, limits, resp3=resp3)
     ends = python_ends(data, limits, resp3=resp3)
     assert count <= len(ends)
     assert end == (ends[count - 1] if count else 0)
+    starts = [0, *ends[: count - 1]] if count else []
+    assert errors == sum(data[start] in b"-!" for start in starts)
     # Stopping short is allowed only where the Python scan takes a form the compiled one leaves.
     if count < len(ends):
         rest = data[end : ends[count]]

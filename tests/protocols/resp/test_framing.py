@@ -395,22 +395,23 @@ def test_next_ends_frames_whole_replies(
     values: list[Value], cuts: list[int], limit: int, compiled: bool
 ) -> None:
     """``next_ends`` (compiled scan, then Python for what it leaves; or Python alone) hands
-    out whole replies, at most ``limit`` at a time, however the bytes arrive."""
+    out whole replies, at most ``limit`` at a time, however the bytes arrive, and counts the
+    error replies among them."""
     encoded = [writer.encode(v) for v in values]
     framer = ReplyFramer()
-    out: list[bytes] = []
+    pieces: list[tuple[bytes, int, int]] = []
     with mock.patch.object(framing, "scan_replies", framing.scan_replies if compiled else None):
         for chunk in split(b"".join(encoded), cuts):
             framer.feed(chunk)
             while True:
-                end, taken = framer.next_ends(limit)
+                end, taken, errors = framer.next_ends(limit)
                 if not taken:
                     break
                 assert taken <= limit
-                out.append(framer.buffer.take(end))
-    assert b"".join(out) == b"".join(encoded)
-    boundaries = {sum(len(e) for e in encoded[: i + 1]) for i in range(len(encoded))}
-    offset = 0
-    for piece in out:
-        offset += len(piece)
-        assert offset in boundaries
+                pieces.append((framer.buffer.take(end), taken, errors))
+    assert b"".join(piece for piece, _, _ in pieces) == b"".join(encoded)
+    replies = iter(encoded)
+    for piece, taken, errors in pieces:
+        mine = [next(replies) for _ in range(taken)]
+        assert piece == b"".join(mine)
+        assert errors == sum(reply[:1] in (b"-", b"!") for reply in mine)
