@@ -203,7 +203,7 @@ class ClientSession:
     def on_readable(self, events: int = 0) -> None:
         """The poller saw the client's socket become readable or hang up (``events``), or
         the session asks to read on: read and handle what came, unless the session is
-        busy."""
+        busy. (One method, not a reader calling a loop: it runs once per request.)"""
         if events & HANG_UP:
             self._hung_up = True  # read to the end of the stream, whoever reads it
         if not self.dispatched:
@@ -212,8 +212,34 @@ class ClientSession:
             self._readable = True  # the running call reads on
             return
         self._reading = True
+        transport = self.transport
+        runtime = self.runtime
         try:
-            self._read_dispatched()
+            for _ in range(_READS_PER_TURN):
+                if not self.dispatched:
+                    return
+                if self.busy or runtime.draining:
+                    self._readable = True  # resume_reading comes back; a drain ends it
+                    return
+                self._readable = False
+                try:
+                    data = transport.recv_nowait()
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    self._hand_back(left=True)
+                    return
+                self.idle_sweeps = 0
+                if not self.handle_nowait(data):
+                    self._hand_back()
+                    return
+                if len(data) < RECV_SIZE and not self._readable and not self._hung_up:
+                    return  # a short read emptied the socket: the next arrival raises an event
+            self._readable = True
+            assert self.poller is not None
+            self.poller.again(self.on_readable)  # other clients first
         except Exception:
             # A bug met by one client ends that client's connection, never the poller and
             # every other client with it.
@@ -223,35 +249,6 @@ class ClientSession:
             self.drop()
         finally:
             self._reading = False
-
-    def _read_dispatched(self) -> None:
-        transport = self.transport
-        runtime = self.runtime
-        for _ in range(_READS_PER_TURN):
-            if not self.dispatched:
-                return
-            if self.busy or runtime.draining:
-                self._readable = True  # resume_reading comes back; a drain ends the session
-                return
-            self._readable = False
-            try:
-                data = transport.recv_nowait()
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._hand_back(left=True)
-                return
-            self.idle_sweeps = 0
-            if not self.handle_nowait(data):
-                self._hand_back()
-                return
-            if len(data) < RECV_SIZE and not self._readable and not self._hung_up:
-                return  # a short read emptied the socket: the next arrival raises an event
-        self._readable = True
-        assert self.poller is not None
-        self.poller.again(self.on_readable)  # other clients first
 
     def resume_reading(self) -> None:
         """The request in flight is done (answered and written): read on if the client sent

@@ -37,7 +37,9 @@ async def _mux() -> AsyncIterator[tuple[MuxConnection, trio.SocketStream]]:
 
 
 async def _submit(mux: MuxConnection, count: int, deadline: float = math.inf) -> Pending:
-    return mux.submit(b"*1\r\n$4\r\nPING\r\n" * count, count, deadline, Waiter())
+    pending = Pending(count, deadline, Waiter())
+    mux.enqueue(pending, b"*1\r\n$4\r\nPING\r\n" * count)
+    return pending
 
 
 async def _done(pending: Pending) -> Pending:
@@ -125,7 +127,7 @@ async def test_an_unanswered_submission_fails_at_its_deadline(
 async def test_too_many_commands_in_flight_are_refused() -> None:
     async with _mux() as (mux, _):
         with pytest.raises(BackendError, match="too many commands in flight"):
-            mux.submit(b"", 100_001, math.inf, Waiter())
+            mux.enqueue(Pending(100_001, math.inf, Waiter()), b"")
 
 
 # -- the pool -----------------------------------------------------------------------------------

@@ -54,7 +54,13 @@ class Pending(Attempt):
     __slots__ = ("deadline", "errors", "expected", "received", "replies")
 
     def __init__(self, expected: int, deadline: float, waiter: Waiter) -> None:
-        super().__init__(waiter)
+        # Attempt's fields set here rather than by super().__init__: one call less per command.
+        self.waiter = waiter
+        self.error = None
+        self.node = None
+        self.sent = 0.0
+        self.probe = False
+        self.on_done = None
         self.expected = expected
         self.deadline = deadline
         self.received = 0
@@ -113,21 +119,11 @@ class MuxConnection:
         finally:
             self._fail(self.conn.node, "connection closed")
 
-    def submit(self, payload: bytes, count: int, deadline: float, waiter: Waiter) -> Pending:
-        """Queue ``count`` commands (``payload``) without waiting; the caller parks on
-        ``waiter``. The connection is failed (closed, every submission with it) if the reply
-        has not come by ``deadline``.
-
-        Raises:
-            BackendError: the connection is closed or has too many commands in flight.
-        """
-        pending = Pending(count, deadline, waiter)
-        self.enqueue(pending, payload)
-        return pending
-
     def enqueue(self, pending: Pending, payload: bytes) -> None:
-        """Queue a submission (made now, or before its connection was open) and its bytes for
-        the writer task, waking it if it sleeps.
+        """Queue a submission and its bytes (``pending.expected`` commands) for the writer
+        task, waking it if it sleeps; the submitter learns the outcome from ``pending``. The
+        connection is failed (closed, every submission with it) if the replies have not come
+        by ``pending.deadline``.
 
         Why not send right here: every client session that runs in the same scheduler tick
         appends to the buffer before the writer runs, so one ``send`` carries all their

@@ -152,12 +152,13 @@ class NodePool:
         Raises:
             BackendError: the node left the cluster, or its open connection cannot take more.
         """
+        pending = Pending(count, deadline, waiter)
         mux = self.shared_nowait(db, resp)
         if mux is not None:
-            return mux.submit(payload, count, deadline, waiter)
+            mux.enqueue(pending, payload)
+            return pending
         if self.retired:
             raise BackendError(self.node, "node removed from the cluster")
-        pending = Pending(count, deadline, waiter)
         self._nursery.start_soon(self._submit_when_open, db, resp, pending, payload)
         return pending
 

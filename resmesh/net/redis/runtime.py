@@ -97,6 +97,10 @@ class RedisRuntime(ClusterRuntime):
         self.shards = ShardMap(topology) if self.sharded else None
         #: Whether read runs are placed by their first key (``balance: hash``).
         self.hash_reads = self.policies.hashing and self.policies.spreads_reads
+        #: Whether every run goes to one node, so the poller may serve sessions (a sharded
+        #: cluster, and reads spread over replicas, wait in the session's task at every batch:
+        #: handing each one back would only cost).
+        self.dispatchable = self.shards is None and not self.policies.spreads_reads
         #: The node pinned sessions use (the primary; for a sharded cluster, the first node
         #: of its heaviest group, which also validates SELECT).
         self.home: Node = self.policies.primary or topology.primary

@@ -212,15 +212,8 @@ class RedisSession(ClientSession):
     # Dispatched: the poller's task serves plain batches (see ClientSession)
 
     def can_dispatch(self) -> bool:
-        # A session on its own connection, a sharded cluster, and reads spread over replicas
-        # wait in the session's task at every batch: handing each one back would only cost.
-        runtime = self.runtime
-        return (
-            self.pinned is None
-            and self.state.forwards_plain
-            and runtime.shards is None
-            and not runtime.policies.spreads_reads
-        )
+        # A session on its own connection waits in its task at every batch.
+        return self.runtime.dispatchable and self.pinned is None and self.state.forwards_plain
 
     def handle_nowait(self, data: bytes) -> bool:
         try:
@@ -231,14 +224,19 @@ class RedisSession(ClientSession):
             return False
         if not commands:
             return True
-        if not self.can_dispatch():  # a new layout spreads reads now
+        # Dispatched, the session only ever runs plain commands (it is handed back before
+        # anything else), so only a new layout can take it off the poller here.
+        if not self.runtime.dispatchable:
             self._handed = (commands, None)
             return False
         if len(commands) > 1:
             self._admit_batch(commands)
         else:
             self._admitted_whole = False  # as _admit_batch decides for one command
-        self._begin_batch(commands, self.parser.batch_raw)
+        # _begin_batch, inlined (once per request at -P 1)
+        self._batch_raw = self.parser.batch_raw
+        self._batch_len = len(commands)
+        self._batch += 1
         index = self._run_plain(commands, 0)
         if index < len(commands):
             self._handed = (commands, index)  # the rest of the batch may have to wait
@@ -684,9 +682,12 @@ class RedisSession(ClientSession):
             or self._pinned_selects
         ):
             return False
-        idempotent = self._reads_anywhere()
-        if idempotent and runtime.policies.spreads_reads:
-            return False
+        if runtime.policies.spreads_reads:
+            if self._reads_anywhere():
+                return False  # spread over the replicas: that waits in the session's task
+            idempotent = False  # to the primary, as a read after this session's write must
+        else:
+            idempotent = self._fwd_idempotent  # one node: no read-your-writes window to keep
         calls, slots, payload, idempotent, wrote = self._take_run(idempotent)
         admitted, self._admitted = self._admitted, []
         self._inflight = (slots, len(calls), admitted, wrote)
