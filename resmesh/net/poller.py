@@ -39,7 +39,7 @@ HANG_UP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 class Poller:
     """The readers of one cluster's client sockets; :meth:`run` in the cluster's nursery."""
 
-    __slots__ = ("_again", "_epoll", "_readers", "running")
+    __slots__ = ("_again", "_deferred", "_epoll", "_in_round", "_readers", "running")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -49,6 +49,9 @@ class Poller:
         self._again: list[Callable[[int], None]] = []
         #: Whether :meth:`run` is running: a session is only handed to a running poller.
         self.running = False
+        #: Whether readers are being called now, and what to call once they all have been.
+        self._in_round = False
+        self._deferred: list[Callable[[], None]] = []
 
     def register(self, sock: socket.socket, reader: Callable[[int], None]) -> int:
         """Call ``reader`` (it must not block or raise) with the event mask whenever ``sock``
@@ -73,6 +76,19 @@ class Poller:
         other clients get their turn first."""
         self._again.append(reader)
 
+    def defer(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` (it must not block or raise) once the readers of the current
+        round have all run, and return ``True``; ``False`` outside a round.
+
+        What it is for: a backend connection that many sessions write to in one round sends
+        their requests in one ``send`` at its end, from this task, instead of waking a writer
+        task to do it (a task switch per round).
+        """
+        if not self._in_round:
+            return False
+        self._deferred.append(callback)
+        return True
+
     async def run(self) -> None:
         """Wait for readable sockets and call their readers, until cancelled."""
         epoll = self._epoll
@@ -85,12 +101,19 @@ class Poller:
                 else:
                     await trio.lowlevel.wait_readable(epoll.fileno())
                 again, self._again = self._again, []
-                for fd, events in epoll.poll(0):
-                    reader = readers.get(fd)
-                    if reader is not None:
-                        reader(events)
-                for reader in again:
-                    reader(0)
+                self._in_round = True
+                try:
+                    for fd, events in epoll.poll(0):
+                        reader = readers.get(fd)
+                        if reader is not None:
+                            reader(events)
+                    for reader in again:
+                        reader(0)
+                finally:
+                    self._in_round = False
+                    deferred, self._deferred = self._deferred, []
+                    for callback in deferred:
+                        callback()
         finally:
             self.running = False
             self._readers.clear()

@@ -18,22 +18,35 @@ from resmesh.net.backend.errors import BackendError
 from resmesh.net.backend.redis_conn import RedisConnection
 from resmesh.net.backend.redis_mux import MuxConnection, Pending
 from resmesh.net.backend.redis_pool import NodePool
+from resmesh.net.poller import Poller
 from resmesh.policies.waiting import Waiter, wait_first
 from tests.net.fake_node import FakeNode
 
 
+@pytest.fixture(params=["reader task", "poller"])
+def polled(request: pytest.FixtureRequest) -> bool:
+    """Every mux test runs twice: replies read by the connection's reader task, and by a
+    cluster's poller (the mode of a gateway whose sessions the poller serves)."""
+    return bool(request.param == "poller")
+
+
 @asynccontextmanager
-async def _mux() -> AsyncIterator[tuple[MuxConnection, trio.SocketStream]]:
+async def _mux(polled: bool) -> AsyncIterator[tuple[MuxConnection, trio.SocketStream]]:
     """A multiplexed connection whose node is the test: write replies to the stream."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     node = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
-    mux = MuxConnection(RedisConnection(ours, "test:1", 0, 2))
+    poller = Poller() if polled else None
     async with trio.open_nursery() as nursery:
+        if poller is not None:
+            nursery.start_soon(poller.run)
+            await trio.testing.wait_all_tasks_blocked()
+        mux = MuxConnection(RedisConnection(ours, "test:1", 0, 2), poller)
         nursery.start_soon(mux.run)
         yield mux, node
-        mux.conn.close()
+        mux.close()
         await node.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def _submit(mux: MuxConnection, count: int, deadline: float = math.inf) -> Pending:
@@ -49,8 +62,8 @@ async def _done(pending: Pending) -> Pending:
     return pending
 
 
-async def test_replies_go_to_submissions_in_order_however_they_are_split() -> None:
-    async with _mux() as (mux, node):
+async def test_replies_go_to_submissions_in_order_however_they_are_split(polled: bool) -> None:
+    async with _mux(polled) as (mux, node):
         first, second = await _submit(mux, 2), await _submit(mux, 1)
         assert await node.receive_some(1000) == b"*1\r\n$4\r\nPING\r\n" * 3
         replies = b"+A\r\n$2\r\nbb\r\n:3\r\n"
@@ -63,7 +76,7 @@ async def test_replies_go_to_submissions_in_order_however_they_are_split() -> No
         assert (first.error, second.error, mux.outstanding) == (None, None, 0)
 
 
-async def test_a_submission_s_outcome_blames_the_node_only_for_its_own_errors() -> None:
+async def test_a_submission_s_outcome_blames_the_node_only_for_its_own_errors(polled: bool) -> None:
     """The reader counts error replies as it frames them; the outcome reads them only then:
     WRONGTYPE is the caller's (OK for the node), LOADING the node's, however the replies of a
     submission arrive (one read, or one at a time through the Python framer's resumption)."""
@@ -73,7 +86,7 @@ async def test_a_submission_s_outcome_blames_the_node_only_for_its_own_errors() 
         (b":1\r\n-LOADING Redis is loading\r\n", Outcome.UPSTREAM_ERROR),
         (b"*1\r\n-LOADING inside an array\r\n:1\r\n", Outcome.OK),  # EXEC's, not the node's
     ]
-    async with _mux() as (mux, node):
+    async with _mux(polled) as (mux, node):
         for replies, outcome in cases:
             for pieces in ([replies], [bytes([byte]) for byte in replies]):
                 pending = await _submit(mux, 2)
@@ -84,8 +97,8 @@ async def test_a_submission_s_outcome_blames_the_node_only_for_its_own_errors() 
                 assert pending.outcome() is outcome, replies
 
 
-async def test_a_node_that_closes_fails_every_waiting_submission() -> None:
-    async with _mux() as (mux, node):
+async def test_a_node_that_closes_fails_every_waiting_submission(polled: bool) -> None:
+    async with _mux(polled) as (mux, node):
         waiting = [await _submit(mux, 1) for _ in range(3)]
         await node.aclose()
         for pending in waiting:
@@ -96,8 +109,8 @@ async def test_a_node_that_closes_fails_every_waiting_submission() -> None:
             await _submit(mux, 1)
 
 
-async def test_garbage_from_the_node_fails_the_connection() -> None:
-    async with _mux() as (mux, node):
+async def test_garbage_from_the_node_fails_the_connection(polled: bool) -> None:
+    async with _mux(polled) as (mux, node):
         pending = await _submit(mux, 1)
         await node.send_all(b"?what\r\n")
         await _done(pending)
@@ -105,8 +118,8 @@ async def test_garbage_from_the_node_fails_the_connection() -> None:
         assert mux.closed
 
 
-async def test_a_reply_without_a_request_fails_the_connection() -> None:
-    async with _mux() as (mux, node):
+async def test_a_reply_without_a_request_fails_the_connection(polled: bool) -> None:
+    async with _mux(polled) as (mux, node):
         await node.send_all(b"+surprise\r\n")
         with trio.fail_after(5):
             while not mux.closed:
@@ -114,9 +127,10 @@ async def test_a_reply_without_a_request_fails_the_connection() -> None:
 
 
 async def test_an_unanswered_submission_fails_at_its_deadline(
+    polled: bool,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with _mux() as (mux, _):
+    async with _mux(polled) as (mux, _):
         pending = await _submit(mux, 1, deadline=trio.current_time() + 1.0)
         await _done(pending)
         assert pending.error is not None and "no reply in time" in pending.error.reason
@@ -124,8 +138,8 @@ async def test_an_unanswered_submission_fails_at_its_deadline(
         assert mux.closed  # its replies would be read as answers to the next request
 
 
-async def test_too_many_commands_in_flight_are_refused() -> None:
-    async with _mux() as (mux, _):
+async def test_too_many_commands_in_flight_are_refused(polled: bool) -> None:
+    async with _mux(polled) as (mux, _):
         with pytest.raises(BackendError, match="too many commands in flight"):
             mux.enqueue(Pending(100_001, math.inf, Waiter()), b"")
 

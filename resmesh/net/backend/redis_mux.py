@@ -17,6 +17,7 @@ in place, marked abandoned, so the FIFO stays aligned; its replies are read and 
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import Final
 
@@ -27,11 +28,14 @@ from ...policies.engine import Attempt
 from ...policies.waiting import Waiter
 from ...protocols._errors import ProtocolError
 from ...protocols.resp.errors import replies_outcome
-from ..sockio import recv
+from ..poller import HANG_UP, Poller
+from ..sockio import RECV_SIZE, recv
 from .errors import BackendError
 from .redis_conn import RedisConnection
 
 __all__ = ["MuxConnection", "Pending"]
+
+log = logging.getLogger(__name__)
 
 #: Bound on commands awaiting replies on one shared connection; past it new submissions are
 #: refused instead of queueing without limit behind a slow node.
@@ -79,7 +83,10 @@ class MuxConnection:
     """Wraps a :class:`RedisConnection` with a reader task and a FIFO of submissions."""
 
     __slots__ = (
+        "_ended",
+        "_hung_up",
         "_outstanding",
+        "_poller",
         "_queue",
         "_retiring",
         "_unsent",
@@ -88,8 +95,11 @@ class MuxConnection:
         "conn",
     )
 
-    def __init__(self, conn: RedisConnection) -> None:
+    def __init__(self, conn: RedisConnection, poller: Poller | None = None) -> None:
         self.conn = conn
+        #: The poller of the sessions that write here, if any: their requests go out at the
+        #: end of its round (:meth:`Poller.defer`).
+        self._poller = poller
         self._queue: deque[Pending] = deque()
         self._outstanding = 0
         #: Bytes accepted but not yet written: only non-empty while the socket is full.
@@ -98,6 +108,10 @@ class MuxConnection:
         self._watchdog_lot = trio.lowlevel.ParkingLot()
         #: Set once its node left the cluster: no new submissions, closed when idle.
         self._retiring = False
+        #: Set by :meth:`close`: what a poller-read connection's :meth:`run` waits for.
+        self._ended = trio.Event()
+        #: Whether the poller saw the node close: read on to the end of the stream.
+        self._hung_up = False
 
     @property
     def closed(self) -> bool:
@@ -109,15 +123,31 @@ class MuxConnection:
         return self._outstanding
 
     async def run(self) -> None:
-        """Reader and writer loops; runs until the connection fails or is cancelled."""
+        """Reader and writer loops; runs until the connection fails, is closed, or is
+        cancelled. With a running poller, the poller's task reads the replies (no task
+        wakes for them: the poller's round answers its sessions); else a reader task does."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._watchdog)
-                await self._read_loop()
+                poller = self._poller
+                if poller is not None and poller.running:
+                    await self._read_polled(poller)
+                else:
+                    await self._read_loop()
                 nursery.cancel_scope.cancel()
         finally:
             self._fail(self.conn.node, "connection closed")
+
+    def close(self) -> None:
+        """Close the connection: :meth:`run` ends, failing every submission still waiting."""
+        self.conn.close()
+        self._ended.set()
+
+    def _end(self, reason: str) -> None:
+        """Close the connection and fail every submission waiting on it with ``reason``."""
+        self.close()
+        self._fail(self.conn.node, reason)
 
     def enqueue(self, pending: Pending, payload: bytes) -> None:
         """Queue a submission and its bytes (``pending.expected`` commands) for the writer
@@ -144,14 +174,39 @@ class MuxConnection:
         self._queue.append(pending)
         self._outstanding += pending.expected
         if not self._unsent:
-            self._writer_lot.unpark()
+            poller = self._poller
+            if poller is None or not poller.defer(self._flush):
+                self._writer_lot.unpark()
         self._unsent += payload
 
     def retire(self) -> None:
         """Take no more submissions; close once those in flight have their replies."""
         self._retiring = True
         if not self._queue:
-            self.conn.close()
+            self.close()
+
+    def _flush(self) -> None:
+        """Send the requests of a poller round from the poller's task; what the socket does
+        not take is left to the writer task."""
+        if self._unsent and not self._send_some():
+            self._writer_lot.unpark()
+
+    def _send_some(self) -> bool:
+        """Send what the socket takes of the unsent bytes: whether nothing is left to send
+        (all sent, or the connection broke and was failed)."""
+        unsent = self._unsent
+        try:
+            sent = self.conn.sock.send(unsent)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._end(exc.strerror or str(exc))
+            return True
+        if sent == len(unsent):
+            unsent.clear()
+            return True
+        del unsent[:sent]
+        return False
 
     async def _write_loop(self) -> None:
         sock = self.conn.sock
@@ -159,22 +214,14 @@ class MuxConnection:
             if not self._unsent:
                 await self._writer_lot.park()
                 continue
-            try:
-                sent = sock.send(self._unsent)
-            except BlockingIOError:
-                try:
-                    await trio.lowlevel.wait_writable(sock)
-                except trio.ClosedResourceError:
+            if self._send_some():
+                if self.conn.closed:
                     return
                 continue
-            except OSError as exc:
-                self.conn.close()
-                self._fail(self.conn.node, exc.strerror or str(exc))
+            try:
+                await trio.lowlevel.wait_writable(sock)
+            except trio.ClosedResourceError:
                 return
-            if sent == len(self._unsent):
-                self._unsent.clear()
-            else:
-                del self._unsent[:sent]
 
     async def _watchdog(self) -> None:
         """Fail the connection when its oldest submission outlives its deadline.
@@ -191,26 +238,22 @@ class MuxConnection:
                 continue
             head = queue[0]
             if head.deadline <= trio.current_time():
-                self.conn.close()
-                self._fail(self.conn.node, "no reply in time (backend.command_timeout)")
+                self._end("no reply in time (backend.command_timeout)")
                 return
             await trio.sleep_until(head.deadline)
 
     async def _read_loop(self) -> None:
+        """The reader task (no poller): read and hand out replies until the connection ends."""
         conn = self.conn
-        buffer = conn.replies
-        queue = self._queue
         unyielded = 0
         while True:
             try:
                 data = await recv(conn.sock)
             except OSError as exc:
-                conn.close()
-                self._fail(conn.node, exc.strerror or str(exc))
+                self._end(exc.strerror or str(exc))
                 return
             if not data:
-                conn.close()
-                self._fail(conn.node, "connection closed by the node")
+                self._end("connection closed by the node")
                 return
             # recv() only parks when the socket is empty: a 100 MB reply would hold the
             # worker (every other client, the watchdog) for a fifth of a second without this.
@@ -218,33 +261,88 @@ class MuxConnection:
             if unyielded >= _YIELD_AFTER_BYTES:
                 unyielded = 0
                 await trio.lowlevel.checkpoint()
-            try:
-                buffer.feed(data)
-                while True:
-                    if not queue:
-                        if buffer.empty:
-                            break
-                        raise BackendError(conn.node, "reply without a request")
-                    pending = queue[0]
-                    run, count, errors = buffer.take(pending.expected - pending.received)
-                    if not count:
-                        break
-                    if errors:
-                        pending.errors = True
-                    pending.replies.append(run)
-                    pending.received += count
-                    self._outstanding -= count
-                    if pending.received == pending.expected:
-                        queue.popleft()
-                        pending.finish()
-                        if self._retiring and not queue:
-                            conn.close()
-                            return
-            except (ProtocolError, BackendError) as exc:
-                conn.close()
-                reason = exc.reason if isinstance(exc, BackendError) else exc.reply_hint
-                self._fail(conn.node, f"protocol error: {reason}")
+            if not self._take_replies(data):
                 return
+
+    async def _read_polled(self, poller: Poller) -> None:
+        """Have ``poller`` read the replies (:meth:`_on_readable`) until the connection ends."""
+        if self.conn.closed:
+            return  # closed before this task started
+        reader = self._on_readable
+        fd = poller.register(self.conn.sock, reader)
+        try:
+            reader(0)  # what came before the registration raised no event
+            await self._ended.wait()
+        finally:
+            poller.unregister(fd, reader)
+
+    def _on_readable(self, events: int) -> None:
+        """The poller saw the socket become readable (edge-triggered: read until it is empty,
+        or until a fair share, then come back at the next round)."""
+        if events & HANG_UP:
+            self._hung_up = True
+        conn = self.conn
+        taken = 0
+        try:
+            while not conn.closed:
+                try:
+                    data = conn.sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    self._end(exc.strerror or str(exc))
+                    return
+                if not data:
+                    self._end("connection closed by the node")
+                    return
+                if not self._take_replies(data):
+                    return
+                if len(data) < RECV_SIZE and not self._hung_up:
+                    return  # a short read emptied the socket: the next arrival raises an event
+                taken += len(data)
+                if taken >= _YIELD_AFTER_BYTES:
+                    assert self._poller is not None
+                    self._poller.again(self._on_readable)  # as _read_loop's checkpoint
+                    return
+        except Exception:
+            # A bug must end this connection only, never the poller and the cluster's clients.
+            log.exception("backend %s: unexpected error; its connection is closed", conn.node)
+            self._end("internal error")
+
+    def _take_replies(self, data: bytes) -> bool:
+        """Hand the replies completed by ``data`` to their submissions, in order: ``False``
+        when the connection has ended (the node broke the protocol, or it was retiring and
+        has answered everything)."""
+        conn = self.conn
+        buffer = conn.replies
+        queue = self._queue
+        try:
+            buffer.feed(data)
+            while True:
+                if not queue:
+                    if buffer.empty:
+                        break
+                    raise BackendError(conn.node, "reply without a request")
+                pending = queue[0]
+                run, count, errors = buffer.take(pending.expected - pending.received)
+                if not count:
+                    break
+                if errors:
+                    pending.errors = True
+                pending.replies.append(run)
+                pending.received += count
+                self._outstanding -= count
+                if pending.received == pending.expected:
+                    queue.popleft()
+                    pending.finish()
+                    if self._retiring and not queue:
+                        self.close()
+                        return False
+        except (ProtocolError, BackendError) as exc:
+            reason = exc.reason if isinstance(exc, BackendError) else exc.reply_hint
+            self._end(f"protocol error: {reason}")
+            return False
+        return True
 
     def _fail(self, node: str, reason: str) -> None:
         """Fail every waiting submission; the connection is already closed or closing."""

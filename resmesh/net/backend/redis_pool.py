@@ -18,6 +18,7 @@ import trio
 
 from ...config import BackendConfig
 from ...policies.waiting import Waiter
+from ..poller import Poller
 from .errors import BackendError
 from .redis_conn import RedisConnection, connect
 from .redis_mux import MuxConnection, Pending
@@ -41,8 +42,17 @@ class PoolStatistics:
 class NodePool:
     """Connections to one node, created lazily, replaced when they break."""
 
-    def __init__(self, host: str, port: int, backend: BackendConfig, nursery: trio.Nursery):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        backend: BackendConfig,
+        nursery: trio.Nursery,
+        poller: Poller | None = None,
+    ):
         self.host = host
+        #: The poller of the cluster's sessions, for the shared connections (MuxConnection).
+        self._poller = poller
         self.port = port
         self.node = f"{host}:{port}"
         self._backend = backend
@@ -126,7 +136,7 @@ class NodePool:
                 except BackendError as exc:
                     self._connect_failures[shape] = (trio.current_time(), exc.reason)
                     raise
-                mux = MuxConnection(conn)
+                mux = MuxConnection(conn, self._poller)
                 slots[index] = mux
                 self._nursery.start_soon(mux.run)
                 if self.retired:  # the node left the cluster during the connect
@@ -253,7 +263,7 @@ class NodePool:
         for slots in self._shared.values():
             for mux in slots:
                 if mux is not None:
-                    mux.conn.close()
+                    mux.close()
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

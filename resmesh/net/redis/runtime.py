@@ -73,7 +73,7 @@ class RedisRuntime(ClusterRuntime):
         )
         topology = topology_from_config(config)
         self.sharded = config.mode is Mode.SHARDED
-        self.transport = RedisTransport(config, topology, nursery)
+        self.transport = RedisTransport(config, topology, nursery, self.poller)
         self.policies = ClusterPolicies(
             config.name,
             topology,

@@ -627,7 +627,9 @@ class RedisSession(ClientSession):
         here, so a run to one node may be left in flight (:meth:`_start_run`)."""
         if not self._fwd or (last and self._start_run()):
             return
-        calls, slots, payload, idempotent, wrote = self._take_run(self._reads_anywhere())
+        calls = self._fwd
+        run, slots, wrote = self._take_run(self._reads_anywhere(), self._clock.current_time())
+        payload = run.payload
         count = len(calls)
         runtime = self.runtime
         out = self._out
@@ -637,12 +639,10 @@ class RedisSession(ClientSession):
             if self.pinned is not None:
                 replies = await self._pinned_request(payload, count, self._timeout)
             elif runtime.shards is not None:
-                deadline = self._clock.current_time() + self._timeout
                 shape = (self.state.db, self.state.resp)
-                await forward_sharded(runtime, calls, slots, self._out, shape, deadline)
+                await forward_sharded(runtime, calls, slots, self._out, shape, run.deadline)
                 return
             else:
-                run = self._make_run(calls, payload, idempotent, self._clock.current_time())
                 chunks = (await runtime.engine.execute(run)).replies
                 if slots[-1] - slots[0] == count - 1 and not self._substitutes:
                     # The replies fill adjacent slots: take them as one run of bytes.
@@ -688,11 +688,10 @@ class RedisSession(ClientSession):
             idempotent = False  # to the primary, as a read after this session's write must
         else:
             idempotent = self._fwd_idempotent  # one node: no read-your-writes window to keep
-        calls, slots, payload, idempotent, wrote = self._take_run(idempotent)
-        admitted, self._admitted = self._admitted, []
-        self._inflight = (slots, len(calls), admitted, wrote)
         now = self._clock.current_time()
-        run = self._make_run(calls, payload, idempotent, now)
+        run, slots, wrote = self._take_run(idempotent, now)
+        admitted, self._admitted = self._admitted, []
+        self._inflight = (slots, len(run.calls), admitted, wrote)
         started = runtime.engine.start(run, self._answered, now)
         assert started
         return True
@@ -705,33 +704,32 @@ class RedisSession(ClientSession):
         until = self._reads_on_primary_until
         return not until or self._clock.current_time() >= until
 
-    def _take_run(self, idempotent: bool) -> tuple[list[Command], list[int], bytes, bool, bool]:
-        """Take the queued run: its calls, their reply slots, its payload, whether it may go
-        to any node, and whether it writes where reads are spread (its answer then starts
-        the read-your-writes window)."""
+    def _take_run(self, idempotent: bool, now: float) -> tuple[Run, list[int], bool]:
+        """Take the queued run (``idempotent``: it may go to any node; ``now``: when it
+        starts): the run, its calls' reply slots, and whether it writes where reads are
+        spread (its answer then starts the read-your-writes window)."""
         calls = self._fwd
         slots = self._fwd_slots
         self._fwd = []
         self._fwd_slots = []
-        wrote = not self._fwd_idempotent and self.runtime.policies.spreads_reads
+        runtime = self.runtime
+        policies = runtime.policies
+        wrote = not self._fwd_idempotent and policies.spreads_reads
         self._fwd_idempotent = True
         if len(calls) == self._batch_len and self._batch_raw is not None:
             payload = self._batch_raw
         else:
             payload = b"".join([command.raw for command in calls])
-        return calls, slots, payload, idempotent, wrote
-
-    def _make_run(self, calls: list[Command], payload: bytes, idempotent: bool, now: float) -> Run:
-        runtime = self.runtime
-        return Run(
+        run = Run(
             calls,
             payload,
             idempotent=idempotent,
             deadline=now + self._timeout,
-            operation=_run_operation(calls) if runtime.policies.operation_hedges else None,
+            operation=_run_operation(calls) if policies.operation_hedges else None,
             key=_run_key(calls) if idempotent and runtime.hash_reads else None,
             shape=(self.state.db, self.state.resp),
         )
+        return run, slots, wrote
 
     # ----------------------------------------------------------------------------------------
     # Pinned sessions: MULTI/WATCH, blocking commands, pub/sub

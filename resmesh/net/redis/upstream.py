@@ -20,6 +20,7 @@ from ...policies.balance import ConsistentHashBalancer
 from ...policies.waiting import Waiter
 from ..backend.redis_mux import Pending
 from ..backend.redis_pool import NodePool
+from ..poller import Poller
 
 __all__ = ["RedisTransport", "Shape", "ShardMap"]
 
@@ -31,16 +32,25 @@ Shape = tuple[int, int]
 class RedisTransport:
     """One connection pool per node; runs go on the shared connection for their shape."""
 
-    def __init__(self, config: ClusterConfig, topology: Topology, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        topology: Topology,
+        nursery: trio.Nursery,
+        poller: Poller | None = None,
+    ) -> None:
         self._backend = config.backend
         self._nursery = nursery
+        self._poller = poller
         self.pools: dict[Node, NodePool] = {}
         self.apply(topology.nodes, ())
 
     def apply(self, added: Iterable[Node], removed: Iterable[Node]) -> None:
         """Open pools to nodes that joined; drain those of nodes that left."""
         for node in added:
-            self.pools[node] = NodePool(node.host, node.port, self._backend, self._nursery)
+            self.pools[node] = NodePool(
+                node.host, node.port, self._backend, self._nursery, self._poller
+            )
         for node in removed:
             pool = self.pools.pop(node, None)
             if pool is not None:
