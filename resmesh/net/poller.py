@@ -22,6 +22,7 @@ Linux only, as the gateway is (``select.epoll``).
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 from collections.abc import Callable
@@ -39,7 +40,7 @@ HANG_UP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 class Poller:
     """The readers of one cluster's client sockets; :meth:`run` in the cluster's nursery."""
 
-    __slots__ = ("_again", "_deferred", "_epoll", "_in_round", "_readers", "running")
+    __slots__ = ("_again", "_deferred", "_epoll", "_in_round", "_readers", "_wakeup", "running")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -52,6 +53,10 @@ class Poller:
         #: Whether readers are being called now, and what to call once they all have been.
         self._in_round = False
         self._deferred: list[Callable[[], None]] = []
+        #: Makes the epoll set readable, waking the poller's task: for :meth:`again` from
+        #: another task (an ``eventfd``, see ``eventfd(2)``; level-triggered, drained below).
+        self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wakeup, select.EPOLLIN)
 
     def register(self, sock: socket.socket, reader: Callable[[int], None]) -> int:
         """Call ``reader`` (it must not block or raise) with the event mask whenever ``sock``
@@ -73,7 +78,11 @@ class Poller:
 
     def again(self, reader: Callable[[int], None]) -> None:
         """Call ``reader`` at the next round: its socket may hold more than one read took, and
-        other clients get their turn first."""
+        other clients get their turn first. From outside a round (another task read the
+        socket) this wakes the poller, which may be waiting for a socket event."""
+        if not self._again and not self._in_round:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._wakeup, 1)
         self._again.append(reader)
 
     def defer(self, callback: Callable[[], None]) -> bool:
@@ -107,6 +116,9 @@ class Poller:
                         reader = readers.get(fd)
                         if reader is not None:
                             reader(events)
+                        elif fd == self._wakeup:
+                            with contextlib.suppress(BlockingIOError):
+                                os.eventfd_read(self._wakeup)
                     for reader in again:
                         reader(0)
                 finally:
@@ -119,3 +131,4 @@ class Poller:
             self._readers.clear()
             trio.lowlevel.notify_closing(epoll.fileno())
             epoll.close()
+            os.close(self._wakeup)

@@ -198,6 +198,10 @@ class ClientSession:
     def _hand_back(self, *, left: bool = False) -> None:
         self.dispatched = False
         self._left = left
+        if not left:
+            # The task has work to carry on: a drain or the idle sweep must not end it as if
+            # it waited for a request.
+            self.waiting = Waiting.NOTHING
         self._handover.wake()
 
     def on_readable(self, events: int = 0) -> None:

@@ -23,6 +23,7 @@ from resmesh.config import parse_config
 from resmesh.net.redis.runtime import RedisRuntime
 from resmesh.protocols.resp.requests import Command
 from resmesh.protocols.resp.session import command_info
+from tests.support.driver import wait_until
 from tests.support.servers import RedisServer, encode_command, redis_cluster_config
 
 GET = encode_command("GET", "upstream:k")
@@ -62,14 +63,6 @@ async def _read(upstream: RedisRuntime) -> list[bytes]:
     deadline = trio.current_time() + upstream.config.backend.command_timeout
     run = Run([call], GET, idempotent=True, deadline=deadline, shape=(0, 2))
     return (await upstream.engine.execute(run)).replies
-
-
-async def _wait_until(condition: Any, what: str, timeout: float = 10.0) -> None:
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.005)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_concurrent_retries_are_capped_by_the_retry_budget(
@@ -113,7 +106,7 @@ async def test_concurrent_retries_are_capped_by_the_retry_budget(
         async with trio.open_nursery() as nursery:
             for _ in range(reads):
                 nursery.start_soon(one)
-            await _wait_until(lambda: len(failed) + waiting_on_b() == reads, "every read")
+            await wait_until(lambda: len(failed) + waiting_on_b() == reads, "every read")
             retrying = waiting_on_b()
             os.kill(b.proc.pid, signal.SIGCONT)
         assert 1 <= retrying <= max(3, int(0.2 * reads)), retrying

@@ -3,7 +3,7 @@ socket, in front of a real redis-server or an in-process fake node."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,16 @@ from resmesh.config import parse_config
 from resmesh.net.redis.runtime import RedisRuntime
 from resmesh.net.transport import StreamTransport
 from tests.support.servers import encode_command, resp_frame_end
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` holds, checking every millisecond; fail after ``timeout``."""
+    try:
+        with trio.fail_after(timeout):
+            while not condition():
+                await trio.sleep(0.001)
+    except trio.TooSlowError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 class Client:

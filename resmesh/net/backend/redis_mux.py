@@ -265,7 +265,8 @@ class MuxConnection:
                 return
 
     async def _read_polled(self, poller: Poller) -> None:
-        """Have ``poller`` read the replies (:meth:`_on_readable`) until the connection ends."""
+        """Have ``poller`` read the replies (:meth:`_on_readable`) until the connection ends.
+        (The poller runs for as long as its cluster, so it outlives the connection.)"""
         if self.conn.closed:
             return  # closed before this task started
         reader = self._on_readable

@@ -191,6 +191,8 @@ class RedisSession(ClientSession):
             self._release_pinned()
             admitted, self._admitted = self._admitted, []
             self._done(admitted)
+            if self._inflight is None:
+                self._release_batch()  # a batch admitted whole that ended unfinished
 
     async def _handle_input(self, data: bytes) -> None:
         """Feed ``data`` and run every complete command, including any that arrived while a
