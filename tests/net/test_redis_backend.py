@@ -97,6 +97,24 @@ async def test_a_submission_s_outcome_blames_the_node_only_for_its_own_errors(po
                 assert pending.outcome() is outcome, replies
 
 
+async def test_one_read_s_replies_are_blamed_on_the_submission_they_answer(polled: bool) -> None:
+    """Replies of several submissions in one read are handed out in one scan: a node error
+    counts only against the submission whose reply it is, wherever it sits in the read."""
+    async with _mux(polled) as (mux, node):
+        for replies, outcomes in [
+            (b":1\r\n:2\r\n-LOADING x\r\n", [Outcome.OK, Outcome.UPSTREAM_ERROR]),
+            (b"-LOADING x\r\n:2\r\n:3\r\n", [Outcome.UPSTREAM_ERROR, Outcome.OK]),
+            (b":1\r\n-LOADING x\r\n:3\r\n", [Outcome.UPSTREAM_ERROR, Outcome.OK]),
+        ]:
+            first, second = await _submit(mux, 2), await _submit(mux, 1)
+            await node.receive_some(1000)
+            await node.send_all(replies)
+            await _done(first)
+            await _done(second)
+            assert [first.outcome(), second.outcome()] == outcomes, replies
+            assert b"".join(first.replies + second.replies) == replies
+
+
 async def test_a_node_that_closes_fails_every_waiting_submission(polled: bool) -> None:
     async with _mux(polled) as (mux, node):
         waiting = [await _submit(mux, 1) for _ in range(3)]

@@ -75,6 +75,26 @@ class ReplyBuffer:
             return b"", 0, 0
         return framer.buffer.take(end), taken, errors
 
+    def ends(self, limit: int) -> tuple[list[int], int]:
+        """Where each of up to ``limit`` complete replies ends in :attr:`data`, as far as the
+        compiled scanner frames them in one call (see ``ReplyFramer.compiled_ends``; :meth:`take`
+        frames what it leaves), and how many are error replies. Consumed with :meth:`commit`.
+        """
+        return self._framer.compiled_ends(limit)
+
+    @property
+    def data(self) -> bytes | bytearray:
+        """The received bytes; the first not yet consumed is at :attr:`start`."""
+        return self._framer.buffer.data
+
+    @property
+    def start(self) -> int:
+        return self._framer.buffer.start
+
+    def commit(self, end: int) -> None:
+        """Consume the replies up to ``end`` (an offset :meth:`ends` gave)."""
+        self._framer.buffer.commit(end)
+
     @property
     def empty(self) -> bool:
         return len(self._framer.buffer) == 0

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 MAX_OUTSTANDING: Final = 100_000
 
 _OK: Final = Outcome.OK
+#: The first byte of an error reply: ``-`` simple error, ``!`` RESP3 blob error.
+_ERROR_TYPES: Final = frozenset(b"-!")
 
 
 #: Bytes the reader may take in a row before letting other tasks run.
@@ -319,6 +321,9 @@ class MuxConnection:
         queue = self._queue
         try:
             buffer.feed(data)
+            if queue and not self._hand_out_framed():
+                return False
+            # What the compiled scanner left (an aggregate in progress, a push...), if any.
             while True:
                 if not queue:
                     if buffer.empty:
@@ -343,6 +348,62 @@ class MuxConnection:
             reason = exc.reason if isinstance(exc, BackendError) else exc.reply_hint
             self._end(f"protocol error: {reason}")
             return False
+        return True
+
+    def _hand_out_framed(self) -> bool:
+        """Hand out every reply the compiled scanner frames in one call (the common case: a
+        read of whole small replies), slicing each submission's run straight from the
+        received bytes: ``False`` when the connection has ended.
+
+        Raises:
+            BackendError: a reply came that nobody asked for.
+        """
+        buffer = self.conn.replies
+        ends, errors = buffer.ends(self._outstanding)
+        if not ends:
+            return True
+        queue = self._queue
+        data = buffer.data
+        # A bytes buffer is sliced as it is (a slice of all of it is the object itself); a
+        # bytearray (bytes joined to a partial reply) through one view, copied once per run.
+        raw = data if isinstance(data, bytes) else None
+        view = None if raw is not None else memoryview(data)
+        pos = buffer.start
+        count = len(ends)
+        i = 0
+        try:
+            while i < count:
+                if not queue:
+                    raise BackendError(self.conn.node, "reply without a request")
+                pending = queue[0]
+                j = i + pending.expected - pending.received
+                if j > count:
+                    j = count
+                end = ends[j - 1]
+                if raw is not None:
+                    pending.replies.append(raw[pos:end])
+                else:
+                    assert view is not None
+                    pending.replies.append(bytes(view[pos:end]))
+                if errors and (
+                    data[pos] in _ERROR_TYPES
+                    or any(data[k] in _ERROR_TYPES for k in ends[i : j - 1])
+                ):
+                    pending.errors = True
+                pending.received += j - i
+                self._outstanding -= j - i
+                pos = end
+                i = j
+                if pending.received == pending.expected:
+                    queue.popleft()
+                    pending.finish()
+                    if self._retiring and not queue:
+                        self.close()
+                        return False
+        finally:
+            if view is not None:
+                view.release()  # the buffer may resize on commit
+            buffer.commit(pos)
         return True
 
     def _fail(self, node: str, reason: str) -> None:

@@ -478,17 +478,18 @@ class RedisSession(ClientSession):
         fwd = self._fwd
         fwd_slots = self._fwd_slots
         idempotent = self._fwd_idempotent
-        last: Operation | None = None
+        last: bytes | None = None
         count = len(commands)
         while index < count and not state.closing:
             command = commands[index]
-            op = plain.get(command.args[0])
+            name = command.args[0]
+            op = plain.get(name)
             if op is None:
                 break
             index += 1
-            last = op
+            last = name
             if governed:
-                reply = self._govern(op, command_info(command.args[0]), command, now, limit)
+                reply = self._govern(op, command_info(name), command, now, limit)
                 if reply is not None:
                     out.append(reply)
                     continue
@@ -500,7 +501,7 @@ class RedisSession(ClientSession):
             out.append(b"")
         self._fwd_idempotent = idempotent
         if last is not None:
-            state.last_command = last.name.encode()
+            state.last_command = last  # as the client spelled it (CLIENT LIST lowers it)
         return index
 
     async def _act(self, action: Action, command: Command, info: CommandInfo) -> None:

@@ -20,13 +20,14 @@
  *             end is the end of the buffer or the start of an incomplete command.
  *
  * scan_replies(buffer, start, limit, max_length, max_count, max_line, max_depth, resp3)
- *     -> (end, count, errors)
+ *     -> (ends, errors)
  *   Up to limit complete replies from start: simple strings, errors, integers, bulk strings
  *   and arrays (and, with resp3, the RESP3 scalars, blob errors, verbatim strings, maps and
- *   sets), within the limits. count: how many; end: where the last one ends; errors: how
- *   many of them are error replies ('-' or '!'), so that a caller judging a node by its
- *   answers reads the replies again only when one is. It stops at an incomplete reply and at
- *   anything else (a push, an attribute, a malformed header).
+ *   sets), within the limits. ends: where each one ends (a list of offsets, in order), so a
+ *   caller hands a whole read's replies out with one call; errors: how many of them are
+ *   error replies ('-' or '!'), so that a caller judging a node by its answers reads the
+ *   replies again only when one is. It stops at an incomplete reply and at anything else (a
+ *   push, an attribute, a malformed header).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -426,6 +427,7 @@ scan_replies(PyObject *Py_UNUSED(module), PyObject *const *argv, Py_ssize_t argc
 {
     Py_buffer view;
     Py_ssize_t start, limit, count = 0, errors = 0;
+    PyObject *ends;
     long long max_length, max_count, max_line, max_depth;
     int resp3;
     const char *p, *end;
@@ -471,10 +473,17 @@ scan_replies(PyObject *Py_UNUSED(module), PyObject *const *argv, Py_ssize_t argc
         PyErr_SetString(PyExc_ValueError, "start is past the end of the buffer");
         return NULL;
     }
+    ends = PyList_New(0);
+    if (ends == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     p = (const char *)view.buf + start;
     end = (const char *)view.buf + view.len;
     while (count < limit) {
         const char *next = NULL;
+        PyObject *offset;
+        int failed;
 
         if (scan_reply_at(p, end, max_length, max_count, max_line, (int)max_depth, resp3,
                           &next) != REPLY_COMPLETE) {
@@ -485,10 +494,22 @@ scan_replies(PyObject *Py_UNUSED(module), PyObject *const *argv, Py_ssize_t argc
         }
         p = next;
         count++;
+        offset = PyLong_FromSsize_t((Py_ssize_t)(p - (const char *)view.buf));
+        if (offset == NULL) {
+            Py_DECREF(ends);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        failed = PyList_Append(ends, offset);
+        Py_DECREF(offset);
+        if (failed < 0) {
+            Py_DECREF(ends);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
     }
-    start = (Py_ssize_t)(p - (const char *)view.buf);
     PyBuffer_Release(&view);
-    return Py_BuildValue("(nnn)", start, count, errors);
+    return Py_BuildValue("(Nn)", ends, errors);
 }
 
 static PyMethodDef framer_methods[] = {
@@ -497,7 +518,7 @@ static PyMethodDef framer_methods[] = {
      "The complete canonical RESP commands at the start of buffer."},
     {"scan_replies", (PyCFunction)(void (*)(void))scan_replies, METH_FASTCALL,
      "scan_replies(buffer, start, limit, max_length, max_count, max_line, max_depth, resp3)"
-     " -> (end, count, errors)\n\nUp to limit complete replies from start."},
+     " -> (ends, errors)\n\nWhere each of up to limit complete replies from start ends."},
     {NULL, NULL, 0, NULL},
 };
 

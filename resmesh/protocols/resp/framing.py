@@ -518,7 +518,7 @@ class ReplyFramer:
         limits = self._limits
         while taken < limit:
             if scan_replies is not None and not self._stack:
-                end, count, found = scan_replies(
+                ends, found = scan_replies(
                     data,
                     end,
                     limit - taken,
@@ -528,10 +528,12 @@ class ReplyFramer:
                     limits.max_depth,
                     not self._resp2_only,
                 )
-                taken += count
-                errors += found
-                if taken == limit:
-                    break
+                if ends:
+                    end = ends[-1]
+                    taken += len(ends)
+                    errors += found
+                    if taken == limit:
+                        break
             if taken:
                 next_end = scan_reply(
                     data,
@@ -550,6 +552,27 @@ class ReplyFramer:
             end = next_end
             taken += 1
         return end, taken, errors
+
+    def compiled_ends(self, limit: int) -> tuple[list[int], int]:
+        """Where each of up to ``limit`` complete replies from ``buffer.start`` ends, as far
+        as the compiled scanner frames them, and how many of them are error replies; none
+        without the scanner, or while a reply is in progress (:meth:`next_ends` frames the
+        rest). The caller consumes them with ``buffer.commit``.
+        """
+        if scan_replies is None or self._stack or self._error is not None:
+            return [], 0
+        buffer = self.buffer
+        limits = self._limits
+        return scan_replies(
+            buffer.data,
+            buffer.start,
+            limit,
+            limits.max_bulk_len,
+            limits.max_aggregate_len,
+            limits.max_line_len,
+            limits.max_depth,
+            not self._resp2_only,
+        )
 
     def next_end(self) -> int:
         """Frame the next reply without consuming it: its end offset in ``buffer.data``, or -1.

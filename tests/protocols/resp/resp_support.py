@@ -216,10 +216,10 @@ resp_alphabet_garbage = st.binary(max_size=64) | st.lists(
 ).map(b"".join)
 
 
-def compiled_scan_all(
+def compiled_ends(
     data: bytes, limits: ReplyLimits, *, resp3: bool = True, limit: int = 1 << 20
-) -> tuple[int, int, int]:
-    """``scan_replies`` from the start of ``data``: (end, count, errors)."""
+) -> tuple[list[int], int]:
+    """``scan_replies`` from the start of ``data``: (ends, errors)."""
     assert scan_replies is not None
     return scan_replies(
         data,
@@ -236,9 +236,9 @@ def compiled_scan_all(
 def compiled_scan(
     data: bytes, limits: ReplyLimits, *, resp3: bool = True, limit: int = 1 << 20
 ) -> tuple[int, int]:
-    """``scan_replies`` from the start of ``data``: (end, count)."""
-    end, count, _ = compiled_scan_all(data, limits, resp3=resp3, limit=limit)
-    return end, count
+    """``scan_replies`` from the start of ``data``: (where the last reply ends, how many)."""
+    ends, _ = compiled_ends(data, limits, resp3=resp3, limit=limit)
+    return (ends[-1] if ends else 0), len(ends)
 
 
 def python_ends(data: bytes, limits: ReplyLimits, *, resp3: bool = True) -> list[int]:
@@ -260,10 +260,11 @@ def check_compiled_agrees(data: bytes, limits: ReplyLimits, resp3: bool) -> None
     """The compiled scanner takes only what the Python framer takes, ending each reply where it
     does and counting its error replies, and stops short only at a push or an attribute, which
     it leaves to Python."""
-    end, count, errors = compiled_scan_all(data, limits, resp3=resp3)
+    taken, errors = compiled_ends(data, limits, resp3=resp3)
     ends = python_ends(data, limits, resp3=resp3)
-    assert count <= len(ends)
-    assert end == (ends[count - 1] if count else 0)
+    count = len(taken)
+    assert taken == ends[:count]
+    end = taken[-1] if taken else 0
     starts = [0, *ends[: count - 1]] if count else []
     assert errors == sum(data[start] in b"-!" for start in starts)
     # Stopping short is allowed only where the Python scan takes a form the compiled one leaves.
