@@ -146,6 +146,24 @@ async def test_poller_again_calls_a_reader_at_the_next_round_after_the_others() 
             assert log[2:] == [("greedy", 0)] * 3
 
 
+async def test_a_reader_that_always_asks_again_does_not_starve_other_tasks() -> None:
+    """The poller runs a bounded number of rounds in a row, then lets the scheduler run the
+    other tasks (timers, sessions in their own tasks)."""
+    turns = 0
+
+    def greedy(events: int) -> None:
+        nonlocal turns
+        turns += 1
+        poller.again(greedy)
+
+    async with running_poller() as poller:
+        poller.again(greedy)
+        for _ in range(10):
+            with trio.fail_after(5):
+                await trio.sleep(0)  # returns only if the poller lets this task run
+        assert turns > 10
+
+
 async def test_poller_stops_when_cancelled_and_takes_no_more_sockets() -> None:
     a, b = socketpair()
     reader = Recorder()
