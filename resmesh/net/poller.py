@@ -1,4 +1,5 @@
-"""One edge-triggered epoll set for a cluster's client sockets, waited on by one task.
+"""One edge-triggered epoll set for a cluster's sockets (its clients', and the backend
+connections they share), waited on by one task.
 
 Why not a task per client parked in ``trio.lowlevel.wait_readable``, the usual Trio way: each
 such wait re-arms the socket in Trio's epoll (one ``epoll_ctl``) and each wakeup is a task
@@ -8,7 +9,9 @@ proxied command at ``-P 1``. Here each socket is registered once, edge-triggered
 (``EPOLLET``, see ``epoll(7)``), and the poller's one task wakes for every socket that became
 readable since its last wakeup, calling that session's reader right there. A session whose
 request needs no waiting is served without its own task waking at all; one that must wait is
-handed to its task (:meth:`~resmesh.net.runtime.ClientSession.dispatch`).
+handed to its task (:meth:`~resmesh.net.runtime.ClientSession.dispatch`). A shared backend
+connection reads its replies here too and sends the requests of a round at its end
+(:meth:`Poller.defer`), so a request and its reply cost no task switch at all.
 
 Edge-triggered means a socket is reported once per arrival, not while bytes remain: a reader
 that stops before the socket is empty (it read a full buffer, or its session is busy) must
@@ -43,7 +46,7 @@ _ROUNDS_PER_WAKEUP: Final = 8
 
 
 class Poller:
-    """The readers of one cluster's client sockets; :meth:`run` in the cluster's nursery."""
+    """The readers of one cluster's sockets; :meth:`run` in the cluster's nursery."""
 
     __slots__ = ("_again", "_deferred", "_epoll", "_in_round", "_readers", "_wakeup", "running")
 

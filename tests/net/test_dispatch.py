@@ -38,14 +38,13 @@ import pytest
 import trio
 import trio.testing
 
-from resmesh.config import parse_config
 from resmesh.net.listen import bind_tcp
 from resmesh.net.redis.runtime import RedisRuntime
 from resmesh.net.redis.session import RedisSession
 from resmesh.net.runtime import Waiting
 from resmesh.net.sockio import close_quietly
 from tests.net.fake_node import FakeNode, bulk
-from tests.support.driver import Client, wait_until
+from tests.support.driver import Client, inprocess_config, wait_until
 from tests.support.servers import encode_command
 
 #: Seconds any one condition may take to come true (real clock): far above what it takes.
@@ -174,18 +173,7 @@ async def socket_gateway(
     """One cluster (policy ``passthrough`` plus ``governance``) in front of ``node``, served
     on a real listener, so its client sessions are dispatched to the poller. ``rcvbuf``: the
     receive buffer of the gateway's client sockets (they inherit the listener's)."""
-    cluster: dict[str, Any] = {
-        "protocol": "redis",
-        "listen": "127.0.0.1:1",  # not bound: the listener below is
-        "groups": {"dc-a": [f"127.0.0.1:{node.port}"]},
-        "policy": "passthrough",
-        "governance": governance,
-    }
-    if backend:
-        cluster["backend"] = backend
-    if limits:
-        cluster["limits"] = limits
-    config = parse_config({"clusters": {"c": cluster}}, tmp_path / "dispatch.yaml")
+    config = inprocess_config(tmp_path, [node.port], backend=backend, limits=limits, **governance)
     listener = bind_tcp("127.0.0.1", 0)
     if rcvbuf is not None:
         set_rcvbuf(listener, rcvbuf)

@@ -20,7 +20,16 @@ from resmesh.net.backend.redis_mux import MuxConnection, Pending
 from resmesh.net.backend.redis_pool import NodePool
 from resmesh.net.poller import Poller
 from resmesh.policies.waiting import Waiter, wait_first
+from resmesh.protocols.resp import framing
 from tests.net.fake_node import FakeNode
+
+
+@pytest.fixture(params=["compiled scanner", "python framer"], autouse=True)
+def reply_scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs with the compiled reply scanner and without it (a machine where
+    resmesh was installed without a C compiler), where the Python framer frames everything."""
+    if request.param == "python framer":
+        monkeypatch.setattr(framing, "scan_replies", None)
 
 
 @pytest.fixture(params=["reader task", "poller"])

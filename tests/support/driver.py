@@ -11,7 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from resmesh.config import parse_config
+from resmesh.config import Config, parse_config
 from resmesh.net.redis.runtime import RedisRuntime
 from resmesh.net.transport import StreamTransport
 from tests.support.servers import encode_command, resp_frame_end
@@ -58,18 +58,17 @@ class Client:
             return await self.stream.receive_some(65536) == b""
 
 
-@asynccontextmanager
-async def inprocess_gateway(
+def inprocess_config(
     tmp_path: Path,
     nodes: list[Any],
     *,
-    clients: int = 1,
     backend: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
     **governance: Any,
-) -> AsyncIterator[tuple[RedisRuntime, list[Client]]]:
-    """One cluster (policy ``passthrough`` plus ``governance``) over ``nodes`` (ports, or node
-    entries as the config writes them), run in this process, and ``clients`` clients."""
+) -> Config:
+    """The config of one Redis cluster ``c`` (policy ``passthrough`` plus ``governance``) over
+    ``nodes`` (ports, or node entries as the config writes them), for a runtime the test runs
+    in its own process (its listen address is never bound)."""
     groups = [f"127.0.0.1:{n}" if isinstance(n, int) else n for n in nodes]
     cluster: dict[str, Any] = {
         "protocol": "redis",
@@ -82,7 +81,22 @@ async def inprocess_gateway(
         cluster["backend"] = backend
     if limits:
         cluster["limits"] = limits
-    config = parse_config({"clusters": {"c": cluster}}, tmp_path / "inprocess.yaml")
+    return parse_config({"clusters": {"c": cluster}}, tmp_path / "inprocess.yaml")
+
+
+@asynccontextmanager
+async def inprocess_gateway(
+    tmp_path: Path,
+    nodes: list[Any],
+    *,
+    clients: int = 1,
+    backend: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    **governance: Any,
+) -> AsyncIterator[tuple[RedisRuntime, list[Client]]]:
+    """One cluster (policy ``passthrough`` plus ``governance``) over ``nodes`` (ports, or node
+    entries as the config writes them), run in this process, and ``clients`` clients."""
+    config = inprocess_config(tmp_path, nodes, backend=backend, limits=limits, **governance)
     async with trio.open_nursery() as nursery:
         runtime = RedisRuntime(config.clusters["c"], config.users, nursery)
         nursery.start_soon(runtime.run)

@@ -32,7 +32,7 @@ __all__ = ["RedisConnection", "ReplyBuffer", "connect"]
 class ReplyBuffer:
     """Receive buffer that hands out complete raw replies in order.
 
-    Replies are framed by a :class:`ReplyFramer` (:meth:`ReplyFramer.next_ends`), which
+    Replies are framed by a :class:`ReplyFramer` (:meth:`ReplyFramer.ends`), which
     resumes an incomplete aggregate where it stopped (a 100k-element ``LRANGE`` arriving in
     many reads is scanned once, not once per read) and caps what may be buffered.
     """
@@ -61,7 +61,7 @@ class ReplyBuffer:
 
     def take(self, limit: int) -> tuple[bytes, int, int]:
         """Up to ``limit`` complete replies as one bytes object, how many it holds, and how
-        many of them are error replies.
+        many of them are error replies (none: ``(b"", 0, 0)``; fewer than could be: ask again).
 
         One slice for a whole run of replies: a client whose batch went out in one write gets
         its replies back as one buffer, without a bytes object per reply.
@@ -69,18 +69,20 @@ class ReplyBuffer:
         Raises:
             RemoteProtocolError: the node sent something that is not RESP.
         """
-        framer = self._framer
-        end, taken, errors = framer.next_ends(limit)
-        if not taken:
+        ends, errors = self._framer.ends(limit)
+        if not ends:
             return b"", 0, 0
-        return framer.buffer.take(end), taken, errors
+        return self._framer.buffer.take(ends[-1]), len(ends), errors
 
     def ends(self, limit: int) -> tuple[list[int], int]:
-        """Where each of up to ``limit`` complete replies ends in :attr:`data`, as far as the
-        compiled scanner frames them in one call (see ``ReplyFramer.compiled_ends``; :meth:`take`
-        frames what it leaves), and how many are error replies. Consumed with :meth:`commit`.
+        """Where each of up to ``limit`` complete replies ends in :attr:`data` (fewer than
+        could be: ask again once they are consumed), and how many are error replies; see
+        ``ReplyFramer.ends``. Consumed with :meth:`commit`.
+
+        Raises:
+            RemoteProtocolError: the node sent something that is not RESP.
         """
-        return self._framer.compiled_ends(limit)
+        return self._framer.ends(limit)
 
     @property
     def data(self) -> bytes | bytearray:

@@ -6,8 +6,14 @@ commands per wakeup on the backend side.
 
 How replies find their request: Redis answers in order, so each submission of ``n`` commands
 appends a :class:`Pending` (the HA engine's :class:`~resmesh.policies.engine.Attempt`) to a FIFO
-and the reader task hands out the next ``n`` replies to it. Waiting costs one
-``wait_task_rescheduled`` per submission, no Event, no channel, no task.
+and the reader hands out the next ``n`` replies to it, which finishes it (waking a task parked
+on it, or calling back whoever started it). No Event, no channel, no task per submission.
+
+Who reads and writes: with the cluster's poller running (:mod:`resmesh.net.poller`), the
+socket is in its epoll set, so the replies are read in the poller's round and the requests
+queued during a round leave in one ``send`` at its end; nothing wakes a task of the connection
+per round. Otherwise (and for what the socket cannot take at once) a reader and a writer task
+do it.
 
 Failure rules (twemproxy's): a connection that breaks, sends garbage, or leaves a submission
 unanswered past its deadline is closed, and every submission still waiting on it fails with a
@@ -254,16 +260,13 @@ class MuxConnection:
             except OSError as exc:
                 self._end(exc.strerror or str(exc))
                 return
-            if not data:
-                self._end("connection closed by the node")
-                return
             # recv() only parks when the socket is empty: a 100 MB reply would hold the
             # worker (every other client, the watchdog) for a fifth of a second without this.
             unyielded += len(data)
             if unyielded >= _YIELD_AFTER_BYTES:
                 unyielded = 0
                 await trio.lowlevel.checkpoint()
-            if not self._take_replies(data):
+            if not self._received(data):
                 return
 
     async def _read_polled(self, poller: Poller) -> None:
@@ -295,10 +298,7 @@ class MuxConnection:
                 except OSError as exc:
                     self._end(exc.strerror or str(exc))
                     return
-                if not data:
-                    self._end("connection closed by the node")
-                    return
-                if not self._take_replies(data):
+                if not self._received(data):
                     return
                 if len(data) < RECV_SIZE and not self._hung_up:
                     return  # a short read emptied the socket: the next arrival raises an event
@@ -312,6 +312,14 @@ class MuxConnection:
             log.exception("backend %s: unexpected error; its connection is closed", conn.node)
             self._end("internal error")
 
+    def _received(self, data: bytes) -> bool:
+        """What one read brought (``b""``: the node closed the connection): ``False`` when
+        the connection has ended."""
+        if not data:
+            self._end("connection closed by the node")
+            return False
+        return self._take_replies(data)
+
     def _take_replies(self, data: bytes) -> bool:
         """Hand the replies completed by ``data`` to their submissions, in order: ``False``
         when the connection has ended (the node broke the protocol, or it was retiring and
@@ -321,47 +329,29 @@ class MuxConnection:
         queue = self._queue
         try:
             buffer.feed(data)
-            if queue and not self._hand_out_framed():
-                return False
-            # What the compiled scanner left (an aggregate in progress, a push...), if any.
-            while True:
-                if not queue:
-                    if buffer.empty:
-                        break
-                    raise BackendError(conn.node, "reply without a request")
-                pending = queue[0]
-                run, count, errors = buffer.take(pending.expected - pending.received)
-                if not count:
+            while queue:
+                ends, errors = buffer.ends(self._outstanding)
+                if not ends:
                     break
-                if errors:
-                    pending.errors = True
-                pending.replies.append(run)
-                pending.received += count
-                self._outstanding -= count
-                if pending.received == pending.expected:
-                    queue.popleft()
-                    pending.finish()
-                    if self._retiring and not queue:
-                        self.close()
-                        return False
+                if not self._hand_out(ends, errors):
+                    return False
+            if not queue and not buffer.empty:
+                raise BackendError(conn.node, "reply without a request")
         except (ProtocolError, BackendError) as exc:
             reason = exc.reason if isinstance(exc, BackendError) else exc.reply_hint
             self._end(f"protocol error: {reason}")
             return False
         return True
 
-    def _hand_out_framed(self) -> bool:
-        """Hand out every reply the compiled scanner frames in one call (the common case: a
-        read of whole small replies), slicing each submission's run straight from the
-        received bytes: ``False`` when the connection has ended.
+    def _hand_out(self, ends: list[int], errors: int) -> bool:
+        """Hand the framed replies (``ends``: where each ends; ``errors``: how many are error
+        replies) to their submissions, slicing each submission's run straight from the
+        received bytes, and consume them: ``False`` when the connection has ended.
 
         Raises:
             BackendError: a reply came that nobody asked for.
         """
         buffer = self.conn.replies
-        ends, errors = buffer.ends(self._outstanding)
-        if not ends:
-            return True
         queue = self._queue
         data = buffer.data
         # A bytes buffer is sliced as it is (a slice of all of it is the object itself); a

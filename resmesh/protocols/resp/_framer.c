@@ -83,6 +83,13 @@ read_number(const char *p, const char *end, long long max, long long *value, con
 /* What scanning one command found. */
 enum scan { SCAN_COMPLETE, SCAN_INCOMPLETE, SCAN_STOPPED };
 
+/* What a header number that did not read means for the command or reply it starts. */
+static enum scan
+scan_of(enum number got)
+{
+    return got == NUMBER_INCOMPLETE ? SCAN_INCOMPLETE : SCAN_STOPPED;
+}
+
 /* Checks that a whole command starts at p, without allocating: on SCAN_COMPLETE, *count is its
  * number of arguments, *args points at its first "$" and *next past its last "\r\n". */
 static enum scan
@@ -91,17 +98,14 @@ scan_command(const char *p, const char *end, long long max_count, long long max_
 {
     const char *q;
     long long i;
+    enum number got;
 
     if (*p != '*') {
         return SCAN_STOPPED;
     }
-    switch (read_number(p + 1, end, max_count, count, &q)) {
-    case NUMBER_INCOMPLETE:
-        return SCAN_INCOMPLETE;
-    case NUMBER_REFUSED:
-        return SCAN_STOPPED;
-    case NUMBER_OK:
-        break;
+    got = read_number(p + 1, end, max_count, count, &q);
+    if (got != NUMBER_OK) {
+        return scan_of(got);
     }
     *args = q;
     for (i = 0; i < *count; i++) {
@@ -114,13 +118,9 @@ scan_command(const char *p, const char *end, long long max_count, long long max_
         if (*q != '$') {
             return SCAN_STOPPED;
         }
-        switch (read_number(q + 1, end, max_length, &length, &data)) {
-        case NUMBER_INCOMPLETE:
-            return SCAN_INCOMPLETE;
-        case NUMBER_REFUSED:
-            return SCAN_STOPPED;
-        case NUMBER_OK:
-            break;
+        got = read_number(q + 1, end, max_length, &length, &data);
+        if (got != NUMBER_OK) {
+            return scan_of(got);
         }
         if (end - data < length + 2) {
             return SCAN_INCOMPLETE;
@@ -311,10 +311,7 @@ line_end(const char *p, const char *end, long long max, int *too_long)
     return NULL;
 }
 
-/* What scanning one reply found. */
-enum reply { REPLY_COMPLETE, REPLY_INCOMPLETE, REPLY_STOPPED };
-
-static enum reply
+static enum scan
 scan_reply_at(const char *p, const char *end, long long max_length, long long max_count,
               long long max_line, int max_depth, int resp3, const char **next)
 {
@@ -327,10 +324,11 @@ scan_reply_at(const char *p, const char *end, long long max_length, long long ma
     for (;;) {
         const char *q;
         long long n;
+        enum number got;
         char kind;
 
         if (p >= end) {
-            return REPLY_INCOMPLETE;
+            return SCAN_INCOMPLETE;
         }
         kind = *p;
         switch (kind) {
@@ -344,11 +342,11 @@ scan_reply_at(const char *p, const char *end, long long max_length, long long ma
             int too_long;
 
             if (!resp3 && kind != '+' && kind != '-' && kind != ':') {
-                return REPLY_STOPPED;
+                return SCAN_STOPPED;
             }
             q = line_end(p + 1, end, max_line, &too_long);
             if (q == NULL) {
-                return too_long ? REPLY_STOPPED : REPLY_INCOMPLETE;
+                return too_long ? SCAN_STOPPED : SCAN_INCOMPLETE;
             }
             p = q;
             break;
@@ -359,28 +357,24 @@ scan_reply_at(const char *p, const char *end, long long max_length, long long ma
             const char *data;
 
             if (!resp3 && kind != '$') {
-                return REPLY_STOPPED;
+                return SCAN_STOPPED;
             }
-            switch (read_length(p + 1, end, max_length, kind == '$', &n, &data)) {
-            case NUMBER_INCOMPLETE:
-                return REPLY_INCOMPLETE;
-            case NUMBER_REFUSED:
-                return REPLY_STOPPED;
-            case NUMBER_OK:
-                break;
+            got = read_length(p + 1, end, max_length, kind == '$', &n, &data);
+            if (got != NUMBER_OK) {
+                return scan_of(got);
             }
             if (n < 0) {
                 p = data; /* the RESP2 null bulk string */
                 break;
             }
             if (end - data < n + 2) {
-                return REPLY_INCOMPLETE;
+                return SCAN_INCOMPLETE;
             }
             if (data[n] != '\r' || data[n + 1] != '\n') {
-                return REPLY_STOPPED;
+                return SCAN_STOPPED;
             }
             if (kind == '=' && (n < 4 || data[3] != ':')) {
-                return REPLY_STOPPED;
+                return SCAN_STOPPED;
             }
             p = data + n + 2;
             break;
@@ -389,27 +383,23 @@ scan_reply_at(const char *p, const char *end, long long max_length, long long ma
         case '%':
         case '~':
             if (!resp3 && kind != '*') {
-                return REPLY_STOPPED;
+                return SCAN_STOPPED;
             }
-            switch (read_length(p + 1, end, max_count, kind == '*', &n, &q)) {
-            case NUMBER_INCOMPLETE:
-                return REPLY_INCOMPLETE;
-            case NUMBER_REFUSED:
-                return REPLY_STOPPED;
-            case NUMBER_OK:
-                break;
+            got = read_length(p + 1, end, max_count, kind == '*', &n, &q);
+            if (got != NUMBER_OK) {
+                return scan_of(got);
             }
             p = q;
             if (n > 0) {
                 if (depth >= max_depth) {
-                    return REPLY_STOPPED;
+                    return SCAN_STOPPED;
                 }
                 remaining[depth++] = kind == '%' ? 2 * n : n;
                 continue; /* its elements follow */
             }
             break; /* empty or null: complete */
         default:
-            return REPLY_STOPPED;
+            return SCAN_STOPPED;
         }
         /* One element is complete: close every aggregate it completes. */
         while (depth > 0 && --remaining[depth - 1] == 0) {
@@ -417,7 +407,7 @@ scan_reply_at(const char *p, const char *end, long long max_length, long long ma
         }
         if (depth == 0) {
             *next = p;
-            return REPLY_COMPLETE;
+            return SCAN_COMPLETE;
         }
     }
 }
@@ -486,7 +476,7 @@ scan_replies(PyObject *Py_UNUSED(module), PyObject *const *argv, Py_ssize_t argc
         int failed;
 
         if (scan_reply_at(p, end, max_length, max_count, max_line, (int)max_depth, resp3,
-                          &next) != REPLY_COMPLETE) {
+                          &next) != SCAN_COMPLETE) {
             break;
         }
         if (*p == '-' || *p == '!') {

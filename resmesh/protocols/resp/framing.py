@@ -499,80 +499,59 @@ class ReplyFramer:
             return NEED_DATA
         return self.buffer.take(end)
 
-    def next_ends(self, limit: int) -> tuple[int, int, int]:
-        """Frame up to ``limit`` replies without consuming them: the end offset of the last
-        complete one in ``buffer.data`` (``buffer.start`` if none), how many there are, and
-        how many of them are error replies (``-`` or ``!``).
+    def ends(self, limit: int) -> tuple[list[int], int]:
+        """Where each of up to ``limit`` complete replies from ``buffer.start`` ends (offsets
+        in ``buffer.data``, in order; none until the first is whole), and how many of them are
+        error replies (``-`` or ``!``). The caller consumes them (``buffer.commit``, ``take``)
+        and asks again for more.
 
-        The compiled scanner (``_framer.c``) takes the replies it can; the Python scan takes
-        any it leaves (an incomplete aggregate, which :meth:`next_end` resumes; a push; bytes
-        that are not RESP, which it refuses in its own words).
+        The compiled scanner (``_framer.c``) frames what it can in one call. Where it stops
+        short (an aggregate in progress, which :meth:`next_end` resumes; a push; bytes that
+        are not RESP, which the Python framer refuses in its own words), the Python scan
+        frames on.
 
         Raises:
             RemoteProtocolError: the node sent something that is not RESP.
         """
+        if limit <= 0:
+            return [], 0
         buffer = self.buffer
-        data = buffer.data
-        end = buffer.start
-        taken = errors = 0
         limits = self._limits
-        while taken < limit:
-            if scan_replies is not None and not self._stack:
-                ends, found = scan_replies(
-                    data,
-                    end,
-                    limit - taken,
-                    limits.max_bulk_len,
-                    limits.max_aggregate_len,
-                    limits.max_line_len,
-                    limits.max_depth,
-                    not self._resp2_only,
-                )
-                if ends:
-                    end = ends[-1]
-                    taken += len(ends)
-                    errors += found
-                    if taken == limit:
-                        break
-            if taken:
-                next_end = scan_reply(
-                    data,
-                    end,
-                    limits.max_depth,
-                    max_bulk_len=limits.max_bulk_len,
-                    max_aggregate_len=limits.max_aggregate_len,
-                    max_line_len=limits.max_line_len,
-                )
-            else:
-                next_end = self.next_end()
+        if scan_replies is not None and not self._stack and self._error is None:
+            framed, errors = scan_replies(
+                buffer.data,
+                buffer.start,
+                limit,
+                limits.max_bulk_len,
+                limits.max_aggregate_len,
+                limits.max_line_len,
+                limits.max_depth,
+                not self._resp2_only,
+            )
+            if framed:
+                return framed, errors
+        end = self.next_end()
+        if end < 0:
+            return [], 0
+        data = buffer.data
+        framed = [end]
+        errors = 1 if data[buffer.start] in _ERROR_KINDS else 0
+        while len(framed) < limit:
+            next_end = scan_reply(
+                data,
+                end,
+                limits.max_depth,
+                max_bulk_len=limits.max_bulk_len,
+                max_aggregate_len=limits.max_aggregate_len,
+                max_line_len=limits.max_line_len,
+            )
             if next_end < 0:
                 break
             if data[end] in _ERROR_KINDS:
                 errors += 1
+            framed.append(next_end)
             end = next_end
-            taken += 1
-        return end, taken, errors
-
-    def compiled_ends(self, limit: int) -> tuple[list[int], int]:
-        """Where each of up to ``limit`` complete replies from ``buffer.start`` ends, as far
-        as the compiled scanner frames them, and how many of them are error replies; none
-        without the scanner, or while a reply is in progress (:meth:`next_ends` frames the
-        rest). The caller consumes them with ``buffer.commit``.
-        """
-        if scan_replies is None or self._stack or self._error is not None:
-            return [], 0
-        buffer = self.buffer
-        limits = self._limits
-        return scan_replies(
-            buffer.data,
-            buffer.start,
-            limit,
-            limits.max_bulk_len,
-            limits.max_aggregate_len,
-            limits.max_line_len,
-            limits.max_depth,
-            not self._resp2_only,
-        )
+        return framed, errors
 
     def next_end(self) -> int:
         """Frame the next reply without consuming it: its end offset in ``buffer.data``, or -1.

@@ -391,27 +391,27 @@ def test_compiled_scan_agrees_on_garbage(data: bytes, resp3: bool) -> None:
 
 @FAST
 @given(st.lists(resp3_values, min_size=1, max_size=6), cut_lists, st.integers(1, 8), st.booleans())
-def test_next_ends_frames_whole_replies(
+def test_ends_frames_whole_replies(
     values: list[Value], cuts: list[int], limit: int, compiled: bool
 ) -> None:
-    """``next_ends`` (compiled scan, then Python for what it leaves; or Python alone) hands
-    out whole replies, at most ``limit`` at a time, however the bytes arrive, and counts the
+    """``ends`` (compiled scan, then Python where it stops; or Python alone) gives the end of
+    every reply in turn, at most ``limit`` at a time, however the bytes arrive, and counts the
     error replies among them."""
     encoded = [writer.encode(v) for v in values]
     framer = ReplyFramer()
-    pieces: list[tuple[bytes, int, int]] = []
+    got: list[bytes] = []
     with mock.patch.object(framing, "scan_replies", framing.scan_replies if compiled else None):
         for chunk in split(b"".join(encoded), cuts):
             framer.feed(chunk)
             while True:
-                end, taken, errors = framer.next_ends(limit)
-                if not taken:
+                ends, errors = framer.ends(limit)
+                if not ends:
                     break
-                assert taken <= limit
-                pieces.append((framer.buffer.take(end), taken, errors))
-    assert b"".join(piece for piece, _, _ in pieces) == b"".join(encoded)
-    replies = iter(encoded)
-    for piece, taken, errors in pieces:
-        mine = [next(replies) for _ in range(taken)]
-        assert piece == b"".join(mine)
-        assert errors == sum(reply[:1] in (b"-", b"!") for reply in mine)
+                assert len(ends) <= limit
+                buffer = framer.buffer
+                starts = [buffer.start, *ends[:-1]]
+                replies = [bytes(buffer.data[a:b]) for a, b in zip(starts, ends, strict=True)]
+                assert errors == sum(reply[:1] in (b"-", b"!") for reply in replies)
+                got.extend(replies)
+                buffer.commit(ends[-1])
+    assert got == encoded
