@@ -61,10 +61,9 @@ class Poller:
         #: Whether readers are being called now, and what to call once they all have been.
         self._in_round = False
         self._deferred: list[Callable[[], None]] = []
-        #: Makes the epoll set readable, waking the poller's task: for :meth:`again` from
-        #: another task (an ``eventfd``, see ``eventfd(2)``; level-triggered, drained below).
-        self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._epoll.register(self._wakeup, select.EPOLLIN)
+        #: Makes the epoll set readable, waking the poller's task, for :meth:`again` from
+        #: another task: an ``eventfd`` (see ``eventfd(2)``) while :meth:`run` runs.
+        self._wakeup = -1
 
     def register(self, sock: socket.socket, reader: Callable[[int], None]) -> int:
         """Call ``reader`` (it must not block or raise) with the event mask whenever ``sock``
@@ -88,9 +87,8 @@ class Poller:
         """Call ``reader`` at the next round: its socket may hold more than one read took, and
         other clients get their turn first. From outside a round (another task read the
         socket) this wakes the poller, which may be waiting for a socket event."""
-        if not self._again and not self._in_round:
-            with contextlib.suppress(OSError):
-                os.eventfd_write(self._wakeup, 1)
+        if not self._again and not self._in_round and self.running:
+            os.eventfd_write(self._wakeup, 1)
         self._again.append(reader)
 
     def defer(self, callback: Callable[[], None]) -> bool:
@@ -111,6 +109,8 @@ class Poller:
         several in a row while more are ready), until cancelled."""
         epoll = self._epoll
         readers = self._readers
+        self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        epoll.register(self._wakeup, select.EPOLLIN)  # level-triggered: drained when seen
         self.running = True
         try:
             while True:
@@ -145,3 +145,4 @@ class Poller:
             trio.lowlevel.notify_closing(epoll.fileno())
             epoll.close()
             os.close(self._wakeup)
+            self._wakeup = -1
