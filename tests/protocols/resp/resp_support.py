@@ -41,6 +41,7 @@ from resmesh.protocols.resp.values import (
     Value,
     VerbatimString,
 )
+from tests.support import mutation
 
 VECTORS_PATH = Path(__file__).resolve().parents[3] / "protocols" / "resp-vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="ascii"))
@@ -186,24 +187,6 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 cut_lists = st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=12)
 
 
-@st.composite
-def mutated(draw: st.DrawFn, stream: bytes) -> bytes:
-    """``stream`` with a few bytes flipped, inserted or deleted: garbage that looks like RESP."""
-    data = bytearray(stream)
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "insert", "delete", "type"]))
-        at = draw(st.integers(0, len(data)))
-        if op == "flip" and at < len(data):
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=4))
-        elif op == "delete" and at < len(data):
-            del data[at]
-        elif op == "type" and at < len(data):
-            data[at] = draw(st.sampled_from(list(b"+-:$*_,#(!=%~>|\r\n0-9")))
-    return bytes(data)
-
-
 resp_alphabet_garbage = st.binary(max_size=64) | st.lists(
     st.sampled_from(
         [
@@ -271,3 +254,8 @@ def check_compiled_agrees(data: bytes, limits: ReplyLimits, resp3: bool) -> None
     if count < len(ends):
         rest = data[end : ends[count]]
         assert b">" in rest or b"|" in rest
+
+
+def mutated(stream: bytes) -> st.SearchStrategy[bytes]:
+    """``stream`` mutated, with RESP's type bytes and separators among the replacements."""
+    return mutation.mutated(stream, list(b"+-:$*_,#(!=%~>|\r\n0-9"))
