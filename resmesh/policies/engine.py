@@ -213,16 +213,10 @@ class HAEngine(Generic[A]):
         except Unavailable as exc:
             on_done(exc)
             return True
-        policies = self.policies
-        clock = self._clock
 
         def finished(done: Attempt) -> None:
-            # _settle, inlined: this runs once per command at -P 1.
-            error = done.error
-            now = clock.current_time()
-            outcome = _LOCAL if error is not None else done.outcome()
-            policies.settle(done.node, outcome, now - done.sent, now, done.probe)
-            on_done(error if error is not None else attempt)
+            self._settle(done, self._clock.current_time())
+            on_done(done.error if done.error is not None else attempt)
 
         attempt.on_done = finished
         return True

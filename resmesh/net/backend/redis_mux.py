@@ -34,6 +34,7 @@ from ...policies.engine import Attempt
 from ...policies.waiting import Waiter
 from ...protocols._errors import ProtocolError
 from ...protocols.resp.errors import replies_outcome
+from ...protocols.resp.framing import is_error_reply
 from ..poller import HANG_UP, Poller
 from ..sockio import RECV_SIZE, recv
 from .errors import BackendError
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 MAX_OUTSTANDING: Final = 100_000
 
 _OK: Final = Outcome.OK
-#: The first byte of an error reply: ``-`` simple error, ``!`` RESP3 blob error.
-_ERROR_TYPES: Final = frozenset(b"-!")
 
 
 #: Bytes the reader may take in a row before letting other tasks run.
@@ -66,13 +65,7 @@ class Pending(Attempt):
     __slots__ = ("deadline", "errors", "expected", "received", "replies")
 
     def __init__(self, expected: int, deadline: float, waiter: Waiter) -> None:
-        # Attempt's fields set here rather than by super().__init__: one call less per command.
-        self.waiter = waiter
-        self.error = None
-        self.node = None
-        self.sent = 0.0
-        self.probe = False
-        self.on_done = None
+        super().__init__(waiter)
         self.expected = expected
         self.deadline = deadline
         self.received = 0
@@ -376,8 +369,8 @@ class MuxConnection:
                     assert view is not None
                     pending.replies.append(bytes(view[pos:end]))
                 if errors and (
-                    data[pos] in _ERROR_TYPES
-                    or any(data[k] in _ERROR_TYPES for k in ends[i : j - 1])
+                    is_error_reply(data, pos)
+                    or any(is_error_reply(data, k) for k in ends[i : j - 1])
                 ):
                     pending.errors = True
                 pending.received += j - i

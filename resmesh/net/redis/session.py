@@ -231,14 +231,8 @@ class RedisSession(ClientSession):
         if not self.runtime.dispatchable:
             self._handed = (commands, None)
             return False
-        if len(commands) > 1:
-            self._admit_batch(commands)
-        else:
-            self._admitted_whole = False  # as _admit_batch decides for one command
-        # _begin_batch, inlined (once per request at -P 1)
-        self._batch_raw = self.parser.batch_raw
-        self._batch_len = len(commands)
-        self._batch += 1
+        self._admit_batch(commands)
+        self._begin_batch(commands, self.parser.batch_raw)
         index = self._run_plain(commands, 0)
         if index < len(commands):
             self._handed = (commands, index)  # the rest of the batch may have to wait

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from ...call import Outcome
-from .framing import error_text, scan_reply
+from .framing import error_text, is_error_reply, scan_reply
 
 __all__ = ["NODE_ERROR_CODES", "classify_error", "replies_outcome"]
 
@@ -38,10 +38,6 @@ NODE_ERROR_CODES: Final[Mapping[bytes, Outcome]] = {
 # touch, and counting it against the node would let any client open the node's breaker.
 
 
-#: ``-`` simple errors and ``!`` RESP3 blob errors.
-_ERROR_TYPES: Final = frozenset(b"-!")
-
-
 def classify_error(message: bytes) -> Outcome:
     """The :class:`Outcome` of an error reply, given its text (``b"LOADING Redis is..."``)."""
     return NODE_ERROR_CODES.get(message.split(b" ", 1)[0], Outcome.APP_ERROR)
@@ -59,7 +55,7 @@ def replies_outcome(replies: list[bytes]) -> Outcome:
             end = scan_reply(blob, pos)
             if end < 0:
                 break
-            if blob[pos] in _ERROR_TYPES and classify_error(error_text(blob, pos, end)) is (
+            if is_error_reply(blob, pos) and classify_error(error_text(blob, pos, end)) is (
                 Outcome.UPSTREAM_ERROR
             ):
                 return Outcome.UPSTREAM_ERROR

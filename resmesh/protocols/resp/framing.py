@@ -159,7 +159,6 @@ _INT64_MAX: Final = 2**63 - 1
 
 # Type bytes, as ints (indexing bytes gives ints).
 _LINE_KINDS: Final = frozenset(b"+-:_,#(")
-_ERROR_KINDS: Final = frozenset(b"-!")
 _RESP2_LINE_KINDS: Final = frozenset(b"+-:")
 _AGGREGATE_KINDS: Final = frozenset(b"*%~>|")
 _RESP2_KINDS: Final = frozenset(b"+-:$*")
@@ -535,23 +534,28 @@ class ReplyFramer:
             return [], 0
         data = buffer.data
         framed = [end]
-        errors = 1 if data[buffer.start] in _ERROR_KINDS else 0
+        errors = 1 if is_error_reply(data, buffer.start) else 0
         while len(framed) < limit:
-            next_end = scan_reply(
-                data,
-                end,
-                limits.max_depth,
-                max_bulk_len=limits.max_bulk_len,
-                max_aggregate_len=limits.max_aggregate_len,
-                max_line_len=limits.max_line_len,
-            )
+            next_end = self._scan_one(data, end)
             if next_end < 0:
                 break
-            if data[end] in _ERROR_KINDS:
+            if is_error_reply(data, end):
                 errors += 1
             framed.append(next_end)
             end = next_end
         return framed, errors
+
+    def _scan_one(self, data: bytes | bytearray, start: int) -> int:
+        """:func:`scan_reply` under this framer's limits."""
+        limits = self._limits
+        return scan_reply(
+            data,
+            start,
+            limits.max_depth,
+            max_bulk_len=limits.max_bulk_len,
+            max_aggregate_len=limits.max_aggregate_len,
+            max_line_len=limits.max_line_len,
+        )
 
     def next_end(self) -> int:
         """Frame the next reply without consuming it: its end offset in ``buffer.data``, or -1.
@@ -576,14 +580,7 @@ class ReplyFramer:
                     # Scalars: a stateless rescan only re-reads a short header.
                     if self._resp2_only and kind not in _RESP2_KINDS:
                         raise bad_type_error(kind)
-                    return scan_reply(
-                        data,
-                        start,
-                        limits.max_depth,
-                        max_bulk_len=limits.max_bulk_len,
-                        max_aggregate_len=limits.max_aggregate_len,
-                        max_line_len=limits.max_line_len,
-                    )
+                    return self._scan_one(data, start)
                 stack.append(1)
                 self._resume = 0
             end, resume = _scan(
