@@ -337,7 +337,10 @@ def test_a_client_slow_to_read_holds_no_concurrency_slot(
     with socket.create_connection(("127.0.0.1", port)) as stuck:
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         # Two GETs in one batch, admitted whole; 64 MB of replies the client never reads.
+        gets = _gets(node.port)
         stuck.sendall(encode_command("GET", "slow-reader:big") * 2)
+        # At the node, so admitted: from here on, a GET served means the slots came back.
+        wait_for(lambda: _gets(node.port) >= gets + 2, 10, "the stuck batch to reach the node")
 
         def served() -> bool:
             try:
