@@ -166,7 +166,19 @@ class HAEngine(Generic[A]):
         policies = self.policies
         now = self._clock.current_time()
         if run.idempotent and policies.spreads_reads:
-            return await self._spread(run, now)
+            waiter = Waiter()
+            spread = _Spread(self, run, lambda _: waiter.wake())
+            spread.begin(now)
+            try:
+                await wait_first((spread,), waiter)
+            except BaseException:
+                spread.abandon()  # the caller is gone; the nodes still have the run
+                raise
+            result = spread.result
+            if isinstance(result, Unavailable):
+                raise result
+            assert result is not None
+            return result
         node = policies.primary
         if node is None:
             node = policies.pick(now, (), run.key)
@@ -186,137 +198,39 @@ class HAEngine(Generic[A]):
 
     def start(
         self, run: Run, on_done: Callable[[A | Unavailable], None], now: float | None = None
-    ) -> bool:
-        """Send a run that goes to one node once, and return at once: ``on_done`` gets the
-        attempt that answered, or why none did, from the task that reads the node's answer,
-        so the caller's task need not wake for it (at ``-P 1`` that wakeup is a large share of
-        a command's CPU). ``False``, with nothing sent, for a run that needs :meth:`execute`
-        (an idempotent run spread over several nodes: failover and backup requests wait in
-        the caller's task).
+    ) -> None:
+        """Send a run and return at once: ``on_done`` gets the attempt that answered, or why
+        none did, from the task that reads the node's answer (or fires the hedge delay), so
+        the caller's task need not wake for it (at ``-P 1`` that wakeup is a large share of a
+        command's CPU). The run is failed over and backed up exactly as :meth:`execute` does.
 
-        ``on_done`` runs inside the transport's reader task: it must not block or raise.
-        ``now``: the caller's reading of the clock, if it has just taken one.
+        ``on_done`` runs inside another task (a backend reader, the engine's timer): it must
+        not block or raise. ``now``: the caller's reading of the clock, if it has just taken
+        one.
         """
         policies = self.policies
-        if run.idempotent and policies.spreads_reads:
-            return False
         if now is None:
             now = self._clock.current_time()
+        if run.idempotent and policies.spreads_reads:
+            _Spread(self, run, on_done).begin(now)
+            return
         node = policies.primary
         if node is None:
             node = policies.pick(now, (), run.key)
         if node is None:
             on_done(Unavailable(None, "no node left to try", _REJECTED))
-            return True
+            return
         try:
             attempt = self._send(node, run, _NOBODY, now)
         except Unavailable as exc:
             on_done(exc)
-            return True
+            return
 
         def finished(done: Attempt) -> None:
             self._settle(done, self._clock.current_time())
             on_done(done.error if done.error is not None else attempt)
 
         attempt.on_done = finished
-        return True
-
-    async def _spread(self, run: Run, started: float) -> A:
-        """An idempotent run in a cluster with several nodes: spread, backed up, failed over."""
-        policies = self.policies
-        clock = self._clock
-        hedger: HedgeDelay | None = policies.hedger(run.operation)
-        delay: float | None = None
-        if hedger is not None:
-            hedger.budget.record_call()  # every hedgeable run earns budget, warm or not
-            delay = hedger.delay(started)
-        hedge_at = started + delay if delay is not None else math.inf
-        deadline = run.deadline
-        budget = policies.retry_budget
-        max_failures = policies.max_attempts
-        waiter = Waiter()
-        #: Every node an attempt went to (or whose breaker refused): none is used twice.
-        tried: list[Node] = []
-        racing: list[A] = []
-        backup: A | None = None
-        #: The best failure so far: an answer that was the node's error (LOADING...) beats a
-        #: failure with no answer, which beats a refusal.
-        answered: A | None = None
-        failure: Unavailable | None = None
-        failures = 0
-        retries = 0
-        budget.request_started()
-        try:
-            launched: A | Unavailable | None = self._launch(run, waiter, tried, started)
-            now = clock.current_time()
-            while True:
-                exhausted = False
-                if isinstance(launched, Unavailable):
-                    if launched.outcome is _REJECTED:
-                        exhausted = True  # no node left to try
-                    else:
-                        failures += 1
-                    if failure is None or launched.outcome is not _REJECTED:
-                        failure = launched
-                elif launched is not None:
-                    racing.append(launched)
-                launched = None
-                if racing:
-                    if hedge_at < math.inf:
-                        done = await wait_first(racing, waiter, self.alarms, hedge_at)
-                    else:
-                        done = await wait_first(racing, waiter)
-                    now = clock.current_time()
-                    if done is None:  # slow: back it up on another node
-                        hedge_at = math.inf
-                        assert hedger is not None
-                        launched = backup = self._back_up(run, waiter, tried, now, hedger)
-                        continue
-                    racing.remove(done)
-                    outcome = self._settle(done, now)
-                    if not outcome.node_failure:
-                        if done is backup:
-                            assert hedger is not None
-                            hedger.budget.wins += 1
-                        if racing:
-                            self._drop(racing)
-                        if outcome is _OK and hedger is not None:
-                            hedger.record(now - done.sent, now)  # the answering node's own
-                        return done
-                    failures += 1
-                    if done.error is None:
-                        answered = done
-                    else:
-                        failure = done.error
-                    if racing:
-                        continue  # the other attempt may still answer
-                # Nothing in flight: a retry on another node, if allowed.
-                if (
-                    exhausted
-                    or failures >= max_failures
-                    or now >= deadline
-                    or not budget.try_start_retry()
-                ):
-                    break
-                retries += 1
-                if delay is not None and backup is None:
-                    # The retry may be backed up in turn: a new wait with a later deadline,
-                    # so a new waiter (an armed waiter's deadline is never moved).
-                    hedge_at = now + delay
-                    waiter = Waiter()
-                launched = self._launch(run, waiter, tried, now)
-        except BaseException:
-            if racing:
-                self._drop(racing)  # the caller is gone; the nodes still have the run
-            raise
-        finally:
-            budget.request_finished()
-            for _ in range(retries):
-                budget.finish_retry()
-        if answered is not None:
-            return answered
-        assert failure is not None
-        raise failure
 
     def _back_up(
         self, run: Run, waiter: Waiter, tried: list[Node], now: float, hedger: HedgeDelay
@@ -472,3 +386,195 @@ class HAEngine(Generic[A]):
         later = self._clock.current_time()
         policies.settle(node, judge(result), later - now if timed else 0.0, later)
         return result
+
+
+class _HedgeAlarm(Waiter):
+    """The hedge delay of one :class:`_Spread`: :class:`~resmesh.policies.waiting.Alarms`
+    fires it as it would wake a parked task."""
+
+    __slots__ = ("spread",)
+
+    def __init__(self, spread: _Spread[Any]) -> None:
+        super().__init__()
+        self.spread = spread
+
+    def wake(self) -> None:
+        self.spread._on_alarm(self)
+
+
+class _Spread(Generic[A]):
+    """An idempotent run in a cluster that spreads reads: sent, backed up and failed over
+    (the module docstring says when), driven by its attempts' ends and its hedge alarm rather
+    than by a task, so the runs of a connection that multiplexes many (Motan2) need no task
+    each, and a task that does wait for one (:meth:`HAEngine.execute`) parks once.
+
+    ``on_done`` gets the attempt that answered (possibly with the node's own error, when no
+    other node did better) or the :class:`~resmesh.call.Unavailable` that says why none did,
+    exactly once, unless the run is :meth:`abandon`-ed first.
+    """
+
+    __slots__ = (
+        "_alarm",
+        "_answered",
+        "_backup",
+        "_delay",
+        "_engine",
+        "_failure",
+        "_failures",
+        "_hedge_at",
+        "_hedger",
+        "_on_done",
+        "_racing",
+        "_retries",
+        "_run",
+        "_tried",
+        "result",
+    )
+
+    def __init__(
+        self, engine: HAEngine[A], run: Run, on_done: Callable[[A | Unavailable], None]
+    ) -> None:
+        self._engine = engine
+        self._run = run
+        self._on_done = on_done
+        self._hedger: HedgeDelay | None = engine.policies.hedger(run.operation)
+        self._delay: float | None = None
+        self._hedge_at = math.inf
+        self._alarm: _HedgeAlarm | None = None
+        #: Every node an attempt went to (or whose breaker refused): none is used twice.
+        self._tried: list[Node] = []
+        self._racing: list[A] = []
+        self._backup: A | None = None
+        #: The best failure so far: an answer that was the node's error (LOADING...) beats a
+        #: failure with no answer, which beats a refusal.
+        self._answered: A | None = None
+        self._failure: Unavailable | None = None
+        self._failures = 0
+        self._retries = 0
+        #: What ``on_done`` got; ``None`` while the run is in flight.
+        self.result: A | Unavailable | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def begin(self, now: float) -> None:
+        hedger = self._hedger
+        if hedger is not None:
+            hedger.budget.record_call()  # every hedgeable run earns budget, warm or not
+            self._delay = delay = hedger.delay(now)
+            if delay is not None:
+                self._hedge_at = now + delay
+        self._engine.policies.retry_budget.request_started()
+        self._go_on(self._engine._launch(self._run, _NOBODY, self._tried, now), now)
+
+    def abandon(self) -> None:
+        """Nobody wants the answer any more: what is in flight is dropped (it stays counted on
+        its node until it ends), and ``on_done`` is not called."""
+        if self.result is None:
+            racing, self._racing = self._racing, []
+            self._end(Unavailable(None, "abandoned", _REJECTED), notify=False)
+            if racing:
+                self._engine._drop(racing)
+
+    def _go_on(self, launched: A | Unavailable | None, now: float) -> None:
+        """After a launch (``None``: none was made): race what is in flight, or retry on
+        another node, or end."""
+        engine = self._engine
+        while True:
+            exhausted = False
+            if isinstance(launched, Unavailable):
+                if launched.outcome is _REJECTED:
+                    exhausted = True  # no node left to try
+                else:
+                    self._failures += 1
+                if self._failure is None or launched.outcome is not _REJECTED:
+                    self._failure = launched
+            elif launched is not None:
+                self._racing.append(launched)
+                if launched.done:
+                    self._finished(launched)
+                    return
+                launched.on_done = self._finished
+            if self._racing:
+                if self._hedge_at < math.inf and self._alarm is None:
+                    self._alarm = _HedgeAlarm(self)
+                    engine.alarms.set(self._alarm, self._hedge_at)
+                return
+            # Nothing in flight: a retry on another node, if allowed.
+            if (
+                exhausted
+                or self._failures >= engine.policies.max_attempts
+                or now >= self._run.deadline
+                or not engine.policies.retry_budget.try_start_retry()
+            ):
+                answered = self._answered
+                if answered is not None:
+                    self._end(answered)
+                else:
+                    assert self._failure is not None
+                    self._end(self._failure)
+                return
+            self._retries += 1
+            if self._delay is not None and self._backup is None:
+                # The retry may be backed up in turn, after a delay counted from now.
+                self._disarm()
+                self._hedge_at = now + self._delay
+            launched = engine._launch(self._run, _NOBODY, self._tried, now)
+
+    def _on_alarm(self, alarm: _HedgeAlarm) -> None:
+        """The hedge delay passed with the run unanswered: back it up on another node."""
+        if alarm is not self._alarm or self.result is not None:
+            return
+        self._alarm = None
+        self._hedge_at = math.inf
+        hedger = self._hedger
+        assert hedger is not None
+        engine = self._engine
+        now = engine._clock.current_time()
+        self._backup = backup = engine._back_up(self._run, _NOBODY, self._tried, now, hedger)
+        self._go_on(backup, now)
+
+    def _finished(self, done: Attempt) -> None:
+        """One of the racing attempts ended."""
+        if self.result is not None:
+            return
+        engine = self._engine
+        now = engine._clock.current_time()
+        racing = self._racing
+        racing.remove(done)  # type: ignore[arg-type]
+        outcome = engine._settle(done, now)
+        if not outcome.node_failure:
+            hedger = self._hedger
+            if done is self._backup:
+                assert hedger is not None
+                hedger.budget.wins += 1
+            if racing:
+                self._racing = []
+                engine._drop(racing)
+            if outcome is _OK and hedger is not None:
+                hedger.record(now - done.sent, now)  # the answering node's own
+            self._end(done)  # type: ignore[arg-type]
+            return
+        self._failures += 1
+        if done.error is None:
+            self._answered = done  # type: ignore[assignment]
+        else:
+            self._failure = done.error
+        if not racing:
+            self._go_on(None, now)  # the other attempt, if any, may still answer
+
+    def _disarm(self) -> None:
+        alarm, self._alarm = self._alarm, None
+        if alarm is not None:
+            alarm.alarm = math.inf  # the timer forgets it
+
+    def _end(self, result: A | Unavailable, *, notify: bool = True) -> None:
+        self.result = result
+        self._disarm()
+        budget = self._engine.policies.retry_budget
+        budget.request_finished()
+        for _ in range(self._retries):
+            budget.finish_retry()
+        if notify:
+            self._on_done(result)

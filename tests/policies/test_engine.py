@@ -584,3 +584,76 @@ async def test_no_hedge_is_paid_for_when_there_is_no_node_to_back_up_on(
     assert transport.sent == [members[0]]
     budget = pol.statistics(0.0)["hedges"]["*"]["budget"]
     assert (budget.hedges, budget.tokens) == (0, 1.0)
+
+
+# -- started runs: the same failover and backups, with no task waiting -------------------------
+
+
+def _collect() -> tuple[list[Any], trio.Event, Callable[[Any], None]]:
+    results: list[Any] = []
+    answered = trio.Event()
+
+    def on_done(result: Any) -> None:
+        results.append(result)
+        answered.set()
+
+    return results, answered, on_done
+
+
+async def test_a_started_spread_run_is_backed_up_by_the_timer_and_answered_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pol = _hedging()
+    hedger = pol.hedger("GET")
+    assert hedger is not None
+    delay = hedger.delay(trio.current_time())
+    async with _engine(pol, plan=[(5.0, OK), (0.010, OK)]) as (engine, transport):
+        results, answered, on_done = _collect()
+        started = trio.current_time()
+        engine.start(run(), on_done)
+        await answered.wait()
+        assert trio.current_time() - started == pytest.approx(delay + 0.010)
+        hung, backup = transport.sent
+        assert [r.node for r in results] == [backup]
+        assert transport.cancelled == [hung]
+        await trio.sleep(10)  # the loser ends: nothing more reaches on_done
+        assert len(results) == 1 and in_flight(pol, hung) == 0
+
+
+async def test_a_started_spread_run_fails_over_and_reports_the_last_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pol = policies(governance(failover=FailoverConfig(max_attempts=2)))
+    async with _engine(pol, plan=[(0.001, LOCAL), (0.001, OK)]) as (engine, transport):
+        results, answered, on_done = _collect()
+        engine.start(run(), on_done)
+        await answered.wait()
+        assert results[0].node is transport.sent[1] and transport.sent[0] != transport.sent[1]
+    async with _engine(pol, plan=[(0.001, LOCAL), (0.001, LOCAL)]) as (engine, transport):
+        results, answered, on_done = _collect()
+        engine.start(run(), on_done)
+        await answered.wait()
+        assert isinstance(results[0], Unavailable) and results[0].node == transport.sent[1].address
+    assert pol.retry_budget.statistics().active_requests == 0
+
+
+async def test_many_started_runs_race_without_a_task_each(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A thousand slow runs in flight at once from one task (a Motan2 connection's shape):
+    the timer backs up as many as the hedge budget holds (10 tokens), every run is answered
+    once, no task is started for any of them, and nothing stays in flight."""
+    pol = _hedging(budget=1.0)
+    plan = [(0.5, OK)] * 1000 + [(0.010, OK)] * 1000
+    async with _engine(pol, plan=plan) as (engine, transport):
+        results: list[Any] = []
+        for _ in range(1000):
+            engine.start(run(), results.append)
+        # The engine's timer and the fake node's answers; nothing of the runs' own.
+        assert len(transport.nursery.child_tasks) == 1 + 1000
+        await trio.sleep(1)
+        assert len(results) == 1000 and all(not isinstance(r, Unavailable) for r in results)
+        assert len(transport.sent) == 1010
+        await trio.sleep(10)
+    assert sum(in_flight(pol, node) for node in pol.topology.nodes) == 0
+    assert pol.retry_budget.statistics().active_requests == 0
