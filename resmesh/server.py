@@ -20,20 +20,21 @@ import sys
 import tempfile
 import time
 import typing
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import trio
 
 from . import diagnostics
 from .call import Protocol
-from .config import Config
+from .config import Address, Config
 from .net.listen import bind_tcp
+from .net.motan2.agent import CLIENT_SIDE, SERVER_SIDE, ClientAgent, ServerAgent
 from .net.redis.runtime import RedisRuntime
 from .net.runtime import ClusterRuntime
 from .net.sockio import close_quietly
 
-__all__ = ["RUNTIMES", "run", "serve"]
+__all__ = ["RUNTIMES", "build_runtimes", "listen_points", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,52 @@ WORKER_ENV = "RESMESH_WORKER"
 #: Seconds after the first stop signal during which more copies count as the same one.
 _SAME_SIGNAL_WINDOW = 1.0
 
-#: The runtime that serves a cluster of each protocol (``docs/architecture.md`` says how to
-#: add one).
-RUNTIMES: typing.Final[Mapping[Protocol, type[ClusterRuntime]]] = {Protocol.REDIS: RedisRuntime}
+#: The runtime that serves a cluster of each protocol with a listen address of its own
+#: (``docs/architecture.md`` says how to add one). Motan2 clusters are served together by
+#: the Motan2 agent (:func:`build_runtimes`).
+RUNTIMES: typing.Final[Mapping[Protocol, Callable[..., ClusterRuntime]]] = {
+    Protocol.REDIS: RedisRuntime
+}
+
+
+def listen_points(config: Config) -> list[tuple[str, Address, str]]:
+    """Every address the gateway listens on: (runtime name, address, the config key that
+    sets it)."""
+    points = [
+        (name, cluster.listen, f"clusters.{name}.listen")
+        for name, cluster in config.clusters.items()
+        if cluster.protocol in RUNTIMES
+    ]
+    agent = config.motan2
+    if agent is not None:
+        points.append((CLIENT_SIDE, agent.client, "motan2.client"))
+        if agent.server is not None:
+            points.append((SERVER_SIDE, agent.server, "motan2.server"))
+    return points
+
+
+def _label(name: str) -> str:
+    """How logs name a listen point."""
+    return name if name in (CLIENT_SIDE, SERVER_SIDE) else f"cluster {name}"
+
+
+def build_runtimes(config: Config, nursery: trio.Nursery) -> list[ClusterRuntime]:
+    """The runtime of every listen point of ``config``, in :func:`listen_points` order."""
+    workers = config.gateway.workers
+    runtimes = [
+        RUNTIMES[cluster.protocol](cluster, config.users, nursery, workers=workers)
+        for cluster in config.clusters.values()
+        if cluster.protocol in RUNTIMES
+    ]
+    agent = config.motan2
+    if agent is not None:
+        rpc = [c for c in config.clusters.values() if c.protocol is Protocol.MOTAN2]
+        runtimes.append(
+            ClientAgent(agent, rpc, nursery, source=config.gateway.app, workers=workers)
+        )
+        if agent.server is not None:
+            runtimes.append(ServerAgent(agent, nursery, workers=workers))
+    return runtimes
 
 
 def run(config: Config) -> int:
@@ -65,23 +109,18 @@ def run(config: Config) -> int:
     workers = config.gateway.workers
     worker = os.environ.get(WORKER_ENV)
     listeners: dict[str, socket.socket] = {}
-    for name, cluster in config.clusters.items():
+    for name, address, key in listen_points(config):
         try:
-            listeners[name] = bind_tcp(
-                cluster.listen.host, cluster.listen.port, reuse_port=workers > 1
-            )
+            listeners[name] = bind_tcp(address.host, address.port, reuse_port=workers > 1)
         except OSError as exc:
             for listener in listeners.values():
                 listener.close()
             fix = (
-                "another process listens there (another resmesh?): stop it, or change "
-                f"clusters.{name}.listen"
+                f"another process listens there (another resmesh?): stop it, or change {key}"
                 if exc.errno == errno.EADDRINUSE
-                else f"check clusters.{name}.listen in {config.source}"
+                else f"check {key} in {config.source}"
             )
-            log.error(
-                "cluster %s cannot listen on %s: %s — fix: %s", name, cluster.listen, exc, fix
-            )
+            log.error("%s cannot listen on %s: %s — fix: %s", _label(name), address, exc, fix)
             return EXIT_CANNOT_LISTEN
     if workers > 1 and worker is None:
         for listener in listeners.values():
@@ -110,13 +149,13 @@ def _lock_listen_addresses(config: Config) -> list[typing.IO[bytes]] | None:
     the two. The lock files make that second start fail as a plain bind would.
     """
     locks: list[typing.IO[bytes]] = []
-    for name, cluster in config.clusters.items():
-        address = f"{cluster.listen.host}-{cluster.listen.port}".replace("/", "_")
+    for name, listen, key in listen_points(config):
+        address = f"{listen.host}-{listen.port}".replace("/", "_")
         path = Path(tempfile.gettempdir()) / f"resmesh-listen-{address}.lock"
         try:
             lock = path.open("ab")
         except OSError as exc:  # another user's file, a read-only /tmp: go on unguarded
-            log.warning("cannot guard %s against a second gateway: %s", cluster.listen, exc)
+            log.warning("cannot guard %s against a second gateway: %s", listen, exc)
             continue
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,12 +164,12 @@ def _lock_listen_addresses(config: Config) -> list[typing.IO[bytes]] | None:
             for held in locks:
                 held.close()
             log.error(
-                "cluster %s cannot listen on %s: another multi-worker gateway listens there "
-                "(it holds %s) — fix: stop it, or change clusters.%s.listen",
-                name,
-                cluster.listen,
+                "%s cannot listen on %s: another multi-worker gateway listens there "
+                "(it holds %s) — fix: stop it, or change %s",
+                _label(name),
+                listen,
                 path,
-                name,
+                key,
             )
             return None
         locks.append(lock)
@@ -198,12 +237,7 @@ async def serve(
     """Serve on already-bound ``listeners`` (cluster name → socket) until SIGTERM/SIGINT."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as backend:
-            runtimes = [
-                RUNTIMES[cluster.protocol](
-                    cluster, config.users, backend, workers=config.gateway.workers
-                )
-                for cluster in config.clusters.values()
-            ]
+            runtimes = build_runtimes(config, backend)
             for runtime in runtimes:
                 backend.start_soon(runtime.run)
             steps_file = os.environ.get(diagnostics.ENV)
@@ -216,8 +250,8 @@ async def serve(
                     for runtime in runtimes:
                         host, port = listeners[runtime.name].getsockname()[:2]
                         log.info(
-                            "cluster %s listening on %s (%s) -> %s",
-                            runtime.name,
+                            "%s listening on %s (%s) -> %s",
+                            _label(runtime.name),
                             f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                             runtime.protocol,
                             runtime.describe_backend(),

@@ -413,11 +413,11 @@ ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str, str]] =
         "protocol: redis",
     ),
     (
-        "motan2 not implemented",
+        "motan2 cluster with a listen address",
         _set((*C, "protocol"), "motan2"),
-        "clusters.feed-cache.protocol",
-        "'motan2' is not implemented yet",
-        "protocol: redis",
+        "clusters.feed-cache.listen",
+        "a Motan2 cluster has no listen address of its own",
+        "motan2: {client: 127.0.0.1:9981}",
     ),
     (
         "unknown protocol",

@@ -201,7 +201,7 @@ def test_the_redis_section() -> None:
 
 
 def test_each_implemented_protocol_is_a_table_entry() -> None:
-    assert list(PROTOCOLS) == [Protocol.REDIS]
+    assert list(PROTOCOLS) == [Protocol.REDIS, Protocol.MOTAN2]
     redis = PROTOCOLS[Protocol.REDIS]
     assert redis.settings is RedisSettings
     assert list(knobs(redis.settings)) == [
@@ -216,7 +216,7 @@ def test_a_protocol_without_an_entry_is_not_implemented_yet(protocol: Protocol) 
     found = error_for(config({"a": ["h:1"]}, protocol=protocol.value))
     assert found.key == "clusters.c.protocol"
     assert f"protocol {protocol.value!r} is not implemented yet in this version" in found.problem
-    assert found.fix == "use protocol: redis, or remove this cluster for now"
+    assert found.fix == f"use protocol: {', '.join(PROTOCOLS)}, or remove this cluster for now"
 
 
 def test_a_cluster_may_not_have_another_protocols_section() -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import final
 
+from ..call import Protocol
 from ..config import ClusterConfig, Mode
 
 __all__ = ["ClusterState", "Node", "NodeSpec", "Topology", "build_topology", "state_from_config"]
@@ -75,12 +76,14 @@ class ClusterState:
         nodes: every node, in order (a group's nodes in the order listed).
         route: group → share of reads (0..100); groups left out get 0.
         sharded: keys are spread over the nodes (no primary).
+        peers: every node serves every call (RPC service instances: no primary).
     """
 
     version: int
     nodes: tuple[NodeSpec, ...]
     route: Mapping[str, int]
     sharded: bool = False
+    peers: bool = False
 
 
 @final
@@ -117,7 +120,7 @@ def build_topology(state: ClusterState, known: Iterable[Node] = ()) -> Topology:
     if not state.nodes:
         raise ValueError(f"cluster state {state.version} has no node")
     primaries = sum(spec.primary for spec in state.nodes)
-    if not state.sharded and primaries != 1:
+    if not state.sharded and not state.peers and primaries != 1:
         raise ValueError(
             f"cluster state {state.version} has {primaries} primaries; a replicated "
             "cluster needs exactly one"
@@ -137,7 +140,7 @@ def build_topology(state: ClusterState, known: Iterable[Node] = ()) -> Topology:
         if spec.primary:
             primary = node
     route = {group: state.route.get(group, 0) for group in groups}
-    if primary is None:  # sharded: the node sessions pin to
+    if primary is None:  # sharded: the node sessions pin to (peers: unused)
         heaviest = max(route.items(), key=lambda item: item[1])[0]
         members = groups[heaviest]
         primary = next((n for n in members if n.weight > 0), members[0])
@@ -164,7 +167,11 @@ def state_from_config(cluster: ClusterConfig, version: int = 1) -> ClusterState:
         for node in nodes
     )
     return ClusterState(
-        version, specs, MappingProxyType(dict(cluster.route)), cluster.mode is Mode.SHARDED
+        version,
+        specs,
+        MappingProxyType(dict(cluster.route)),
+        cluster.mode is Mode.SHARDED,
+        cluster.protocol is Protocol.MOTAN2,
     )
 
 

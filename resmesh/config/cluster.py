@@ -21,6 +21,7 @@ from .fields import parse_section
 from .gateway import GatewayConfig
 from .governance import GovernanceConfig, parse_governance
 from .groups import NodeConfig, NodeRole, parse_groups, parse_route, with_primary
+from .motan2 import Motan2AgentConfig, Motan2Settings
 from .presets import Presets
 from .protocols import PROTOCOLS, ProtocolSection
 from .redis import RedisSettings
@@ -110,6 +111,10 @@ class ClusterConfig:
     limits: ClientLimits = field(default_factory=ClientLimits, kw_only=True)
     redis: RedisSettings | None = field(default=None, kw_only=True)
     """The Redis request bounds (``clusters.X.redis``); set for a Redis cluster only."""
+    motan2: Motan2Settings | None = field(default=None, kw_only=True)
+    """The service a Motan2 cluster is (``clusters.X.motan2``); set for a Motan2 cluster
+    only. Its ``listen`` is the agent's client side (``motan2.client``), shared by every
+    Motan2 cluster."""
     policy: str | None = field(default=None, kw_only=True)
     """The preset the file names with ``policy: NAME`` (``policies/NAME.yaml``); ``None`` when
     it names none, and then ``governance`` comes from the ``default`` preset."""
@@ -141,7 +146,12 @@ _CLUSTER_KEYS: Final = (
 
 
 def parse_clusters(
-    ctx: Context, value: object, path: KeyPath, gateway: GatewayConfig, presets: Presets
+    ctx: Context,
+    value: object,
+    path: KeyPath,
+    gateway: GatewayConfig,
+    presets: Presets,
+    motan2: Motan2AgentConfig | None = None,
 ) -> dict[str, ClusterConfig]:
     section = values.mapping(ctx, value, path, None, example="{feed-cache: {protocol: redis, ...}}")
     if not section:
@@ -158,33 +168,33 @@ def parse_clusters(
     bound: dict[int, list[tuple[Address, KeyPath]]] = {}
     if gateway.admin is not None:
         bound[gateway.admin.port] = [(gateway.admin, ("gateway", "admin"))]
+    if motan2 is not None:
+        for address, key in ((motan2.client, "client"), (motan2.server, "server")):
+            if address is None:
+                continue
+            _check_free(ctx, bound, address, ("motan2", key), gateway)
+            bound.setdefault(address.port, []).append((address, ("motan2", key)))
     for name, raw in section.items():
         cluster_path = (*path, name)
         values.name(ctx, name, cluster_path, "cluster")
-        cluster = _cluster(ctx, name, raw, cluster_path, presets)
-        if cluster.listen.port == 0 and gateway.workers > 1:
-            raise ctx.error(
-                (*cluster_path, "listen"),
-                f"port 0 (any free port) with gateway.workers {gateway.workers}: each worker "
-                "would listen on a different port",
-                "give the cluster a fixed port, e.g. 127.0.0.1:6380",
-            )
-        for other, other_path in bound.get(cluster.listen.port, ()):
-            if _same_socket(cluster.listen, other):
-                raise ctx.error(
-                    (*cluster_path, "listen"),
-                    f"listen address {cluster.listen} is already used by {dotted(other_path)}",
-                    "give each cluster its own port",
-                )
+        cluster = _cluster(ctx, name, raw, cluster_path, presets, motan2)
+        if cluster.protocol is Protocol.MOTAN2:
+            clusters[name] = cluster  # reached through the agent's port, bound above
+            continue
+        _check_free(ctx, bound, cluster.listen, (*cluster_path, "listen"), gateway)
         bound.setdefault(cluster.listen.port, []).append(
             (cluster.listen, (*cluster_path, "listen"))
         )
         clusters[name] = cluster
-    # A node that is one of our own listeners would make the gateway call itself forever.
+    # A node that is one of our own listeners would make the gateway call itself forever
+    # (a Motan2 cluster may send to the agent's own server side: that one forwards to the
+    # local service, not back here).
     for name, cluster in clusters.items():
         for group, nodes in cluster.groups.items():
             for index, node in enumerate(nodes):
                 for own, own_path in bound.get(node.address.port, ()):
+                    if cluster.protocol is Protocol.MOTAN2 and own_path == ("motan2", "server"):
+                        continue
                     if _same_socket(node.address, own):
                         raise ctx.error(
                             ("clusters", name, "groups", group, index),
@@ -192,7 +202,41 @@ def parse_clusters(
                             f"({dotted(own_path)}); the gateway would forward to itself",
                             "point it at the real server, e.g. 127.0.0.1:6379",
                         )
+    if motan2 is not None:
+        for service, address in motan2.export.items():
+            for own, own_path in bound.get(address.port, ()):
+                if _same_socket(address, own):
+                    raise ctx.error(
+                        ("motan2", "export", service),
+                        f"{address} is the gateway's own address ({dotted(own_path)}); the "
+                        "agent would forward to itself",
+                        "point it at the local service process, e.g. 127.0.0.1:8100",
+                    )
     return clusters
+
+
+def _check_free(
+    ctx: Context,
+    bound: dict[int, list[tuple[Address, KeyPath]]],
+    listen: Address,
+    path: KeyPath,
+    gateway: GatewayConfig,
+) -> None:
+    """Refuse a listen address another listener of the file already has."""
+    if listen.port == 0 and gateway.workers > 1:
+        raise ctx.error(
+            path,
+            f"port 0 (any free port) with gateway.workers {gateway.workers}: each worker "
+            "would listen on a different port",
+            "give it a fixed port, e.g. 127.0.0.1:6380",
+        )
+    for other, other_path in bound.get(listen.port, ()):
+        if _same_socket(listen, other):
+            raise ctx.error(
+                path,
+                f"listen address {listen} is already used by {dotted(other_path)}",
+                "give each listener its own port",
+            )
 
 
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::"})
@@ -213,7 +257,12 @@ def _same_socket(a: Address, b: Address) -> bool:
 
 
 def _cluster(
-    ctx: Context, name: str, value: object, path: KeyPath, presets: Presets
+    ctx: Context,
+    name: str,
+    value: object,
+    path: KeyPath,
+    presets: Presets,
+    motan2: Motan2AgentConfig | None,
 ) -> ClusterConfig:
     example = "{protocol: redis, listen: 127.0.0.1:6380, groups: {dc-a: [127.0.0.1:6379]}}"
     section = values.mapping(ctx, value, path, None, example=example)
@@ -231,20 +280,34 @@ def _cluster(
             f"protocol {protocol.value!r} is not implemented yet in this version",
             f"use protocol: {', '.join(PROTOCOLS)}, or remove this cluster for now",
         )
+    rpc = protocol is Protocol.MOTAN2
+    if rpc:
+        listen = _agent_client(ctx, section, path, motan2)
     section = values.mapping(
         ctx,
         section,
         path,
         (*_CLUSTER_KEYS, protocol.value),
         example=example,
-        required=("listen", "groups"),
+        required=("groups",) if rpc else ("listen", "groups"),
     )
-    listen = values.address(
-        ctx, section["listen"], (*path, "listen"), example="127.0.0.1:6380", allow_port_zero=True
-    )
+    if not rpc:
+        listen = values.address(
+            ctx,
+            section["listen"],
+            (*path, "listen"),
+            example="127.0.0.1:6380",
+            allow_port_zero=True,
+        )
     mode = Mode.REPLICATED
     if "mode" in section:
         mode = values.choice(ctx, section["mode"], (*path, "mode"), Mode)
+        if rpc and mode is Mode.SHARDED:
+            raise ctx.error(
+                (*path, "mode"),
+                "every node of a Motan2 cluster serves every call: it cannot be sharded",
+                "remove mode (to keep a caller on one node, use governance: {balance: hash})",
+            )
     policy = None
     if section.get("policy") is not None:
         policy = values.name(
@@ -256,7 +319,7 @@ def _cluster(
     sharded = mode is Mode.SHARDED
     groups = parse_groups(ctx, section["groups"], (*path, "groups"), sharded=sharded)
     route = parse_route(ctx, section.get("route"), (*path, "route"), groups)
-    if not sharded:
+    if not sharded and not rpc:
         groups = with_primary(ctx, (*path, "groups"), groups, route)
     backend = parse_section(
         ctx, section.get("backend"), (*path, "backend"), BackendConfig, check=_check_backend
@@ -288,6 +351,26 @@ def _cluster(
         governance=governance,
         **own,
     )
+
+
+def _agent_client(
+    ctx: Context, section: Mapping[str, object], path: KeyPath, motan2: Motan2AgentConfig | None
+) -> Address:
+    """A Motan2 cluster is reached through the agent's client side, shared by all of them."""
+    if "listen" in section:
+        raise ctx.error(
+            (*path, "listen"),
+            "a Motan2 cluster has no listen address of its own: apps call every Motan2 "
+            "service through the agent's port (motan2.client), which routes by service",
+            "remove listen, and set motan2: {client: 127.0.0.1:9981} at the top level",
+        )
+    if motan2 is None:
+        raise ctx.error(
+            (*path, "protocol"),
+            "a Motan2 cluster is served by the Motan2 agent, and the file has no 'motan2' section",
+            "add at the top level: motan2: {client: 127.0.0.1:9981, server: 127.0.0.1:9982}",
+        )
+    return motan2.client
 
 
 def _check_backend(ctx: Context, path: KeyPath, backend: Mapping[str, Any]) -> None:

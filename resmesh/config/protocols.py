@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from ..call import Protocol
-from . import redis
+from . import motan2, redis
 from .errors import Context, KeyPath
 from .governance import OperationSettings
 from .presets import Layer, Merged
@@ -53,6 +53,12 @@ PROTOCOLS: Final[Mapping[Protocol, ProtocolSection]] = MappingProxyType(
             redis.parse_redis,
             redis.check_command_name,
             redis.check_operation,
+        ),
+        Protocol.MOTAN2: ProtocolSection(
+            motan2.Motan2Settings,
+            motan2.parse_motan2,
+            motan2.check_method_name,
+            motan2.check_operation,
         ),
     }
 )

@@ -13,6 +13,7 @@ from .cluster import ClusterConfig, parse_clusters
 from .errors import Context, describe
 from .gateway import GatewayConfig, parse_gateway
 from .loader import read_text, read_yaml
+from .motan2 import Motan2AgentConfig, parse_agent
 from .presets import Presets
 from .users import UserConfig, parse_users
 
@@ -31,14 +32,15 @@ class Config:
     gateway: GatewayConfig
     users: Mapping[str, UserConfig]
     clusters: Mapping[str, ClusterConfig]
+    motan2: Motan2AgentConfig | None = None
+    """The Motan2 agent (``motan2:``), or ``None`` when the file has none."""
 
 
-_TOP_KEYS: Final = ("gateway", "users", "clusters")
+_TOP_KEYS: Final = ("gateway", "users", "clusters", "motan2")
 _LATER_TOP_KEYS: Final[Mapping[str, str]] = MappingProxyType(
     {
         "registry": "this version has no registry yet; remove the 'registry' section",
         "metrics": "this version exports no metrics yet; remove the 'metrics' section",
-        "motan2": "Motan2 is not implemented yet in this version; remove the 'motan2' section",
         "policies": (
             "presets are files, policies/NAME.yaml next to this config, that a cluster names "
             "with 'policy: NAME' (and changes under its 'governance:'); remove this section"
@@ -95,11 +97,15 @@ def _parse(data: object, ctx: Context) -> Config:
     )
     gateway = parse_gateway(ctx, top.get("gateway"), ("gateway",))
     presets = Presets.beside(ctx.source)
-    clusters = parse_clusters(ctx, top["clusters"], ("clusters",), gateway, presets)
+    motan2 = None
+    if top.get("motan2") is not None:
+        motan2 = parse_agent(ctx, top["motan2"], ("motan2",))
+    clusters = parse_clusters(ctx, top["clusters"], ("clusters",), gateway, presets, motan2)
     users = parse_users(ctx, top.get("users"), ("users",), clusters)
     return Config(
         source=ctx.source,
         gateway=gateway,
         users=MappingProxyType(users),
         clusters=MappingProxyType(clusters),
+        motan2=motan2,
     )

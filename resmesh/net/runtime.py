@@ -18,14 +18,13 @@ import itertools
 import logging
 import math
 import socket
-from collections.abc import Iterable, Mapping
-from types import MappingProxyType
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar, Final
 
 import trio
 
 from ..call import Protocol
-from ..config import ClusterConfig, UserConfig
+from ..config import ClientLimits
 from ..policies.waiting import Waiter, wait_first
 from .listen import serve_listener
 from .poller import HANG_UP, Poller
@@ -297,35 +296,25 @@ class ClientSession:
 
 
 class ClusterRuntime:
-    """Owns what serves one cluster; lives inside the gateway's nursery.
+    """Owns what serves one listen address (a cluster's, or the Motan2 agent's, which serves
+    many clusters); lives inside the gateway's nursery.
 
     Args:
-        config: the cluster's configuration.
-        users: every gateway user; the runtime keeps those allowed on this cluster.
-        nursery: where the cluster's background tasks run (it outlives every session).
-        workers: gateway processes serving the cluster together (they share its limits).
+        name: what logs call it (the cluster's name).
+        listen: its listen address, for logs.
+        limits: what its clients may hold (``max_clients``, ``client_idle_timeout``).
+        workers: gateway processes serving it together (they share its limits).
     """
 
     #: The protocol this runtime serves.
     protocol: ClassVar[Protocol]
 
-    def __init__(
-        self,
-        config: ClusterConfig,
-        users: Mapping[str, UserConfig],
-        nursery: trio.Nursery,
-        *,
-        workers: int = 1,
-    ) -> None:
-        self.config = config
+    def __init__(self, name: str, listen: str, limits: ClientLimits, *, workers: int = 1) -> None:
         self.workers = workers
-        self.name = config.name
-        self.listen = str(config.listen)
-        self.users: Mapping[str, UserConfig] = MappingProxyType(
-            {name: user for name, user in users.items() if config.name in user.clusters}
-        )
-        self.idle_timeout = config.limits.client_idle_timeout
-        self.max_clients = config.limits.max_clients
+        self.name = name
+        self.listen = listen
+        self.idle_timeout = limits.client_idle_timeout
+        self.max_clients = limits.max_clients
         self.sessions: dict[int, ClientSession] = {}
         self.draining = False
         #: Reads the sessions' sockets while they are dispatched (see :class:`ClientSession`).
@@ -356,7 +345,7 @@ class ClusterRuntime:
 
     def describe_backend(self) -> str:
         """Where the cluster's calls go, for the startup log line."""
-        return ", ".join(str(n.address) for nodes in self.config.groups.values() for n in nodes)
+        raise NotImplementedError
 
     def close(self) -> None:
         """Close every backend connection (shutdown)."""

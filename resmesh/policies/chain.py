@@ -72,6 +72,8 @@ class ClusterPolicies:
         sharded: the cluster partitions keys over its nodes, so no two nodes can answer the
             same call: reads are not spread, retried elsewhere or hedged.
         workers: gateway processes sharing the cluster's limits (each enforces its share).
+        peers: every node serves every call (RPC service instances): no primary, so a call
+            that may not be sent twice still goes to the balancer's choice, once.
 
     The topology changes at run time through :meth:`apply` (a new layout from the registry)
     and :meth:`set_primary`; everything kept per node carries over for the nodes that stay.
@@ -87,8 +89,14 @@ class ClusterPolicies:
         *,
         sharded: bool = False,
         workers: int = 1,
+        peers: bool = False,
     ) -> None:
         self.cluster = cluster
+        self.peers = peers
+        #: Nodes an active health check (Motan2 heartbeats) found down: offered to no call
+        #: until it finds them up again, unless no other node is left (Envoy's active health
+        #: checking, with its panic threshold's last resort).
+        self.down: set[Node] = set()
         self.governance = governance
         self.sharded = sharded
         limits = LimiterConfig(
@@ -147,8 +155,9 @@ class ClusterPolicies:
         stays (a node's breaker, ejection and load; a group's detector and balancer)."""
         self.topology = topology
         #: Where writes and sessions go; ``None`` in a sharded cluster (each key has its node).
-        self.primary: Node | None = None if self.sharded else topology.primary
+        self.primary: Node | None = None if self.sharded or self.peers else topology.primary
         nodes = topology.nodes
+        self.down &= set(nodes)
         governance = self.governance
         old_breakers = self.breakers
         self.breakers = {
@@ -222,6 +231,8 @@ class ClusterPolicies:
         """
         if self.sharded:
             raise ValueError(f"cluster {self.cluster} is sharded: every node owns its keys")
+        if self.peers:
+            raise ValueError(f"cluster {self.cluster} has no primary: every node serves")
         node = next((n for n in self.topology.nodes if n.address == address), None)
         if node is None:
             known = ", ".join(n.address for n in self.topology.nodes)
@@ -309,7 +320,11 @@ class ClusterPolicies:
         health: dict[str, float] = {}
         for group, members in self._readable.items():
             ejected = self.outliers[group].is_ejected
-            up = [n for n in members if not ejected(n, now) and breakers[n].would_allow(now)]
+            up = [
+                n
+                for n in members
+                if not ejected(n, now) and breakers[n].would_allow(now) and n not in self.down
+            ]
             health[group] = len(up) / len(members) if members else 0.0
         self.router.set_health(health)
 
@@ -399,11 +414,22 @@ class ClusterPolicies:
                 self._health_at = -math.inf
             detector.record(node, outcome, now)
 
+    def set_down(self, node: Node, down: bool) -> None:
+        """An active health check found ``node`` down (or up again)."""
+        if down != (node in self.down):
+            if down:
+                self.down.add(node)
+            else:
+                self.down.discard(node)
+            self._health_at = -math.inf
+
     def _available(self, group: str, nodes: Sequence[Node], now: float) -> list[Node]:
-        """The nodes of ``group`` neither ejected (but all in panic) nor refused by a breaker."""
+        """The nodes of ``group`` neither ejected (but all in panic), nor refused by a
+        breaker, nor found down by a health check."""
         breakers = self.breakers
+        down = self.down
         offered = self.outliers[group].available(nodes, now)
-        return [n for n in offered if breakers[n].would_allow(now)]
+        return [n for n in offered if breakers[n].would_allow(now) and n not in down]
 
     # ----------------------------------------------------------------------------------------
 

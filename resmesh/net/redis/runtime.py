@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 
 import trio
 
@@ -54,7 +55,11 @@ class RedisRuntime(ClusterRuntime):
         *,
         workers: int = 1,
     ) -> None:
-        super().__init__(config, users, nursery, workers=workers)
+        super().__init__(config.name, str(config.listen), config.limits, workers=workers)
+        self.config = config
+        self.users: Mapping[str, UserConfig] = MappingProxyType(
+            {name: user for name, user in users.items() if config.name in user.clusters}
+        )
         if not requests.COMPILED:
             log.warning(
                 "cluster %s: the compiled request framer is not installed, so requests are "

@@ -78,6 +78,7 @@ __all__ = [
     "FrameDecoder",
     "FrameError",
     "NeedData",
+    "RawFrame",
     "Serialization",
     "decode_meta",
     "encode_frame",
@@ -655,6 +656,41 @@ def gunzip(data: bytes, max_size: int = DEFAULT_MAX_BODY) -> bytes:
 
 # -- decoding ----------------------------------------------------------------------------------
 
+#: The meta of a frame read raw (:meth:`FrameDecoder.next_raw`): not decoded.
+_UNREAD: Final[dict[str, str]] = {}
+
+
+@final
+class RawFrame:
+    """A whole frame's bytes and the header fields a relay needs (:meth:`FrameDecoder.next_raw`).
+
+    Attributes:
+        flags: the message type byte (:data:`FLAG_RESPONSE`, :data:`FLAG_HEARTBEAT`...).
+        status: 0 normal, 1 exception.
+        request_id: the header's request id.
+        data: the frame as received.
+    """
+
+    __slots__ = ("data", "flags", "request_id", "status")
+
+    def __init__(self, flags: int, status: int, request_id: int, data: bytes) -> None:
+        self.flags = flags
+        self.status = status
+        self.request_id = request_id
+        self.data = data
+
+    def decoded(self) -> Frame:
+        """The frame with its meta read (for an exception's ``M_e``).
+
+        Raises:
+            FrameError: the meta block is malformed.
+        """
+        decoder = FrameDecoder(max_meta=len(self.data), max_body=len(self.data))
+        decoder.feed(self.data)
+        frame = decoder.next_frame()
+        assert isinstance(frame, Frame)
+        return frame
+
 
 @final
 class FrameDecoder:
@@ -745,7 +781,24 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         try:
-            return self._next_frame()
+            return self._next_frame(True)  # type: ignore[return-value]
+        except FrameError as exc:
+            self._error = exc
+            raise
+
+    def next_raw(self) -> RawFrame | NeedData:
+        """The next complete frame as its bytes and header, its meta not decoded (a relay
+        that forwards a frame reads its meta only when it must: an exception's ``M_e``). A
+        decoder gives either raw frames or frames, not both.
+
+        Raises:
+            FrameError: as :meth:`next_frame`, except for a malformed meta block, which is
+                the final receiver's to refuse.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_frame(False)  # type: ignore[return-value]
         except FrameError as exc:
             self._error = exc
             raise
@@ -755,7 +808,7 @@ class FrameDecoder:
         while (frame := self.next_frame()) is not NEED_DATA:
             yield frame
 
-    def _next_frame(self) -> Frame | NeedData:
+    def _next_frame(self, whole: bool) -> Frame | RawFrame | NeedData:
         buffer = self.buffer
         data = buffer.data
         start = buffer.start
@@ -784,12 +837,17 @@ class FrameDecoder:
         if meta is None:
             if len(data) < meta_end + 4:
                 return NEED_DATA
-            try:
-                meta = decode_meta(bytes(data[start + _PREFIX : meta_end]))
-            except RemoteProtocolError as exc:
-                raise FrameError(
-                    exc.reply_hint, request_id=request_id, is_request=not flags & FLAG_RESPONSE
-                ) from None
+            if not whole:
+                meta = _UNREAD
+            else:
+                try:
+                    meta = decode_meta(bytes(data[start + _PREFIX : meta_end]))
+                except RemoteProtocolError as exc:
+                    raise FrameError(
+                        exc.reply_hint,
+                        request_id=request_id,
+                        is_request=not flags & FLAG_RESPONSE,
+                    ) from None
             (body_size,) = _U32.unpack_from(data, meta_end)
             if body_size > self._max_body:
                 raise FrameError(
@@ -803,6 +861,12 @@ class FrameDecoder:
         end = body_start + self._body_size
         if len(data) < end:
             return NEED_DATA
+        if not whole:
+            raw = data[start:end] if isinstance(data, bytes) else bytes(data[start:end])
+            buffer.commit(end)
+            self._head = None
+            self._meta = None
+            return RawFrame(flags, version_status & 0x07, request_id, raw)
         if isinstance(data, bytes):
             body = data[body_start:end]
         else:
