@@ -30,17 +30,21 @@ EXIT_USAGE: Final = 2
 _log = logging.getLogger("resmesh.cli")
 
 _DESCRIPTION: Final = """\
-resmesh is a gateway for Redis (MySQL and Motan2 RPC to come) that runs beside your
-application. Apps point their usual clients at it on localhost; every command passes through
-one governance pipeline (limits, circuit breakers, data-center routing, failover, degrade
-switches) before it reaches the real servers.
+resmesh is a gateway for Redis and Motan2 RPC (MySQL to come) that runs beside your
+application. Apps point their usual clients at it on localhost; every command and every call
+passes through one governance pipeline (limits, circuit breakers, data-center routing,
+failover, backup requests, degrade switches) before it reaches the real servers. For Motan2 it
+is the mesh agent on both sides: apps call services through its client side, and remote
+agents reach this host's services through its server side.
 """
 
 _EPILOG: Final = """\
 examples:
   resmesh check -c examples/quickstart.yaml   # validate a config and show what it defines
-  resmesh run -c examples/quickstart.yaml     # serve it (Redis on 127.0.0.1:6380)
+  resmesh run -c examples/quickstart.yaml     # serve it (Redis on 127.0.0.1:6380, the
+                                              # Motan2 agent on 9981 and 9982)
   redis-cli -p 6380 PING                      # then talk to Redis through the gateway
+  python examples/motan2_echo.py              # the demo service the quickstart routes
 """
 
 # Attributes every LogRecord has; anything else came from ``extra=`` and is printed as key=value.
@@ -264,10 +268,24 @@ def summarize(config: Config) -> list[str]:
         )
         route = " ".join(f"{group}={weight}" for group, weight in cluster.route.items())
         policy = f", policy {cluster.policy}" if cluster.policy else ""
+        if cluster.motan2 is not None:
+            service = cluster.motan2.service
+            if cluster.motan2.group is not None:
+                service += f" (group {cluster.motan2.group})"
+            lines.append(
+                f"cluster {name}: motan2 {service} via the agent on {cluster.listen}, "
+                f"groups {groups}, route {route}{policy}"
+            )
+            continue
         lines.append(
             f"cluster {name}: {cluster.protocol}, listen {cluster.listen}, {cluster.mode}, "
             f"groups {groups}, route {route}{policy}"
         )
+    agent = config.motan2
+    if agent is not None:
+        server = f"server side {agent.server}" if agent.server is not None else "no server side"
+        exports = ", ".join(f"{s} -> {a}" for s, a in agent.export.items()) or "none"
+        lines.append(f"motan2 agent: client side {agent.client}, {server}, exports {exports}")
     if config.users:
         lines.extend(
             f"user {name}: clusters {', '.join(sorted(user.clusters))}"

@@ -129,9 +129,10 @@ class Gateway:
     def __init__(self, config: dict[str, Any], workdir: Path) -> None:
         self.config_path = workdir / f"resmesh-{free_port()}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.ports = [
-            int(cluster["listen"].rsplit(":", 1)[1]) for cluster in config["clusters"].values()
-        ]
+        listens = [cluster.get("listen") for cluster in config["clusters"].values()]
+        agent = config.get("motan2") or {}
+        listens += [agent.get("client"), agent.get("server")]
+        self.ports = [int(listen.rsplit(":", 1)[1]) for listen in listens if listen]
         self.port = self.ports[0]
         self.log_path = self.config_path.with_suffix(".log")
         self._log = self.log_path.open("wb")
