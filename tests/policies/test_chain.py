@@ -372,3 +372,46 @@ async def test_a_refused_layout_changes_nothing_in_force() -> None:
     with pytest.raises(ValueError, match="0 primaries"):
         policies.apply(no_primary)
     assert (a.weight, b.group) == (1, "dc1")
+
+
+# -- peers and active health checks ------------------------------------------------------------
+
+
+async def test_peers_have_no_primary_so_every_call_is_balanced() -> None:
+    members = _nodes(3)
+    policies = _policies(members=members, peers=True)
+    assert policies.primary is None
+    now = trio.current_time()
+    assert {policies.pick(now) for _ in range(200)} == set(members)
+    with pytest.raises(ValueError, match="has no primary"):
+        policies.set_primary(members[1].address)
+
+
+async def test_a_node_found_down_gets_no_call_until_found_up() -> None:
+    a, b = Node("10.0.1.1", 8100, "dc-a", 1), Node("10.0.2.1", 8100, "dc-b", 1)
+    groups = MappingProxyType({"dc-a": (a,), "dc-b": (b,)})
+    topology = Topology(1, groups, MappingProxyType({"dc-a": 50, "dc-b": 50}), a)
+    policies = ClusterPolicies(
+        CLUSTER, topology, GovernanceConfig(), trio.current_time(), peers=True
+    )
+    now = trio.current_time()
+    policies.set_down(a, True)
+    # The router sees dc-a's health at 0 and spills its share to dc-b.
+    assert {policies.pick(now) for _ in range(100)} == {b}
+    assert dict(policies.router.statistics().health)["dc-a"] == 0.0
+    policies.set_down(a, False)
+    assert {policies.pick(now) for _ in range(100)} == {a, b}
+    # With every node down, the last resort still offers them (a pick never comes back empty
+    # while nodes exist: the calls fail on their own and fail over, Envoy's panic mode).
+    policies.set_down(a, True)
+    policies.set_down(b, True)
+    assert policies.pick(now) in (a, b)
+    # A node that leaves the cluster is forgotten.
+    state = ClusterState(
+        2,
+        (NodeSpec("10.0.2.1", 8100, "dc-b", 1, False),),
+        MappingProxyType({"dc-b": 100}),
+        peers=True,
+    )
+    policies.apply(state)
+    assert policies.down == {b}
