@@ -163,6 +163,11 @@ class ClientSession:
         next request waits for it."""
         return self.writing
 
+    @property
+    def idle(self) -> bool:
+        """Whether nothing of the client's is in progress: the idle timeout may end it."""
+        return not self.busy
+
     def can_dispatch(self) -> bool:
         """Whether the poller may drive the session now (never, by default)."""
         return False
@@ -377,7 +382,7 @@ class ClusterRuntime:
         while True:
             await trio.sleep(interval)
             for session in list(self.sessions.values()):
-                if session.waiting is Waiting.REQUEST and not session.busy:
+                if session.waiting is Waiting.REQUEST and session.idle:
                     session.idle_sweeps += 1
                     if session.idle_sweeps >= sweeps:
                         log.info("client %s: idle timeout; closing it", session.transport.peer)

@@ -9,6 +9,7 @@ connections), never latency ratios.
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -54,7 +55,7 @@ class Node:
         self.port = 0
         self.scope = trio.CancelScope()
         service = Motan2Service(handler_timeout=60)
-        for method in (self.echo, self.hello, self.whoami, self.fail):
+        for method in (self.echo, self.hello, self.whoami, self.fail, self.slow):
             service.register(SERVICE, method.__name__, method)
         self.service = service
 
@@ -74,6 +75,11 @@ class Node:
     async def whoami(self) -> str:
         await self._enter()
         return self.name
+
+    async def slow(self, seconds: float) -> str:
+        await self._enter()
+        await trio.sleep(seconds)
+        return "slept"
 
     async def fail(self, errtype: int) -> None:
         await self._enter()
@@ -321,6 +327,30 @@ async def test_the_server_side_answers_heartbeats_itself(tmp_path: Path) -> None
                     # motan-go's heartbeat reply bytes: flags 13, 08, 30, the request's id.
                     assert reply[:5] == b"\xf1\xf1\x13\x08\x30"
                     assert int.from_bytes(reply[5:13], "big") == 0xABCDEF
+
+
+async def test_a_drain_answers_the_calls_in_flight_first(tmp_path: Path) -> None:
+    """SIGTERM with calls in flight: they are answered, then the connection closes and the
+    gateway exits 0 (well within drain_timeout)."""
+    async with nodes("n1") as (node,):
+        config = agent_config({"dc-a": [node.port]})
+        config["gateway"]["drain_timeout"] = "10s"
+        async with (
+            gateway(config, tmp_path) as gw,
+            open_client("127.0.0.1", port_of(config)) as client,
+        ):
+            results: list[str] = []
+
+            async def slow() -> None:
+                results.append(await client.call(SERVICE, "slow", 0.5, group=GROUP))
+
+            async with trio.open_nursery() as callers:
+                for _ in range(5):
+                    callers.start_soon(slow)
+                await wait_until(lambda: node.calls == 5, "the calls to reach the node")
+                gw.proc.send_signal(signal.SIGTERM)
+            assert results == ["slept"] * 5
+            assert await trio.to_thread.run_sync(gw.proc.wait, 10) == 0
 
 
 # -- one connection, many calls ----------------------------------------------------------------

@@ -187,6 +187,10 @@ class Motan2Session(ClientSession):
     def busy(self) -> bool:
         return self.writing or self.in_flight >= _MAX_CALLS_PER_CLIENT
 
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight and not self.writing
+
     def can_dispatch(self) -> bool:
         return not self._closing
 
@@ -302,7 +306,10 @@ class Motan2Session(ClientSession):
         except OSError:
             self.drop()  # the client went away
             return
-        if self._readable:
+        if self.runtime.draining:
+            if not self.in_flight:
+                self.interrupt()  # every call answered: the drain may end it now
+        elif self._readable:
             self.resume_reading()
 
     def _write(self, data: bytes) -> None:
@@ -370,6 +377,16 @@ class Motan2Agent(ClusterRuntime):
 
     def open_session(self, transport: ClientTransport, client_id: int) -> Motan2Session:
         return Motan2Session(self, transport, client_id)
+
+    def start_drain(self) -> None:
+        """Stop taking requests; a session ends once its calls in flight are answered (a
+        Motan2 client's session always waits for its next request, whatever it has in
+        flight)."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            assert isinstance(session, Motan2Session)
+            if not session.in_flight:
+                session.interrupt()
 
     def too_many_clients(self) -> bytes:
         return agent_error(0, "too many connections (motan2.max_clients)", ERRCODE_REFUSED)
