@@ -182,6 +182,9 @@ class Motan2Session(ClientSession):
         self.in_flight = 0
         #: Set when the connection must close (a protocol error), after its last words.
         self._closing = False
+        #: Set when the session stops being busy, for its task when it reads the client
+        #: itself (no poller).
+        self._unbusy: trio.Event | None = None
 
     @property
     def busy(self) -> bool:
@@ -201,6 +204,9 @@ class Motan2Session(ClientSession):
                     if not await self.dispatch():
                         return
                     continue
+                while self.busy:  # too many calls in flight, or replies not read yet
+                    self._unbusy = unbusy = trio.Event()
+                    await unbusy.wait()
                 data = await self.next_input()
                 if not data or not self.handle_nowait(data):
                     break
@@ -309,8 +315,15 @@ class Motan2Session(ClientSession):
         if self.runtime.draining:
             if not self.in_flight:
                 self.interrupt()  # every call answered: the drain may end it now
-        elif self._readable:
+        else:
             self.resume_reading()
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        unbusy = self._unbusy
+        if unbusy is not None and not self.busy:
+            self._unbusy = None
+            unbusy.set()
 
     def _write(self, data: bytes) -> None:
         """Send a reply without waiting; what the socket does not take goes to the writer
@@ -322,7 +335,10 @@ class Motan2Session(ClientSession):
         if self._unsent or self.writing:
             self._unsent += data
             return
-        sent = self.transport.send_nowait(data)
+        try:
+            sent = self.transport.send_nowait(data)
+        except BlockingIOError:
+            sent = 0
         if sent < len(data):
             self._unsent += memoryview(data)[sent:]
             self.wake_for_output()

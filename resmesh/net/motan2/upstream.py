@@ -168,11 +168,13 @@ class NodeLink:
         """The node left the cluster: no new calls; the connection closes once those in
         flight are answered."""
         self._retired = True
+        self._wanted.set()
         if not self._waiting:
             self._close()
 
     def close(self) -> None:
         self._retired = True
+        self._wanted.set()
         self._close()
 
     def _new_id(self) -> int:
@@ -197,18 +199,20 @@ class NodeLink:
             while not self._retired:
                 sock = await self._connect()
                 if sock is None:
+                    # Again when calls wait for it (not sooner than _RECONNECT_AFTER), or at
+                    # the next heartbeat.
+                    await trio.sleep(_RECONNECT_AFTER)
                     with trio.move_on_after(self._interval):
-                        await self._ended.wait()  # closed: the while ends it
+                        await self._wanted.wait()
                     continue
                 reason = await self._serve(sock)
                 self._fail_all(reason)
                 if self._retired:
                     break
                 self._health(False)
-                if not self._waiting:
-                    with trio.move_on_after(self._interval):
-                        await self._wanted.wait()
                 await trio.sleep(_RECONNECT_AFTER)
+                with trio.move_on_after(self._interval):
+                    await self._wanted.wait()
         finally:
             self._close()
             self._fail_all("connection closed")
@@ -269,6 +273,10 @@ class NodeLink:
         self._close()
 
     def _fail_all(self, reason: str) -> None:
+        """Fail every call waiting here. Their requests not sent yet are dropped with them: a
+        call its caller has given up on (and may have sent elsewhere) must never reach the
+        node later."""
+        self._unsent.clear()
         if not self._waiting:
             return
         error = Unavailable(self.address, reason)

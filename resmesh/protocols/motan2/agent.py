@@ -99,12 +99,13 @@ class Request(Call):
         :func:`with_request_id`)."""
         frame = self.frame
         meta = frame.meta
-        if META_REQUEST_ID not in meta or (source and META_SOURCE not in meta):
+        # An empty value is an absent key: the wire cannot carry it (frames.encode_meta).
+        if not meta.get(META_REQUEST_ID) or (source and not meta.get(META_SOURCE)):
             meta = dict(meta)
-            if META_REQUEST_ID not in meta:
+            if not meta.get(META_REQUEST_ID):
                 rid = frame.request_id
                 meta[META_REQUEST_ID] = str(rid - (1 << 64) if rid >= _I64_LIMIT else rid)
-            if source and META_SOURCE not in meta:
+            if source and not meta.get(META_SOURCE):
                 meta[META_SOURCE] = source
         return encode_frame(replace(frame, request_id=0, proxy=True, meta=meta))
 
