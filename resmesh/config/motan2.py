@@ -57,11 +57,15 @@ class Motan2Settings:
             cluster's. ``None``: requests of any group, when no other cluster of the same
             service names theirs.
         version: the service version (``M_v``) this cluster serves; ``None``: any.
+        idempotent: every method of the service may run twice (retried on another node,
+            backed up when slow), unless its ``governance.operations.METHOD.idempotent`` says
+            ``false``; default off: only the service knows.
     """
 
     service: str = knob("", Kind.STRING, low=1, example="resmesh.demo.EchoService")
     group: str | None = knob(None, Kind.STRING, low=1, example="resmesh-demo")
     version: str | None = knob(None, Kind.STRING, low=1, example="1.0")
+    idempotent: bool = knob(False, Kind.BOOL)
 
 
 @dataclass(frozen=True, slots=True)

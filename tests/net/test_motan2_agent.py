@@ -1349,3 +1349,18 @@ async def test_a_client_that_reads_slowly_gets_every_reply(
             await trio.sleep(1)  # the client does not read meanwhile
             replies = await client.raw_replies(count)
         assert [r.request_id for r in replies] == list(range(count))
+
+
+async def test_a_service_may_be_idempotent_as_a_whole_but_a_method_not() -> None:
+    cluster = motan2_cluster("svc", [], governance={"operations": {"debit": {"idempotent": False}}})
+    cluster["groups"] = {"a": ["127.0.0.1:1"]}
+    cluster["motan2"]["idempotent"] = True
+    config = agent_config({"c": cluster})
+    async with running_agent(config, dispatched=False) as agent:
+        service = agent.runtime.clusters["c"]
+        assert service.operation("echo").idempotent is True
+        assert service.operation("debit").idempotent is False
+        assert service.operation("Debit").write is True
+    default = agent_config({"c": {**cluster, "motan2": {"service": "svc"}}})
+    async with running_agent(default, dispatched=False) as agent:
+        assert agent.runtime.clusters["c"].operation("anything").idempotent is False

@@ -94,6 +94,7 @@ class ServiceCluster:
         nursery: where the node connections run.
         poller: the poller of the agent's port.
         workers: gateway processes sharing the limits.
+        idempotent: every method may run twice unless its operation says otherwise.
     """
 
     def __init__(
@@ -109,9 +110,12 @@ class ServiceCluster:
         nursery: trio.Nursery,
         poller: Poller | None = None,
         workers: int = 1,
+        idempotent: bool = False,
     ) -> None:
         self.name = name
         self.timeout = timeout
+        #: Whether a method is idempotent unless its operation settings say otherwise.
+        self.idempotent = idempotent
         self.policies = ClusterPolicies(
             name, topology, governance, trio.current_time(), switches, workers=workers, peers=True
         )
@@ -131,15 +135,17 @@ class ServiceCluster:
         self.policies.set_down(node, not up)
 
     def operation(self, method: str) -> Operation:
-        """The :class:`~resmesh.call.Operation` of a method: idempotent only when the
-        cluster's ``governance.operations.METHOD.idempotent`` says so (only the service knows
-        whether a call may run twice); then it is a read for the degrade switches, else a
-        write (``readonly`` refuses it)."""
+        """The :class:`~resmesh.call.Operation` of a method: idempotent as the cluster's
+        ``governance.operations.METHOD.idempotent`` says, else as its ``motan2.idempotent``
+        (only the service knows whether a call may run twice); an idempotent method is a read
+        for the degrade switches, any other a write (``readonly`` refuses it)."""
         op = self._operations.get(method)
         if op is None:
             name = method.upper()
             settings = self.policies.governance.operations.get(name)
-            idempotent = settings is not None and settings.idempotent is True
+            idempotent = self.idempotent
+            if settings is not None and settings.idempotent is not None:
+                idempotent = settings.idempotent
             op = Operation(name, write=not idempotent, idempotent=idempotent)
             if len(self._operations) < _OPERATIONS_MAX:
                 self._operations[method] = op
@@ -447,6 +453,7 @@ class ClientAgent(Motan2Agent):
                 nursery=nursery,
                 workers=workers,
                 poller=self.poller,
+                idempotent=config.motan2.idempotent,
             )
             self.clusters[config.name] = cluster
             self._by_service.setdefault(config.motan2.service, []).append((config, cluster))
