@@ -59,7 +59,7 @@ class ClientTransport(Protocol):
         """
         ...
 
-    def send_nowait(self, data: bytes | memoryview) -> int:
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """Send what fits now; how many bytes that was.
 
         Raises:
@@ -68,7 +68,7 @@ class ClientTransport(Protocol):
         """
         ...
 
-    async def send_all(self, data: bytes | memoryview) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send every byte, waiting for room as needed.
 
         Raises:
@@ -92,14 +92,14 @@ class SocketTransport:
         self.peer = peer
         #: The socket's own methods: the fast path is one C call.
         self.recv_nowait: Callable[[], bytes] = functools.partial(sock.recv, RECV_SIZE)
-        self.send_nowait: Callable[[bytes | memoryview], int] = sock.send
+        self.send_nowait: Callable[[bytes | bytearray | memoryview], int] = sock.send
 
     async def recv(self) -> bytes:
         # Park first: callers try recv_nowait themselves when bytes may be waiting, so a
         # trial recv here would only fail (EAGAIN) once more.
         return await recv_when_readable(self.sock)
 
-    async def send_all(self, data: bytes | memoryview) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await send_all(self.sock, data)
 
     def close(self) -> None:
@@ -131,10 +131,10 @@ class StreamTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise OSError(str(exc)) from exc
 
-    def send_nowait(self, data: bytes | memoryview) -> int:
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
         raise BlockingIOError
 
-    async def send_all(self, data: bytes | memoryview) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

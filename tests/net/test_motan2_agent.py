@@ -519,6 +519,31 @@ async def test_heartbeats_take_a_node_out_and_back(
 
 
 @POLLER
+async def test_a_busy_nodes_replies_keep_it_up_while_its_heartbeats_wait(
+    poller: bool, autojump_clock: MockClock
+) -> None:
+    """A heartbeat queued behind many calls may come back late: replies coming meanwhile
+    show the node alive, so neither the connection nor its calls are dropped."""
+    node = FakeNode()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        async with running_link(node.port, poller=poller, interval=1.0) as link:
+            await wait_until(lambda: link.health == [True], "the first heartbeat")
+            node.heartbeats = "ignore"  # as if each answer sat behind a long queue
+            node.hold = True
+            calls = [link.submit(i, timeout=30) for i in range(40)]
+            for _ in range(40):  # one reply every 250 ms, for 10 intervals
+                await wait_until(lambda: bool(node.held), "a call to answer", 30)
+                await trio.sleep(0.25)
+                await node.answer(lambda held: held[:1])
+            assert [answer_of(await finished(c)) for c in calls] == list(range(40))
+            assert link.health == [True] and node.connections == 1
+            await trio.sleep(2.5)  # silent now: down within two intervals
+            assert link.health == [True, False]
+        nursery.cancel_scope.cancel()
+
+
+@POLLER
 async def test_calls_past_max_in_flight_are_refused(
     poller: bool, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -954,6 +979,32 @@ async def test_many_calls_in_flight_answered_out_of_order(
                 (i, f"{c}/{i}") for i in range(50)
             )
             assert [r.request_id for r in replies] == list(range(49, -1, -1))
+
+
+async def test_the_replies_of_one_node_read_leave_in_one_send(autojump_clock: MockClock) -> None:
+    """Dispatched: the replies a poller round makes for a client go out together at its end,
+    not one ``send`` each."""
+    node = FakeNode()
+    node.hold = True
+    config = agent_config({"echo": motan2_cluster(SERVICE, [node])})
+    async with serving(node), running_agent(config, dispatched=True) as agent:
+        client = await agent.connect()
+        session = agent.session_of(client.peer)
+        assert session is not None
+        sends: list[int] = []
+        send = session.transport.send_nowait
+
+        def counted(data: bytes | bytearray | memoryview) -> int:
+            sends.append(len(data))
+            return send(data)
+
+        session.transport.send_nowait = counted  # type: ignore[method-assign]
+        await client.send(*(call_frame(i, request_id=i) for i in range(32)))
+        await wait_until(lambda: len(node.held) == 32, "every call at the node")
+        await node.answer()  # one write: the agent reads them in one round
+        replies = await client.replies(32)
+        assert sorted(r.request_id for r in replies) == list(range(32))
+        assert len(sends) == 1
 
 
 @DISPATCHED

@@ -332,8 +332,9 @@ class Motan2Session(ClientSession):
             unbusy.set()
 
     def _write(self, data: bytes) -> None:
-        """Send a reply without waiting; what the socket does not take goes to the writer
-        task.
+        """Send a reply without waiting. In a poller round, the replies the round makes for
+        this client leave together at its end (one ``send`` for the replies of a node read,
+        not one each); what the socket does not take goes to the writer task.
 
         Raises:
             OSError: the client's connection broke.
@@ -341,6 +342,23 @@ class Motan2Session(ClientSession):
         if self._unsent or self.writing:
             self._unsent += data
             return
+        poller = self.poller
+        if poller is not None and poller.defer(self._send_round):
+            self._unsent += data
+            return
+        self._send(data)
+
+    def _send_round(self) -> None:
+        """The end of a poller round: send its replies (must not raise)."""
+        if not self._unsent or self.writing:
+            return
+        data, self._unsent = self._unsent, bytearray()
+        try:
+            self._send(data)
+        except OSError:
+            self.drop()  # the client went away
+
+    def _send(self, data: bytes | bytearray) -> None:
         try:
             sent = self.transport.send_nowait(data)
         except BlockingIOError:
@@ -352,7 +370,7 @@ class Motan2Session(ClientSession):
     async def write_pending(self) -> None:
         while self._unsent:
             data, self._unsent = self._unsent, bytearray()
-            await self.transport.send_all(memoryview(data))
+            await self.transport.send_all(data)
 
 
 class _Answer:
@@ -405,6 +423,8 @@ class Motan2Agent(ClusterRuntime):
         Motan2 client's session always waits for its next request, whatever it has in
         flight)."""
         self.draining = True
+        for cluster in self.clusters.values():
+            cluster.transport.start_drain()
         for session in list(self.sessions.values()):
             assert isinstance(session, Motan2Session)
             if not session.in_flight:

@@ -125,6 +125,8 @@ class NodeLink:
         self._unsent = bytearray()
         #: The request id of the heartbeat in flight, and whether it was answered.
         self._heartbeat_id = 0
+        #: Frames received so far: any of them shows the node alive.
+        self._frames_heard = 0
         self._heartbeat_answered = trio.Event()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._watchdog_lot = trio.lowlevel.ParkingLot()
@@ -137,6 +139,9 @@ class NodeLink:
         self.up: bool | None = None
         #: Why the last connection ended.
         self.reason = "not connected yet"
+        #: Set while the gateway drains: nodes going away then (its own server side, say)
+        #: is expected.
+        self.draining = False
 
     @property
     def in_flight(self) -> int:
@@ -268,9 +273,16 @@ class NodeLink:
         self._writer_lot.unpark_all()
 
     def _end(self, reason: str) -> None:
-        if self._sock is not None:
-            self.reason = reason
+        """The connection failed: close it, fail its calls and take the node out of rotation
+        now, in the task that saw it, so the calls fail over at once and no new call picks
+        the node before its link's task runs again."""
+        if self._sock is None:
+            return
+        self.reason = reason
         self._close()
+        self._fail_all(reason)
+        if not self._retired:
+            self._health(False)
 
     def _fail_all(self, reason: str) -> None:
         """Fail every call waiting here. Their requests not sent yet are dropped with them: a
@@ -293,6 +305,8 @@ class NodeLink:
             if up:
                 if known is not None:
                     log.info("motan2 node %s answers heartbeats: back in rotation", self.address)
+            elif self.draining:
+                log.debug("motan2 node %s gone while draining: %s", self.address, self.reason)
             else:
                 log.warning("motan2 node %s is down: %s", self.address, self.reason)
             self._on_health(up)
@@ -301,15 +315,18 @@ class NodeLink:
     # Heartbeats and deadlines
 
     async def _heartbeats(self) -> None:
-        """Heartbeat the node every interval; a heartbeat unanswered within one ends the
-        connection (the node is then down)."""
+        """Heartbeat the node every interval. A node that sent nothing in an interval after
+        a heartbeat (neither its answer nor any reply) ends the connection and is down; a
+        busy node's heartbeat may wait behind the calls queued before it, and its replies
+        show it alive as well as the heartbeat's would."""
         while True:
             self._heartbeat_answered = trio.Event()
             self._heartbeat_id = request_id = self._new_id()
+            heard = self._frames_heard
             self._queue(encode_frame(heartbeat_request(request_id)))
             with trio.move_on_after(self._interval):
                 await self._heartbeat_answered.wait()
-            if not self._heartbeat_answered.is_set():
+            if not self._heartbeat_answered.is_set() and self._frames_heard == heard:
                 self._end("heartbeat not answered in time (motan2.heartbeat_interval)")
                 return
             self._health(True)
@@ -430,6 +447,7 @@ class NodeLink:
             decoder.feed(data)
             while (reply := decoder.next_raw()) is not NEED_DATA:
                 assert isinstance(reply, RawFrame)
+                self._frames_heard += 1
                 if reply.flags & FLAG_HEARTBEAT:
                     if reply.request_id == self._heartbeat_id:
                         self._heartbeat_answered.set()
@@ -493,6 +511,10 @@ class Motan2Transport:
         if link is None:
             raise Unavailable(node.address, "node removed from the cluster")
         return link.submit(run.payload, run.deadline, waiter)
+
+    def start_drain(self) -> None:
+        for link in self.links.values():
+            link.draining = True
 
     def close(self) -> None:
         for link in self.links.values():
