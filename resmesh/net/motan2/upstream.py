@@ -210,8 +210,7 @@ class NodeLink:
                     with trio.move_on_after(self._interval):
                         await self._wanted.wait()
                     continue
-                reason = await self._serve(sock)
-                self._fail_all(reason)
+                await self._serve(sock)  # its end failed its calls (_end)
                 if self._retired:
                     break
                 self._health(False)
@@ -237,8 +236,8 @@ class NodeLink:
         self._health(False)
         return None
 
-    async def _serve(self, sock: socket.socket) -> str:
-        """Run the open connection until it ends: the reason it ended."""
+    async def _serve(self, sock: socket.socket) -> None:
+        """Run the open connection until it ends."""
         self._sock = sock
         self._decoder = FrameDecoder(self._max_frame, self._max_frame)
         self._ended = trio.Event()
@@ -261,8 +260,7 @@ class NodeLink:
                     await self._read_loop(sock)
                 nursery.cancel_scope.cancel()
         finally:
-            self._close()
-        return self.reason
+            self._end(self.reason)
 
     def _close(self) -> None:
         sock, self._sock = self._sock, None
