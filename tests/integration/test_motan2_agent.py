@@ -202,6 +202,16 @@ async def test_exceptions_keep_their_code_text_and_type(tmp_path: Path) -> None:
             assert caught.value.errmsg.startswith("cluster not found. cluster: ")
 
 
+async def test_a_oneway_call_reaches_the_node(tmp_path: Path) -> None:
+    async with nodes("n1") as (node,):
+        config = agent_config({"dc-a": [node.port]})
+        async with gateway(config, tmp_path), open_client("127.0.0.1", port_of(config)) as client:
+            await client.oneway(SERVICE, "hello", "fire and forget", group=GROUP)
+            await wait_until(lambda: node.calls == 1, "the oneway call at the node")
+            # The agent relays the node's reply, as motan-go's does; the client drops it.
+            assert await client.call(SERVICE, "hello", "next", group=GROUP) == "hello next"
+
+
 # -- failures ------------------------------------------------------------------------------------
 
 
