@@ -26,6 +26,9 @@ from typing import IO, Any
 
 import hiredis
 
+#: The repository's top folder.
+ROOT = Path(__file__).resolve().parent.parent
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
 
@@ -342,3 +345,37 @@ def top_functions(raw_profile: Path, limit: int = 15) -> tuple[int, list[Functio
         FunctionCost(name, 100 * n / samples, 100 * total_counts[name] / samples)
         for name, n in ranked
     ]
+
+
+def print_profile(label: str, path: Path) -> dict[str, Any]:
+    samples, top = top_functions(path, 15)
+    lines = [f"py-spy {label}: {samples} samples (on-CPU), top functions by self time"]
+    lines.append(f"  {'self%':>6} {'total%':>6}  function")
+    lines += [f"  {f.self_pct:6.1f} {f.total_pct:6.1f}  {f.name}" for f in top]
+    text = "\n".join(lines)
+    print(text)
+    path.with_name(path.stem + "-top.txt").write_text(text + "\n")
+    return {
+        "file": str(path),
+        "samples": samples,
+        "top": [
+            {"function": f.name, "self_pct": f.self_pct, "total_pct": f.total_pct} for f in top
+        ],
+    }
+
+
+def git_revision() -> str:
+    """The checkout's commit, with ``+dirty`` when resmesh/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "resmesh"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return (head or "?") + ("+dirty" if dirty else "")

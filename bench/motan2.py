@@ -63,16 +63,18 @@ from typing import Any, Final
 
 import yaml
 from _common import (
+    ROOT,
     BenchError,
     busiest_others,
     cpu_seconds,
     free_port,
+    git_revision,
+    print_profile,
     process_cpu_snapshot,
     process_tree,
     spawn,
     stop,
     system_cpu_seconds,
-    top_functions,
     wait_until,
 )
 
@@ -87,7 +89,6 @@ from resmesh.protocols.motan2.frames import (
     request,
 )
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 DEFAULT_OUT: Final = ROOT / "bench" / "out"
 ECHO: Final = ROOT / "examples" / "motan2_echo.py"
 
@@ -1002,40 +1003,6 @@ def print_table(rows: list[Row]) -> None:
             f"({row.agent_us / high_us:.2f}-{row.agent_us / low_us:.2f}x motan-go's), "
             f"{row.ratio:.2f}x direct (motan-go {low_ratio:.2f}-{high_ratio:.2f}x)"
         )
-
-
-def print_profile(label: str, path: Path) -> dict[str, Any]:
-    samples, top = top_functions(path, 15)
-    lines = [f"py-spy {label}: {samples} samples (on-CPU), top functions by self time"]
-    lines.append(f"  {'self%':>6} {'total%':>6}  function")
-    lines += [f"  {f.self_pct:6.1f} {f.total_pct:6.1f}  {f.name}" for f in top]
-    text = "\n".join(lines)
-    print(text)
-    path.with_name(path.stem + "-top.txt").write_text(text + "\n")
-    return {
-        "file": str(path),
-        "samples": samples,
-        "top": [
-            {"function": f.name, "self_pct": f.self_pct, "total_pct": f.total_pct} for f in top
-        ],
-    }
-
-
-def git_revision() -> str:
-    """The checkout's commit, with ``+dirty`` when resmesh/ has uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "resmesh"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "?"
-    return (head or "?") + ("+dirty" if dirty else "")
 
 
 # --- main ------------------------------------------------------------------------------------

@@ -39,24 +39,25 @@ from typing import Any
 import yaml
 from _common import (
     CLK_TCK,
+    ROOT,
     BenchError,
     RespClient,
     busiest_others,
     children_cpu_seconds,
     cpu_seconds,
     free_port,
+    git_revision,
     info,
     ping,
+    print_profile,
     process_cpu_snapshot,
     process_tree,
     spawn,
     stop,
     system_cpu_seconds,
-    top_functions,
     wait_until,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "out"
 CSV_COLUMNS = (
     "test",
@@ -920,40 +921,6 @@ def _ratio(row: Row) -> str:
     if not row.reference_us_per_op:
         return "-"
     return f"{row.gateway_us_per_op / row.reference_us_per_op:.2f}x"
-
-
-def print_profile(label: str, path: Path) -> dict[str, Any]:
-    samples, top = top_functions(path, 15)
-    lines = [f"py-spy {label}: {samples} samples (on-CPU), top functions by self time"]
-    lines.append(f"  {'self%':>6} {'total%':>6}  function")
-    lines += [f"  {f.self_pct:6.1f} {f.total_pct:6.1f}  {f.name}" for f in top]
-    text = "\n".join(lines)
-    print(text)
-    path.with_name(path.stem + "-top.txt").write_text(text + "\n")
-    return {
-        "file": str(path),
-        "samples": samples,
-        "top": [
-            {"function": f.name, "self_pct": f.self_pct, "total_pct": f.total_pct} for f in top
-        ],
-    }
-
-
-def git_revision() -> str:
-    """The checkout's commit, with ``+dirty`` when resmesh/ has uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "resmesh"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "?"
-    return (head or "?") + ("+dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:

@@ -19,7 +19,15 @@ from typing import Final
 
 import trio
 
-__all__ = ["RECV_SIZE", "close_quietly", "open_tcp", "recv", "recv_when_readable", "send_all"]
+__all__ = [
+    "RECV_SIZE",
+    "close_quietly",
+    "open_tcp",
+    "recv",
+    "recv_when_readable",
+    "send_all",
+    "send_buffered",
+]
 
 #: One read's size: large enough that a 16-command pipeline or a batch of replies is one read.
 RECV_SIZE: Final = 256 * 1024
@@ -110,6 +118,25 @@ async def open_tcp(host: str, port: int) -> socket.socket:
                 raise
             last_error = exc
     raise last_error or OSError(f"no address for {host}:{port}")
+
+
+def send_buffered(sock: socket.socket, unsent: bytearray) -> bool:
+    """Send what the socket takes of ``unsent`` without waiting, and remove it from the
+    buffer: whether nothing is left.
+
+    Raises:
+        OSError: the connection broke (never ``BlockingIOError``: a full socket sends
+            nothing).
+    """
+    try:
+        sent = sock.send(unsent)
+    except BlockingIOError:
+        return False
+    if sent == len(unsent):
+        unsent.clear()
+        return True
+    del unsent[:sent]
+    return False
 
 
 def close_quietly(sock: socket.socket) -> None:

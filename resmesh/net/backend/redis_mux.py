@@ -36,7 +36,7 @@ from ...protocols._errors import ProtocolError
 from ...protocols.resp.errors import replies_outcome
 from ...protocols.resp.framing import is_error_reply
 from ..poller import HANG_UP, Poller
-from ..sockio import RECV_SIZE, recv
+from ..sockio import RECV_SIZE, recv, send_buffered
 from .errors import BackendError
 from .redis_conn import RedisConnection
 
@@ -195,19 +195,11 @@ class MuxConnection:
     def _send_some(self) -> bool:
         """Send what the socket takes of the unsent bytes: whether nothing is left to send
         (all sent, or the connection broke and was failed)."""
-        unsent = self._unsent
         try:
-            sent = self.conn.sock.send(unsent)
-        except BlockingIOError:
-            return False
+            return send_buffered(self.conn.sock, self._unsent)
         except OSError as exc:
             self._end(exc.strerror or str(exc))
             return True
-        if sent == len(unsent):
-            unsent.clear()
-            return True
-        del unsent[:sent]
-        return False
 
     async def _write_loop(self) -> None:
         sock = self.conn.sock

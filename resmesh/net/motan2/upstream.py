@@ -50,7 +50,7 @@ from ...protocols.motan2.frames import (
     heartbeat_request,
 )
 from ..poller import HANG_UP, Poller
-from ..sockio import RECV_SIZE, close_quietly, open_tcp, recv
+from ..sockio import RECV_SIZE, close_quietly, open_tcp, recv, send_buffered
 
 __all__ = ["Motan2Attempt", "Motan2Transport", "NodeLink"]
 
@@ -362,21 +362,13 @@ class NodeLink:
     def _send_some(self) -> bool:
         """Send what the socket takes: whether nothing is left (all sent, or it broke)."""
         sock = self._sock
-        unsent = self._unsent
         if sock is None:
             return True
         try:
-            sent = sock.send(unsent)
-        except BlockingIOError:
-            return False
+            return send_buffered(sock, self._unsent)
         except OSError as exc:
             self._end(exc.strerror or str(exc))
             return True
-        if sent == len(unsent):
-            unsent.clear()
-            return True
-        del unsent[:sent]
-        return False
 
     async def _write_loop(self, sock: socket.socket) -> None:
         while self._sock is sock:
