@@ -37,8 +37,8 @@ import trio.testing
 from resmesh.call import Outcome, Run, Unavailable
 from resmesh.cluster.topology import Node
 from resmesh.config import Config, parse_config
+from resmesh.net.motan2 import Motan2Service, upstream
 from resmesh.net.motan2 import agent as agent_module
-from resmesh.net.motan2 import upstream
 from resmesh.net.motan2.agent import ClientAgent, Motan2Agent, Motan2Session, ServerAgent
 from resmesh.net.motan2.upstream import Motan2Attempt, Motan2Transport, NodeLink
 from resmesh.net.poller import Poller
@@ -59,6 +59,7 @@ from resmesh.protocols.motan2.frames import (
     RawFrame,
     Serialization,
     encode_frame,
+    encode_meta,
     exception_response,
     heartbeat_request,
     heartbeat_response,
@@ -1415,3 +1416,74 @@ async def test_a_service_may_be_idempotent_as_a_whole_but_a_method_not() -> None
     default = agent_config({"c": {**cluster, "motan2": {"service": "svc"}}})
     async with running_agent(default, dispatched=False) as agent:
         assert agent.runtime.clusters["c"].operation("anything").idempotent is False
+
+
+async def test_a_client_that_does_not_read_its_replies_is_closed(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unread replies are bounded per client (one largest reply on top of the bound); past
+    it the client is closed, and other clients are served."""
+    monkeypatch.setattr(agent_module, "_MAX_UNSENT", 64 * 1024)
+    node = FakeNode()
+    config = agent_config({"echo": motan2_cluster(SERVICE, [node])}, max_frame="64KiB")
+    async with serving(node), running_agent(config, dispatched=True) as agent:
+        greedy = await agent.connect()
+        greedy.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        big = "x" * 30_000
+
+        async def pipeline() -> None:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await greedy.send(*(call_frame(big, request_id=i) for i in range(200)))
+
+        agent.nursery.start_soon(pipeline)
+        await wait_until(
+            lambda: "does not read its replies" in caplog.text, "the greedy client closed", 30
+        )
+        other = await agent.connect()
+        assert value_of(await other.call(call_frame("fine"))) == "fine"
+
+
+async def test_a_request_over_the_limit_once_forwarded_is_refused_alone(
+    autojump_clock: MockClock,
+) -> None:
+    """M_rid and M_s make the meta longer: a request that fits the client side but would
+    not fit the next agent is answered with an error, never sent (the next agent would
+    close the connection every client shares)."""
+    node = FakeNode()
+    config = agent_config({"echo": motan2_cluster(SERVICE, [node])}, max_frame="1KiB")
+    async with serving(node), running_agent(config, dispatched=True) as agent:
+        client = await agent.connect()
+        frame = call_frame("x", request_id=5)
+        room = 1024 - len(encode_meta(frame.meta)) - len("\nz\n")
+        fat = call_frame("x", request_id=5, meta={"z": "y" * room})
+        assert len(encode_meta(fat.meta)) == 1024
+        reply = await client.call(fat)
+        assert reply.request_id == 5
+        assert "meta over of limit" in error_of(reply).errmsg
+        assert value_of(await client.call(call_frame("after", request_id=6))) == "after"
+    assert [value_of(f) for f in node.requests] == ["after"]
+
+
+async def test_the_server_side_never_refuses_a_call_for_callers_mistakes(
+    autojump_clock: MockClock,
+) -> None:
+    """The local process is the server side's only node: unknown methods (service
+    exceptions) open no breaker there."""
+    service = Motan2Service()
+    service.register(SERVICE, "hello", _hello)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(service.serve, "127.0.0.1", 0)
+        local = FakeNode()
+        local.port = port  # the service, not the fake node, serves the export
+        config = agent_config({"echo": motan2_cluster(SERVICE, [local])}, export={SERVICE: local})
+        async with running_agent(config, dispatched=True, server=True) as agent:
+            client = await agent.connect()
+            for i in range(30):
+                reply = await client.call(call_frame("x", method="nope", request_id=i))
+                assert error_of(reply).errcode == 500
+            assert value_of(await client.call(call_frame("x", method="hello"))) == "hello x"
+        nursery.cancel_scope.cancel()
+
+
+async def _hello(name: str) -> str:
+    return "hello " + name

@@ -26,6 +26,8 @@ in flight, is not read until it catches up (TCP's flow control holds it back).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable
 from types import MappingProxyType
@@ -35,7 +37,7 @@ import trio
 
 from ...call import Operation, Outcome, Protocol, Run, Unavailable
 from ...cluster.topology import ClusterState, Node, Topology, topology_from_config
-from ...config import ClientLimits, ClusterConfig, GovernanceConfig
+from ...config import BreakerConfig, ClientLimits, ClusterConfig, GovernanceConfig, OutlierConfig
 from ...config.motan2 import Motan2AgentConfig
 from ...policies.chain import ClusterPolicies, configured_switches
 from ...policies.engine import HAEngine
@@ -48,6 +50,7 @@ from ...protocols.motan2.agent import (
     empty_reply,
     fallback_reply,
     heartbeat_reply,
+    meta_size,
     with_request_id,
 )
 from ...protocols.motan2.frames import Frame, FrameDecoder, FrameError
@@ -69,6 +72,10 @@ log = logging.getLogger(__name__)
 
 #: Calls one client connection may have in flight before the agent stops reading it.
 _MAX_CALLS_PER_CLIENT: Final = 65536
+#: Reply bytes one client may leave unread (besides one largest reply) before the agent
+#: closes its connection: the client stopped reading, and its replies would grow without
+#: bound (redis-server's client-output-buffer-limit closes such a client too).
+_MAX_UNSENT: Final = 16 * 1024 * 1024
 #: Methods remembered per cluster at most (method names come from clients).
 _OPERATIONS_MAX: Final = 4096
 #: The names of the two sides in logs (no cluster name has a space).
@@ -183,8 +190,12 @@ class Motan2Session(ClientSession):
         max_frame = runtime.settings.max_frame
         self._decoder = FrameDecoder(max_frame, max_frame)
         self._clock = trio.lowlevel.current_clock()
-        #: Replies the client's socket did not take yet (the writer task sends them).
+        #: Replies the client's socket did not take yet (the writer task sends them), and
+        #: how many bytes the writer is sending now.
         self._unsent = bytearray()
+        self._sending = 0
+        #: Unread reply bytes allowed: room for one largest reply on top of the bound.
+        self._max_unsent = _MAX_UNSENT + max_frame
         self.in_flight = 0
         #: Set when the connection must close (a protocol error), after its last words.
         self._closing = False
@@ -235,7 +246,8 @@ class Motan2Session(ClientSession):
         except FrameError as exc:
             log.info("client %s: %s; closing its connection", self.transport.peer, exc)
             if exc.request_id is not None and exc.is_request:
-                self._write(agent_error(exc.request_id, exc.reply_hint, ERRCODE_AGENT))
+                with contextlib.suppress(OSError):  # gone already: nobody to tell
+                    self._write(agent_error(exc.request_id, exc.reply_hint, ERRCODE_AGENT))
             self._closing = True
             return False
         except OSError:
@@ -283,9 +295,23 @@ class Motan2Session(ClientSession):
             if rejection is not None:
                 self._write(agent_error(frame.request_id, rejection, ERRCODE_REFUSED))
                 return True
+        payload = request.upstream(self.runtime.source)
+        if meta_size(payload) > self.runtime.settings.max_frame:
+            # M_rid and M_s took it over the limit: the next agent would refuse it, and close
+            # the connection every client's calls share.
+            if limiter is not None:
+                limiter.done(op.name)
+            self._write(
+                agent_error(
+                    frame.request_id,
+                    "meta over of limit once M_rid and M_s are added (motan2.max_frame)",
+                    ERRCODE_AGENT,
+                )
+            )
+            return True
         run = Run(
             (request,),
-            request.upstream(self.runtime.source),
+            payload,
             idempotent=op.idempotent,
             deadline=now + cluster.timeout,
             operation=op.name if policies.operation_hedges else None,
@@ -319,10 +345,19 @@ class Motan2Session(ClientSession):
             self.drop()  # the client went away
             return
         if self.runtime.draining:
-            if not self.in_flight:
-                self.interrupt()  # every call answered: the drain may end it now
+            self.end_if_done()
         else:
             self.resume_reading()
+
+    def end_if_done(self) -> None:
+        """During a drain: end the session once every call is answered and every reply
+        written (closing the socket sooner would lose them)."""
+        if not self.in_flight and not self._unsent and not self.writing:
+            self.interrupt()
+
+    def output_written(self) -> None:
+        if self.runtime.draining:
+            self.end_if_done()
 
     def resume_reading(self) -> None:
         super().resume_reading()
@@ -337,9 +372,17 @@ class Motan2Session(ClientSession):
         not one each); what the socket does not take goes to the writer task.
 
         Raises:
-            OSError: the client's connection broke.
+            OSError: the client's connection broke, or it holds more unread replies than
+                :data:`_MAX_UNSENT` (it is closed: redis-server's output buffer limit).
         """
         if self._unsent or self.writing:
+            if self._sending + len(self._unsent) + len(data) > self._max_unsent:
+                log.warning(
+                    "client %s does not read its replies (over %d bytes waiting); closing it",
+                    self.transport.peer,
+                    self._max_unsent,
+                )
+                raise OSError("too many unread replies")
             self._unsent += data
             return
         poller = self.poller
@@ -370,7 +413,11 @@ class Motan2Session(ClientSession):
     async def write_pending(self) -> None:
         while self._unsent:
             data, self._unsent = self._unsent, bytearray()
-            await self.transport.send_all(data)
+            self._sending = len(data)
+            try:
+                await self.transport.send_all(data)
+            finally:
+                self._sending = 0
 
 
 class _Answer:
@@ -427,8 +474,7 @@ class Motan2Agent(ClusterRuntime):
             cluster.transport.start_drain()
         for session in list(self.sessions.values()):
             assert isinstance(session, Motan2Session)
-            if not session.in_flight:
-                session.interrupt()
+            session.end_if_done()
 
     def too_many_clients(self) -> bytes:
         return agent_error(0, "too many connections (motan2.max_clients)", ERRCODE_REFUSED)
@@ -516,7 +562,14 @@ class ServerAgent(Motan2Agent):
         assert settings.server is not None
         super().__init__(SERVER_SIDE, str(settings.server), settings, source="", workers=workers)
         self.answers_heartbeats = settings.heartbeats
-        governance = GovernanceConfig()
+        # The local process is the only node: a breaker or an ejection would turn callers'
+        # mistakes (an unknown method is a service exception) into refusals for everyone,
+        # with no other node to send to (a motan-go server has neither).
+        governance = dataclasses.replace(
+            GovernanceConfig(),
+            breaker=BreakerConfig(enabled=False),
+            outlier=OutlierConfig(enabled=False),
+        )
         for service, address in settings.export.items():
             node = Node(address.host, address.port, "local", 1)
             topology = Topology(

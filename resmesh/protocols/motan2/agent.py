@@ -58,6 +58,7 @@ __all__ = [
     "empty_reply",
     "fallback_reply",
     "heartbeat_reply",
+    "meta_size",
     "raw_outcome",
     "with_request_id",
 ]
@@ -108,6 +109,11 @@ class Request(Call):
             if source and not meta.get(META_SOURCE):
                 meta[META_SOURCE] = source
         return encode_frame(replace(frame, request_id=0, proxy=True, meta=meta))
+
+
+def meta_size(frame: bytes) -> int:
+    """The size of an encoded frame's meta block (from its header)."""
+    return int.from_bytes(frame[_ID_AT + 8 : _ID_AT + 12], "big")
 
 
 def with_request_id(frame: bytes | bytearray, request_id: int) -> bytes:
