@@ -30,6 +30,7 @@ from .call import Protocol
 from .config import Address, Config
 from .net.listen import bind_tcp
 from .net.motan2.agent import CLIENT_SIDE, SERVER_SIDE, ClientAgent, ServerAgent
+from .net.mysql.runtime import MySQLRuntime
 from .net.redis.runtime import RedisRuntime
 from .net.runtime import ClusterRuntime
 from .net.sockio import close_quietly
@@ -53,7 +54,8 @@ _SAME_SIGNAL_WINDOW = 1.0
 #: (``docs/architecture.md`` says how to add one). Motan2 clusters are served together by
 #: the Motan2 agent (:func:`build_runtimes`).
 RUNTIMES: typing.Final[Mapping[Protocol, Callable[..., ClusterRuntime]]] = {
-    Protocol.REDIS: RedisRuntime
+    Protocol.REDIS: RedisRuntime,
+    Protocol.MYSQL: MySQLRuntime,
 }
 
 

@@ -340,6 +340,14 @@ def _both(*changes: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any
 
 C = ("clusters", "feed-cache")
 
+
+def _as_mysql_without_login(data: dict[str, Any]) -> None:
+    cluster = data["clusters"]["feed-cache"]
+    cluster["protocol"] = "mysql"
+    del cluster["redis"]
+    cluster["backend"].pop("username", None)
+
+
 ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str, str]] = [
     # (case id, change, key path, words in the problem, words in the fix)
     (
@@ -406,11 +414,18 @@ ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str, str]] =
         "protocol: redis",
     ),
     (
-        "mysql not implemented",
+        "mysql cluster with a redis section",
         _set((*C, "protocol"), "mysql"),
-        "clusters.feed-cache.protocol",
-        "not implemented yet in this version",
-        "protocol: redis",
+        "clusters.feed-cache.redis",
+        "unknown key 'redis'",
+        "known keys here: protocol, listen",
+    ),
+    (
+        "mysql cluster without a backend login",
+        _as_mysql_without_login,
+        "clusters.feed-cache.backend.username",
+        "a MySQL cluster needs the gateway's own login to its nodes",
+        "add backend: {username: gateway, password: secret}",
     ),
     (
         "motan2 cluster with a listen address",

@@ -22,6 +22,7 @@ from .gateway import GatewayConfig
 from .governance import GovernanceConfig, parse_governance
 from .groups import NodeConfig, NodeRole, parse_groups, parse_route, with_primary
 from .motan2 import Motan2AgentConfig, Motan2Settings
+from .mysql import MySQLSettings
 from .presets import Presets
 from .protocols import PROTOCOLS, ProtocolSection
 from .redis import RedisSettings
@@ -111,6 +112,8 @@ class ClusterConfig:
     limits: ClientLimits = field(default_factory=ClientLimits, kw_only=True)
     redis: RedisSettings | None = field(default=None, kw_only=True)
     """The Redis request bounds (``clusters.X.redis``); set for a Redis cluster only."""
+    mysql: MySQLSettings | None = field(default=None, kw_only=True)
+    """The MySQL client bounds (``clusters.X.mysql``); set for a MySQL cluster only."""
     motan2: Motan2Settings | None = field(default=None, kw_only=True)
     """The service a Motan2 cluster is (``clusters.X.motan2``); set for a Motan2 cluster
     only. Its ``listen`` is the agent's client side (``motan2.client``), shared by every
@@ -324,6 +327,8 @@ def _cluster(
     backend = parse_section(
         ctx, section.get("backend"), (*path, "backend"), BackendConfig, check=_check_backend
     )
+    if protocol is Protocol.MYSQL:
+        _check_mysql(ctx, path, mode, backend)
     limits = _limits(ctx, section.get("limits"), (*path, "limits"), protocol, entry)
     own: dict[str, Any] = {
         protocol.value: entry.parse(ctx, section.get(protocol.value), (*path, protocol.value))
@@ -371,6 +376,22 @@ def _agent_client(
             "add at the top level: motan2: {client: 127.0.0.1:9981, server: 127.0.0.1:9982}",
         )
     return motan2.client
+
+
+def _check_mysql(ctx: Context, path: KeyPath, mode: Mode, backend: BackendConfig) -> None:
+    """A MySQL session holds one node's connection: no sharding, and a backend login."""
+    if mode is Mode.SHARDED:
+        raise ctx.error(
+            (*path, "mode"),
+            "a MySQL cluster cannot be sharded: every session runs on the primary",
+            "remove mode",
+        )
+    if backend.username is None:
+        raise ctx.error(
+            (*path, "backend", "username"),
+            "a MySQL cluster needs the gateway's own login to its nodes",
+            "add backend: {username: gateway, password: secret}",
+        )
 
 
 def _check_backend(ctx: Context, path: KeyPath, backend: Mapping[str, Any]) -> None:

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from ..call import Protocol
-from . import motan2, redis
+from . import motan2, mysql, redis
 from .errors import Context, KeyPath
 from .governance import OperationSettings
 from .presets import Layer, Merged
@@ -53,6 +53,12 @@ PROTOCOLS: Final[Mapping[Protocol, ProtocolSection]] = MappingProxyType(
             redis.parse_redis,
             redis.check_command_name,
             redis.check_operation,
+        ),
+        Protocol.MYSQL: ProtocolSection(
+            mysql.MySQLSettings,
+            mysql.parse_mysql,
+            mysql.check_operation_name,
+            mysql.check_operation,
         ),
         Protocol.MOTAN2: ProtocolSection(
             motan2.Motan2Settings,

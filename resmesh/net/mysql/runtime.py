@@ -1,0 +1,155 @@
+"""The runtime of one MySQL cluster: its governance pipeline, HA engine, per-node connection
+pools and the sessions of its clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Final, NoReturn
+
+import trio
+
+from ...call import Operation, Protocol, Run, Unavailable
+from ...cluster.topology import ClusterState, Node, topology_from_config
+from ...config import ClusterConfig, UserConfig
+from ...config.mysql import READ_VERBS, MySQLSettings
+from ...policies.chain import ClusterPolicies, configured_switches
+from ...policies.engine import Attempt, HAEngine
+from ...policies.switch import Switch
+from ...policies.waiting import Waiter
+from ...protocols.mysql.errors import too_many_connections
+from ...protocols.mysql.packets import encode_packet
+from ...protocols.mysql.results import ErrPacket, encode_err
+from ..runtime import ClusterRuntime
+from ..transport import ClientTransport
+from .backend import MySQLPool
+from .session import MySQLSession
+
+__all__ = ["MySQLRuntime"]
+
+log = logging.getLogger(__name__)
+
+#: Operations remembered per cluster at most.
+_CACHE_MAX: Final = 1024
+
+
+class _PinnedOnly:
+    """The engine's transport: every MySQL exchange runs on a connection its session holds
+    (:meth:`HAEngine.execute_pinned`), so nothing is ever submitted."""
+
+    def submit(self, node: Node, run: Run, waiter: Waiter) -> NoReturn:
+        raise Unavailable(node.address, "MySQL calls run on their session's connection")
+
+
+class MySQLRuntime(ClusterRuntime):
+    """Everything that serves one MySQL cluster.
+
+    Every session logs its client in (``users:`` that list the cluster), then holds one
+    connection of the primary's pool for its life; each command is a call governed here and
+    counted for the node through :meth:`HAEngine.execute_pinned`.
+    """
+
+    protocol = Protocol.MYSQL
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        users: Mapping[str, UserConfig],
+        nursery: trio.Nursery,
+        *,
+        workers: int = 1,
+    ) -> None:
+        super().__init__(config.name, str(config.listen), config.limits, workers=workers)
+        self.config = config
+        self.settings = config.mysql or MySQLSettings()
+        #: Gateway logins allowed here (name → password).
+        self.passwords: Mapping[str, str] = MappingProxyType(
+            {name: u.password for name, u in users.items() if config.name in u.clusters}
+        )
+        if not self.passwords:
+            log.warning(
+                "cluster %s: no user lists it under users.NAME.clusters, so nobody can log in",
+                config.name,
+            )
+        topology = topology_from_config(config)
+        self.policies = ClusterPolicies(
+            config.name,
+            topology,
+            config.governance,
+            trio.current_time(),
+            configured_switches(config.name, config.governance),
+            workers=workers,
+        )
+        self.engine: HAEngine[Attempt] = HAEngine(self.policies, _PinnedOnly())
+        self.pools: dict[Node, MySQLPool] = {}
+        self._operations: dict[tuple[str, bool], Operation] = {}
+        self._topology_changed()
+
+    def _topology_changed(self) -> None:
+        #: The node sessions use: the primary (writes and transactions go there).
+        self.home: Node = self.policies.primary or self.policies.topology.primary
+
+    def pool(self, node: Node) -> MySQLPool:
+        pool = self.pools.get(node)
+        if pool is None:
+            pool = self.pools[node] = MySQLPool(node, self.config.backend)
+        return pool
+
+    def apply(self, state: ClusterState, switches: Iterable[Switch] | None = None) -> None:
+        """A new layout (and, if given, the degrade switches) in force from now on: new
+        sessions use it; a session keeps its connection until it ends.
+
+        Raises:
+            ValueError: ``state`` is not a valid layout.
+        """
+        _, removed = self.policies.apply(state, switches)
+        for node in removed:
+            pool = self.pools.pop(node, None)
+            if pool is not None:
+                pool.close()
+        self._topology_changed()
+
+    def set_primary(self, address: str) -> None:
+        """New sessions go to the node at ``address`` from now on.
+
+        Raises:
+            ValueError: no node has that address.
+        """
+        self.policies.set_primary(address)
+        self._topology_changed()
+
+    def open_session(self, transport: ClientTransport, client_id: int) -> MySQLSession:
+        return MySQLSession(self, transport, client_id)
+
+    def too_many_clients(self) -> bytes:
+        # MariaDB sends this ERR in place of its greeting (sequence id 0).
+        payload = encode_err(ErrPacket.from_info(too_many_connections()))
+        return encode_packet(payload, 0)[0]
+
+    async def run_backend(self) -> None:
+        await self.engine.run()
+
+    def describe_backend(self) -> str:
+        return self.home.address
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+    def operation(self, name: str, *, write: bool | None = None) -> Operation:
+        """The operation of a verb or command name (made once per name here); ``write``
+        defaults to whether the verb may change data."""
+        if write is None:
+            write = name not in READ_VERBS and not name.startswith("COM_")
+        key = (name, write)
+        op = self._operations.get(key)
+        if op is None:
+            settings = self.config.governance.operations.get(name)
+            idempotent = name == "SELECT" and not (
+                settings is not None and settings.idempotent is False
+            )
+            op = Operation(name, write=write, idempotent=idempotent)
+            if len(self._operations) < _CACHE_MAX:
+                self._operations[key] = op
+        return op

@@ -1,0 +1,554 @@
+"""The driver of one MySQL client connection: the server side of the login, then each command
+governed as a call and forwarded on the session's own backend connection.
+
+The login: the gateway greets the client (protocol 10, mysql_native_password; a client that
+asks for another plugin is switched to it), checks the gateway user (``users:`` that list the
+cluster), then takes a connection of the primary's pool for the session (the node's breaker is
+asked first: :meth:`~resmesh.policies.chain.ClusterPolicies.refuses`). A database the client
+names at login is the backend connection's: the node says if it does not exist.
+
+Each command is a :class:`~resmesh.call.Call` whose operation is the SQL verb of a COM_QUERY
+(every statement of a multi-statement query is looked at: one that writes makes the call a
+write), the statement's verb for COM_STMT_EXECUTE, or the command's name (``COM_PING``...). It
+passes the degrade switch and the limits, then goes to the node through
+:meth:`~resmesh.policies.engine.HAEngine.execute_pinned`; the reply is streamed back packet by
+packet as it arrives (one packet in memory at a time), renumbered by the client's codec.
+
+What a degrade switch does: ``error`` refuses every data command with ERR 1105 naming the
+switch; ``readonly`` refuses writes with ERR 1290 (HY000) and serves reads; ``miss`` answers a
+query or an execution with an OK packet (no rows, nothing changed) and lets prepares through;
+``fallback`` is refused (ERR 1105: a MySQL reply cannot be configured yet). Commands about the
+session (COM_PING, COM_INIT_DB, COM_STMT_CLOSE, COM_RESET_CONNECTION...) and queries made only
+of session statements (``SET``, ``USE``, ``BEGIN``/``COMMIT``/``ROLLBACK``...: a client
+library's ``SET NAMES`` at connect) are never switched.
+
+The session keeps its backend connection for its life (prepared statement ids are the node's,
+and transactions, variables and temporary tables live there); when it ends the connection is
+reset (COM_RESET_CONNECTION) and goes back to the pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ...call import Operation, Outcome, Unavailable
+from ...config.mysql import READ_VERBS, SESSION_VERBS, SQL_VERBS
+from ...policies.switch import SwitchAction, SwitchDecision, SwitchMode
+from ...protocols.mysql import NEED_DATA, PAUSED, Connection, MySQLLocalError, Role, State
+from ...protocols.mysql.auth import native_password_hash, new_scramble, verify_native_password
+from ...protocols.mysql.constants import (
+    DEFAULT_CHARSET,
+    AuthPlugin,
+    Capability,
+    Command,
+    ServerStatus,
+)
+from ...protocols.mysql.errors import (
+    ErrorInfo,
+    MySQLRemoteError,
+    access_denied,
+    bad_handshake,
+    dbaccess_denied,
+    error_info,
+    not_supported_auth_mode,
+    unknown_command,
+)
+from ...protocols.mysql.events import (
+    AuthData,
+    ClientHandshake,
+    CommandEvent,
+    ConnectionClosed,
+    Err,
+    Event,
+    PrepareOkEvent,
+    TlsRequest,
+)
+from ...protocols.mysql.handshake import (
+    AuthSwitchRequest,
+    InitialHandshake,
+    encode_auth_switch_request,
+    encode_initial_handshake,
+)
+from ...protocols.mysql.results import ErrPacket, OkPacket, encode_err, encode_ok
+from ...protocols.mysql.statements import LAST_STATEMENT_ID, peek_statement_id
+from ..runtime import ClientSession
+from .backend import LAYOUT, BackendConnection, BackendLoginError, PoolKey
+from .sql import statement_verbs
+
+if TYPE_CHECKING:
+    from ..transport import ClientTransport
+    from .runtime import MySQLRuntime
+
+__all__ = ["SERVER_CAPABILITIES", "MySQLSession", "outcome_of"]
+
+log = logging.getLogger(__name__)
+
+#: What the gateway's greeting offers: the layout capabilities a MariaDB or MySQL node has,
+#: and the login's. Not TLS, compression, LOCAL INFILE nor MariaDB's extensions; ``CLIENT_MYSQL``
+#: is set, so clients send no MariaDB extended capabilities.
+SERVER_CAPABILITIES: Final = (
+    LAYOUT
+    | Capability.LONG_PASSWORD
+    | Capability.CONNECT_WITH_DB
+    | Capability.SECURE_CONNECTION
+    | Capability.PLUGIN_AUTH
+    | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | Capability.CONNECT_ATTRS
+)
+
+#: Bytes of reply gathered before a write to the client.
+_WRITE_CHUNK: Final = 65536
+
+#: ERR numbers that are the node's fault (it is overloaded, shutting down, read-only,
+#: out of resources, or lost the query): they count against it. Any other ERR is the caller's.
+UPSTREAM_ERRNOS: Final = frozenset(
+    {
+        1021,  # disk full
+        1037,  # out of memory
+        1038,  # out of sort memory
+        1040,  # too many connections
+        1041,  # out of memory (thread stack)
+        1053,  # server shutdown in progress
+        1077,  # normal shutdown
+        1078,  # got signal
+        1079,  # shutdown complete
+        1080,  # forcing close of thread
+        1152,  # aborted connection
+        1158,  # error reading communication packets
+        1159,  # timeout reading communication packets
+        1160,  # error writing communication packets
+        1161,  # timeout writing communication packets
+        1184,  # aborted new connection
+        1203,  # max_user_connections
+        1290,  # --read-only
+        1836,  # read-only mode
+        1927,  # connection killed
+        2002,
+        2003,
+        2006,  # server has gone away
+        2013,  # lost connection during query
+    }
+)
+
+#: Commands refused here: they would act on the gateway's own backend login or on the node as
+#: a whole (replication, shutdown, another connection's thread).
+_REFUSED: Final = frozenset(
+    {
+        Command.CHANGE_USER,
+        Command.BINLOG_DUMP,
+        Command.BINLOG_DUMP_GTID,
+        Command.REGISTER_SLAVE,
+        Command.TABLE_DUMP,
+        Command.SHUTDOWN,
+        Command.PROCESS_KILL,
+        Command.CONNECT,
+        Command.CONNECT_OUT,
+        Command.DAEMON,
+        Command.DELAYED_INSERT,
+        Command.TIME,
+        Command.SLEEP,
+        Command.CREATE_DB,
+        Command.DROP_DB,
+        Command.STMT_BULK_EXECUTE,
+    }
+)
+#: Commands a degrade switch applies to (the others are about the session, not data).
+_SWITCHABLE: Final = frozenset(
+    {
+        Command.QUERY,
+        Command.STMT_PREPARE,
+        Command.STMT_EXECUTE,
+        Command.STMT_FETCH,
+        Command.FIELD_LIST,
+    }
+)
+#: Commands that get no reply.
+_NO_REPLY: Final = frozenset({Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA})
+#: Operation names of commands that carry no SQL.
+_COMMAND_NAMES: Final = {command: f"COM_{command.name}" for command in Command}
+
+
+def outcome_of(event: Event) -> Outcome:
+    """How the last packet of a reply counts for its node."""
+    if isinstance(event, Err):
+        return Outcome.UPSTREAM_ERROR if event.error.errno in UPSTREAM_ERRNOS else Outcome.APP_ERROR
+    return Outcome.OK
+
+
+class _Closing(Exception):
+    """The session ends (the client left, broke the protocol, or its backend was lost)."""
+
+
+class MySQLSession(ClientSession):
+    """One MySQL client: login, then a governed command loop on its own backend connection."""
+
+    runtime: MySQLRuntime
+
+    def __init__(self, runtime: MySQLRuntime, transport: ClientTransport, client_id: int):
+        super().__init__(runtime, transport, client_id)
+        self.conn = Connection(Role.SERVER, max_payload=runtime.settings.max_allowed_packet)
+        self.backend: BackendConnection | None = None
+        self.username = ""
+        #: The verb-level operation of each prepared statement, by the node's statement id.
+        self._statements: dict[int, Operation] = {}
+        self._preparing: Operation | None = None
+        #: Whether the query being handled only changes session state (never switched).
+        self._session_only = False
+        #: Whether the session changed its database (the connection's pool key names the one
+        #: it logged in with).
+        self._db_changed = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        host = transport.peer.rsplit(":", 1)[0] if ":" in transport.peer else transport.peer
+        self.host = host.strip("[]") or "localhost"
+
+    # ----------------------------------------------------------------------------------------
+    # The client's side
+
+    async def _client_event(self) -> Event:
+        """The client's next event.
+
+        Raises:
+            _Closing: the client left, or broke the protocol (it was told why).
+        """
+        conn = self.conn
+        while True:
+            try:
+                event = conn.next_event()
+            except MySQLRemoteError as exc:
+                await self._fatal(exc.error)
+                raise _Closing from None
+            if event is NEED_DATA:
+                try:
+                    data = await self.next_input()
+                except OSError:
+                    data = b""
+                try:
+                    conn.receive_data(data)
+                except MySQLRemoteError as exc:
+                    await self._fatal(exc.error)
+                    raise _Closing from None
+                continue
+            if event is PAUSED:
+                raise _Closing  # cannot happen: the session answers every command
+            if isinstance(event, ConnectionClosed):
+                raise _Closing
+            return event
+
+    def _queue(self, payload: bytes) -> None:
+        """Frame a packet for the client (the codec checks it and numbers it)."""
+        wire = self.conn.send(payload)
+        self._out.append(wire)
+        self._out_size += len(wire)
+
+    async def _flush(self) -> None:
+        if not self._out:
+            return
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        self._out_size = 0
+        try:
+            await self.transport.send_all(data)
+        except OSError:
+            raise _Closing from None
+
+    async def _reply_error(self, error: ErrorInfo) -> None:
+        self._queue(encode_err(ErrPacket.from_info(error), int(self.conn.capabilities)))
+        await self._flush()
+
+    async def _fatal(self, error: ErrorInfo) -> None:
+        """An ERR packet in any state, then the connection closes."""
+        self._out.clear()
+        self._out_size = 0
+        try:
+            wire = self.conn.send_fatal_error(error)
+        except MySQLLocalError:
+            return
+        with contextlib.suppress(OSError):
+            await self.transport.send_all(wire)
+
+    # ----------------------------------------------------------------------------------------
+    # The session
+
+    async def serve(self) -> None:
+        runtime = self.runtime
+        try:
+            if not await self._login():
+                return
+            while not runtime.draining:
+                event = await self._client_event()
+                if not isinstance(event, CommandEvent):
+                    await self._fatal(bad_handshake())
+                    return
+                if event.command == Command.QUIT:
+                    return
+                await self._command(event)
+        except _Closing:
+            pass
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return
+        pool = self.runtime.pool(backend.node)
+        with trio.CancelScope(shield=True):
+            await pool.release(backend, database_changed=self._db_changed)
+
+    async def _login(self) -> bool:
+        """Greet the client, check its login, take a backend connection and say OK; ``False``
+        when the client was refused (and told why) or left."""
+        runtime = self.runtime
+        scramble = new_scramble()
+        greeting = InitialHandshake(
+            server_version=runtime.settings.server_version,
+            connection_id=self.id & 0xFFFFFFFF,
+            auth_plugin_data=scramble,
+            capabilities=Capability(SERVER_CAPABILITIES),
+            charset=DEFAULT_CHARSET,
+            status=ServerStatus.AUTOCOMMIT,
+            auth_plugin_name=AuthPlugin.NATIVE_PASSWORD.value,
+        )
+        self._queue(encode_initial_handshake(greeting))
+        await self._flush()
+        event = await self._client_event()
+        if isinstance(event, TlsRequest) or not isinstance(event, ClientHandshake):
+            await self._fatal(bad_handshake())
+            return False
+        response = event.response
+        self.username = response.username
+        auth = response.auth_response
+        plugin = response.auth_plugin_name
+        capabilities = int(self.conn.capabilities)
+        if plugin not in (None, AuthPlugin.NATIVE_PASSWORD.value) or (
+            plugin is None and not capabilities & Capability.SECURE_CONNECTION
+        ):
+            if not capabilities & Capability.PLUGIN_AUTH:
+                await self._fatal(not_supported_auth_mode())
+                return False
+            scramble = new_scramble()
+            switch = AuthSwitchRequest(AuthPlugin.NATIVE_PASSWORD.value, scramble + b"\x00")
+            self._queue(encode_auth_switch_request(switch))
+            await self._flush()
+            answer = await self._client_event()
+            if not isinstance(answer, AuthData):
+                await self._fatal(bad_handshake())
+                return False
+            auth = answer.data
+        password = runtime.passwords.get(self.username)
+        if password is None or not verify_native_password(
+            native_password_hash(password.encode()), scramble, auth
+        ):
+            await self._fatal(access_denied(self.username, self.host, using_password=bool(auth)))
+            return False
+        key = PoolKey(capabilities & LAYOUT, response.charset, response.database)
+        failure = await self._take_backend(key)
+        if failure is not None:
+            await self._fatal(failure)
+            return False
+        assert self.backend is not None
+        status = self.backend.conn.status & (ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS)
+        self._queue(encode_ok(OkPacket(status=ServerStatus(status)), capabilities))
+        await self._flush()
+        return True
+
+    async def _take_backend(self, key: PoolKey) -> ErrorInfo | None:
+        """Take a connection of the primary's pool; what to tell the client if none."""
+        runtime = self.runtime
+        node = runtime.home
+        refusal = runtime.policies.refuses(node, trio.current_time())
+        if refusal is not None:
+            return _unavailable(Unavailable(node.address, refusal, Outcome.REJECTED))
+        pool = runtime.pool(node)
+        try:
+            self.backend = await runtime.engine.execute_pinned(
+                node, lambda: pool.acquire(key), lambda _: Outcome.OK
+            )
+        except Unavailable as exc:
+            if exc.outcome is Outcome.REJECTED:
+                return error_info(1040, f"Too many connections (resmesh: {exc})")
+            return _unavailable(exc)
+        except BackendLoginError as exc:
+            error = exc.error
+            if error.errno == 1044 and key.database is not None:
+                # The node's words name the gateway's login: say them of the app's.
+                return dbaccess_denied(self.username, self.host, key.database)
+            if error.errno == 1045:  # the gateway's own backend login
+                log.warning(
+                    "cluster %s: node %s refused the gateway's login: %s",
+                    runtime.name,
+                    node.address,
+                    exc,
+                )
+                return error_info(1045, f"resmesh: the node {node.address} refused the login")
+            return error.info
+        return None
+
+    # ----------------------------------------------------------------------------------------
+    # Commands
+
+    def _operation(self, command: Command | int, payload: bytes) -> Operation:
+        runtime = self.runtime
+        self._session_only = False
+        if command == Command.QUERY:
+            verbs, more = statement_verbs(payload[1:])
+            if not verbs:
+                return runtime.operation("OTHER", write=more)
+            names = [verb if verb in SQL_VERBS else "OTHER" for verb in verbs]
+            write = more or any(name not in READ_VERBS for name in names)
+            if "USE" in names:
+                self._db_changed = True
+            self._session_only = not more and all(name in SESSION_VERBS for name in names)
+            return runtime.operation(names[0], write=write)
+        if command == Command.STMT_EXECUTE or command == Command.STMT_FETCH:
+            statement = peek_statement_id(payload)
+            op = self._statements.get(statement if statement is not None else -1)
+            if op is not None:
+                return op
+            return runtime.operation(_COMMAND_NAMES[Command.STMT_EXECUTE], write=True)
+        if command == Command.STMT_PREPARE:
+            verbs, more = statement_verbs(payload[1:])
+            names = [verb if verb in SQL_VERBS else "OTHER" for verb in verbs] or ["OTHER"]
+            write = more or any(name not in READ_VERBS for name in names)
+            self._preparing = runtime.operation(names[0], write=write)
+        if command == Command.INIT_DB:
+            self._db_changed = True
+        name = (
+            _COMMAND_NAMES.get(command, "COM_UNKNOWN")
+            if isinstance(command, Command)
+            else ("COM_UNKNOWN")
+        )
+        return runtime.operation(name, write=False)
+
+    async def _command(self, event: CommandEvent) -> None:
+        command = event.command
+        payload = event.packet.payload
+        if command in _REFUSED:
+            await self._reply_local(unknown_command())
+            return
+        backend = self.backend
+        assert backend is not None
+        if backend.readable_now():
+            # An idle node speaks only to say it is closing (KILL, shutdown, wait_timeout):
+            # the command would get that goodbye as its reply.
+            await self._lost(Unavailable(backend.node.address, "the node closed the connection"))
+        if command in _NO_REPLY:
+            if command == Command.STMT_CLOSE:
+                statement = peek_statement_id(payload)
+                if statement is not None:
+                    self._statements.pop(statement, None)
+            await self._forward_quietly(backend, payload)
+            return
+        op = self._operation(command, payload)
+        policies = self.runtime.policies
+        if command in _SWITCHABLE and policies.switchboard.active and not self._session_only:
+            decision = policies.decide(op.name, op.write)
+            if decision is not None and (
+                decision.action in (SwitchAction.ERROR, SwitchAction.FALLBACK)
+                or command in (Command.QUERY, Command.STMT_EXECUTE)
+            ):
+                await self._degraded(decision, command)
+                return
+        limiter = policies.limiter
+        if limiter is not None:
+            rejection = limiter.admit(op.name, trio.current_time())
+            if rejection is not None:
+                await self._reply_local(error_info(1203, f"resmesh: {rejection}"))
+                return
+        try:
+            await self._forward(backend, payload, command)
+        finally:
+            if limiter is not None:
+                limiter.done(op.name)
+
+    async def _reply_local(self, error: ErrorInfo) -> None:
+        try:
+            await self._reply_error(error)
+        except MySQLLocalError:
+            await self._fatal(error)
+            raise _Closing from None
+
+    async def _degraded(self, decision: SwitchDecision, command: Command | int) -> None:
+        action = decision.action
+        if action is SwitchAction.ERROR:
+            errno = 1290 if decision.mode is SwitchMode.READONLY else 1105
+            await self._reply_local(error_info(errno, decision.message))
+        elif action is SwitchAction.FALLBACK:
+            await self._reply_local(
+                error_info(1105, f"{decision.message} (a MySQL cluster has no fallback reply)")
+            )
+        else:  # miss: nothing read, nothing changed
+            status = self._status()
+            try:
+                self._queue(encode_ok(OkPacket(status=status), int(self.conn.capabilities)))
+            except MySQLLocalError as exc:
+                await self._fatal(exc.error)
+                raise _Closing from None
+            await self._flush()
+
+    def _status(self) -> ServerStatus:
+        backend = self.backend
+        status = backend.conn.status if backend is not None else ServerStatus.AUTOCOMMIT
+        return ServerStatus(status & (ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS))
+
+    async def _forward_quietly(self, backend: BackendConnection, payload: bytes) -> None:
+        """A command the node answers nothing to (COM_STMT_CLOSE, SEND_LONG_DATA)."""
+        try:
+            await backend.send(payload)
+        except Unavailable as exc:
+            await self._lost(exc)
+        except MySQLLocalError as exc:
+            await self._fatal(exc.error)
+            raise _Closing from None
+
+    async def _forward(
+        self, backend: BackendConnection, payload: bytes, command: Command | int
+    ) -> None:
+        """Send the command to the node and stream its reply to the client."""
+        runtime = self.runtime
+        timeout = runtime.config.backend.command_timeout
+
+        async def exchange() -> Event:
+            await backend.send(payload)
+            queue = self._queue
+            conn = backend.conn
+            while True:
+                event = await backend.next_event(timeout)
+                if isinstance(event, PrepareOkEvent) and self._preparing is not None:
+                    statement = event.prepare.statement_id
+                    self._statements[statement] = self._preparing
+                    self._statements[LAST_STATEMENT_ID] = self._preparing
+                queue(event.packet.payload)
+                if conn.state is State.IDLE:
+                    return event
+                if self._out_size >= _WRITE_CHUNK:
+                    await self._flush()
+
+        try:
+            await runtime.engine.execute_pinned(backend.node, exchange, outcome_of)
+        except Unavailable as exc:
+            await self._lost(exc)
+        except MySQLLocalError as exc:
+            log.error("client %s: reply cannot be relayed: %s", self.transport.peer, exc)
+            await self._fatal(exc.error)
+            raise _Closing from None
+        finally:
+            self._preparing = None
+        await self._flush()
+
+    async def _lost(self, failure: Unavailable) -> None:
+        """The backend connection broke: the session's state on the node went with it."""
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            self.runtime.pool(backend.node).discard(backend)
+        await self._fatal(_unavailable(failure))
+        raise _Closing
+
+
+def _unavailable(failure: Unavailable) -> ErrorInfo:
+    return error_info(1105, f"resmesh: {failure}")

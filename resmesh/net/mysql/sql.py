@@ -1,0 +1,100 @@
+"""What a COM_QUERY is, for governance: the verb of each of its statements.
+
+Only the first word of each statement is read: comments, string literals and quoted names are
+skipped so that a ``;`` inside them does not split a statement, and MySQL's executable comments
+(``/*! ... */``, ``/*M! ... */``) are read as SQL, since the server runs them. Nothing else of
+the SQL is parsed; the server remains the judge of what a statement does.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["statement_verbs"]
+
+_SPACE: Final = frozenset(b" \t\r\n\f\v")
+_WORD: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+#: Verbs longer than this are not verbs (the operation name comes from a client: bounded).
+_MAX_VERB: Final = 32
+#: Statements looked at in one query at most; a longer multi-statement query is judged by
+#: these (and counted as a write if it has more).
+_MAX_STATEMENTS: Final = 64
+
+
+def statement_verbs(sql: bytes) -> tuple[list[str], bool]:
+    """The upper-cased verb of each statement of ``sql`` (``""`` for one that starts with no
+    word), and whether statements were left unread (over :data:`_MAX_STATEMENTS`)."""
+    verbs: list[str] = []
+    n = len(sql)
+    i = 0
+    at_start = True
+    while i < n:
+        c = sql[i]
+        if c in _SPACE:
+            i += 1
+        elif c == 0x2D and sql[i + 1 : i + 2] == b"-" and (i + 2 >= n or sql[i + 2] in _SPACE):
+            i = _line_end(sql, i)  # "-- " comment
+        elif c == 0x23:  # "#" comment
+            i = _line_end(sql, i)
+        elif c == 0x2F and sql[i + 1 : i + 2] == b"*":
+            if sql[i + 2 : i + 3] == b"!" or sql[i + 2 : i + 4] == b"M!":
+                # Executable comment: its contents run; skip the marker and version digits.
+                i += 3 if sql[i + 2] == 0x21 else 4
+                while i < n and 0x30 <= sql[i] <= 0x39:
+                    i += 1
+            else:
+                end = sql.find(b"*/", i + 2)
+                i = n if end < 0 else end + 2
+        elif c == 0x2A and sql[i + 1 : i + 2] == b"/":
+            i += 2  # the end of an executable comment
+        elif c == 0x3B:  # ";"
+            at_start = True  # (an empty statement has no verb)
+            i += 1
+        elif c == 0x28 and at_start:  # "(SELECT ...)"
+            i += 1
+        elif c in (0x27, 0x22, 0x60):  # quotes
+            i = _quote_end(sql, i, c)
+            if at_start:
+                verbs.append("")
+                at_start = False
+        elif at_start:
+            start = i
+            while i < n and sql[i] in _WORD:
+                i += 1
+            word = sql[start:i]
+            verbs.append(word.decode("ascii").upper() if 0 < len(word) <= _MAX_VERB else "")
+            if not word:
+                i += 1
+            at_start = False
+            if len(verbs) >= _MAX_STATEMENTS:
+                return verbs, _rest_has_statements(sql, i)
+        else:
+            i += 1
+    return verbs, False
+
+
+def _line_end(sql: bytes, i: int) -> int:
+    end = sql.find(b"\n", i)
+    return len(sql) if end < 0 else end + 1
+
+
+def _quote_end(sql: bytes, i: int, quote: int) -> int:
+    n = len(sql)
+    i += 1
+    while i < n:
+        c = sql[i]
+        if c == 0x5C and quote != 0x60:  # backslash escape (not in `names`)
+            i += 2
+        elif c == quote:
+            if sql[i + 1 : i + 2] == bytes((quote,)):
+                i += 2  # doubled quote
+            else:
+                return i + 1
+        else:
+            i += 1
+    return n
+
+
+def _rest_has_statements(sql: bytes, i: int) -> bool:
+    verbs, _ = statement_verbs(sql[i:].split(b";", 1)[1]) if b";" in sql[i:] else ([], False)
+    return bool(verbs)
