@@ -635,19 +635,24 @@ async def test_garbage_from_the_node_fails_its_calls(
 
 
 @POLLER
-async def test_a_reply_over_max_frame_fails_the_connection(
+async def test_a_reply_over_max_frame_fails_its_call_alone(
     poller: bool, autojump_clock: MockClock
 ) -> None:
+    """A reply whose body is over the limit is skipped as it comes: its call gets an
+    exception, and the connection, which carries other callers' calls, stays up."""
     node = FakeNode()
     async with trio.open_nursery() as nursery:
         await nursery.start(node.serve)
-        async with running_link(node.port, poller=poller, max_frame=64) as link:
-            attempt = await finished(link.submit("x" * 100, timeout=30))
-            assert isinstance(attempt.error, Unavailable)
-            assert attempt.error.reason.startswith(
-                "protocol error: transport data content length over of limit"
-            )
-            assert answer_of(await finished(link.submit("small", timeout=30))) == "small"
+        async with running_link(node.port, poller=poller, max_frame=1024) as link:
+            big = link.submit("x" * 100_000, timeout=30)
+            small = link.submit("small", timeout=30)
+            attempt = await finished(big)
+            assert attempt.error is None and attempt.reply is not None
+            info = attempt.reply.decoded().exception()
+            assert info is not None and "over the limit (motan2.max_frame)" in info.errmsg
+            assert attempt.outcome() is Outcome.UPSTREAM_ERROR
+            assert answer_of(await finished(small)) == "small"
+            assert node.connections == 1
         nursery.cancel_scope.cancel()
 
 

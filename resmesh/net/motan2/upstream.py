@@ -40,10 +40,13 @@ from ...cluster.topology import Node
 from ...policies.engine import Attempt
 from ...policies.waiting import Waiter
 from ...protocols._errors import ProtocolError
-from ...protocols.motan2.agent import raw_outcome, with_request_id
+from ...protocols.motan2.agent import agent_error, raw_outcome, with_request_id
 from ...protocols.motan2.frames import (
     FLAG_HEARTBEAT,
+    FLAG_PROXY,
+    FLAG_RESPONSE,
     NEED_DATA,
+    STATUS_EXCEPTION,
     FrameDecoder,
     RawFrame,
     encode_frame,
@@ -116,7 +119,7 @@ class NodeLink:
         self._poller = poller
         self._on_health = on_health
         self._sock: socket.socket | None = None
-        self._decoder = FrameDecoder(max_frame, max_frame)
+        self._decoder = FrameDecoder(max_frame, max_frame, skip_big_bodies=True)
         #: Calls sent (or queued) and not answered, by the request id this link gave them.
         self._waiting: dict[int, Motan2Attempt] = {}
         #: The same calls in the order sent: the watchdog's queue (deadlines come in order).
@@ -239,7 +242,7 @@ class NodeLink:
     async def _serve(self, sock: socket.socket) -> None:
         """Run the open connection until it ends."""
         self._sock = sock
-        self._decoder = FrameDecoder(self._max_frame, self._max_frame)
+        self._decoder = FrameDecoder(self._max_frame, self._max_frame, skip_big_bodies=True)
         self._ended = trio.Event()
         self._hung_up = False
         self.reason = "connection closed"
@@ -445,6 +448,16 @@ class NodeLink:
                 attempt = waiting.pop(reply.request_id, None)
                 if attempt is None:
                     continue  # its call timed out: the late reply is dropped
+                if not reply.data:  # its body was over the limit, and skipped
+                    reply = RawFrame(
+                        FLAG_RESPONSE | FLAG_PROXY,
+                        STATUS_EXCEPTION,
+                        reply.request_id,
+                        agent_error(
+                            reply.request_id,
+                            f"reply from {self.address} over the limit (motan2.max_frame)",
+                        ),
+                    )
                 attempt.reply = reply
                 attempt.finish()
         except ProtocolError as exc:

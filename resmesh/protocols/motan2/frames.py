@@ -668,7 +668,8 @@ class RawFrame:
         flags: the message type byte (:data:`FLAG_RESPONSE`, :data:`FLAG_HEARTBEAT`...).
         status: 0 normal, 1 exception.
         request_id: the header's request id.
-        data: the frame as received.
+        data: the frame as received; empty for a frame whose body was over the limit and
+            skipped (``skip_big_bodies``).
     """
 
     __slots__ = ("data", "flags", "request_id", "status")
@@ -713,11 +714,13 @@ class FrameDecoder:
 
     __slots__ = (
         "_body_size",
+        "_discard",
         "_error",
         "_head",
         "_max_body",
         "_max_meta",
         "_meta",
+        "_skip_big_bodies",
         "buffer",
     )
 
@@ -727,6 +730,7 @@ class FrameDecoder:
         max_body: int = DEFAULT_MAX_BODY,
         *,
         max_buffer: int | None = None,
+        skip_big_bodies: bool = False,
     ) -> None:
         """Create a decoder.
 
@@ -735,9 +739,16 @@ class FrameDecoder:
             max_body: largest body accepted, compressed size (``maxContentLength``, 10 MiB).
             max_buffer: most bytes buffered at once; by default one largest frame plus
                 :data:`DEFAULT_READ_AHEAD`.
+            skip_big_bodies: a frame whose body is over ``max_body`` is dropped as it comes
+                (never buffered) and :meth:`next_raw` gives its header with empty ``data``,
+                instead of an error that ends the stream: for a relay whose connection
+                carries other callers' frames.
         """
         self._max_meta = max_meta
         self._max_body = max_body
+        self._skip_big_bodies = skip_big_bodies
+        #: Bytes of a skipped body still to drop.
+        self._discard = 0
         if max_buffer is None:
             max_buffer = FRAME_OVERHEAD + max_meta + max_body + DEFAULT_READ_AHEAD
         self.buffer = ReceiveBuffer(max_buffer, "transport data buffer over of limit")
@@ -813,6 +824,15 @@ class FrameDecoder:
         data = buffer.data
         start = buffer.start
         available = len(data) - start
+        if self._discard:
+            dropped = min(available, self._discard)
+            buffer.commit(start + dropped)
+            self._discard -= dropped
+            if self._discard:
+                return NEED_DATA
+            data = buffer.data
+            start = buffer.start
+            available = len(data) - start
         head = self._head
         if head is None:
             if available < _PREFIX:
@@ -849,6 +869,11 @@ class FrameDecoder:
                         is_request=not flags & FLAG_RESPONSE,
                     ) from None
             (body_size,) = _U32.unpack_from(data, meta_end)
+            if body_size > self._max_body and self._skip_big_bodies and not whole:
+                buffer.commit(meta_end + 4)
+                self._head = None
+                self._discard = body_size
+                return RawFrame(flags, version_status & 0x07, request_id, b"")
             if body_size > self._max_body:
                 raise FrameError(
                     _over_limit_hint(body_size, self._max_body),

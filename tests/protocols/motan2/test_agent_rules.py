@@ -516,3 +516,28 @@ def test_next_raw_refuses_over_limit_sizes_with_the_request_id() -> None:
     with pytest.raises(FrameError, match="magic number not correct") as caught:
         decoder.next_raw()
     assert caught.value.request_id is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(1, 200_000), max_size=12))
+def test_a_relay_skips_a_body_over_the_limit_and_reads_on(cuts: list[int]) -> None:
+    """With ``skip_big_bodies``, a frame whose body is over the limit comes out as its
+    header with empty data, its body dropped as it arrives, and the frames after it are read
+    as usual, however the stream is cut."""
+    small = encode_frame(response(1, b"a"))
+    big = encode_frame(response(2, b"b" * 150_000))
+    after = encode_frame(response(3, b"c" * 500))
+    stream = small + big + after
+    decoder = FrameDecoder(1024, 1024, skip_big_bodies=True)
+    out: list[RawFrame] = []
+    position = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        if cut <= position:
+            continue
+        decoder.feed(stream[position:cut])
+        position = cut
+        while (raw := decoder.next_raw()) is not NEED_DATA:
+            assert isinstance(raw, RawFrame)
+            out.append(raw)
+        assert decoder.buffered <= 1024 * 3 + 200_000  # never the whole big body at once
+    assert [(r.request_id, r.data) for r in out] == [(1, small), (2, b""), (3, after)]
