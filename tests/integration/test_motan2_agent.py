@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 import trio
+import yaml
 
 from resmesh.net.motan2 import Motan2Error, Motan2Service, open_client
 from resmesh.protocols.motan2 import simple
@@ -37,8 +40,10 @@ from resmesh.protocols.motan2.frames import (
 )
 from tests.net.test_motan2_client import SIMPLE_VALUES
 from tests.support.driver import wait_until
-from tests.support.servers import Gateway, free_port
+from tests.support.servers import Gateway, free_port, port_open
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+QUICKSTART = EXAMPLES / "quickstart.yaml"
 SERVICE = "resmesh.demo.EchoService"
 GROUP = "resmesh-demo"
 APP = "agent-test"
@@ -485,3 +490,30 @@ async def test_malformed_frames_close_only_their_connection(tmp_path: Path, side
                         assert expected(received), (data[:40], received)
                     answer = await bystander.call(SERVICE, "hello", "still", group=GROUP)
                     assert answer == "hello still"
+
+
+async def test_the_quickstarts_agent_serves_the_example_service(tmp_path: Path) -> None:
+    """examples/quickstart.yaml's Motan2 part as shipped (ports moved to free ones), with
+    examples/motan2_echo.py as a process: client -> client side -> server side -> service."""
+    quickstart = yaml.safe_load(QUICKSTART.read_text())
+    echo_port, client, server = free_port(), free_port(), free_port()
+    agent = quickstart["motan2"]
+    agent["client"], agent["server"] = f"127.0.0.1:{client}", f"127.0.0.1:{server}"
+    agent["export"] = {SERVICE: f"127.0.0.1:{echo_port}"}
+    cluster = quickstart["clusters"]["echo"]
+    assert cluster["groups"] == {"dc-a": ["127.0.0.1:9982"]}  # the server side, as shipped
+    cluster["groups"] = {"dc-a": [f"127.0.0.1:{server}"]}
+    config = {"gateway": {"app": "quickstart"}, "motan2": agent, "clusters": {"echo": cluster}}
+    echo = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "motan2_echo.py"), "--port", str(echo_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_until(lambda: port_open(echo_port), "the echo service to listen", 15)
+        async with gateway(config, tmp_path), open_client("127.0.0.1", client) as caller:
+            assert await caller.call(SERVICE, "hello", "mesh", group=GROUP) == "hello mesh"
+            assert await caller.call(SERVICE, "echo", [1, "two"], group=GROUP) == [1, "two"]
+    finally:
+        echo.terminate()
+        echo.wait(10)
