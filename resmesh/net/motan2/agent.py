@@ -51,6 +51,7 @@ from ...protocols.motan2.agent import (
     fallback_reply,
     heartbeat_reply,
     meta_size,
+    set_request_id,
     with_request_id,
 )
 from ...protocols.motan2.frames import Frame, FrameDecoder, FrameError
@@ -336,11 +337,13 @@ class Motan2Session(ClientSession):
         if isinstance(result, Unavailable):
             errcode = ERRCODE_REFUSED if result.outcome is Outcome.REJECTED else ERRCODE_AGENT
             reply = agent_error(caller_id, f"call {cluster.name} failed: {result}", errcode)
+            caller_id_in_reply = None
         else:
             assert result.reply is not None
-            reply = with_request_id(result.reply.data, caller_id)
+            reply = result.reply.data
+            caller_id_in_reply = caller_id
         try:
-            self._write(reply)
+            self._write(reply, caller_id_in_reply)
         except OSError:
             self.drop()  # the client went away
             return
@@ -366,8 +369,9 @@ class Motan2Session(ClientSession):
             self._unbusy = None
             unbusy.set()
 
-    def _write(self, data: bytes) -> None:
-        """Send a reply without waiting. In a poller round, the replies the round makes for
+    def _write(self, data: bytes, request_id: int | None = None) -> None:
+        """Send a frame without waiting (``request_id``: the id to write over its own, the
+        caller's on a relayed reply). In a poller round, the replies the round makes for
         this client leave together at its end (one ``send`` for the replies of a node read,
         not one each); what the socket does not take goes to the writer task.
 
@@ -383,13 +387,21 @@ class Motan2Session(ClientSession):
                     self._max_unsent,
                 )
                 raise OSError("too many unread replies")
-            self._unsent += data
+            self._append(data, request_id)
             return
         poller = self.poller
         if poller is not None and poller.defer(self._send_round):
-            self._unsent += data
+            self._append(data, request_id)
             return
-        self._send(data)
+        self._send(data if request_id is None else with_request_id(data, request_id))
+
+    def _append(self, data: bytes, request_id: int | None) -> None:
+        """Queue a frame, its id written over in the queue (no copy of its own)."""
+        unsent = self._unsent
+        at = len(unsent)
+        unsent += data
+        if request_id is not None:
+            set_request_id(unsent, at, request_id)
 
     def _send_round(self) -> None:
         """The end of a poller round: send its replies (must not raise)."""

@@ -60,6 +60,7 @@ __all__ = [
     "heartbeat_reply",
     "meta_size",
     "raw_outcome",
+    "set_request_id",
     "with_request_id",
 ]
 
@@ -114,6 +115,11 @@ class Request(Call):
 def meta_size(frame: bytes) -> int:
     """The size of an encoded frame's meta block (from its header)."""
     return int.from_bytes(frame[_ID_AT + 8 : _ID_AT + 12], "big")
+
+
+def set_request_id(buffer: bytearray, at: int, request_id: int) -> None:
+    """Write ``request_id`` over the id of the frame that starts at ``at`` in ``buffer``."""
+    _ID.pack_into(buffer, at + _ID_AT, request_id)
 
 
 def with_request_id(frame: bytes | bytearray, request_id: int) -> bytes:
