@@ -139,9 +139,12 @@ def test_log_level_works_after_the_subcommand(capsys: pytest.CaptureFixture[str]
     assert "feed-cache" in capsys.readouterr().out
 
 
-def test_summary_lists_users() -> None:
+def test_summary_lists_users(tmp_path: Path) -> None:
     config = load_config(QUICKSTART)
-    assert summarize(config)[-1] == "users: none (clients connect without AUTH)"
+    assert summarize(config)[-1] == "user app: clusters user-db"
+    path = tmp_path / "open.yaml"
+    path.write_text("clusters:\n  c: {protocol: redis, listen: 127.0.0.1:1, groups: {a: [h:1]}}\n")
+    assert summarize(load_config(path))[-1] == "users: none (clients connect without AUTH)"
 
 
 def test_log_format_is_one_key_value_line() -> None:

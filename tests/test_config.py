@@ -92,7 +92,16 @@ def test_quickstart_loads() -> None:
     assert config.gateway == GatewayConfig(
         app="demo-app", admin=Address("127.0.0.1", 8002), drain_timeout=5.0, workers=1
     )
-    assert dict(config.users) == {}
+    assert {name: user.clusters for name, user in config.users.items()} == {
+        "app": frozenset({"user-db"})
+    }
+    db = config.clusters["user-db"]
+    assert (db.protocol, str(db.listen), db.backend.username, db.backend.password) == (
+        Protocol.MYSQL,
+        "127.0.0.1:3307",
+        "root",
+        "",
+    )
     feed = config.clusters["feed-cache"]
     assert feed.protocol == "redis"  # a StrEnum: compares and formats as its string
     assert feed.protocol is Protocol.REDIS

@@ -192,3 +192,18 @@ def test_a_redis_cluster_may_not_listen_on_an_agent_port() -> None:
     error = error_for(data)
     assert (error.key, error.fix) == ("clusters.cache.listen", "give each listener its own port")
     assert "already used by motan2.server" in error.problem
+
+
+def test_an_empty_backend_password_is_for_mysql_only() -> None:
+    data = config()
+    data["clusters"]["cache"] = {
+        "protocol": "redis",
+        "listen": "127.0.0.1:6380",
+        "groups": {"a": ["h:1"]},
+        "backend": {"password": ""},
+    }
+    error = error_for(data)
+    assert (error.key, error.problem) == (
+        "clusters.cache.backend.password",
+        "an empty password cannot log in (AUTH needs one)",
+    )

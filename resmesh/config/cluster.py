@@ -58,7 +58,8 @@ class BackendConfig:
     backend passwords.
 
     Attributes:
-        username, password: the backend login (``AUTH [username] password``).
+        username, password: the backend login (``AUTH [username] password`` for Redis; a
+            MySQL account, whose password may be empty).
         connect_timeout: seconds allowed to open (and authenticate) one backend connection.
         command_timeout: seconds allowed for one command's reply, unless it blocks by design.
         connections: multiplexed (shared) connections per node per (db, protocol version);
@@ -71,7 +72,7 @@ class BackendConfig:
     """
 
     username: str | None = knob(None, Kind.STRING, low=1, example="gateway")
-    password: str | None = knob(None, Kind.STRING, low=1, example="secret")
+    password: str | None = knob(None, Kind.STRING, low=0, example="secret")
     connect_timeout: float = knob(2.0, Kind.DURATION, low_open=True, example="2s")
     command_timeout: float = knob(5.0, Kind.DURATION, low_open=True, example="5s")
     connections: int = knob(1, Kind.INT, low=1, high=64)
@@ -329,6 +330,12 @@ def _cluster(
     )
     if protocol is Protocol.MYSQL:
         _check_mysql(ctx, path, mode, backend)
+    elif backend.password == "":
+        raise ctx.error(
+            (*path, "backend", "password"),
+            "an empty password cannot log in (AUTH needs one)",
+            "give the password, or remove it when the nodes ask none",
+        )
     limits = _limits(ctx, section.get("limits"), (*path, "limits"), protocol, entry)
     own: dict[str, Any] = {
         protocol.value: entry.parse(ctx, section.get(protocol.value), (*path, protocol.value))

@@ -19,6 +19,7 @@ import aiomysql
 import pymysql
 import pymysql.cursors
 import pytest
+import yaml
 
 from resmesh.protocols.mysql import NEED_DATA, Connection, Role, State
 from resmesh.protocols.mysql.auth import native_password_scramble
@@ -570,3 +571,25 @@ def test_a_lost_backend_connection_ends_the_session_with_an_error(gw: Gateway) -
     with connect(gw) as conn, conn.cursor() as cur:  # a new session gets a working connection
         cur.execute("SELECT 2")
         assert cur.fetchone() == (2,)
+
+
+def test_the_quickstarts_user_db_as_shipped(mariadb: None, tmp_path: Path) -> None:
+    """examples/quickstart.yaml's MySQL cluster (its port moved to a free one): the user
+    `app` logs in with the mariadb CLI; the backend login is root with an empty password,
+    as on a fresh MariaDB."""
+    quickstart = yaml.safe_load(
+        (Path(__file__).parents[2] / "examples/quickstart.yaml").read_text()
+    )
+    cluster = quickstart["clusters"]["user-db"]
+    assert cluster["listen"] == "127.0.0.1:3307"
+    cluster["listen"] = f"127.0.0.1:{free_port()}"
+    config = {"users": quickstart["users"], "clusters": {"user-db": cluster}}
+    gateway = Gateway(config, tmp_path)
+    try:
+        ran = mariadb_cli(gateway.port, "SELECT 40 + 2 AS answer")
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.split() == ["answer", "42"]
+        refused = mariadb_cli(gateway.port, "SELECT 1", password="wrong")
+        assert refused.returncode != 0 and "1045" in refused.stderr
+    finally:
+        assert gateway.terminate() == 0, gateway.log()
