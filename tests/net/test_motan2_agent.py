@@ -1492,3 +1492,30 @@ async def test_the_server_side_never_refuses_a_call_for_callers_mistakes(
 
 async def _hello(name: str) -> str:
     return "hello " + name
+
+
+async def test_request_bytes_in_flight_stop_reading_a_client(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests waiting for a slow node are bounded per client by their bytes too: past
+    ``_MAX_IN_FLIGHT_BYTES`` the session is busy and the poller reads nothing more of it."""
+    monkeypatch.setattr(agent_module, "_MAX_IN_FLIGHT_BYTES", 50_000)
+    node = FakeNode()
+    node.hold = True
+    config = agent_config({"echo": motan2_cluster(SERVICE, [node])})
+    async with serving(node), running_agent(config, dispatched=True) as agent:
+        client = await agent.connect()
+        session = agent.session_of(client.peer)
+        assert session is not None
+        for i in range(5):  # 30 kB each: the second one takes it past the bound
+            await client.send(call_frame("x" * 30_000, request_id=i))
+            await trio.sleep(0.5)
+        assert len(node.held) == 2 and session.busy
+        assert session.in_flight_bytes > 50_000
+        await node.answer()
+        # Read on once answered (the bound is checked between reads, not between frames).
+        await wait_until(lambda: len(node.requests) == 5, "the rest of the calls", 30)
+        await node.answer()
+        replies = await client.replies(5)
+        assert sorted(r.request_id for r in replies) == list(range(5))
+        assert session.in_flight_bytes == 0 and not session.busy

@@ -21,7 +21,9 @@ process is down.
 session to wait: the cluster's poller reads every client (:meth:`Motan2Session.handle_nowait`)
 and every node connection, and a reply goes back to its client from the round that read it.
 A client that sends faster than its replies are read, or has ``_MAX_CALLS_PER_CLIENT`` calls
-in flight, is not read until it catches up (TCP's flow control holds it back).
+or ``_MAX_IN_FLIGHT_BYTES`` of requests in flight, is not read until it catches up (TCP's flow
+control holds it back); one that leaves more than ``_MAX_UNSENT`` of replies unread is
+closed.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ log = logging.getLogger(__name__)
 
 #: Calls one client connection may have in flight before the agent stops reading it.
 _MAX_CALLS_PER_CLIENT: Final = 65536
+#: Request bytes one client may have in flight before the agent stops reading it (they wait
+#: in the node connections' buffers while a node is slow to read them).
+_MAX_IN_FLIGHT_BYTES: Final = 16 * 1024 * 1024
 #: Reply bytes one client may leave unread (besides one largest reply) before the agent
 #: closes its connection: the client stopped reading, and its replies would grow without
 #: bound (redis-server's client-output-buffer-limit closes such a client too).
@@ -198,6 +203,9 @@ class Motan2Session(ClientSession):
         #: Unread reply bytes allowed: room for one largest reply on top of the bound.
         self._max_unsent = _MAX_UNSENT + max_frame
         self.in_flight = 0
+        #: Bytes of the requests in flight (they wait in node connections' buffers while a
+        #: node is slow to read).
+        self.in_flight_bytes = 0
         #: Set when the connection must close (a protocol error), after its last words.
         self._closing = False
         #: Set when the session stops being busy, for its task when it reads the client
@@ -206,7 +214,11 @@ class Motan2Session(ClientSession):
 
     @property
     def busy(self) -> bool:
-        return self.writing or self.in_flight >= _MAX_CALLS_PER_CLIENT
+        return (
+            self.writing
+            or self.in_flight >= _MAX_CALLS_PER_CLIENT
+            or self.in_flight_bytes >= _MAX_IN_FLIGHT_BYTES
+        )
 
     @property
     def idle(self) -> bool:
@@ -318,7 +330,9 @@ class Motan2Session(ClientSession):
             operation=op.name if policies.operation_hedges else None,
         )
         self.in_flight += 1
-        cluster.engine.start(run, _Answer(self, cluster, frame.request_id, op.name), now)
+        self.in_flight_bytes += len(payload)
+        answer = _Answer(self, cluster, frame.request_id, op.name, len(payload))
+        cluster.engine.start(run, answer, now)
         return True
 
     def answered(
@@ -326,11 +340,14 @@ class Motan2Session(ClientSession):
         cluster: ServiceCluster,
         caller_id: int,
         operation: str,
+        size: int,
         result: Motan2Attempt | Unavailable,
     ) -> None:
         """A call's answer (or why there is none) is in: give back its limit slot and write
-        the reply with the caller's request id. Runs in the task that read the answer."""
+        the reply with the caller's request id (``size``: its request's bytes). Runs in the
+        task that read the answer."""
         self.in_flight -= 1
+        self.in_flight_bytes -= size
         limiter = cluster.policies.limiter
         if limiter is not None:
             limiter.done(operation)
@@ -435,19 +452,25 @@ class Motan2Session(ClientSession):
 class _Answer:
     """The callback of one call in flight (``HAEngine.start``'s ``on_done``)."""
 
-    __slots__ = ("caller_id", "cluster", "operation", "session")
+    __slots__ = ("caller_id", "cluster", "operation", "session", "size")
 
     def __init__(
-        self, session: Motan2Session, cluster: ServiceCluster, caller_id: int, operation: str
+        self,
+        session: Motan2Session,
+        cluster: ServiceCluster,
+        caller_id: int,
+        operation: str,
+        size: int,
     ) -> None:
         self.session = session
         self.cluster = cluster
         self.caller_id = caller_id
         self.operation = operation
+        self.size = size
 
     def __call__(self, result: Motan2Attempt | Unavailable) -> None:
         try:
-            self.session.answered(self.cluster, self.caller_id, self.operation, result)
+            self.session.answered(self.cluster, self.caller_id, self.operation, self.size, result)
         except Exception:
             # A bug here must end this client only, never the reader every client shares.
             log.exception("client %s: unexpected error; closing it", self.session.transport.peer)
