@@ -46,6 +46,7 @@ from ...policies.engine import HAEngine
 from ...policies.switch import Switch, SwitchAction
 from ...protocols.motan2.agent import (
     ERRCODE_AGENT,
+    ERRCODE_NOT_EXPORTED,
     ERRCODE_REFUSED,
     Request,
     agent_error,
@@ -87,8 +88,6 @@ _OPERATIONS_MAX: Final = 4096
 #: The names of the two sides in logs (no cluster name has a space).
 CLIENT_SIDE: Final = "motan2 client"
 SERVER_SIDE: Final = "motan2 server"
-#: errcode of a call for a service the server side does not export (motan-go's 404).
-ERRCODE_NOT_EXPORTED: Final = 404
 #: How long a client closed for a protocol error has to read its exception reply.
 _LAST_WORDS_TIMEOUT: Final = 1.0
 

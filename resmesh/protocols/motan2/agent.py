@@ -52,6 +52,7 @@ from .frames import (
 
 __all__ = [
     "ERRCODE_AGENT",
+    "ERRCODE_NOT_EXPORTED",
     "ERRCODE_REFUSED",
     "Request",
     "agent_error",
@@ -68,6 +69,8 @@ __all__ = [
 ERRCODE_AGENT: Final = 400
 #: errcode of a call governance refused: a limit, an open breaker, a degrade switch.
 ERRCODE_REFUSED: Final = 503
+#: errcode of a call for a service the server side does not export (motan-go's 404).
+ERRCODE_NOT_EXPORTED: Final = 404
 
 #: Where the request id sits in a frame: after magic (2), flags, version/status and
 #: serialization (1 each).
