@@ -517,3 +517,50 @@ async def test_the_quickstarts_agent_serves_the_example_service(tmp_path: Path) 
     finally:
         echo.terminate()
         echo.wait(10)
+
+
+async def test_three_hosts_in_two_groups_each_behind_its_own_server_side(tmp_path: Path) -> None:
+    """The Weibo Mesh shape end to end: client -> client side -> the server side of one of
+    three hosts (each a gateway of its own in front of its service) in two groups. One
+    host's gateway is killed under load: no idempotent call fails."""
+    async with nodes("a1", "a2", "b1") as services:
+        hosts: list[Gateway] = []
+        try:
+            for service in services:
+                host = agent_config({"dc-a": [service.port]}, export=service.port)
+                hosts.append(await trio.to_thread.run_sync(Gateway, host, tmp_path))
+            sides = [port_of(h, "server") for h in (gw_config(g) for g in hosts)]
+            caller = agent_config(
+                {"dc-a": sides[:2], "dc-b": sides[2:]},
+                governance={"failover": {"budget_ratio": 1.0}},
+            )
+            async with (
+                gateway(caller, tmp_path),
+                open_client("127.0.0.1", port_of(caller)) as client,
+            ):
+                answered: list[str] = []
+                killed_at: list[int] = []
+
+                async def call_on() -> None:
+                    for i in range(40):
+                        if i == 15 and not killed_at:
+                            killed_at.append(len(answered))
+                            hosts[0].proc.kill()  # the host a1 is gone, its gateway too
+                        answered.append(await client.call(SERVICE, "whoami", group=GROUP))
+
+                with trio.fail_after(30):
+                    async with trio.open_nursery() as callers:
+                        for _ in range(30):
+                            callers.start_soon(call_on)
+                assert len(answered) == 30 * 40  # no call failed
+                assert "a1" not in answered[killed_at[0] + 30 :]
+                assert {"a1", "a2", "b1"} <= set(answered)
+        finally:
+            for host in hosts[1:]:
+                assert await trio.to_thread.run_sync(host.terminate) == 0, host.log()
+            if hosts:
+                await trio.to_thread.run_sync(hosts[0].terminate)  # killed: reaps, closes its log
+
+
+def gw_config(gateway: Gateway) -> dict[str, Any]:
+    return yaml.safe_load(gateway.config_path.read_text())  # type: ignore[no-any-return]
