@@ -429,16 +429,18 @@ def expected_outcome(frame: Frame, side: str) -> Outcome:
     if side == "client":
         if service != SERVICE or group not in ("", GROUP):
             return Outcome(errcode=400, errtype=1, what=f"no cluster for {service[:40]!r}")
-        # The client side adds M_rid and M_s before forwarding to the server side, whose
-        # decoder has the same meta limit.
-        meta = dict(frame.meta)
-        rid = frame.request_id
-        meta.setdefault(META_REQUEST_ID, str(rid - (1 << 64) if rid >= 1 << 63 else rid))
-        meta.setdefault(META_SOURCE, APP)
-        if len(encode_meta(meta)) > MAX_FRAME:
-            return Outcome(errcode=400, errtype=1, what="forwarded meta over the frame limit")
     elif service != SERVICE:
         return Outcome(errcode=404, errtype=1, what=f"not exported: {service[:40]!r}")
+    # Either side adds M_rid (and the client side M_s) when missing or empty before
+    # forwarding, and refuses what that takes over the next hop's meta limit.
+    meta = dict(frame.meta)
+    rid = frame.request_id
+    if not meta.get(META_REQUEST_ID):
+        meta[META_REQUEST_ID] = str(rid - (1 << 64) if rid >= 1 << 63 else rid)
+    if side == "client" and not meta.get(META_SOURCE):
+        meta[META_SOURCE] = APP
+    if len(encode_meta(meta)) > MAX_FRAME:
+        return Outcome(errcode=400, errtype=1, what="forwarded meta over the frame limit")
     return _service_call(frame)
 
 
