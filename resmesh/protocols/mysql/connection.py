@@ -147,7 +147,9 @@ class Connection:
     """
 
     __slots__ = (
+        "_capabilities",
         "_changing_user",
+        "_client_capabilities",
         "_columns_left",
         "_decoder",
         "_definition_index",
@@ -157,14 +159,13 @@ class Connection:
         "_pending",
         "_prepare_columns",
         "_send_seq",
+        "_server_capabilities",
         "_tls_done",
         "auth_plugin",
-        "client_capabilities",
         "command",
         "connection_id",
         "role",
         "scramble",
-        "server_capabilities",
         "server_version",
         "state",
         "statements",
@@ -204,8 +205,10 @@ class Connection:
         self._tls_done = False
         self._peer_closed = False
         self._error: MySQLRemoteError | None = None
-        self.server_capabilities: Capability | None = None
-        self.client_capabilities: Capability | None = None
+        self._server_capabilities: Capability | None = None
+        self._client_capabilities: Capability | None = None
+        #: Their intersection, computed when either changes (read for every packet).
+        self._capabilities = Capability(0)
         self.status = ServerStatus(0)
         self.auth_plugin: str | None = None
         self.scramble = b""
@@ -218,10 +221,31 @@ class Connection:
     # -- what the session knows ---------------------------------------------------------
 
     @property
+    def server_capabilities(self) -> Capability | None:
+        return self._server_capabilities
+
+    @server_capabilities.setter
+    def server_capabilities(self, value: Capability | None) -> None:
+        self._server_capabilities = value
+        self._capabilities = self._intersection()
+
+    @property
+    def client_capabilities(self) -> Capability | None:
+        return self._client_capabilities
+
+    @client_capabilities.setter
+    def client_capabilities(self, value: Capability | None) -> None:
+        self._client_capabilities = value
+        self._capabilities = self._intersection()
+
+    @property
     def capabilities(self) -> Capability:
         """The capabilities in force: the intersection once both sides have spoken."""
-        server = self.server_capabilities
-        client = self.client_capabilities
+        return self._capabilities
+
+    def _intersection(self) -> Capability:
+        server = self._server_capabilities
+        client = self._client_capabilities
         if server is None:
             return client if client is not None else Capability(0)
         if client is None:
