@@ -47,7 +47,6 @@ import json
 import os
 import resource
 import select
-import shutil
 import signal
 import socket
 import statistics
@@ -69,10 +68,15 @@ from _common import (
     cpu_seconds,
     free_port,
     git_revision,
+    interrupt_on_signals,
+    kill_if_running,
+    note,
     print_profile,
     process_cpu_snapshot,
     process_tree,
+    quietest,
     spawn,
+    start_profiler,
     stop,
     system_cpu_seconds,
     wait_until,
@@ -106,9 +110,7 @@ DIRECT: Final = "direct"
 AGENT: Final = "agent"
 TWO_HOPS: Final = "two-hops"
 
-NOISE_FLOOR_S: Final = 0.25
 """Other load below this many CPU-seconds never causes a retry: /proc counts in 10 ms ticks."""
-INSTALL_PYSPY: Final = "py-spy not found: pip install py-spy (it is in resmesh's [dev] extras)"
 
 # The wire (protocols/motan2.md §1): magic 2, flags 1, version|status 1, serialization 1,
 # request id 8, meta size 4 | meta | body size 4 | body.
@@ -631,10 +633,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --- processes -------------------------------------------------------------------------------
 
 
-def note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def call_hello(port: int, timeout: float = 2.0) -> object:
     """One blocking call (setup and checks only): the decoded result, or the exception text."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -886,59 +884,24 @@ class Bench:
 
     def measured(self, path: str, shape: Shape) -> Run:
         """``run_once``, retried while other processes load the box more than --max-noise."""
-        attempts: list[Run] = []
-        while True:
-            run = self.run_once(path, shape)
-            attempts.append(run)
-            max_noise = self.args.max_noise
-            if max_noise < 0 or run.noise <= max_noise or run.other_cpu_s <= NOISE_FLOOR_S:
-                break
-            if len(attempts) > self.args.retries:
-                note(f"    still noisy after {self.args.retries} retries: keeping the quietest run")
-                break
-            note(f"    noise {100 * run.noise:.0f}% > {100 * max_noise:.0f}%: retrying")
-        best = min(attempts, key=lambda r: r.noise)
-        for run in attempts:
-            run.discarded = run is not best
-        self.discarded += [run for run in attempts if run.discarded]
+        best, discarded = quietest(
+            lambda: self.run_once(path, shape), self.args.max_noise, self.args.retries
+        )
+        self.discarded += discarded
         return best
 
     def start_profiler(self, pid: int, path: Path) -> subprocess.Popen[bytes]:
-        pyspy = shutil.which("py-spy") or shutil.which(
-            "py-spy", path=str(Path(sys.executable).parent)
+        return start_profiler(
+            pid,
+            path,
+            self.stack,
+            rate=self.args.profile_rate,
+            subprocesses=self.args.workers > 1,
         )
-        if pyspy is None:
-            raise BenchError(INSTALL_PYSPY)
-        log_path = path.with_name(path.name + ".log")
-        argv = [
-            pyspy, "record", "--pid", str(pid), "--rate", str(self.args.profile_rate),
-            "--format", "raw", "-o", str(path),
-        ]  # fmt: skip
-        if self.args.workers > 1:
-            argv.append("--subprocesses")
-        with log_path.open("wb") as log:
-            proc = spawn(argv, stdout=log, death_signal=signal.SIGINT)
-
-        def sampling() -> bool:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"py-spy exited with code {proc.returncode}: {log_path.read_text()}"
-                )
-            return "Sampling process" in log_path.read_text(errors="replace")
-
-        wait_until(sampling, 15, "py-spy to attach to the gateway")
-        self.stack.callback(_kill_if_running, proc)
-        return proc
 
     def kill_generators(self) -> None:
         for proc in list(self.generators):
-            _kill_if_running(proc)
-
-
-def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+            kill_if_running(proc)
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -1006,13 +969,6 @@ def print_table(rows: list[Row]) -> None:
 
 
 # --- main ------------------------------------------------------------------------------------
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    # Once: a second Ctrl-C must not cut the cleanup (stopping the gateways and service) short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1104,10 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--generate"]:
         return generate(argv[1:])
     args = build_parser().parse_args(argv)
-    # SIGINT explicitly too: a shell may start background jobs with SIGINT ignored.
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    interrupt_on_signals()
     try:
         return run(args)
     except BenchError as error:

@@ -68,10 +68,14 @@ from _common import (
     cpu_seconds,
     free_port,
     git_revision,
+    interrupt_on_signals,
+    note,
     print_profile,
     process_cpu_snapshot,
     process_tree,
+    quietest,
     spawn,
+    start_profiler,
     stop,
     system_cpu_seconds,
     wait_until,
@@ -90,12 +94,7 @@ TARGET_RATIO: Final = 0.7
 TARGET_US: Final = 40.0
 ANCHORS: Final = "MySQL Router ~0.9x, kingshard ~0.8x, Gaea 0.5-0.7x"
 
-NOISE_FLOOR_S: Final = 0.25
 """Other load below this many CPU-seconds never causes a retry: /proc counts in 10 ms ticks."""
-
-
-def note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # --- sysbench --------------------------------------------------------------------------------
@@ -481,51 +480,14 @@ class Bench:
 
     def measured(self, test: str, path: str) -> Run:
         """``run_once``, retried while other processes load the box more than --max-noise."""
-        attempts: list[Run] = []
-        while True:
-            run = self.run_once(test, path)
-            attempts.append(run)
-            max_noise = self.args.max_noise
-            if max_noise < 0 or run.noise <= max_noise or run.other_cpu_s <= NOISE_FLOOR_S:
-                break
-            if len(attempts) > self.args.retries:
-                note(f"    still noisy after {self.args.retries} retries: keeping the quietest run")
-                break
-            note(f"    noise {100 * run.noise:.0f}% > {100 * max_noise:.0f}%: retrying")
-        best = min(attempts, key=lambda r: r.noise)
-        for attempt in attempts:
-            attempt.discarded = attempt is not best
-        self.discarded += [a for a in attempts if a.discarded]
+        best, discarded = quietest(
+            lambda: self.run_once(test, path), self.args.max_noise, self.args.retries
+        )
+        self.discarded += discarded
         return best
 
     def start_profiler(self, pid: int, path: Path) -> subprocess.Popen[bytes]:
-        pyspy = shutil.which("py-spy") or shutil.which(
-            "py-spy", path=str(Path(sys.executable).parent)
-        )
-        if pyspy is None:
-            raise BenchError("py-spy not found: pip install py-spy (in resmesh's [dev] extras)")
-        log_path = path.with_name(path.name + ".log")
-        argv = [pyspy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw"]
-        argv += ["-o", str(path), *(["--subprocesses"] if self.args.workers > 1 else [])]
-        with log_path.open("wb") as log:
-            proc = spawn(argv, stdout=log, death_signal=signal.SIGINT)
-
-        def sampling() -> bool:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"py-spy exited with code {proc.returncode}: {log_path.read_text()}"
-                )
-            return "Sampling process" in log_path.read_text(errors="replace")
-
-        wait_until(sampling, 15, "py-spy to attach to the gateway")
-        self.stack.callback(_kill_if_running, proc)
-        return proc
-
-
-def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        return start_profiler(pid, path, self.stack, rate=200, subprocesses=self.args.workers > 1)
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -696,18 +658,9 @@ def run(args: argparse.Namespace) -> int:
     return 0 if clean_exit and not errors else 1
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    # Once: a second Ctrl-C must not cut the cleanup (stopping the gateways) short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    interrupt_on_signals()
     try:
         return run(args)
     except BenchError as error:

@@ -48,11 +48,15 @@ from _common import (
     free_port,
     git_revision,
     info,
+    interrupt_on_signals,
+    note,
     ping,
     print_profile,
     process_cpu_snapshot,
     process_tree,
+    quietest,
     spawn,
+    start_profiler,
     stop,
     system_cpu_seconds,
     wait_until,
@@ -70,14 +74,12 @@ CSV_COLUMNS = (
     "max_latency_ms",
 )
 VALUE_SIZE = 16
-NOISE_FLOOR_S = 0.25
 """Other load below this many CPU-seconds never causes a retry: /proc counts in 10 ms ticks."""
 INSTALL_BENCHMARK = "redis-benchmark not found: install redis-tools (apt-get install redis-tools)"
 INSTALL_SERVER = (
     "redis-server not found: install redis-server (apt-get install redis-server), "
     "or point the benchmark at a running one with --redis-port"
 )
-INSTALL_PYSPY = "py-spy not found: pip install py-spy (it is in resmesh's [dev] extras)"
 INSTALL_NUTCRACKER = "nutcracker not found: install twemproxy (apt-get install nutcracker)"
 INSTALL_STRACE = "strace not found: install it (apt-get install strace)"
 
@@ -656,24 +658,13 @@ class Bench:
 
     def measured(self, target: str, test: str, pipeline: int, *, profile: bool = False) -> Run:
         """``run_once``, retried while other processes load the box more than --max-noise."""
-        attempts: list[Run] = []
-        while True:
-            run = self.run_once(target, test, pipeline, profile=profile)
-            attempts.append(run)
-            if (
-                self.args.max_noise is None
-                or run.noise <= self.args.max_noise
-                or run.other_cpu_s <= NOISE_FLOOR_S
-            ):
-                break
-            if len(attempts) > self.args.retries:
-                note(f"    still noisy after {self.args.retries} retries: keeping the quietest run")
-                break
-            note(f"    noise {100 * run.noise:.0f}% > {100 * self.args.max_noise:.0f}%: retrying")
-        best = min(attempts, key=lambda r: r.noise)
-        for run in attempts:
-            run.discarded = run is not best
-        self.discarded += [run for run in attempts if run.discarded]
+        max_noise = -1.0 if self.args.max_noise is None else self.args.max_noise
+        best, discarded = quietest(
+            lambda: self.run_once(target, test, pipeline, profile=profile),
+            max_noise,
+            self.args.retries,
+        )
+        self.discarded += discarded
         return best
 
     # syscalls and task steps ---------------------------------------------------------------
@@ -734,48 +725,22 @@ class Bench:
     def start_profiler(
         self, pid: int, test: str, pipeline: int
     ) -> tuple[subprocess.Popen[bytes], Path]:
-        pyspy = shutil.which("py-spy") or shutil.which(
-            "py-spy", path=str(Path(sys.executable).parent)
-        )
-        if pyspy is None:
-            raise BenchError(INSTALL_PYSPY)
         suffix = {"raw": "txt", "speedscope": "speedscope.json", "flamegraph": "svg"}
         name = f"profile-{self.gateway_port}-{test}-P{pipeline}"  # next to gateway-PORT.log
         path = self.out / f"{name}.{suffix[self.args.profile_format]}"
-        log_path = path.with_name(path.name + ".log")
-        argv = [
-            pyspy, "record",
-            "--pid", str(pid),
-            "--rate", str(self.args.profile_rate),
-            "--format", self.args.profile_format,
-            "-o", str(path),
-            *self.args.profile_args.split(),
-        ]  # fmt: skip
-        if self.workers > 1:
-            argv.append("--subprocesses")
-        log = log_path.open("wb")
-        proc = spawn(argv, stdout=log, death_signal=signal.SIGINT)
-        log.close()
-
-        def sampling() -> bool:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"py-spy exited with code {proc.returncode}: {log_path.read_text()}"
-                )
-            return "Sampling process" in log_path.read_text(errors="replace")
-
-        wait_until(sampling, 15, "py-spy to attach to the gateway")
-        self.stack.callback(_kill_if_running, proc)
+        proc = start_profiler(
+            pid,
+            path,
+            self.stack,
+            rate=self.args.profile_rate,
+            subprocesses=self.workers > 1,
+            fmt=self.args.profile_format,
+            extra=self.args.profile_args.split(),
+        )
         return proc, path
 
     def stop_profiler(self, proc: subprocess.Popen[bytes]) -> None:
         stop(proc, signal.SIGINT, timeout=60)  # py-spy writes its output on SIGINT
-
-
-def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
 
 
 # --- parsing and reporting -------------------------------------------------------------------
@@ -797,10 +762,6 @@ def parse_csv(text: str, test: str) -> dict[str, float] | None:
         if len(record) == len(CSV_COLUMNS) and record[0].upper() == test.upper():
             return {col: float(val) for col, val in zip(CSV_COLUMNS[1:], record[1:], strict=True)}
     return None
-
-
-def note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def fmt_rps(value: float) -> str:
@@ -944,13 +905,6 @@ def machine() -> dict[str, Any]:
 # --- main ------------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    # Once: a second Ctrl-C must not cut the cleanup (stopping the gateway and redis) short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     if shutil.which("redis-benchmark") is None:
         raise BenchError(INSTALL_BENCHMARK)
@@ -1050,10 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_noise is not None and args.max_noise < 0:
         args.max_noise = None
-    # SIGINT explicitly too: a shell may start background jobs with SIGINT ignored.
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    interrupt_on_signals()
     try:
         return run(args)
     except BenchError as error:
