@@ -40,7 +40,7 @@ import trio
 from ...call import Operation, Outcome, Protocol, Run, Unavailable
 from ...cluster.topology import ClusterState, Node, Topology, topology_from_config
 from ...config import BreakerConfig, ClientLimits, ClusterConfig, GovernanceConfig, OutlierConfig
-from ...config.motan2 import Motan2AgentConfig
+from ...config.motan2 import Motan2AgentConfig, Motan2Settings
 from ...policies.chain import ClusterPolicies, configured_switches
 from ...policies.engine import HAEngine
 from ...policies.switch import Switch, SwitchAction
@@ -539,7 +539,7 @@ class ClientAgent(Motan2Agent):
             CLIENT_SIDE, str(settings.client), settings, source=source, workers=workers
         )
         #: Service path → its clusters (one per group).
-        self._by_service: dict[str, list[tuple[ClusterConfig, ServiceCluster]]] = {}
+        self._by_service: dict[str, list[tuple[Motan2Settings, ServiceCluster]]] = {}
         for config in clusters:
             assert config.motan2 is not None
             cluster = ServiceCluster(
@@ -556,23 +556,26 @@ class ClientAgent(Motan2Agent):
                 idempotent=config.motan2.idempotent,
             )
             self.clusters[config.name] = cluster
-            self._by_service.setdefault(config.motan2.service, []).append((config, cluster))
+            self._by_service.setdefault(config.motan2.service, []).append((config.motan2, cluster))
 
     def route(self, request: Request) -> ServiceCluster | tuple[int, str]:
         """The cluster of the request's service whose group and version match; a request
         without a group goes to the service's only cluster."""
-        candidates = self._by_service.get(request.service)
-        if candidates:
-            group, version = request.group, request.version
-            matching = [
-                cluster
-                for config, cluster in candidates
-                if (config.motan2 is not None)
-                and (not group or config.motan2.group in (None, group))
-                and (not version or config.motan2.version in (None, version))
-            ]
-            if len(matching) == 1 or (matching and group):
-                return matching[0]
+        group, version = request.group, request.version
+        found = None
+        for settings, cluster in self._by_service.get(request.service, ()):
+            if (group and settings.group not in (None, group)) or (
+                version and settings.version not in (None, version)
+            ):
+                continue
+            if group:
+                return cluster
+            if found is not None:
+                found = None  # several: the request must name its group
+                break
+            found = cluster
+        if found is not None:
+            return found
         # motan-go's agent code and words for the same failure.
         return ERRCODE_AGENT, (
             f"cluster not found. cluster: service={request.service or '(no M_p)'}, "

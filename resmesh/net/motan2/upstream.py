@@ -213,10 +213,9 @@ class NodeLink:
                     with trio.move_on_after(self._interval):
                         await self._wanted.wait()
                     continue
-                await self._serve(sock)  # its end failed its calls (_end)
+                await self._serve(sock)  # its end failed its calls, and the node is down (_end)
                 if self._retired:
                     break
-                self._health(False)
                 await trio.sleep(_RECONNECT_AFTER)
                 with trio.move_on_after(self._interval):
                     await self._wanted.wait()
