@@ -19,6 +19,7 @@ from typing import Final
 
 from resmesh import __version__
 from resmesh.config import Config, ConfigError, load_config
+from resmesh.policies.switch import SwitchMode
 
 __all__ = ["KeyValueFormatter", "build_parser", "configure_logging", "main", "summarize"]
 
@@ -30,8 +31,8 @@ EXIT_USAGE: Final = 2
 _log = logging.getLogger("resmesh.cli")
 
 _DESCRIPTION: Final = """\
-resmesh is a gateway for Redis and Motan2 RPC (MySQL to come) that runs beside your
-application. Apps point their usual clients at it on localhost; every command and every call
+resmesh is a gateway for Redis, MySQL and Motan2 RPC that runs beside your application.
+Apps point their usual clients at it on localhost; every command and every call
 passes through one governance pipeline (limits, circuit breakers, data-center routing,
 failover, backup requests, degrade switches) before it reaches the real servers. For Motan2 it
 is the mesh agent on both sides: apps call services through its client side, and remote
@@ -45,6 +46,20 @@ examples:
                                               # Motan2 agent on 9981 and 9982)
   redis-cli -p 6380 PING                      # then talk to Redis through the gateway
   python examples/motan2_echo.py              # the demo service the quickstart routes
+  resmesh ctl status                          # every cluster, node and breaker at a glance
+  resmesh ctl degrade feed-cache --mode miss  # every gateway answers misses within a second
+"""
+
+_CTL_EPILOG: Final = """\
+examples:
+  resmesh ctl status [--json]
+  resmesh ctl degrade feed-cache --mode miss          # or --op GET; restore undoes it
+  resmesh ctl degrade echo --mode fallback --value n/a
+  resmesh ctl restore feed-cache
+  resmesh ctl shift feed-cache dc-a=0 dc-b=100
+  resmesh ctl node add feed-cache 10.0.0.7:6379 --group dc-b
+  resmesh ctl node disable feed-cache 10.0.0.7:6379
+  resmesh ctl primary feed-cache 10.0.0.8:6379
 """
 
 # Attributes every LogRecord has; anything else came from ``extra=`` and is printed as key=value.
@@ -158,13 +173,70 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser(
         "ctl",
         parents=[common],
-        help="control running gateways (status, degrade, restore, shift, node); coming soon",
-        description="Control running gateways through the registry: status, degrade, restore, "
-        "shift, node add/remove/disable. Not implemented yet in this version.",
+        help="control every gateway through the registry: status, degrade, restore, shift, "
+        "node, primary",
+        description="Change the live state of a cluster in the registry; every gateway "
+        "watching it obeys within a second. status shows what a gateway runs.",
+        epilog=_CTL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ctl.add_argument("args", nargs=argparse.REMAINDER, help="ctl command and its arguments")
+    ctl.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"the gateway's config file, to find the registry (default: {DEFAULT_CONFIG})",
+    )
+    _add_ctl_commands(ctl)
     ctl.set_defaults(handler=_cmd_ctl)
     return parser
+
+
+def _add_ctl_commands(ctl: argparse.ArgumentParser) -> None:
+    """The ``ctl`` subcommands and their arguments."""
+    commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
+    status = commands.add_parser(
+        "status",
+        help="every cluster, group and node: health, breaker, route weights, switches, version",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    down = commands.add_parser("degrade", help="turn on a degrade switch")
+    down.add_argument("cluster")
+    down.add_argument(
+        "--mode",
+        choices=[m.value for m in SwitchMode],
+        help="miss: reads answer empty, writes are acknowledged; error: every call fails; "
+        "readonly: writes fail; fallback: every call answers --value (default: miss for "
+        "Redis, readonly for MySQL, error for Motan2)",
+    )
+    down.add_argument("--op", help="only this operation (a Redis command, SQL verb, method)")
+    down.add_argument("--value", help="the answer of mode fallback")
+    down.add_argument("--reason", default="", help="why, shown in errors and status")
+
+    up = commands.add_parser("restore", help="turn degrade switches off")
+    up.add_argument("cluster")
+    up.add_argument("--op", help="only this operation's switch (default: every switch)")
+
+    move = commands.add_parser(
+        "shift", help="set route weights between groups, e.g. shift feed-cache dc-a=0 dc-b=100"
+    )
+    move.add_argument("cluster")
+    move.add_argument("weights", nargs="+", metavar="GROUP=WEIGHT")
+
+    node = commands.add_parser("node", help="add, remove, enable or disable a node")
+    node.add_argument("action", choices=["add", "remove", "enable", "disable"])
+    node.add_argument("cluster")
+    node.add_argument("address", metavar="ADDR", help="host:port")
+    node.add_argument(
+        "--group", help="add: the group to join (default: the first; a new one gets weight 0)"
+    )
+    node.add_argument("--weight", type=int, default=100, help="add: its share of its group")
+
+    lead = commands.add_parser("primary", help="make a node the primary (it takes the writes)")
+    lead.add_argument("cluster")
+    lead.add_argument("address", metavar="ADDR", help="host:port")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,11 +317,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_ctl(args: argparse.Namespace) -> int:
-    _fail(
-        "resmesh ctl: not implemented yet in this version — fix: use the config file and "
-        "restart the gateway for now"
-    )
-    return EXIT_USAGE
+    config_path: Path = args.config
+    config = _load(config_path, is_default=config_path == DEFAULT_CONFIG)
+    if config is None:
+        return EXIT_USAGE
+    from resmesh.admin.ctl import run_ctl
+
+    return run_ctl(config, args)
 
 
 def summarize(config: Config) -> list[str]:
@@ -260,6 +334,8 @@ def summarize(config: Config) -> list[str]:
         f"{config.source}: ok",
         f"gateway {gateway.app}: admin {admin}, workers {gateway.workers}, "
         f"drain_timeout {gateway.drain_timeout:g}s",
+        f"registry {config.registry.describe()}, when unreachable at start: "
+        f"{config.registry.unreachable_at_start}",
     ]
     for name, cluster in config.clusters.items():
         groups = ", ".join(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -26,21 +27,28 @@ from pathlib import Path
 import trio
 
 from . import diagnostics
+from .admin.app import AdminApp, AdminView
+from .admin.serve import WorkersView, remove_socket, serve_admin, worker_socket
+from .admin.status import LocalView, Served
 from .call import Protocol
 from .config import Address, Config
+from .config.registry import UnreachableAtStart
 from .net.listen import bind_tcp
 from .net.motan2.agent import CLIENT_SIDE, SERVER_SIDE, ClientAgent, ServerAgent
 from .net.mysql.runtime import MySQLRuntime
 from .net.redis.runtime import RedisRuntime
 from .net.runtime import ClusterRuntime
 from .net.sockio import close_quietly
+from .registry import open_registry
+from .registry.follower import Follower, Target
 
 __all__ = ["RUNTIMES", "build_runtimes", "listen_points", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
-#: Exit code when a listener cannot be bound (address in use...): a runtime failure, unlike
-#: 2, which the CLI reserves for bad configuration.
+#: Exit code when a listener cannot be bound (address in use...), or the registry cannot be
+#: read at start and ``registry.unreachable_at_start`` is ``refuse``: a runtime failure,
+#: unlike 2, which the CLI reserves for bad configuration.
 EXIT_CANNOT_LISTEN = 1
 
 
@@ -124,9 +132,26 @@ def run(config: Config) -> int:
             )
             log.error("%s cannot listen on %s: %s — fix: %s", _label(name), address, exc, fix)
             return EXIT_CANNOT_LISTEN
+    admin = None
+    if config.gateway.admin is not None and worker in (None, "0"):
+        try:
+            admin = bind_tcp(config.gateway.admin.host, config.gateway.admin.port)
+        except OSError as exc:
+            for listener in listeners.values():
+                listener.close()
+            log.error(
+                "the admin API cannot listen on %s: %s — fix: stop what listens there, or "
+                "change gateway.admin in %s",
+                config.gateway.admin,
+                exc,
+                config.source,
+            )
+            return EXIT_CANNOT_LISTEN
     if workers > 1 and worker is None:
         for listener in listeners.values():
             listener.close()  # only checked that binding works: workers bind their own
+        if admin is not None:
+            admin.close()
         locks = _lock_listen_addresses(config)
         if locks is None:
             return EXIT_CANNOT_LISTEN
@@ -135,7 +160,7 @@ def run(config: Config) -> int:
         finally:
             for lock in locks:
                 lock.close()
-    code = trio.run(serve, config, listeners)
+    code = trio.run(functools.partial(serve, config, listeners, admin=admin))
     if worker is not None:
         # Drained: a signal the supervisor forwards now must not kill the exit with it.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -234,14 +259,41 @@ async def serve(
     config: Config,
     listeners: dict[str, socket.socket],
     *,
+    admin: socket.socket | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> int:
-    """Serve on already-bound ``listeners`` (cluster name → socket) until SIGTERM/SIGINT."""
+    """Serve on already-bound ``listeners`` (cluster name → socket), and the admin API on
+    ``admin`` if given, until SIGTERM/SIGINT."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as backend:
             runtimes = build_runtimes(config, backend)
+            served = served_clusters(runtimes)
+            follower = Follower(
+                open_registry(config.registry),
+                {name: config.clusters[name] for name in served},
+                {name: target for name, (target, _) in served.items()},
+            )
+            if not await _read_registry(config, follower):
+                for listener in listeners.values():
+                    close_quietly(listener)
+                if admin is not None:
+                    close_quietly(admin)
+                backend.cancel_scope.cancel()
+                return EXIT_CANNOT_LISTEN
             for runtime in runtimes:
                 backend.start_soon(runtime.run)
+            backend.start_soon(follower.run)
+            view = LocalView(
+                config,
+                follower,
+                {
+                    name: Served(target.policies, clients)
+                    for name, (target, clients) in served.items()
+                },
+                lambda: runtimes[0].draining if runtimes else False,
+                worker=_worker_index(),
+            )
+            await _start_admin(config, view, admin, backend)
             steps_file = os.environ.get(diagnostics.ENV)
             if steps_file:
                 backend.start_soon(diagnostics.report_steps, Path(steps_file))
@@ -275,8 +327,81 @@ async def serve(
                 for runtime in runtimes:
                     runtime.close()
                 backend.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await follower.registry.aclose()
     log.info("stopped")
     return 0
+
+
+def served_clusters(
+    runtimes: list[ClusterRuntime],
+) -> dict[str, tuple[Target, typing.Callable[[], int]]]:
+    """Every cluster the runtimes serve: what applies its layout (and holds its policies),
+    and how many clients it has."""
+    served: dict[str, tuple[Target, typing.Callable[[], int]]] = {}
+    for runtime in runtimes:
+        if isinstance(runtime, ClientAgent):
+            for name, cluster in runtime.clusters.items():
+                served[name] = (cluster, functools.partial(len, runtime.sessions))
+        elif isinstance(runtime, (RedisRuntime, MySQLRuntime)):
+            served[runtime.name] = (runtime, functools.partial(len, runtime.sessions))
+    return served
+
+
+async def _read_registry(config: Config, follower: Follower) -> bool:
+    """Read the registry before serving; ``False`` when it cannot be read and the config
+    says to refuse then."""
+    where = config.registry.describe()
+    if await follower.start():
+        log.info("registry %s: version %d in force", where, follower.version)
+        return True
+    if config.registry.unreachable_at_start is UnreachableAtStart.REFUSE:
+        log.error(
+            "registry %s unreachable (%s): not starting, as registry.unreachable_at_start "
+            "says — fix: start the registry, or set it to config",
+            where,
+            follower.error,
+        )
+        return False
+    log.warning(
+        "registry %s unreachable (%s): starting on the configuration's state; its changes "
+        "apply once it answers",
+        where,
+        follower.error,
+    )
+    return True
+
+
+def _worker_index() -> int | None:
+    worker = os.environ.get(WORKER_ENV)
+    return int(worker) if worker is not None else None
+
+
+async def _start_admin(
+    config: Config, view: LocalView, admin: socket.socket | None, nursery: trio.Nursery
+) -> None:
+    """Serve the admin API: on ``admin``; with several workers also each worker's own view on
+    its Unix socket, worker 0 answering the admin port for all of them."""
+    token = config.gateway.admin_token
+    worker = _worker_index()
+    shown: AdminView = view
+    if worker is not None:
+        supervisor = os.getppid()
+        own = worker_socket(supervisor, worker)
+        await nursery.start(functools.partial(serve_admin, AdminApp(view), unix=own))
+        nursery.start_soon(_remove_on_exit, own)
+        peers = [worker_socket(supervisor, i) for i in range(config.gateway.workers) if i != worker]
+        shown = WorkersView(view, peers)
+    if admin is not None:
+        await nursery.start(functools.partial(serve_admin, AdminApp(shown, token), listener=admin))
+        log.info("admin API listening on %s", config.gateway.admin)
+
+
+async def _remove_on_exit(path: Path) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        remove_socket(path)
 
 
 async def _accept_all(

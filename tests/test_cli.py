@@ -108,10 +108,34 @@ def test_run_without_default_config_says_so(tmp_path: Path) -> None:
     assert "pass -c FILE" in lines[0]
 
 
-def test_ctl_is_announced_but_not_implemented() -> None:
-    result = resmesh("ctl", "status")
+def test_ctl_explains_its_commands() -> None:
+    result = resmesh("ctl", "--help")
+    assert result.returncode == 0
+    for command in ("status", "degrade", "restore", "shift", "node", "primary"):
+        assert command in result.stdout
+    assert resmesh("ctl").returncode == 2  # a command is required
+
+
+def test_ctl_names_the_valid_clusters_and_writes_nothing() -> None:
+    result = resmesh("ctl", "degrade", "no-such-cluster")
     assert result.returncode == 2
-    assert "not implemented yet" in result.stderr
+    assert "clusters: feed-cache, user-db, echo" in result.stderr
+    assert (
+        not (ROOT / "examples" / "registry.yaml").exists()
+        or "no-such" not in (ROOT / "examples" / "registry.yaml").read_text()
+    )
+
+
+def test_ctl_says_when_the_registry_is_unreachable(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.yaml"
+    config.write_text(
+        "registry: {kind: etcd, endpoints: ['http://127.0.0.1:9'], timeout: 1s}\n"
+        "clusters:\n"
+        "  c: {protocol: redis, listen: '127.0.0.1:0', groups: {dc-a: ['127.0.0.1:1']}}\n"
+    )
+    result = resmesh("ctl", "-c", str(config), "degrade", "c")
+    assert result.returncode == 1
+    assert "registry unavailable" in result.stderr and "127.0.0.1:9" in result.stderr
 
 
 # In-process: fast, and covers main()'s return-code contract.

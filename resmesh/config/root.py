@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
@@ -15,6 +15,7 @@ from .gateway import GatewayConfig, parse_gateway
 from .loader import read_text, read_yaml
 from .motan2 import Motan2AgentConfig, parse_agent
 from .presets import Presets
+from .registry import RegistryConfig, parse_registry
 from .users import UserConfig, parse_users
 
 __all__ = ["Config", "load_config", "parse_config"]
@@ -34,12 +35,13 @@ class Config:
     clusters: Mapping[str, ClusterConfig]
     motan2: Motan2AgentConfig | None = None
     """The Motan2 agent (``motan2:``), or ``None`` when the file has none."""
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    """Where the clusters' live state is kept (``registry:``)."""
 
 
-_TOP_KEYS: Final = ("gateway", "users", "clusters", "motan2")
+_TOP_KEYS: Final = ("gateway", "users", "clusters", "motan2", "registry")
 _LATER_TOP_KEYS: Final[Mapping[str, str]] = MappingProxyType(
     {
-        "registry": "this version has no registry yet; remove the 'registry' section",
         "metrics": "this version exports no metrics yet; remove the 'metrics' section",
         "policies": (
             "presets are files, policies/NAME.yaml next to this config, that a cluster names "
@@ -102,10 +104,12 @@ def _parse(data: object, ctx: Context) -> Config:
         motan2 = parse_agent(ctx, top["motan2"], ("motan2",))
     clusters = parse_clusters(ctx, top["clusters"], ("clusters",), gateway, presets, motan2)
     users = parse_users(ctx, top.get("users"), ("users",), clusters)
+    registry = parse_registry(ctx, top.get("registry"), ("registry",))
     return Config(
         source=ctx.source,
         gateway=gateway,
         users=MappingProxyType(users),
         clusters=MappingProxyType(clusters),
         motan2=motan2,
+        registry=registry,
     )

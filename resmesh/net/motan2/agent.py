@@ -38,7 +38,7 @@ from typing import ClassVar, Final
 import trio
 
 from ...call import Operation, Outcome, Protocol, Run, Unavailable
-from ...cluster.topology import Node, Topology, topology_from_config
+from ...cluster.topology import ClusterState, Node, Topology, topology_from_config
 from ...config import BreakerConfig, ClientLimits, ClusterConfig, GovernanceConfig, OutlierConfig
 from ...config.motan2 import Motan2AgentConfig, Motan2Settings
 from ...policies.chain import ClusterPolicies, configured_switches
@@ -162,6 +162,16 @@ class ServiceCluster:
             if len(self._operations) < _OPERATIONS_MAX:
                 self._operations[method] = op
         return op
+
+    def apply(self, state: ClusterState, switches: Iterable[Switch] | None = None) -> None:
+        """A new set of instances (and, if given, degrade switches) from the registry: new
+        instances get a connection, removed ones finish their calls in flight.
+
+        Raises:
+            ValueError: ``state`` is not a valid layout.
+        """
+        added, removed = self.policies.apply(state, switches)
+        self.transport.apply(added, removed)
 
     async def run(self) -> None:
         await self.engine.run()

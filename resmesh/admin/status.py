@@ -1,0 +1,164 @@
+"""What the admin API and ``resmesh ctl status`` show: one document per gateway process, and
+the merge of several (a gateway of ``gateway.workers`` processes shows as one).
+
+Per cluster: protocol, listen address, clients, the registry version in force, route weights,
+switches, and per node its group, role, weight, whether the registry enables it, its health
+(``up``, ``ejected`` by outlier detection, ``down`` for a failed health check, ``open`` for a
+tripped circuit breaker, ``disabled``) and its breaker's state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .. import __version__
+from ..config import Config
+from ..policies.chain import ClusterPolicies
+from ..registry.follower import Follower
+from ..registry.state import entry_document
+
+__all__ = ["LocalView", "Served", "merge_statuses"]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One cluster as this process serves it: its policies, and how many clients it has."""
+
+    policies: ClusterPolicies
+    clients: Callable[[], int]
+
+
+class LocalView:
+    """The admin view of this process.
+
+    Args:
+        config: the configuration it runs.
+        follower: its registry follower.
+        served: every cluster it serves.
+        draining: whether it is shutting down.
+        worker: its index among the gateway's workers (``None``: the only process).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        follower: Follower,
+        served: Mapping[str, Served],
+        draining: Callable[[], bool],
+        worker: int | None = None,
+    ) -> None:
+        self._config = config
+        self._follower = follower
+        self._served = served
+        self._draining = draining
+        self._worker = worker
+        self._started = time.time()
+
+    async def health(self) -> tuple[bool, str]:
+        follower = self._follower
+        if self._draining():
+            return False, "draining: shutting down"
+        if not follower.reachable:
+            return True, (
+                f"serving registry version {follower.version}; the registry is unreachable "
+                f"({follower.error})"
+            )
+        return True, f"serving registry version {follower.version}"
+
+    async def status(self) -> dict[str, Any]:
+        config = self._config
+        now = trio.current_time()
+        clusters = {}
+        for name, served in self._served.items():
+            cluster = config.clusters[name]
+            entry = self._follower.entry(name)
+            document = entry_document(entry)
+            clusters[name] = {
+                "protocol": str(cluster.protocol),
+                "listen": str(cluster.listen),
+                "mode": str(cluster.mode),
+                "clients": served.clients(),
+                **self._follower.cluster_status(name),
+                "route": document["route"],
+                "switches": document["switches"],
+                "groups": _groups(served.policies, document["groups"], now),
+            }
+        return {
+            "gateway": {
+                "app": config.gateway.app,
+                "version": __version__,
+                "pid": os.getpid(),
+                "worker": self._worker,
+                "started": self._started,
+                "draining": self._draining(),
+            },
+            "registry": self._follower.status(),
+            "clusters": clusters,
+        }
+
+    async def config(self) -> dict[str, Any]:
+        return self._follower.config()
+
+
+def _groups(
+    policies: ClusterPolicies, groups: dict[str, list[dict[str, Any]]], now: float
+) -> dict[str, list[dict[str, Any]]]:
+    """The entry's nodes, each with its health and breaker state in ``policies``."""
+    live = {node.address: node for node in policies.topology.nodes}
+    shown: dict[str, list[dict[str, Any]]] = {}
+    for group, nodes in groups.items():
+        shown[group] = []
+        for doc in nodes:
+            node = live.get(doc["address"])
+            if node is None:
+                health, breaker = "disabled", None
+            else:
+                state = policies.breakers[node]
+                breaker = state.state.name.lower()
+                if node in policies.down:
+                    health = "down"
+                elif not state.would_allow(now):
+                    health = "open"
+                elif policies.outliers[node.group].is_ejected(node, now):
+                    health = "ejected"
+                else:
+                    health = "up"
+            shown[group].append({**doc, "health": health, "breaker": breaker})
+    return shown
+
+
+def merge_statuses(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    """One status for a gateway of several workers: the first worker's, with clients summed
+    and a node shown up only where every worker finds it up; each worker's own status under
+    ``workers``."""
+    merged = dict(statuses[0])
+    merged["gateway"] = {**merged["gateway"], "worker": None, "workers": len(statuses)}
+    clusters: dict[str, Any] = {}
+    for name, cluster in statuses[0]["clusters"].items():
+        others = [s["clusters"].get(name) for s in statuses[1:] if name in s["clusters"]]
+        combined = dict(cluster)
+        combined["clients"] = cluster["clients"] + sum(o["clients"] for o in others)
+        combined["version"] = min([cluster["version"], *(o["version"] for o in others)])
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for group, nodes in cluster["groups"].items():
+            groups[group] = []
+            for index, node in enumerate(nodes):
+                seen = [node] + [
+                    o["groups"][group][index]
+                    for o in others
+                    if len(o["groups"].get(group, ())) > index
+                    and o["groups"][group][index]["address"] == node["address"]
+                ]
+                bad = next((n for n in seen if n["health"] != "up"), node)
+                groups[group].append({**node, "health": bad["health"], "breaker": bad["breaker"]})
+        combined["groups"] = groups
+        clusters[name] = combined
+    merged["clusters"] = clusters
+    merged["workers"] = statuses
+    return merged
