@@ -564,3 +564,45 @@ async def test_three_hosts_in_two_groups_each_behind_its_own_server_side(tmp_pat
 
 def gw_config(gateway: Gateway) -> dict[str, Any]:
     return yaml.safe_load(gateway.config_path.read_text())  # type: ignore[no-any-return]
+
+
+# -- the registry -------------------------------------------------------------------------------
+
+
+async def _ctl(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "resmesh", "ctl", "-c", str(config_path), *args]
+    done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return subprocess.CompletedProcess(command, 0, done.stdout.decode(), done.stderr.decode())
+
+
+async def test_ctl_adds_and_removes_instances_and_degrades_the_service(tmp_path: Path) -> None:
+    """Instances registered with ``resmesh ctl node add`` take calls within a second; a
+    removed one gets no more; a fallback switch answers for the service."""
+    async with nodes("n1", "n2") as (first, second):
+        config = agent_config({"dc-a": [first.port]})
+        async with gateway(config, tmp_path) as gw, open_client(
+            "127.0.0.1", port_of(config)
+        ) as client:
+            assert await client.call(SERVICE, "whoami", group=GROUP) == "n1"
+            await _ctl(gw.config_path, "node", "add", "echo", f"127.0.0.1:{second.port}")
+            with trio.fail_after(1):
+                while await client.call(SERVICE, "whoami", group=GROUP) != "n2":
+                    pass
+            await _ctl(gw.config_path, "node", "remove", "echo", f"127.0.0.1:{first.port}")
+            with trio.fail_after(1):
+                while await client.call(SERVICE, "whoami", group=GROUP) != "n2":
+                    pass
+            served = first.calls
+            for _ in range(20):
+                assert await client.call(SERVICE, "whoami", group=GROUP) == "n2"
+            assert first.calls == served
+
+            await _ctl(gw.config_path, "degrade", "echo", "--mode", "fallback", "--value", "n/a")
+            with trio.fail_after(1):
+                while await client.call(SERVICE, "echo", "x", group=GROUP) != "n/a":
+                    pass
+            await _ctl(gw.config_path, "restore", "echo")
+            with trio.fail_after(1):
+                while await client.call(SERVICE, "echo", "x", group=GROUP) != "x":
+                    pass

@@ -17,7 +17,14 @@ import pytest
 import redis
 import yaml
 
-from tests.support.servers import Gateway, RedisServer, free_port, redis_cluster_config, wait_for
+from tests.support.servers import (
+    Gateway,
+    RawRedis,
+    RedisServer,
+    free_port,
+    redis_cluster_config,
+    wait_for,
+)
 
 #: How soon every gateway must obey a change (the issue's bar).
 OBEY_WITHIN = 1.0
@@ -299,5 +306,62 @@ def test_mysql_readonly_switch_refuses_writes_and_serves_reads(tmp_path: Path) -
             cursor.execute("SELECT 1")
             assert cursor.fetchone() == (1,)
         connection.close()
+    finally:
+        assert gateway.terminate() == 0, gateway.log()
+
+
+@pytest.fixture
+def pair() -> Any:
+    nodes = (RedisServer(), RedisServer())
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def test_pinned_sessions_finish_where_they_are_and_new_work_moves(
+    pair: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    """A MULTI open on the old primary and a subscriber there stay; writes after the EXEC,
+    and new subscribers, go to the new primary; a removed node drains."""
+    a, b = pair
+    config = redis_cluster_config("feed-cache", {"dc-a": [a.port, b.port]}, policy="passthrough")
+    gateway = Gateway(config, tmp_path)
+    try:
+        client = redis.Redis(port=gateway.port, socket_timeout=5)
+        subscriber = client.pubsub()
+        subscriber.subscribe("news")
+        assert subscriber.get_message(timeout=5)["type"] == "subscribe"
+        raw = RawRedis(gateway.port)
+        assert raw.call(("MULTI",), ("SET", "tx", "in-multi")) == [b"+OK\r\n", b"+QUEUED\r\n"]
+
+        done = ctl(gateway.config_path, "primary", "feed-cache", f"127.0.0.1:{b.port}")
+        assert done.returncode == 0, done.stderr
+        wait_for(
+            lambda: (client.set("probe", "x"), redis.Redis(port=b.port).get("probe"))[1] == b"x",
+            5,
+            "writes to move to the new primary",
+        )
+        assert raw.call(("EXEC",)) == [b"*1\r\n+OK\r\n"]  # ends where it began
+        assert redis.Redis(port=a.port).get("tx") == b"in-multi"
+        assert raw.call(("SET", "after", "exec")) == [b"+OK\r\n"]  # the next write moves
+        assert redis.Redis(port=b.port).get("after") == b"exec"
+
+        redis.Redis(port=a.port).publish("news", "from-a")  # the subscriber stayed on a
+        message = subscriber.get_message(timeout=5)
+        assert message is not None and message["data"] == b"from-a"
+        subscriber.close()
+        raw.close()
+
+        done = ctl(gateway.config_path, "node", "remove", "feed-cache", f"127.0.0.1:{a.port}")
+        assert done.returncode == 0, done.stderr
+        wait_for(
+            lambda: all(
+                c["name"] == "probe"
+                for c in redis.Redis(port=a.port, client_name="probe").client_list()
+            ),
+            10,
+            "the removed node's connections to close",
+        )
+        assert client.get("after") == b"exec"
     finally:
         assert gateway.terminate() == 0, gateway.log()
