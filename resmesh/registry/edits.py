@@ -123,9 +123,11 @@ def node_remove(entry: ClusterEntry, address: str) -> ClusterEntry:
             f"node {node.address} is the primary: move writes first with "
             "'resmesh ctl primary CLUSTER ADDR'"
         )
-    nodes = tuple(n for n in entry.nodes if n.address != node.address)
-    _check_serving(nodes, node.address)
-    return dataclasses.replace(entry, nodes=nodes)
+    changed = dataclasses.replace(
+        entry, nodes=tuple(n for n in entry.nodes if n.address != node.address)
+    )
+    _check_serving(changed, node.address)
+    return changed
 
 
 def node_enable(entry: ClusterEntry, address: str, enabled: bool) -> ClusterEntry:
@@ -138,7 +140,7 @@ def node_enable(entry: ClusterEntry, address: str, enabled: bool) -> ClusterEntr
         )
     changed = entry.replace_node(node.address, enabled=enabled)
     if not enabled:
-        _check_serving(changed.nodes, node.address)
+        _check_serving(changed, node.address)
     return changed
 
 
@@ -180,6 +182,13 @@ def _serving(nodes: list[NodeEntry]) -> bool:
     return any(n.enabled for n in nodes)
 
 
-def _check_serving(nodes: tuple[NodeEntry, ...], address: str) -> None:
-    if not any(n.enabled for n in nodes):
+def _check_serving(entry: ClusterEntry, address: str) -> None:
+    """Refuse a change that leaves no enabled node, or reads nowhere to go."""
+    if not any(n.enabled for n in entry.nodes):
         raise EditRefused(f"node {address} is the last enabled node: the cluster would have none")
+    groups = entry.groups
+    if not any(w > 0 and _serving(groups.get(g, [])) for g, w in entry.route.items()):
+        raise EditRefused(
+            f"node {address} is the last enabled node of every group with a route weight above "
+            "0: reads would go nowhere; shift weight to another group first"
+        )

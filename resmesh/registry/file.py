@@ -9,8 +9,9 @@ The file holds a version counter and one entry per cluster::
 ``resmesh ctl`` changes it under an exclusive lock (``flock`` on ``FILE.lock``), writing a
 new file beside it and renaming it over the old one, so a reader never sees half a file and
 two writers never lose each other's change. Gateways poll the file's identity (inode, size,
-modification time) every 100 ms, far inside the one second they must obey in; a hand edit
-is picked up the same way (raise ``version`` with it, so status tells the versions apart).
+modification time) every 100 ms, far inside the one second they must obey in, and read it
+whole every second whatever its identity says; a hand edit is picked up the same way (raise
+``version`` with it, so status tells the versions apart).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ __all__ = ["FileRegistry"]
 
 #: How often the file is checked for a change (seconds).
 POLL_INTERVAL: Final = 0.1
+#: How often it is read whatever its identity says: two writes in one timestamp tick that
+#: reuse an inode and keep the size would otherwise look like none.
+_REREAD: Final = 1.0
 
 _HEADER: Final = (
     "# resmesh registry: the live state of the clusters (nodes, route weights, switches).\n"
@@ -71,11 +75,13 @@ class FileRegistry(Registry):
         last, identity = await self._in_thread(self._read)
         if last != after:
             changed(last)
+        read_at = trio.current_time()
         while True:
             await trio.sleep(POLL_INTERVAL)
-            if self._identity() == identity:
+            if self._identity() == identity and trio.current_time() - read_at < _REREAD:
                 continue
             snapshot, identity = await self._in_thread(self._read)
+            read_at = trio.current_time()
             if snapshot != last:
                 last = snapshot
                 changed(snapshot)

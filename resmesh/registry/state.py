@@ -191,7 +191,7 @@ def cluster_state(
 ) -> ClusterState:
     """The layout ``entry`` gives the cluster ``config`` describes (its mode and protocol
     come from the config), at ``version``: enabled nodes only; a lone enabled node of a
-    replicated cluster is its primary without saying so, as in the configuration.
+    replicated cluster that states no role is its primary, as in the configuration.
 
     Raises:
         RegistryDataError: no node is enabled, or a replicated cluster's enabled nodes do not
@@ -212,7 +212,8 @@ def cluster_state(
     if not specs:
         raise RegistryDataError(name, "groups", "no node is enabled")
     if not sharded and not peers:
-        if len(specs) == 1 and not specs[0].primary:  # one node: the primary, unsaid
+        lone = [n for n in entry.nodes if n.enabled]
+        if len(specs) == 1 and lone[0].role is None:  # one node: the primary, unsaid
             specs[0] = dataclasses.replace(specs[0], primary=True)
         primaries = [s.address for s in specs if s.primary]
         if len(primaries) != 1:
@@ -292,7 +293,7 @@ def parse_entry(cluster: str, doc: object) -> ClusterEntry:
     if not nodes:
         raise RegistryDataError(cluster, "groups", "no node is listed")
     route: dict[str, int] = {}
-    for group, weight in _mapping(cluster, "route", top.get("route", {}), None).items():
+    for group, weight in _mapping(cluster, "route", top.get("route") or {}, None).items():
         route[str(group)] = _weight(cluster, f"route.{group}", weight)
     switches: list[SwitchEntry] = []
     raw_switches = _mapping(cluster, "switches", top.get("switches") or {}, None)
@@ -312,6 +313,8 @@ def parse_entry(cluster: str, doc: object) -> ClusterEntry:
         if mode is SwitchMode.FALLBACK and value is None:
             raise RegistryDataError(cluster, f"{key}.value", "mode fallback needs a value")
         op = None if operation == WHOLE_CLUSTER else str(operation).upper()
+        if any(s.operation == op for s in switches):
+            raise RegistryDataError(cluster, key, f"a second switch for {op} (keys ignore case)")
         switches.append(SwitchEntry(mode, op, value, str(sw.get("reason") or "")))
     return ClusterEntry(tuple(nodes), MappingProxyType(route), tuple(switches))
 
