@@ -56,6 +56,7 @@ examples:
   resmesh ctl degrade feed-cache --mode miss          # or --op GET; restore undoes it
   resmesh ctl degrade echo --mode fallback --value n/a
   resmesh ctl restore feed-cache
+  resmesh ctl limit feed-cache --rate 5000 --concurrency 200   # --op KEYS; --reset
   resmesh ctl shift feed-cache dc-a=0 dc-b=100
   resmesh ctl node add feed-cache 10.0.0.7:6379 --group dc-b
   resmesh ctl node disable feed-cache 10.0.0.7:6379
@@ -218,6 +219,19 @@ def _add_ctl_commands(ctl: argparse.ArgumentParser) -> None:
     up = commands.add_parser("restore", help="turn degrade switches off")
     up.add_argument("cluster")
     up.add_argument("--op", help="only this operation's switch (default: every switch)")
+
+    cap = commands.add_parser(
+        "limit",
+        help="replace the config's rate and concurrency limits of a cluster or an operation",
+    )
+    cap.add_argument("cluster")
+    cap.add_argument("--op", help="only this operation (default: the whole cluster)")
+    cap.add_argument("--rate", type=float, help="calls per second (burst: 2x unless given)")
+    cap.add_argument("--burst", type=float, help="token bucket size")
+    cap.add_argument("--concurrency", type=int, help="calls in flight at most")
+    cap.add_argument(
+        "--reset", action="store_true", help="give the scope its configured limits back"
+    )
 
     move = commands.add_parser(
         "shift", help="set route weights between groups, e.g. shift feed-cache dc-a=0 dc-b=100"

@@ -27,12 +27,14 @@ from rich.table import Table
 
 from ..call import Protocol
 from ..config import ClusterConfig, Config, Mode
+from ..policies.limit import LimitConfig
 from ..policies.switch import SwitchMode
 from ..registry import open_registry
 from ..registry.base import Registry, RegistryUnavailable
 from ..registry.edits import (
     EditRefused,
     degrade,
+    limit,
     node_add,
     node_enable,
     node_remove,
@@ -129,6 +131,16 @@ def _edit_of(
     if command == "restore":
         scope = f"operation {args.op.upper()}" if args.op else "every operation"
         return lambda e: restore(e, args.op), f"restored {scope}"
+    if command == "limit":
+        scope = f"operation {args.op.upper()}" if args.op else "the cluster"
+        if args.reset:
+            return lambda e: limit(e, args.op, None), f"limits of {scope} back to the config's"
+        settings = LimitConfig(rate=args.rate, burst=args.burst, concurrency=args.concurrency)
+        for name in ("rate", "burst", "concurrency"):
+            value = getattr(settings, name)
+            if value is not None and not 1 <= value <= 1e9:
+                raise EditRefused(f"--{name} {value:g} is outside 1..1e9")
+        return lambda e: limit(e, args.op, settings), f"limits of {scope} set"
     if command == "shift":
         weights: dict[str, int] = {}
         for item in args.weights:
@@ -205,6 +217,7 @@ def _table(config: Config, snapshot: Snapshot, live: dict[str, Any] | None) -> T
         shown = live["clusters"].get(name) if live is not None else None
         if shown is not None:
             groups, route, switches = shown["groups"], shown["route"], shown["switches"]
+            limits = shown["limits"]
             title = (
                 f"{name}\n{shown['protocol']} {shown['listen']}\n{shown['clients']} clients, "
                 f"v{shown['version']}"
@@ -213,10 +226,16 @@ def _table(config: Config, snapshot: Snapshot, live: dict[str, Any] | None) -> T
             entry = snapshot.clusters.get(name) or entry_from_config(cluster)
             document = entry_document(entry)
             groups, route, switches = document["groups"], document["route"], document["switches"]
+            limits = document["limits"]
             title = f"{name}\n{cluster.protocol} {cluster.listen}"
         if switches:
             title += "\n" + "\n".join(
                 f"[yellow]degraded {op}: {s['mode']}[/yellow]" for op, s in switches.items()
+            )
+        if limits:
+            title += "\n" + "\n".join(
+                f"limit {op}: " + " ".join(f"{k} {v:g}" for k, v in lim.items())
+                for op, lim in limits.items()
             )
         first = True
         for group, nodes in groups.items():

@@ -87,6 +87,7 @@ class LocalView:
                 **self._follower.cluster_status(name),
                 "route": document["route"],
                 "switches": document["switches"],
+                "limits": document["limits"],
                 "groups": _groups(served.policies, document["groups"], now),
             }
         return {

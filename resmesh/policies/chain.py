@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ..cluster.topology import ClusterState, Node, Topology
     from ..config import GovernanceConfig, SwitchSettings
 
-__all__ = ["ClusterPolicies", "configured_switches"]
+__all__ = ["ClusterPolicies", "configured_limits", "configured_switches"]
 
 #: How often group health is recomputed for the router at most (seconds): health is a scan
 #: of every node's breaker and ejection, too costly per call and slow to change.
@@ -99,16 +99,11 @@ class ClusterPolicies:
         self.down: set[Node] = set()
         self.governance = governance
         self.sharded = sharded
-        limits = LimiterConfig(
-            governance.limit, {name: op.limit for name, op in governance.operations.items()}
-        )
-        has_limits = any(
-            (scope.rate, scope.concurrency) != (None, None)
-            for scope in (limits.cluster, *limits.operations.values())
-        )
+        self.workers = workers
         #: Rate and concurrency limits, or ``None`` when none is configured (then they cost
         #: nothing at all).
-        self.limiter = Limiter(cluster, limits, now, workers=workers) if has_limits else None
+        self.limiter: Limiter | None = None
+        self.set_limits(configured_limits(governance), now)
         self.switchboard = Switchboard(switches)
         self._outlier_on = governance.outlier.enabled
         #: ``balance: hash`` picks by the call's key (ketama), so a key keeps to one node and
@@ -240,6 +235,24 @@ class ClusterPolicies:
         self.topology = dataclasses.replace(self.topology, primary=node)
         self.primary = node
         return node
+
+    def set_limits(self, limits: LimiterConfig, now: float) -> None:
+        """Make ``limits`` the rate and concurrency limits in force (the config's, or the
+        registry's overrides of them), for the calls admitted from now on.
+
+        Raises:
+            ValueError: a rate, burst or concurrency is not positive.
+        """
+        has_limits = any(
+            (scope.rate, scope.concurrency) != (None, None)
+            for scope in (limits.cluster, *limits.operations.values())
+        )
+        if not has_limits:
+            self.limiter = None
+        elif self.limiter is None:
+            self.limiter = Limiter(self.cluster, limits, now, workers=self.workers)
+        elif limits != self.limiter.config:
+            self.limiter.reconfigure(limits, now)
 
     @property
     def hedge_budget(self) -> HedgeBudget | None:
@@ -454,6 +467,13 @@ class ClusterPolicies:
             "retry_budget": self.retry_budget.statistics(),
             "hedges": hedges,
         }
+
+
+def configured_limits(governance: GovernanceConfig) -> LimiterConfig:
+    """The rate and concurrency limits a cluster's configuration sets."""
+    return LimiterConfig(
+        governance.limit, {name: op.limit for name, op in governance.operations.items()}
+    )
 
 
 def configured_switches(cluster: str, governance: GovernanceConfig) -> list[Switch]:

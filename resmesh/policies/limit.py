@@ -335,7 +335,7 @@ class Limiter:
     frontend puts it in its protocol's error reply.
     """
 
-    __slots__ = ("_cluster", "_operations", "cluster", "config")
+    __slots__ = ("_cluster", "_operations", "cluster", "config", "workers")
 
     def __init__(
         self, cluster: str, config: LimiterConfig, now: float = 0.0, *, workers: int = 1
@@ -350,6 +350,7 @@ class Limiter:
         """
         self.cluster = cluster
         self.config = config
+        self.workers = workers
         self._cluster = _Scope(cluster, f"cluster {cluster}", config.cluster, now, workers)
         self._operations = {
             operation: _Scope(operation, f"{cluster} {operation}", limits, now, workers)
@@ -498,17 +499,15 @@ class Limiter:
 
         In-flight counts carry over to a scope that keeps a concurrency cap, so calls admitted
         under the old limits still count against the new ones; bucket fill levels carry over
-        too (capped at the new burst), so a change of limits is not a free burst.
-
-        Not yet right for a cap that did not exist before (nothing counted the calls already
-        in flight, and their ``done()`` then frees slots of calls admitted under the new cap):
-        the registry work that first calls this must count in-flight calls in every scope or
-        give each admitted call the limiter that admitted it.
+        too (capped at the new burst), so a change of limits is not a free burst. A cap new
+        to a scope starts at 0 in flight: the calls already running there are not counted,
+        and as each ends it frees a slot, so for as long as they run the scope may admit up
+        to that many calls over its cap (a bounded overshoot, once, at the change).
 
         Raises:
             ValueError: a configured rate, burst or concurrency is not positive.
         """
-        fresh = Limiter(self.cluster, config, now)
+        fresh = Limiter(self.cluster, config, now, workers=self.workers)
         _carry_over(self._cluster, fresh._cluster, now)
         for name, scope in fresh._operations.items():
             old = self._operations.get(name)

@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from ..config import Address, NodeRole
+from ..policies.limit import LimitConfig
 from ..policies.switch import SwitchMode
-from .state import ClusterEntry, NodeEntry, SwitchEntry
+from .state import WHOLE_CLUSTER, ClusterEntry, NodeEntry, SwitchEntry
 
 __all__ = [
     "EditRefused",
     "degrade",
+    "limit",
     "node_add",
     "node_enable",
     "node_remove",
@@ -68,6 +70,24 @@ def restore(entry: ClusterEntry, operation: str | None = None) -> ClusterEntry:
     return dataclasses.replace(
         entry, switches=tuple(s for s in entry.switches if s.operation != op)
     )
+
+
+def limit(entry: ClusterEntry, operation: str | None, settings: LimitConfig | None) -> ClusterEntry:
+    """Replace the configuration's rate and concurrency limits for the cluster (``operation``
+    ``None``) or one operation; ``settings`` ``None`` gives the scope its configured limits
+    back."""
+    scope = operation.upper() if operation else WHOLE_CLUSTER
+    limits = {s: lim for s, lim in entry.limits.items() if s != scope}
+    if settings is not None:
+        if (settings.rate, settings.burst, settings.concurrency) == (None, None, None):
+            raise EditRefused("give --rate, --burst or --concurrency (or --reset)")
+        if settings.burst is not None and settings.rate is None:
+            raise EditRefused("--burst sizes a rate limit: give --rate too")
+        limits[scope] = settings
+    elif scope not in entry.limits:
+        shown = ", ".join(entry.limits) or "none"
+        raise EditRefused(f"no limit override for {scope} (overrides: {shown})")
+    return dataclasses.replace(entry, limits=MappingProxyType(limits))
 
 
 def shift(entry: ClusterEntry, weights: Mapping[str, int]) -> ClusterEntry:

@@ -21,7 +21,8 @@ import trio
 
 from ..cluster.topology import ClusterState
 from ..config import ClusterConfig
-from ..policies.chain import ClusterPolicies
+from ..policies.chain import ClusterPolicies, configured_limits
+from ..policies.limit import LimitConfig
 from ..policies.switch import Switch
 from .base import Registry, RegistryUnavailable
 from .state import (
@@ -31,6 +32,7 @@ from .state import (
     cluster_state,
     entry_document,
     entry_from_config,
+    limits_of,
     switches_of,
 )
 
@@ -153,7 +155,10 @@ class Follower:
             if problem is None and entry != applied.entry:
                 try:
                     state = cluster_state(name, entry, config, snapshot.version)
-                    self._targets[name].apply(state, switches_of(name, entry))
+                    target = self._targets[name]
+                    target.apply(state, switches_of(name, entry))
+                    limits = limits_of(entry, configured_limits(config.governance))
+                    target.policies.set_limits(limits, trio.current_time())
                 except (RegistryDataError, ValueError) as exc:
                     problem = str(exc)
                 else:
@@ -224,4 +229,18 @@ def describe_entry(entry: ClusterEntry) -> str:
         if entry.switches
         else "none"
     )
-    return f"route {route}; nodes {nodes}; switches {switches}"
+    text = f"route {route}; nodes {nodes}; switches {switches}"
+    if entry.limits:
+        text += "; limits " + " ".join(
+            f"{scope}=" + ",".join(f"{k}:{v:g}" for k, v in _limit_fields(limit).items())
+            for scope, limit in entry.limits.items()
+        )
+    return text
+
+
+def _limit_fields(limit: LimitConfig) -> dict[str, float]:
+    return {
+        key: value
+        for key in ("rate", "burst", "concurrency")
+        if (value := getattr(limit, key)) is not None
+    }

@@ -1,7 +1,8 @@
 """What the registry holds: one entry per cluster, and the version of the whole.
 
-A cluster's entry is its live layout and its degrade switches: nodes (address, group, role,
-weight, enabled), route weights between groups, and the switches in force. Weibo Mesh keeps the
+A cluster's entry is its live layout, its degrade switches and its limit overrides: nodes
+(address, group, role, weight, enabled), route weights between groups, the switches in force,
+and rate and concurrency limits that replace the configuration's for a scope. Weibo Mesh keeps the
 same things in its registry (motan-go's ``RegistryURL`` nodes, its ``CMDTrafficControl`` group
 weights and ``CMDDegrade`` switches); here they are one document per cluster, so a change to
 one cluster never races a change to another.
@@ -21,6 +22,9 @@ the configuration file uses for groups::
     switches:
       "*": {mode: miss, reason: "cache cluster sick"}   # the whole cluster
       GET: {mode: fallback, value: "n/a"}                # one operation
+    limits:                                              # replace the config's, per scope
+      "*": {rate: 5000, concurrency: 200}
+      KEYS: {concurrency: 1}
 
 :func:`parse_entry` validates a document (a hand-edited file, a value written by another
 version) and raises :class:`RegistryDataError` naming the key; :func:`entry_document` writes one.
@@ -37,6 +41,7 @@ from typing import Any, Final, final
 from ..call import Protocol
 from ..cluster.topology import ClusterState, NodeSpec
 from ..config import Address, ClusterConfig, Mode, NodeRole, SwitchSettings
+from ..policies.limit import LimitConfig, LimiterConfig
 from ..policies.switch import Switch, SwitchMode
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "cluster_state",
     "entry_document",
     "entry_from_config",
+    "limits_of",
     "parse_entry",
     "switches_of",
 ]
@@ -58,7 +64,8 @@ WHOLE_CLUSTER: Final = "*"
 
 _NODE_KEYS: Final = ("address", "role", "weight", "enabled")
 _SWITCH_KEYS: Final = ("mode", "value", "reason")
-_ENTRY_KEYS: Final = ("groups", "route", "switches")
+_ENTRY_KEYS: Final = ("groups", "route", "switches", "limits")
+_LIMIT_KEYS: Final = ("rate", "burst", "concurrency")
 
 
 class RegistryDataError(ValueError):
@@ -119,11 +126,14 @@ class ClusterEntry:
         nodes: every node, a group's nodes in order.
         route: group → share of reads (0..100); groups left out get 0.
         switches: the degrade switches in force.
+        limits: limits that replace the configuration's, by scope (:data:`WHOLE_CLUSTER` or
+            an operation); a scope not named keeps the configuration's.
     """
 
     nodes: tuple[NodeEntry, ...]
     route: Mapping[str, int]
     switches: tuple[SwitchEntry, ...] = ()
+    limits: Mapping[str, LimitConfig] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def groups(self) -> dict[str, list[NodeEntry]]:
@@ -226,6 +236,13 @@ def cluster_state(
     return ClusterState(version, tuple(specs), MappingProxyType(dict(entry.route)), sharded, peers)
 
 
+def limits_of(entry: ClusterEntry, configured: LimiterConfig) -> LimiterConfig:
+    """The limits in force: ``configured`` (the config's), with the entry's overrides."""
+    operations = dict(configured.operations)
+    operations.update({op: lim for op, lim in entry.limits.items() if op != WHOLE_CLUSTER})
+    return LimiterConfig(entry.limits.get(WHOLE_CLUSTER, configured.cluster), operations)
+
+
 def switches_of(name: str, entry: ClusterEntry) -> list[Switch]:
     """The entry's switches, as the policies take them."""
     return [
@@ -264,7 +281,11 @@ def entry_document(entry: ClusterEntry) -> dict[str, Any]:
         if switch.reason:
             doc["reason"] = switch.reason
         switches[switch.operation or WHOLE_CLUSTER] = doc
-    return {"groups": groups, "route": dict(entry.route), "switches": switches}
+    limits = {
+        scope: {key: getattr(limit, key) for key in _LIMIT_KEYS if getattr(limit, key) is not None}
+        for scope, limit in entry.limits.items()
+    }
+    return {"groups": groups, "route": dict(entry.route), "switches": switches, "limits": limits}
 
 
 def parse_entry(cluster: str, doc: object) -> ClusterEntry:
@@ -316,7 +337,30 @@ def parse_entry(cluster: str, doc: object) -> ClusterEntry:
         if any(s.operation == op for s in switches):
             raise RegistryDataError(cluster, key, f"a second switch for {op} (keys ignore case)")
         switches.append(SwitchEntry(mode, op, value, str(sw.get("reason") or "")))
-    return ClusterEntry(tuple(nodes), MappingProxyType(route), tuple(switches))
+    limits: dict[str, LimitConfig] = {}
+    for scope, raw in _mapping(cluster, "limits", top.get("limits") or {}, None).items():
+        name = WHOLE_CLUSTER if scope == WHOLE_CLUSTER else str(scope).upper()
+        if name in limits:
+            raise RegistryDataError(cluster, f"limits.{scope}", f"a second limit for {name}")
+        limits[name] = _limit(cluster, f"limits.{scope}", raw)
+    return ClusterEntry(
+        tuple(nodes), MappingProxyType(route), tuple(switches), MappingProxyType(limits)
+    )
+
+
+def _limit(cluster: str, key: str, raw: object) -> LimitConfig:
+    doc = _mapping(cluster, key, raw, _LIMIT_KEYS)
+    if not doc:
+        raise RegistryDataError(cluster, key, "set rate, burst or concurrency")
+    numbers: dict[str, float | int] = {}
+    for name, value in doc.items():
+        whole = name == "concurrency"
+        ok = isinstance(value, int) if whole else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok or not 1 <= value <= 1e9:
+            what = "a whole number" if whole else "a number"
+            raise RegistryDataError(cluster, f"{key}.{name}", f"{value!r} is not {what} in 1..1e9")
+        numbers[name] = value if whole else float(value)
+    return LimitConfig(**numbers)  # type: ignore[arg-type]
 
 
 def _mapping(cluster: str, key: str, value: object, keys: tuple[str, ...] | None) -> dict[Any, Any]:

@@ -581,9 +581,10 @@ async def test_ctl_adds_and_removes_instances_and_degrades_the_service(tmp_path:
     removed one gets no more; a fallback switch answers for the service."""
     async with nodes("n1", "n2") as (first, second):
         config = agent_config({"dc-a": [first.port]})
-        async with gateway(config, tmp_path) as gw, open_client(
-            "127.0.0.1", port_of(config)
-        ) as client:
+        async with (
+            gateway(config, tmp_path) as gw,
+            open_client("127.0.0.1", port_of(config)) as client,
+        ):
             assert await client.call(SERVICE, "whoami", group=GROUP) == "n1"
             await _ctl(gw.config_path, "node", "add", "echo", f"127.0.0.1:{second.port}")
             with trio.fail_after(1):

@@ -365,3 +365,34 @@ def test_pinned_sessions_finish_where_they_are_and_new_work_moves(
         assert client.get("after") == b"exec"
     finally:
         assert gateway.terminate() == 0, gateway.log()
+
+
+def test_limits_set_and_reset_with_ctl(cache: Any) -> None:
+    gateway, admin = cache
+    client = redis.Redis(port=gateway.port, socket_timeout=5)
+    done = ctl(
+        gateway.config_path, "limit", "feed-cache", "--op", "get", "--rate", "1", "--burst", "1"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "limits GET=rate:1,burst:1" in done.stdout
+
+    def limited() -> bool:
+        try:
+            client.get("a")
+            client.get("a")
+        except redis.ResponseError as exc:
+            return "rate limit of feed-cache GET" in str(exc)
+        return False
+
+    wait_for(limited, 5, "GET to be rate limited")
+    assert client.set("a", "b") is True  # other operations keep the config's limits (none)
+    shown = httpx.get(f"http://127.0.0.1:{admin}/status").json()
+    assert shown["clusters"]["feed-cache"]["limits"] == {"GET": {"rate": 1.0, "burst": 1.0}}
+
+    done = ctl(gateway.config_path, "limit", "feed-cache", "--op", "GET", "--reset")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: not limited(), 5, "the limit to be lifted")
+    for _ in range(20):
+        assert client.get("a") == b"b"
+    bad = ctl(gateway.config_path, "limit", "feed-cache", "--reset")
+    assert bad.returncode == 2 and "no limit override for *" in bad.stderr

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import yaml
 
 from tests.support.etcd import EtcdServer
 from tests.support.servers import Gateway, RedisServer, free_port, wait_for
@@ -284,3 +285,49 @@ def test_concurrent_ctl_writers_never_lose_a_change(fleet: Fleet) -> None:
     listed = fleet.status(0)["clusters"]["feed-cache"]["groups"]["dc-c"]
     assert sorted(n["address"] for n in listed) == sorted(addresses)
     assert fleet.status(0)["clusters"]["feed-cache"]["route"]["dc-c"] == 0
+
+
+def _unreachable_config(policy: str, redis_port: int) -> dict[str, Any]:
+    return {
+        "gateway": {"drain_timeout": "5s", "admin": f"127.0.0.1:{free_port()}"},
+        "registry": {
+            "kind": "etcd",
+            "endpoints": [f"http://127.0.0.1:{free_port()}"],  # nothing listens there
+            "timeout": "500ms",
+            "unreachable_at_start": policy,
+        },
+        "clusters": {
+            "feed-cache": {
+                "protocol": "redis",
+                "listen": f"127.0.0.1:{free_port()}",
+                "groups": {"dc-a": [f"127.0.0.1:{redis_port}"]},
+            }
+        },
+    }
+
+
+def test_an_unreachable_registry_at_start_refuses_or_serves_the_config_as_configured(
+    dcs: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    a, _ = dcs
+    path = tmp_path / "refuse.yaml"
+    path.write_text(yaml.safe_dump(_unreachable_config("refuse", a.port)))
+    refused = subprocess.run(
+        [sys.executable, "-m", "resmesh", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 1
+    assert "not starting, as registry.unreachable_at_start says" in refused.stderr
+
+    config = _unreachable_config("config", a.port)
+    gateway = Gateway(config, tmp_path)
+    try:
+        assert redis.Redis(port=gateway.port, socket_timeout=5).get(KEY) == b"value"
+        assert "starting on the configuration's state" in gateway.log()
+        admin = config["gateway"]["admin"]
+        health = httpx.get(f"http://{admin}/health", timeout=5).json()
+        assert health["ready"] is True and "unreachable" in health["why"]
+    finally:
+        assert gateway.terminate() == 0, gateway.log()

@@ -24,6 +24,7 @@ from resmesh.config import (
 from resmesh.policies.balance import LeastLoadedBalancer
 from resmesh.policies.breaker import BreakerState
 from resmesh.policies.chain import ClusterPolicies, configured_switches
+from resmesh.policies.limit import LimiterConfig
 from resmesh.policies.switch import Switch, SwitchAction, SwitchMode
 from tests.policies.engine_support import governance as _gov
 from tests.policies.engine_support import nodes as _nodes
@@ -69,6 +70,25 @@ async def test_limits_come_from_the_cluster_and_each_operation() -> None:
     limiter.done("GET")
     assert limiter.admit("MGET", 0.0) is None
     assert _policies().limiter is None  # no limit configured: nothing to pay per call
+
+
+async def test_limits_change_at_run_time_keeping_the_workers_share_and_in_flight_calls() -> None:
+    policies = _policies(workers=2)
+    assert policies.limiter is None
+    policies.set_limits(LimiterConfig(LimitConfig(concurrency=4)), 0.0)
+    limiter = policies.limiter
+    assert limiter is not None
+    assert [limiter.admit("GET", 0.0) for _ in range(3)] == [
+        None,
+        None,
+        "concurrency limit of cluster c (4 over 2 workers) exceeded",
+    ]
+    policies.set_limits(LimiterConfig(LimitConfig(concurrency=6)), 0.0)
+    assert policies.limiter is limiter  # reconfigured in place: the 2 in flight still count
+    assert limiter.admit("GET", 0.0) is None
+    assert limiter.admit("GET", 0.0) == "concurrency limit of cluster c (6 over 2 workers) exceeded"
+    policies.set_limits(LimiterConfig(), 0.0)
+    assert policies.limiter is None  # no limits left: nothing to pay per call
 
 
 # -- limit --------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ from types import MappingProxyType
 import pytest
 
 from resmesh.config import NodeRole
+from resmesh.policies.limit import LimitConfig
 from resmesh.policies.switch import SwitchMode
 from resmesh.registry.edits import (
     EditRefused,
     degrade,
+    limit,
     node_add,
     node_enable,
     node_remove,
@@ -303,3 +305,25 @@ def test_node_disable_refuses_to_leave_reads_nowhere() -> None:
 def test_node_remove_refuses_to_leave_reads_nowhere() -> None:
     with pytest.raises(EditRefused, match="weight"):
         node_remove(reads_on_dc_b(), R2)
+
+
+def test_limit_sets_replaces_and_resets_one_scope() -> None:
+    entry = limit(replicated(), "get", LimitConfig(rate=5.0))
+    entry = limit(entry, None, LimitConfig(concurrency=9))
+    entry = limit(entry, "GET", LimitConfig(concurrency=2))
+    assert dict(entry.limits) == {
+        "GET": LimitConfig(concurrency=2),
+        "*": LimitConfig(concurrency=9),
+    }
+    entry = limit(entry, "get", None)
+    assert dict(entry.limits) == {"*": LimitConfig(concurrency=9)}
+
+
+def test_limit_refusals_say_what_is_valid() -> None:
+    with pytest.raises(EditRefused, match="give --rate, --burst or --concurrency"):
+        limit(replicated(), None, LimitConfig())
+    with pytest.raises(EditRefused, match="give --rate too"):
+        limit(replicated(), None, LimitConfig(burst=5.0))
+    entry = limit(replicated(), "KEYS", LimitConfig(concurrency=1))
+    with pytest.raises(EditRefused, match=r"no limit override for GET \(overrides: KEYS\)"):
+        limit(entry, "GET", None)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resmesh.config import ClusterConfig, NodeRole, parse_config
+from resmesh.policies.limit import LimitConfig, LimiterConfig
 from resmesh.policies.switch import Switch, SwitchMode
 from resmesh.registry.state import (
     WHOLE_CLUSTER,
@@ -22,6 +23,7 @@ from resmesh.registry.state import (
     cluster_state,
     entry_document,
     entry_from_config,
+    limits_of,
     parse_entry,
     switches_of,
 )
@@ -119,7 +121,18 @@ def entries(draw: st.DrawFn) -> ClusterEntry:
         mode = draw(st.sampled_from(list(SwitchMode)))
         value = draw(_TEXT) if mode is SwitchMode.FALLBACK else None
         switches.append(SwitchEntry(mode, operation, value, draw(_TEXT)))
-    return ClusterEntry(tuple(nodes), MappingProxyType(route), tuple(switches))
+    scopes = draw(st.lists(st.sampled_from(["*", "GET", "KEYS"]), max_size=3, unique=True))
+    limits = {}
+    for scope in scopes:
+        rate = draw(st.one_of(st.none(), st.floats(1, 1e9)))
+        limits[scope] = LimitConfig(
+            rate=rate,
+            burst=draw(st.floats(1, 1e9)) if rate is not None else None,
+            concurrency=draw(st.integers(1, 1_000_000)) if rate is None else None,
+        )
+    return ClusterEntry(
+        tuple(nodes), MappingProxyType(route), tuple(switches), MappingProxyType(limits)
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -160,6 +173,7 @@ def test_a_document_has_the_config_shape() -> None:
             "*": {"mode": "miss", "reason": "sick"},
             "GET": {"mode": "fallback", "value": "n/a"},
         },
+        "limits": {},
     }
 
 
@@ -249,6 +263,15 @@ def _set(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
         (_set(("switches",), ["GET"]), "switches", "expected a mapping"),
         (_set(("switches", "GET"), "miss"), "switches.GET", "expected a mapping"),
         (["not", "a", "mapping"], "", "expected a mapping, got list"),
+        (_set(("limits",), {"get": {}}), "limits.get", "set rate, burst or concurrency"),
+        (_set(("limits",), {"*": {"rate": 0}}), "limits.*.rate", "0 is not a number in 1..1e9"),
+        (_set(("limits",), {"*": {"concurrency": 1.5}}), "limits.*.concurrency", "whole"),
+        (_set(("limits",), {"*": {"queue": 5}}), "limits.*", "unknown key 'queue'"),
+        (
+            _set(("limits",), {"get": {"rate": 1}, "GET": {"rate": 2}}),
+            "limits.GET",
+            "a second limit for GET",
+        ),
     ],
 )
 def test_every_data_error_names_the_key(doc: object, key: str, words: str) -> None:
@@ -441,3 +464,27 @@ def test_switches_of() -> None:
         Switch("feed", SwitchMode.FALLBACK, "GET", b"n/a", ""),
     ]
     assert switches_of("feed", ClusterEntry(entry.nodes, entry.route)) == []
+
+
+def test_limit_overrides_replace_the_configured_scopes_only() -> None:
+    configured = LimiterConfig(
+        LimitConfig(rate=100.0),
+        {"GET": LimitConfig(concurrency=5), "SET": LimitConfig(rate=10.0)},
+    )
+    entry = parse_entry(
+        "c",
+        {
+            "groups": {"dc-a": ["127.0.0.1:1"]},
+            "limits": {"*": {"concurrency": 7}, "get": {"rate": 3}, "KEYS": {"concurrency": 1}},
+        },
+    )
+    assert limits_of(entry, configured) == LimiterConfig(
+        LimitConfig(concurrency=7),
+        {
+            "GET": LimitConfig(rate=3.0),
+            "SET": LimitConfig(rate=10.0),
+            "KEYS": LimitConfig(concurrency=1),
+        },
+    )
+    none = parse_entry("c", {"groups": {"dc-a": ["127.0.0.1:1"]}})
+    assert limits_of(none, configured) == configured

@@ -376,8 +376,8 @@ class RedisSession(ClientSession):
         admission, self._batch_admission = self._batch_admission, None
         if admission is not None:
             limiter = self.runtime.policies.limiter
-            assert limiter is not None
-            limiter.done_batch(*admission)
+            if limiter is not None:  # else the registry lifted every limit meanwhile
+                limiter.done_batch(*admission)
 
     # ----------------------------------------------------------------------------------------
     # One batch: every command of one read, replies written together
