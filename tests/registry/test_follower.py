@@ -6,15 +6,15 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 from resmesh.cluster.topology import ClusterState
 from resmesh.config import ClusterConfig, NodeRole, parse_config
+from resmesh.policies.limit import LimitConfig, LimiterConfig
 from resmesh.policies.switch import Switch, SwitchMode
-from resmesh.registry.edits import degrade, node_add, node_enable, primary
+from resmesh.registry.edits import degrade, limit, node_add, node_enable, primary
 from resmesh.registry.file import FileRegistry
 from resmesh.registry.follower import Follower
 from resmesh.registry.state import ClusterEntry, NodeEntry, SwitchEntry, entry_from_config
@@ -45,13 +45,22 @@ def configs() -> dict[str, ClusterConfig]:
     return dict(parse_config(data, Path("x.yaml")).clusters)
 
 
+class Limits:
+    """Stands in for a cluster's policies: records the limits it is given."""
+
+    def __init__(self) -> None:
+        self.given: list[LimiterConfig] = []
+
+    def set_limits(self, limits: LimiterConfig, now: float) -> None:
+        self.given.append(limits)
+
+
 class Target:
     """Records every layout it is given."""
 
-    policies: Any = None
-
     def __init__(self) -> None:
         self.applied: list[tuple[ClusterState, list[Switch] | None]] = []
+        self.policies = Limits()
 
     def apply(self, state: ClusterState, switches: Iterable[Switch] | None = None) -> None:
         self.applied.append((state, None if switches is None else list(switches)))
@@ -311,6 +320,7 @@ async def test_status_and_config_shapes(setup: Setup) -> None:
         },
         "route": {"dc-a": 100, "dc-b": 0},
         "switches": {"*": {"mode": "miss", "reason": "sick"}},
+        "limits": {},
         "version": 1,
     }
     assert config["clusters"]["shards"]["version"] == 1
@@ -328,3 +338,12 @@ async def test_config_state_is_reported_before_any_read(setup: Setup) -> None:
     assert config["clusters"]["feed"]["route"] == {"dc-a": 100, "dc-b": 0}
     assert setup.follower.status()["error"] == "not read yet"
     assert dataclasses.asdict(setup.follower.entry("shards").nodes[0])["role"] is None
+
+
+async def test_limit_overrides_reach_the_policies_merged_with_the_config(setup: Setup) -> None:
+    await setup.edit("feed", lambda e: limit(e, "get", LimitConfig(concurrency=3)))
+    await setup.follower.start()
+    given = setup.targets["feed"].policies.given
+    assert len(given) == 1
+    assert given[0].operations["GET"] == LimitConfig(concurrency=3)
+    assert given[0].cluster == LimitConfig()  # the config's: none
