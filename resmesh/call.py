@@ -130,9 +130,20 @@ class Run:
         key: the first routing key, for ``balance: hash`` (``None``: any node).
         shape: what the transport needs to know of the session to send it (for Redis: the
             selected database and protocol version), opaque here.
+        request_id: the end-to-end id the app gave its calls (Motan2 ``M_rid``, a Redis
+            client name, a MySQL comment), for the access log; ``None``: none.
     """
 
-    __slots__ = ("calls", "deadline", "idempotent", "key", "operation", "payload", "shape")
+    __slots__ = (
+        "calls",
+        "deadline",
+        "idempotent",
+        "key",
+        "operation",
+        "payload",
+        "request_id",
+        "shape",
+    )
 
     def __init__(
         self,
@@ -144,6 +155,7 @@ class Run:
         operation: str | None = None,
         key: bytes | None = None,
         shape: object = None,
+        request_id: str | None = None,
     ) -> None:
         self.calls = calls
         self.payload = payload
@@ -152,6 +164,7 @@ class Run:
         self.operation = operation
         self.key = key
         self.shape = shape
+        self.request_id = request_id
 
     def __len__(self) -> int:
         return len(self.calls)

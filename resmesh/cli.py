@@ -53,6 +53,7 @@ examples:
 _CTL_EPILOG: Final = """\
 examples:
   resmesh ctl status [--json]
+  resmesh ctl top                                     # live calls/s, errors, p99 per operation
   resmesh ctl degrade feed-cache --mode miss          # or --op GET; restore undoes it
   resmesh ctl degrade echo --mode fallback --value n/a
   resmesh ctl restore feed-cache
@@ -174,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser(
         "ctl",
         parents=[common],
-        help="control every gateway through the registry: status, degrade, restore, shift, "
-        "node, primary",
+        help="control every gateway through the registry: status, top, degrade, restore, "
+        "limit, shift, node, primary",
         description="Change the live state of a cluster in the registry; every gateway "
         "watching it obeys within a second. status shows what a gateway runs.",
         epilog=_CTL_EPILOG,
@@ -202,6 +203,14 @@ def _add_ctl_commands(ctl: argparse.ArgumentParser) -> None:
         help="every cluster, group and node: health, breaker, route weights, switches, version",
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    top = commands.add_parser(
+        "top", help="live view: calls/s, errors, p99 per cluster and operation, breakers"
+    )
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument(
+        "--iterations", type=int, help="refresh this many times, then exit (default: until ^C)"
+    )
 
     down = commands.add_parser("degrade", help="turn on a degrade switch")
     down.add_argument("cluster")

@@ -39,6 +39,8 @@ from .net.mysql.runtime import MySQLRuntime
 from .net.redis.runtime import RedisRuntime
 from .net.runtime import ClusterRuntime
 from .net.sockio import close_quietly
+from .observe.access_log import AccessLog, AccessLogError
+from .observe.graphite import GraphiteReporter
 from .registry import open_registry
 from .registry.follower import Follower, Target
 
@@ -268,10 +270,16 @@ async def serve(
         async with trio.open_nursery() as backend:
             runtimes = build_runtimes(config, backend)
             served = served_clusters(runtimes)
+            try:
+                access_log = _open_access_log(config, served)
+            except AccessLogError as exc:
+                log.error("%s — fix: change metrics.access_log.path in %s", exc, config.source)
+                backend.cancel_scope.cancel()
+                return EXIT_CANNOT_LISTEN
             follower = Follower(
                 open_registry(config.registry),
                 {name: config.clusters[name] for name in served},
-                {name: target for name, (target, _) in served.items()},
+                {name: target for name, (target, _, _) in served.items()},
             )
             if not await _read_registry(config, follower):
                 for listener in listeners.values():
@@ -287,13 +295,18 @@ async def serve(
                 config,
                 follower,
                 {
-                    name: Served(target.policies, clients)
-                    for name, (target, clients) in served.items()
+                    name: Served(target.policies, clients, pools)
+                    for name, (target, clients, pools) in served.items()
                 },
                 lambda: runtimes[0].draining if runtimes else False,
                 worker=_worker_index(),
             )
-            await _start_admin(config, view, admin, backend)
+            shown = await _start_admin(config, view, admin, backend)
+            graphite = config.metrics.graphite
+            if graphite is not None and config.metrics.enabled and _worker_index() in (None, 0):
+                # One reporter for the whole gateway: worker 0 pushes every worker's counts
+                # (several pushing the same keys would overwrite each other in carbon).
+                backend.start_soon(GraphiteReporter(graphite, shown.metrics).run)
             steps_file = os.environ.get(diagnostics.ENV)
             if steps_file:
                 backend.start_soon(diagnostics.report_steps, Path(steps_file))
@@ -329,23 +342,53 @@ async def serve(
                 backend.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await follower.registry.aclose()
+                    if access_log is not None:
+                        await trio.to_thread.run_sync(access_log.close)
     log.info("stopped")
     return 0
 
 
+_Pools = typing.Callable[[], dict[str, dict[str, int]]]
+
+
 def served_clusters(
     runtimes: list[ClusterRuntime],
-) -> dict[str, tuple[Target, typing.Callable[[], int]]]:
+) -> dict[str, tuple[Target, typing.Callable[[], int], _Pools]]:
     """Every cluster the runtimes serve: what applies its layout (and holds its policies),
-    and how many clients it has."""
-    served: dict[str, tuple[Target, typing.Callable[[], int]]] = {}
+    how many clients it has, and its backend connections per node."""
+    served: dict[str, tuple[Target, typing.Callable[[], int], _Pools]] = {}
     for runtime in runtimes:
+        clients = functools.partial(len, runtime.sessions)
         if isinstance(runtime, ClientAgent):
             for name, cluster in runtime.clusters.items():
-                served[name] = (cluster, functools.partial(len, runtime.sessions))
+                served[name] = (cluster, clients, cluster.transport.pool_statistics)
         elif isinstance(runtime, (RedisRuntime, MySQLRuntime)):
-            served[runtime.name] = (runtime, functools.partial(len, runtime.sessions))
+            served[runtime.name] = (runtime, clients, runtime.pool_statistics)
     return served
+
+
+def _open_access_log(
+    config: Config, served: dict[str, tuple[Target, typing.Callable[[], int], _Pools]]
+) -> AccessLog | None:
+    """Count the served clusters' calls as ``metrics`` says, and start the access log if it
+    is configured (``None`` without one).
+
+    Raises:
+        AccessLogError: its file cannot be opened.
+    """
+    settings = config.metrics
+    if not settings.enabled:
+        for target, _, _ in served.values():
+            target.policies.metrics = None
+    if settings.access_log is None:
+        return None
+    access_log = AccessLog(settings.access_log)
+    access_log.start()
+    for name, (target, _, _) in served.items():
+        metrics = target.policies.metrics
+        if metrics is not None:
+            metrics.listener = access_log.listener(name)
+    return access_log
 
 
 async def _read_registry(config: Config, follower: Follower) -> bool:
@@ -379,9 +422,10 @@ def _worker_index() -> int | None:
 
 async def _start_admin(
     config: Config, view: LocalView, admin: socket.socket | None, nursery: trio.Nursery
-) -> None:
+) -> AdminView:
     """Serve the admin API: on ``admin``; with several workers also each worker's own view on
-    its Unix socket, worker 0 answering the admin port for all of them."""
+    its Unix socket, worker 0 answering the admin port for all of them. Returns the view of
+    the whole gateway (every worker's, merged)."""
     token = config.gateway.admin_token
     worker = _worker_index()
     shown: AdminView = view
@@ -395,6 +439,7 @@ async def _start_admin(
     if admin is not None:
         await nursery.start(functools.partial(serve_admin, AdminApp(shown, token), listener=admin))
         log.info("admin API listening on %s", config.gateway.admin)
+    return shown
 
 
 async def _remove_on_exit(path: Path) -> None:

@@ -1,8 +1,9 @@
 """The admin HTTP API, as an ASGI application served by Hypercorn (which runs on Trio).
 
 Read-only by design: ``/health`` (ready or not, and why), ``/status`` (every cluster, group
-and node with health, breaker, route weights, switches and registry version) and ``/config``
-(the state in force and its registry version). Changes go through the registry
+and node with health, breaker, route weights, switches, registry version and latency),
+``/config`` (the state in force and its registry version), ``/metrics`` (Prometheus text) and
+``/metrics.json`` (the same counters as a document). Changes go through the registry
 (``resmesh ctl``), never into one process only, so every gateway of a fleet obeys the same
 change.
 
@@ -18,13 +19,15 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
+from ..observe.prometheus import CONTENT_TYPE, render
+
 __all__ = ["AdminApp", "AdminView"]
 
 _Scope = dict[str, Any]
 _Receive = Callable[[], Awaitable[dict[str, Any]]]
 _Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-_PAGES: Final = ["/config", "/health", "/status"]
+_PAGES: Final = ["/config", "/health", "/metrics", "/metrics.json", "/status"]
 
 
 class AdminView(Protocol):
@@ -35,6 +38,8 @@ class AdminView(Protocol):
     async def status(self) -> dict[str, Any]: ...
 
     async def config(self) -> dict[str, Any]: ...
+
+    async def metrics(self) -> dict[str, Any]: ...
 
 
 class AdminApp:
@@ -77,6 +82,11 @@ class AdminApp:
             await _json(send, 200 if ready else 503, {"ready": ready, "why": why})
         elif path == "/status":
             await _json(send, 200, await self.view.status())
+        elif path == "/metrics":
+            body = render(await self.view.metrics())
+            await _respond(send, 200, body, CONTENT_TYPE.encode())
+        elif path == "/metrics.json":
+            await _json(send, 200, await self.view.metrics())
         else:
             await _json(send, 200, await self.view.config())
 
@@ -85,12 +95,22 @@ async def _json(
     send: _Send, status: int, body: object, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     data = json.dumps(body, indent=1, sort_keys=False, default=str).encode() + b"\n"
+    await _respond(send, status, data, b"application/json", headers)
+
+
+async def _respond(
+    send: _Send,
+    status: int,
+    data: bytes,
+    content_type: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(data)).encode()),
                 *(headers or []),
             ],

@@ -62,6 +62,10 @@ _DEFAULT_MODE: Final = {
 def run_ctl(config: Config, args: argparse.Namespace) -> int:
     """Run one ``ctl`` command; the process exit code."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    if args.ctl_command == "top":
+        from .top import run_top
+
+        return run_top(config, args.interval, args.iterations)
     try:
         code: int = trio.run(_run, config, args)
     except RegistryUnavailable as exc:
@@ -206,7 +210,28 @@ async def _status(config: Config, registry: Registry, *, as_json: bool) -> int:
     else:
         console.print(f"gateway: {problem}; showing the registry's state only")
     console.print(_table(config, snapshot, live))
+    if live is not None:
+        console.print(_operations_table(live))
     return 0
+
+
+def _operations_table(live: dict[str, Any]) -> Table:
+    """Per cluster and operation since the gateway started: calls, errors, latency."""
+    table = Table(title="calls since start", title_justify="left", pad_edge=False)
+    for column in ("cluster", "operation", "calls", "errors", "rejected", "p50", "p99", "p99.9"):
+        table.add_column(column, justify="left" if column in ("cluster", "operation") else "right")
+    for name, cluster in live["clusters"].items():
+        for operation, counted in cluster.get("operations", {}).items():
+            calls = counted["calls"]
+            table.add_row(
+                name,
+                operation,
+                str(calls),
+                f"{counted['errors'] / calls:.1%}" if calls else "-",
+                str(counted["rejected"]),
+                *(f"{counted[q] * 1000:.2f} ms" for q in ("p50", "p99", "p999")),
+            )
+    return table
 
 
 def _table(config: Config, snapshot: Snapshot, live: dict[str, Any] | None) -> Table:

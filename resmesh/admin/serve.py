@@ -22,7 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from .app import AdminApp, AdminView
-from .status import merge_statuses
+from .status import merge_metrics, merge_statuses, operation_summary
 
 __all__ = ["WorkersView", "serve_admin", "worker_socket"]
 
@@ -82,10 +82,21 @@ class WorkersView:
         answered = [s for s in statuses if s["clusters"] or s is statuses[0]]
         merged = merge_statuses(answered)
         merged["workers"] = statuses
+        counted = await self.metrics()
+        for name, cluster in merged["clusters"].items():
+            cluster["operations"] = operation_summary(counted["clusters"][name])
         return merged
 
     async def config(self) -> dict[str, Any]:
         return await self._local.config()
+
+    async def metrics(self) -> dict[str, Any]:
+        documents = [await self._local.metrics()]
+        for path in self._peers:
+            document = await _ask(path, "/metrics.json")
+            if document is not None:
+                documents.append(document)
+        return merge_metrics(documents)
 
 
 async def _ask(path: Path, page: str) -> dict[str, Any] | None:

@@ -19,19 +19,22 @@ import trio
 
 from .. import __version__
 from ..config import Config
+from ..observe.metrics import histogram_of, merge_series, merge_snapshots
 from ..policies.chain import ClusterPolicies
 from ..registry.follower import Follower
 from ..registry.state import entry_document
 
-__all__ = ["LocalView", "Served", "merge_statuses"]
+__all__ = ["LocalView", "Served", "merge_metrics", "merge_statuses", "operation_summary"]
 
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """One cluster as this process serves it: its policies, and how many clients it has."""
+    """One cluster as this process serves it: its policies, how many clients it has, and
+    its backend connections per node (open, in flight)."""
 
     policies: ClusterPolicies
     clients: Callable[[], int]
+    pools: Callable[[], dict[str, dict[str, int]]]
 
 
 class LocalView:
@@ -74,7 +77,7 @@ class LocalView:
     async def status(self) -> dict[str, Any]:
         config = self._config
         now = trio.current_time()
-        clusters = {}
+        clusters: dict[str, dict[str, Any]] = {}
         for name, served in self._served.items():
             cluster = config.clusters[name]
             entry = self._follower.entry(name)
@@ -90,6 +93,9 @@ class LocalView:
                 "limits": document["limits"],
                 "groups": _groups(served.policies, document["groups"], now),
             }
+        counted = await self.metrics()
+        for name, shown in clusters.items():
+            shown["operations"] = operation_summary(counted["clusters"][name])
         return {
             "gateway": {
                 "app": config.gateway.app,
@@ -105,6 +111,42 @@ class LocalView:
 
     async def config(self) -> dict[str, Any]:
         return self._follower.config()
+
+    async def metrics(self) -> dict[str, Any]:
+        """Every counter of this process, for the exporters (:mod:`resmesh.observe`)."""
+        now = trio.current_time()
+        clusters = {}
+        for name, served in self._served.items():
+            policies = served.policies
+            pools = served.pools()
+            nodes = {}
+            for node in policies.topology.nodes:
+                breaker = policies.breakers[node]
+                ejections = policies.outliers[node.group].ejections_of(node)
+                nodes[node.address] = {
+                    "group": node.group,
+                    "breaker": breaker.state.name.lower(),
+                    "trips": getattr(breaker, "trips", 0),
+                    "ejections": ejections,
+                    **pools.get(node.address, {}),
+                }
+            counted = policies.metrics
+            clusters[name] = {
+                **(
+                    counted.snapshot()
+                    if counted is not None
+                    else {"protocol": "", "series": {}, "refusals": {}}
+                ),
+                "clients": served.clients(),
+                "nodes": nodes,
+                "hedge_delay": _hedge_delays(policies, now),
+            }
+        follower = self._follower
+        return {
+            "gateway": {"app": self._config.gateway.app, "workers": 1},
+            "registry": {"version": follower.version, "reachable": follower.reachable},
+            "clusters": clusters,
+        }
 
 
 def _groups(
@@ -163,3 +205,90 @@ def merge_statuses(statuses: list[dict[str, Any]]) -> dict[str, Any]:
     merged["clusters"] = clusters
     merged["workers"] = statuses
     return merged
+
+
+def _hedge_delays(policies: ClusterPolicies, now: float) -> dict[str, float]:
+    """The backup-request delay in force per operation (``*``: the cluster's), seconds."""
+    delays = {}
+    for operation, tracker in policies.hedges.items():
+        if tracker is not None:
+            delay = tracker.delay(now)
+            if delay is not None:
+                delays[operation or "*"] = delay
+    return delays
+
+
+def merge_metrics(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metrics document for several workers: counters added, histograms merged, node
+    gauges added (connections, calls in flight) or the worst kept (a breaker's state)."""
+    merged: dict[str, Any] = {
+        "gateway": {**documents[0]["gateway"], "workers": len(documents)},
+        "registry": {
+            "version": min(d["registry"]["version"] for d in documents),
+            "reachable": all(d["registry"]["reachable"] for d in documents),
+        },
+        "clusters": {},
+    }
+    for name in documents[0]["clusters"]:
+        parts = [d["clusters"][name] for d in documents if name in d["clusters"]]
+        cluster = merge_snapshots(parts)
+        cluster["clients"] = sum(p["clients"] for p in parts)
+        cluster["hedge_delay"] = parts[0]["hedge_delay"]
+        nodes: dict[str, dict[str, Any]] = {}
+        for part in parts:
+            for address, node in part["nodes"].items():
+                into = nodes.get(address)
+                if into is None:
+                    nodes[address] = dict(node)
+                    continue
+                for key, value in node.items():
+                    if key == "breaker":
+                        if _BREAKER_RANK.get(value, 0) > _BREAKER_RANK.get(into[key], 0):
+                            into[key] = value
+                    elif isinstance(value, int):
+                        into[key] = into.get(key, 0) + value
+        cluster["nodes"] = nodes
+        merged["clusters"][name] = cluster
+    return merged
+
+
+_BREAKER_RANK = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def operation_summary(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per operation, over every node: calls, errors (app, upstream, local), rejected, and
+    latency percentiles in seconds since start (one cluster of a metrics document)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for table in cluster["series"].values():
+        for operation, series in table.items():
+            merged[operation] = merge_series(merged.get(operation), series)
+    summary: dict[str, dict[str, Any]] = {}
+    for operation, series in sorted(merged.items()):
+        outcomes = series["outcomes"]
+        histogram = histogram_of(series)
+        summary[operation] = {
+            "calls": sum(outcomes.values()),
+            "errors": outcomes["app_error"] + outcomes["upstream_error"] + outcomes["local_error"],
+            "rejected": outcomes["rejected"],
+            "p50": histogram.percentile(50),
+            "p90": histogram.percentile(90),
+            "p99": histogram.percentile(99),
+            "p999": histogram.percentile(99.9),
+        }
+    for operation, by_policy in cluster["refusals"].items():
+        entry = summary.setdefault(
+            operation,
+            {
+                "calls": 0,
+                "errors": 0,
+                "rejected": 0,
+                "p50": 0.0,
+                "p90": 0.0,
+                "p99": 0.0,
+                "p999": 0.0,
+            },
+        )
+        refused = sum(by_policy.values())
+        entry["calls"] += refused
+        entry["rejected"] += refused
+    return summary

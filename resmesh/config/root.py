@@ -13,6 +13,7 @@ from .cluster import ClusterConfig, parse_clusters
 from .errors import Context, describe
 from .gateway import GatewayConfig, parse_gateway
 from .loader import read_text, read_yaml
+from .metrics import MetricsConfig, parse_metrics
 from .motan2 import Motan2AgentConfig, parse_agent
 from .presets import Presets
 from .registry import RegistryConfig, parse_registry
@@ -37,12 +38,13 @@ class Config:
     """The Motan2 agent (``motan2:``), or ``None`` when the file has none."""
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     """Where the clusters' live state is kept (``registry:``)."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Counting calls, and the Graphite push and access log (``metrics:``)."""
 
 
-_TOP_KEYS: Final = ("gateway", "users", "clusters", "motan2", "registry")
+_TOP_KEYS: Final = ("gateway", "users", "clusters", "motan2", "registry", "metrics")
 _LATER_TOP_KEYS: Final[Mapping[str, str]] = MappingProxyType(
     {
-        "metrics": "this version exports no metrics yet; remove the 'metrics' section",
         "policies": (
             "presets are files, policies/NAME.yaml next to this config, that a cluster names "
             "with 'policy: NAME' (and changes under its 'governance:'); remove this section"
@@ -105,6 +107,7 @@ def _parse(data: object, ctx: Context) -> Config:
     clusters = parse_clusters(ctx, top["clusters"], ("clusters",), gateway, presets, motan2)
     users = parse_users(ctx, top.get("users"), ("users",), clusters)
     registry = parse_registry(ctx, top.get("registry"), ("registry",))
+    metrics = parse_metrics(ctx, top.get("metrics"), ("metrics",))
     return Config(
         source=ctx.source,
         gateway=gateway,
@@ -112,4 +115,5 @@ def _parse(data: object, ctx: Context) -> Config:
         clusters=MappingProxyType(clusters),
         motan2=motan2,
         registry=registry,
+        metrics=metrics,
     )

@@ -352,6 +352,11 @@ class ClusterRuntime:
         """Where the cluster's calls go, for the startup log line."""
         raise NotImplementedError
 
+    def pool_statistics(self) -> dict[str, dict[str, int]]:
+        """Per node address: its backend connections (``connections`` open, ``in_flight``
+        calls...), for the metrics; none known by default."""
+        return {}
+
     def close(self) -> None:
         """Close every backend connection (shutdown)."""
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..call import Outcome
 from ..cluster.topology import build_topology
+from ..observe.metrics import ClusterMetrics, Refusal
 from .balance import Balancer, ConsistentHashBalancer, balancer_for
 from .breaker import BreakerState, CircuitBreaker
 from .hedge import HedgeBudget, HedgeDelay
@@ -74,6 +75,7 @@ class ClusterPolicies:
         workers: gateway processes sharing the cluster's limits (each enforces its share).
         peers: every node serves every call (RPC service instances): no primary, so a call
             that may not be sent twice still goes to the balancer's choice, once.
+        protocol: the cluster's protocol, for the metrics' labels.
 
     The topology changes at run time through :meth:`apply` (a new layout from the registry)
     and :meth:`set_primary`; everything kept per node carries over for the nodes that stay.
@@ -90,8 +92,12 @@ class ClusterPolicies:
         sharded: bool = False,
         workers: int = 1,
         peers: bool = False,
+        protocol: str = "",
     ) -> None:
         self.cluster = cluster
+        #: Every call counted: the engine reports each run it ends, the frontends the calls
+        #: refused before it; ``None`` when ``metrics.enabled`` is off.
+        self.metrics: ClusterMetrics | None = ClusterMetrics(cluster, protocol)
         self.peers = peers
         #: Nodes an active health check (Motan2 heartbeats) found down: offered to no call
         #: until it finds them up again, unless no other node is left (Envoy's active health
@@ -114,15 +120,15 @@ class ClusterPolicies:
         self.max_attempts = failover.max_attempts if failover.enabled else 1
         #: Hedge trackers (delay and budget): the cluster's (key ``None``) and each operation
         #: with its own hedge settings; ``None`` where hedging is off.
-        self._hedges: dict[str | None, HedgeDelay | None] = {
+        self.hedges: dict[str | None, HedgeDelay | None] = {
             None: HedgeDelay(governance.hedge) if governance.hedge.enabled else None
         }
         for name, op in governance.operations.items():
             if op.hedge is not None:
-                self._hedges[name] = HedgeDelay(op.hedge) if op.hedge.enabled else None
+                self.hedges[name] = HedgeDelay(op.hedge) if op.hedge.enabled else None
         #: Whether any operation hedges differently from the cluster (then a batch path must
         #: name the operation of each run it hedges).
-        self.operation_hedges = len(self._hedges) > 1
+        self.operation_hedges = len(self.hedges) > 1
         self.router = GroupRouter(dict(topology.route), governance.local_group)
         self.breakers: dict[Node, CircuitBreaker | _NoBreaker] = {}
         self._balancer_of: dict[Node, Balancer[Node]] = {}
@@ -152,6 +158,7 @@ class ClusterPolicies:
         #: Where writes and sessions go; ``None`` in a sharded cluster (each key has its node).
         self.primary: Node | None = None if self.sharded or self.peers else topology.primary
         nodes = topology.nodes
+        self._by_address = {node.address: node for node in nodes}
         self.down &= set(nodes)
         governance = self.governance
         old_breakers = self.breakers
@@ -213,6 +220,8 @@ class ClusterPolicies:
         added = [node for node in topology.nodes if node not in before]
         removed = [node for node in old if node not in after]
         self._install(topology)
+        if self.metrics is not None:
+            self.metrics.forget(removed)
         if switches is not None:
             self.switchboard.replace(switches)
         return added, removed
@@ -258,7 +267,7 @@ class ClusterPolicies:
     def hedge_budget(self) -> HedgeBudget | None:
         """The cluster's hedge budget, ``None`` if it does not hedge (an operation with hedge
         settings of its own has its own budget: see :meth:`hedger`)."""
-        tracker = self._hedges[None]
+        tracker = self.hedges[None]
         return tracker.budget if tracker is not None else None
 
     def set_route(self, weights: Mapping[str, float]) -> None:
@@ -275,8 +284,16 @@ class ClusterPolicies:
     # Per call
 
     def decide(self, operation: str, is_write: bool) -> SwitchDecision | None:
-        """The degrade switch in force for ``operation``, if any (first in the chain)."""
-        return self.switchboard.decide(self.cluster, operation, is_write)
+        """The degrade switch in force for ``operation``, if any (first in the chain); a call
+        it decides is counted as refused by the switch."""
+        decision = self.switchboard.decide(self.cluster, operation, is_write)
+        if decision is not None and self.metrics is not None:
+            self.metrics.refused(operation, Refusal.SWITCH)
+        return decision
+
+    def node_at(self, address: str) -> Node | None:
+        """The node at ``address``, if it is in the cluster."""
+        return self._by_address.get(address)
 
     # ----------------------------------------------------------------------------------------
     # Per run: the HA engine's steps
@@ -286,7 +303,7 @@ class ClusterPolicies:
         cluster's."""
         if not self.spreads_reads:
             return None
-        return self._hedges.get(operation, self._hedges[None])
+        return self.hedges.get(operation, self.hedges[None])
 
     def pick(
         self, now: float, exclude: Sequence[Node] = (), key: bytes | None = None
@@ -450,7 +467,7 @@ class ClusterPolicies:
         """Every policy's snapshot, for the admin API and ``resmesh ctl status``."""
         hedges = {
             op or "*": {"delay": tracker.statistics(now), "budget": tracker.budget.statistics()}
-            for op, tracker in self._hedges.items()
+            for op, tracker in self.hedges.items()
             if tracker is not None
         }
         return {

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import trio
 
-from ..call import Outcome, Run, Unavailable
+from ..call import Call, Outcome, Run, Unavailable
+from ..observe.metrics import Refusal
 from .waiting import Alarms, Waiter, wait_first
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ __all__ = ["Attempt", "HAEngine", "Transport"]
 _OK = Outcome.OK
 _LOCAL = Outcome.LOCAL_ERROR
 _REJECTED = Outcome.REJECTED
+#: Why a run got no attempt: every node refused or none is left; its deadline came first.
+_NO_NODE = "no node left to try"
+_LATE = "deadline passed before sending"
 #: The waiter of attempts nobody parks on (:meth:`HAEngine.start`): its task stays ``None``.
 _NOBODY = Waiter()
 
@@ -81,9 +85,12 @@ class Attempt:
         probe: whether it is its node's half-open breaker probe.
         on_done: called when it finishes, for an attempt nobody waits for any more but whose
             end still counts (a hedge's loser leaves its node's load then).
+        errors: whether some call's answer is an error, so the calls' outcomes may differ
+            (then the metrics ask :meth:`call_outcomes`); set by the transport.
+        received_bytes: bytes of the answer, where the transport counts them (else 0).
     """
 
-    __slots__ = ("error", "node", "on_done", "probe", "sent", "waiter")
+    __slots__ = ("error", "errors", "node", "on_done", "probe", "received_bytes", "sent", "waiter")
 
     def __init__(self, waiter: Waiter) -> None:
         self.waiter = waiter
@@ -92,6 +99,8 @@ class Attempt:
         self.sent = 0.0
         self.probe = False
         self.on_done: Callable[[Attempt], None] | None = None
+        self.errors = False
+        self.received_bytes = 0
 
     @property
     def done(self) -> bool:
@@ -102,6 +111,12 @@ class Attempt:
         """How a finished attempt that got an answer ended, for its node's health (``OK``,
         ``APP_ERROR``, ``UPSTREAM_ERROR``): the protocol reads its answer."""
         return _OK
+
+    def call_outcomes(self) -> Sequence[Outcome] | None:
+        """Each call's own outcome, when :attr:`errors` says they may differ from
+        :meth:`outcome`'s (a pipeline with an error reply among its answers); ``None``: all
+        alike."""
+        return None
 
     def cancel(self) -> None:
         """This attempt lost a race: stop it if the protocol can (default: it cannot; its
@@ -183,15 +198,23 @@ class HAEngine(Generic[A]):
         if node is None:
             node = policies.pick(now, (), run.key)
             if node is None:
-                raise Unavailable(None, "no node left to try", _REJECTED)
-        attempt = self._send(node, run, Waiter(), now)
+                failure = Unavailable(None, _NO_NODE, _REJECTED)
+                self._report_failure(run, failure, now)
+                raise failure
+        try:
+            attempt = self._send(node, run, Waiter(), now)
+        except Unavailable as exc:
+            self._report_failure(run, exc, now)
+            raise
         if not attempt.done:
             try:
                 await wait_first((attempt,), attempt.waiter)
             except BaseException:
                 self._drop((attempt,))  # the caller is gone; the node still has the run
                 raise
-        self._settle(attempt, self._clock.current_time())
+        later = self._clock.current_time()
+        outcome = self._settle(attempt, later)
+        self._report(run, attempt, outcome, later - now)
         if attempt.error is not None:
             raise attempt.error
         return attempt
@@ -218,16 +241,20 @@ class HAEngine(Generic[A]):
         if node is None:
             node = policies.pick(now, (), run.key)
         if node is None:
-            on_done(Unavailable(None, "no node left to try", _REJECTED))
+            failure = Unavailable(None, _NO_NODE, _REJECTED)
+            self._report_failure(run, failure, now)
+            on_done(failure)
             return
         try:
             attempt = self._send(node, run, _NOBODY, now)
         except Unavailable as exc:
+            self._report_failure(run, exc, now)
             on_done(exc)
             return
 
         def finished(done: Attempt) -> None:
-            self._settle(done, self._clock.current_time())
+            later = self._clock.current_time()
+            self._report(run, done, self._settle(done, later), later - now)
             on_done(done.error if done.error is not None else attempt)
 
         attempt.on_done = finished
@@ -252,7 +279,7 @@ class HAEngine(Generic[A]):
         against that node), or ``REJECTED`` when no node is left (every remaining one's
         breaker refuses, or there is none)."""
         if now >= run.deadline:
-            return Unavailable(None, "deadline passed before sending", _REJECTED)
+            return Unavailable(None, _LATE, _REJECTED)
         policies = self.policies
         key = run.key
         while True:
@@ -261,7 +288,7 @@ class HAEngine(Generic[A]):
                 if not tried:
                     node = policies.primary  # every route weight is 0: reads go there
                 if node is None:
-                    return Unavailable(None, "no node left to try", _REJECTED)
+                    return Unavailable(None, _NO_NODE, _REJECTED)
             tried.append(node)
             try:
                 return self._send(node, run, waiter, now)
@@ -280,7 +307,7 @@ class HAEngine(Generic[A]):
         """
         if now >= run.deadline:
             # Out of time before sending: the node is not to blame, nothing is counted.
-            raise Unavailable(node.address, "deadline passed before sending", _REJECTED)
+            raise Unavailable(node.address, _LATE, _REJECTED)
         policies = self.policies
         probe = policies.begin(node, now)
         if isinstance(probe, str):
@@ -300,6 +327,39 @@ class HAEngine(Generic[A]):
         outcome = _LOCAL if attempt.error is not None else attempt.outcome()
         self.policies.settle(attempt.node, outcome, now - attempt.sent, now, attempt.probe)
         return outcome
+
+    def _report(self, run: Run, attempt: Attempt, outcome: Outcome, latency: float) -> None:
+        """Count the run's calls as ended by ``attempt`` (one place for every protocol)."""
+        metrics = self.policies.metrics
+        if metrics is not None:
+            metrics.run_ended(
+                run.calls,
+                attempt.node,
+                outcome,
+                latency,
+                len(run.payload),
+                attempt.received_bytes,
+                attempt.call_outcomes() if attempt.errors and outcome is not _LOCAL else None,
+                run.request_id,
+            )
+
+    def _report_failure(self, run: Run, failure: Unavailable, now: float) -> None:
+        """Count the run's calls as ended with no answer: refused (no node could take it, or
+        its deadline came first), or failed on the node it was sent to."""
+        policies = self.policies
+        metrics = policies.metrics
+        if metrics is None:
+            return
+        if failure.outcome is _REJECTED:
+            refusal = Refusal.DEADLINE if failure.reason == _LATE else Refusal.NO_NODE
+            for call in run.calls:
+                metrics.refused(call.op.name, refusal)
+            return
+        node = policies.node_at(failure.node) if failure.node is not None else None
+        latency = self._clock.current_time() - now
+        metrics.run_ended(
+            run.calls, node, failure.outcome, latency, len(run.payload), request_id=run.request_id
+        )
 
     def _drop(self, losers: Sequence[A]) -> None:
         """Attempts nobody waits for any more (they lost the race, or their caller is gone):
@@ -332,16 +392,20 @@ class HAEngine(Generic[A]):
         results: dict[Node, A | Unavailable] = {}
         waiting: list[A] = []
         try:
+            runs: dict[Node, Run] = {}
             for node, run in parts.items():
                 try:
                     waiting.append(self._send(node, run, waiter, now))
+                    runs[node] = run
                 except Unavailable as exc:
+                    self._report_failure(run, exc, now)
                     results[node] = exc
             while waiting:
                 done = await wait_first(waiting, waiter)
                 assert done is not None
                 waiting.remove(done)
-                self._settle(done, self._clock.current_time())
+                later = self._clock.current_time()
+                self._report(runs[done.node], done, self._settle(done, later), later - now)
                 results[done.node] = done.error or done
         except BaseException:
             self._drop(waiting)  # the caller is gone; the nodes still have their parts
@@ -358,9 +422,14 @@ class HAEngine(Generic[A]):
         judge: Callable[[T], Outcome],
         *,
         timed: bool = True,
+        calls: Sequence[Call] = (),
+        sent: int = 0,
+        request_id: str | None = None,
     ) -> T:
         """One exchange of a session pinned to ``node`` (the session's task does the I/O on
-        its own connection: ``exchange``), counted for the node's health by ``judge``.
+        its own connection: ``exchange``), counted for the node's health by ``judge`` and,
+        when ``calls`` are given (with the bytes ``sent`` and the app's ``request_id``), in the
+        metrics.
 
         The session is committed to its node, so nothing is refused, retried or hedged here;
         the breaker had its say when the session started there
@@ -379,12 +448,21 @@ class HAEngine(Generic[A]):
         except Unavailable as exc:
             later = self._clock.current_time()
             policies.settle(node, exc.outcome, later - now if timed else 0.0, later)
+            if policies.metrics is not None:
+                policies.metrics.run_ended(
+                    calls, node, exc.outcome, later - now, sent, request_id=request_id
+                )
             raise
         except BaseException:
             policies.abandon(node, False)
             raise
         later = self._clock.current_time()
-        policies.settle(node, judge(result), later - now if timed else 0.0, later)
+        outcome = judge(result)
+        policies.settle(node, outcome, later - now if timed else 0.0, later)
+        if policies.metrics is not None:
+            policies.metrics.run_ended(
+                calls, node, outcome, later - now, sent, request_id=request_id
+            )
         return result
 
 
@@ -417,6 +495,7 @@ class _Spread(Generic[A]):
         "_alarm",
         "_answered",
         "_backup",
+        "_began",
         "_delay",
         "_engine",
         "_failure",
@@ -459,6 +538,7 @@ class _Spread(Generic[A]):
         return self.result is not None
 
     def begin(self, now: float) -> None:
+        self._began = now
         hedger = self._hedger
         if hedger is not None:
             hedger.budget.record_call()  # every hedgeable run earns budget, warm or not
@@ -572,9 +652,28 @@ class _Spread(Generic[A]):
     def _end(self, result: A | Unavailable, *, notify: bool = True) -> None:
         self.result = result
         self._disarm()
-        budget = self._engine.policies.retry_budget
+        engine = self._engine
+        budget = engine.policies.retry_budget
         budget.request_finished()
         for _ in range(self._retries):
             budget.finish_retry()
         if notify:
+            run = self._run
+            if isinstance(result, Unavailable):
+                engine._report_failure(run, result, self._began)
+                node = None
+            else:
+                outcome = _LOCAL if result.error is not None else result.outcome()
+                latency = engine._clock.current_time() - self._began
+                engine._report(run, result, outcome, latency)
+                node = result.node
+            metrics = engine.policies.metrics
+            if metrics is not None and (self._retries or self._backup is not None):
+                metrics.spread(
+                    run.calls[0].op,
+                    node,
+                    retries=self._retries,
+                    hedged=self._backup is not None,
+                    won=self._backup is not None and result is self._backup,
+                )
             self._on_done(result)

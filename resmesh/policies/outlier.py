@@ -121,11 +121,14 @@ class OutlierStatistics:
 
 @final
 class _NodeState:
-    __slots__ = ("consecutive", "ejected_until", "ejections", "returned_at")
+    __slots__ = ("consecutive", "ejected_until", "ejections", "returned_at", "total")
 
     def __init__(self) -> None:
         self.consecutive = 0
+        #: The ejection multiplier (decays while the node stays healthy).
         self.ejections = 0
+        #: Every ejection since start (a counter for the metrics).
+        self.total = 0
         self.ejected_until = _NOT_EJECTED
         self.returned_at = 0.0
 
@@ -211,6 +214,7 @@ class OutlierDetector:
         self._ejected.add(node)
         self._next_return = min(self._next_return, state.ejected_until)
         self.total_ejections += 1
+        state.total += 1
         self._version += 1
 
     def _return_due(self, now: float) -> None:
@@ -234,6 +238,11 @@ class OutlierDetector:
             return
         state.ejected_until = now
         self._return_due(now)
+
+    def ejections_of(self, node: Hashable) -> int:
+        """How many times ``node`` was ejected since start."""
+        state = self._states.get(node)
+        return state.total if state is not None else 0
 
     def is_ejected(self, node: Hashable, now: float) -> bool:
         state = self._states.get(node)

@@ -26,11 +26,13 @@ from itertools import accumulate
 from typing import Final, final
 
 __all__ = [
+    "BUCKET_EDGES",
     "HistogramStatistics",
     "LatencyHistogram",
     "RollingCounter",
     "RollingCounterStatistics",
     "RollingHistogram",
+    "histogram_from_counts",
 ]
 
 #: Values below ``2 ** _LINEAR_BITS`` µs get one bucket each (exact).
@@ -60,6 +62,12 @@ def _upper_of(index: int) -> int:
     mantissa = index - (shift << (_LINEAR_BITS - 1))
     return ((mantissa + 1) << shift) - 1
 
+
+#: The exclusive upper edge of each bucket, in seconds: ``bisect_right(BUCKET_EDGES, s)`` is
+#: the bucket of a latency of ``s`` seconds (the same bucket as :meth:`LatencyHistogram.record`
+#: gives it), found by a C loop, for counters on the call path; an index of ``len(...)``
+#: is a latency beyond the last bucket, counted in it.
+BUCKET_EDGES: Final = [(_upper_of(index) + 1) / 1_000_000.0 for index in range(_BUCKETS)]
 
 #: "No bucket yet": far enough in the past that the first update clears every slot.
 _NEVER: Final = -(1 << 62)
@@ -246,6 +254,28 @@ class LatencyHistogram:
         if micros > self.max_micros:
             self.max_micros = micros
 
+    def record_many(self, seconds: float, count: int) -> None:
+        """Add ``count`` equal latencies (the calls of one pipelined run share its wait)."""
+        micros = int(seconds * 1_000_000.0)
+        if micros < 0:
+            micros = 0
+        elif micros > _MAX_MICROS:
+            micros = _MAX_MICROS
+        shift = micros.bit_length() - 6
+        self._counts[micros if shift <= 0 else (shift << 5) + (micros >> shift)] += count
+        self.count += count
+        self.sum_micros += micros * count
+        if micros > self.max_micros:
+            self.max_micros = micros
+
+    def sparse_counts(self) -> dict[int, int]:
+        """The non-empty buckets, by index (a compact, mergeable form)."""
+        return {index: n for index, n in enumerate(self._counts) if n}
+
+    def upper_bounds(self) -> list[tuple[float, int]]:
+        """Each non-empty bucket's highest value (seconds) and its count, in order."""
+        return [(_upper_of(index) / 1_000_000.0, n) for index, n in enumerate(self._counts) if n]
+
     def percentile(self, q: float) -> float:
         """The latency in seconds at or below which ``q`` percent of the recorded values fall.
 
@@ -276,6 +306,22 @@ class LatencyHistogram:
     def statistics(self) -> HistogramStatistics:
         """Count, mean, max and the usual percentiles (p50/p90/p99/p99.9)."""
         return _histogram_statistics(self._counts, self.count, self.sum_micros, self.max_micros)
+
+
+def histogram_from_counts(
+    buckets: dict[int, int], count: int, sum_micros: int, max_micros: int
+) -> LatencyHistogram:
+    """A histogram rebuilt from :meth:`LatencyHistogram.sparse_counts` and its totals (a
+    snapshot another process sent)."""
+    histogram = LatencyHistogram()
+    counts = histogram._counts
+    for index, n in buckets.items():
+        if 0 <= index <= _BUCKETS:
+            counts[min(index, _BUCKETS - 1)] += n
+    histogram.count = count
+    histogram.sum_micros = sum_micros
+    histogram.max_micros = max_micros
+    return histogram
 
 
 def _percentile(counts: list[int], count: int, max_micros: int, q: float) -> float:

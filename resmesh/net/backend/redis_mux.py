@@ -33,7 +33,7 @@ from ...call import Outcome
 from ...policies.engine import Attempt
 from ...policies.waiting import Waiter
 from ...protocols._errors import ProtocolError
-from ...protocols.resp.errors import replies_outcome
+from ...protocols.resp.errors import replies_outcome, reply_outcomes
 from ...protocols.resp.framing import is_error_reply
 from ..poller import HANG_UP, Poller
 from ..sockio import RECV_SIZE, recv, send_buffered
@@ -62,14 +62,13 @@ class Pending(Attempt):
     ``errors``: whether any of them is an error reply (only then are they read again to judge
     the node)."""
 
-    __slots__ = ("deadline", "errors", "expected", "received", "replies")
+    __slots__ = ("deadline", "expected", "received", "replies")
 
     def __init__(self, expected: int, deadline: float, waiter: Waiter) -> None:
         super().__init__(waiter)
         self.expected = expected
         self.deadline = deadline
         self.received = 0
-        self.errors = False
         self.replies: list[bytes] = []
 
     @property
@@ -78,6 +77,9 @@ class Pending(Attempt):
 
     def outcome(self) -> Outcome:
         return replies_outcome(self.replies) if self.errors else _OK
+
+    def call_outcomes(self) -> list[Outcome] | None:
+        return reply_outcomes(self.replies) if self.errors else None
 
 
 class MuxConnection:
@@ -366,6 +368,7 @@ class MuxConnection:
                 ):
                     pending.errors = True
                 pending.received += j - i
+                pending.received_bytes += end - pos
                 self._outstanding -= j - i
                 pos = end
                 i = j

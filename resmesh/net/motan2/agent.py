@@ -41,6 +41,7 @@ from ...call import Operation, Outcome, Protocol, Run, Unavailable
 from ...cluster.topology import ClusterState, Node, Topology, topology_from_config
 from ...config import BreakerConfig, ClientLimits, ClusterConfig, GovernanceConfig, OutlierConfig
 from ...config.motan2 import Motan2AgentConfig, Motan2Settings
+from ...observe.metrics import Refusal
 from ...policies.chain import ClusterPolicies, configured_switches
 from ...policies.engine import HAEngine
 from ...policies.switch import Switch, SwitchAction
@@ -129,7 +130,14 @@ class ServiceCluster:
         #: Whether a method is idempotent unless its operation settings say otherwise.
         self.idempotent = idempotent
         self.policies = ClusterPolicies(
-            name, topology, governance, trio.current_time(), switches, workers=workers, peers=True
+            name,
+            topology,
+            governance,
+            trio.current_time(),
+            switches,
+            workers=workers,
+            peers=True,
+            protocol="motan2",
         )
         self.transport = Motan2Transport(
             topology.nodes,
@@ -306,6 +314,8 @@ class Motan2Session(ClientSession):
         if limiter is not None:
             rejection = limiter.admit(op.name, now)
             if rejection is not None:
+                if policies.metrics is not None:
+                    policies.metrics.refused(op.name, Refusal.LIMIT)
                 self._write(agent_error(frame.request_id, rejection, ERRCODE_REFUSED))
                 return True
         payload = request.upstream(self.runtime.source)
@@ -328,6 +338,7 @@ class Motan2Session(ClientSession):
             idempotent=op.idempotent,
             deadline=now + cluster.timeout,
             operation=op.name if policies.operation_hedges else None,
+            request_id=request.end_to_end_id,
         )
         self.in_flight += 1
         self.in_flight_bytes += len(payload)

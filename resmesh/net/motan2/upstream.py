@@ -458,6 +458,7 @@ class NodeLink:
                         ),
                     )
                 attempt.reply = reply
+                attempt.received_bytes = len(reply.data)
                 attempt.finish()
         except ProtocolError as exc:
             self._end(f"protocol error: {exc.reply_hint}")
@@ -507,6 +508,13 @@ class Motan2Transport:
             leaving = self.links.pop(node, None)
             if leaving is not None:
                 leaving.retire()
+
+    def pool_statistics(self) -> dict[str, dict[str, int]]:
+        """Per node: whether its connection is open, and the calls in flight on it."""
+        return {
+            node.address: {"connections": int(link._sock is not None), "in_flight": link.in_flight}
+            for node, link in self.links.items()
+        }
 
     def submit(self, node: Node, run: Run, waiter: Waiter) -> Motan2Attempt:
         link = self.links.get(node)

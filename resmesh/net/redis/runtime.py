@@ -87,6 +87,7 @@ class RedisRuntime(ClusterRuntime):
             configured_switches(config.name, config.governance),
             sharded=self.sharded,
             workers=workers,
+            protocol="redis",
         )
         self.engine: HAEngine[Pending] = HAEngine(self.policies, self.transport)
         self._topology_changed()
@@ -130,6 +131,9 @@ class RedisRuntime(ClusterRuntime):
         """
         self.policies.set_primary(address)
         self._topology_changed()
+
+    def pool_statistics(self) -> dict[str, dict[str, int]]:
+        return self.transport.pool_statistics()
 
     def open_session(self, transport: ClientTransport, client_id: int) -> RedisSession:
         return RedisSession(self, transport, client_id)

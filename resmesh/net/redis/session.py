@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from ...call import Operation, Outcome, Run, Unavailable
+from ...observe.metrics import Refusal
 from ...policies.switch import SwitchAction, SwitchDecision
 from ...policies.waiting import Waiter, wait_first
 from ...protocols._errors import ProtocolError
@@ -69,6 +70,8 @@ from .relay import relay
 from .sharded import forward_sharded
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ...cluster.topology import Node
     from .runtime import RedisRuntime
 
@@ -572,6 +575,8 @@ class RedisSession(ClientSession):
         rejection = limiter.admit(op.name, now or self._clock.current_time())
         if rejection is None:
             self._admitted.append(op.name)
+        elif (metrics := self.runtime.policies.metrics) is not None:
+            metrics.refused(op.name, Refusal.LIMIT)
         return rejection
 
     def _done(self, admitted: list[str]) -> None:
@@ -634,7 +639,7 @@ class RedisSession(ClientSession):
         replies: list[bytes]
         try:
             if self.pinned is not None:
-                replies = await self._pinned_request(payload, count, self._timeout)
+                replies = await self._pinned_request(payload, count, self._timeout, calls=calls)
             elif runtime.shards is not None:
                 shape = (self.state.db, self.state.resp)
                 await forward_sharded(runtime, calls, slots, self._out, shape, run.deadline)
@@ -724,6 +729,7 @@ class RedisSession(ClientSession):
             operation=_run_operation(calls) if policies.operation_hedges else None,
             key=_run_key(calls) if idempotent and runtime.hash_reads else None,
             shape=(self.state.db, self.state.resp),
+            request_id=self.state.name.decode() if self.state.name else None,
         )
         return run, slots, wrote
 
@@ -768,9 +774,16 @@ class RedisSession(ClientSession):
         self._pinned_selects = []
 
     async def _pinned_request(
-        self, payload: bytes, count: int, timeout: float, *, timed: bool = True
+        self,
+        payload: bytes,
+        count: int,
+        timeout: float,
+        *,
+        calls: Sequence[Command],
+        timed: bool = True,
     ) -> list[bytes]:
-        """One exchange on the dedicated connection, counted for its node's health."""
+        """One exchange of ``calls`` on the dedicated connection, counted for its node's
+        health and in the metrics."""
         conn = self.pinned
         assert conn is not None
         return await self.runtime.engine.execute_pinned(
@@ -778,6 +791,9 @@ class RedisSession(ClientSession):
             functools.partial(conn.request, payload, count, timeout),
             replies_outcome,
             timed=timed,
+            calls=calls,
+            sent=len(payload),
+            request_id=self.state.name.decode() if self.state.name else None,
         )
 
     def _lost_pinned(self, failure: Unavailable) -> None:
@@ -925,6 +941,7 @@ class RedisSession(ClientSession):
             self._out.append(R.gateway_error(rejection))
             return
         admitted, self._admitted = self._admitted, []
+        command.op = op
         try:
             reply = await self._run_blocking(command, block, node)
         finally:
@@ -958,6 +975,7 @@ class RedisSession(ClientSession):
                         command.raw,
                         1,
                         timeout if math.isfinite(timeout) else math.inf,
+                        calls=(command,),
                         timed=False,
                     )
                     reply = replies[0]

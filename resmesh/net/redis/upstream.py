@@ -56,6 +56,19 @@ class RedisTransport:
             if pool is not None:
                 pool.retire()
 
+    def pool_statistics(self) -> dict[str, dict[str, int]]:
+        """Per node: its open connections, shared and dedicated, and the dedicated ones in
+        use."""
+        shown = {}
+        for node, pool in self.pools.items():
+            counted = pool.statistics()
+            shown[node.address] = {
+                "connections": counted.shared + counted.dedicated_in_use + counted.dedicated_idle,
+                "in_flight": counted.shared_outstanding,
+                "dedicated_in_use": counted.dedicated_in_use,
+            }
+        return shown
+
     def submit(self, node: Node, run: Run, waiter: Waiter) -> Pending:
         shape: Shape = run.shape  # type: ignore[assignment]  # opaque to the engine
         return self.pools[node].submit(

@@ -98,6 +98,16 @@ class Request(Call):
         self.group = meta.get(META_GROUP, "")
         self.version = meta.get(META_VERSION, "")
 
+    @property
+    def end_to_end_id(self) -> str:
+        """The id the call carries end to end: its ``M_rid``, or (a call that starts here)
+        the one :meth:`upstream` gives it."""
+        rid = self.frame.meta.get(META_REQUEST_ID)
+        if rid:
+            return rid
+        request_id = self.frame.request_id
+        return str(request_id - (1 << 64) if request_id >= _I64_LIMIT else request_id)
+
     def upstream(self, source: str) -> bytes:
         """The request as the agent sends it on: proxy flag set, ``M_rid`` and ``M_s`` filled
         when missing, request id 0 (each attempt writes its connection's own id over it:
@@ -108,8 +118,7 @@ class Request(Call):
         if not meta.get(META_REQUEST_ID) or (source and not meta.get(META_SOURCE)):
             meta = dict(meta)
             if not meta.get(META_REQUEST_ID):
-                rid = frame.request_id
-                meta[META_REQUEST_ID] = str(rid - (1 << 64) if rid >= _I64_LIMIT else rid)
+                meta[META_REQUEST_ID] = self.end_to_end_id
             if source and not meta.get(META_SOURCE):
                 meta[META_SOURCE] = source
         return encode_frame(replace(frame, request_id=0, proxy=True, meta=meta))

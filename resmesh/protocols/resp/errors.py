@@ -14,7 +14,7 @@ from typing import Final
 from ...call import Outcome
 from .framing import error_text, is_error_reply, scan_reply
 
-__all__ = ["NODE_ERROR_CODES", "classify_error", "replies_outcome"]
+__all__ = ["NODE_ERROR_CODES", "classify_error", "replies_outcome", "reply_outcomes"]
 
 #: Error codes that are the *node's* fault; any other code is the caller's (WRONGTYPE,
 #: NOSCRIPT, syntax, EXECABORT...). From the codes redis-server 7 emits (``server.h`` shared
@@ -61,3 +61,21 @@ def replies_outcome(replies: list[bytes]) -> Outcome:
                 return Outcome.UPSTREAM_ERROR
             pos = end
     return Outcome.OK
+
+
+def reply_outcomes(replies: list[bytes]) -> list[Outcome]:
+    """The outcome of each reply in a run's raw replies, in order: ``OK``, or the error's
+    (``APP_ERROR``, ``UPSTREAM_ERROR``); for the metrics, which count every call."""
+    outcomes: list[Outcome] = []
+    for blob in replies:
+        pos = 0
+        while pos < len(blob):
+            end = scan_reply(blob, pos)
+            if end < 0:
+                break
+            if is_error_reply(blob, pos):
+                outcomes.append(classify_error(error_text(blob, pos, end)))
+            else:
+                outcomes.append(Outcome.OK)
+            pos = end
+    return outcomes
