@@ -300,6 +300,7 @@ async def serve(
                 },
                 lambda: runtimes[0].draining if runtimes else False,
                 worker=_worker_index(),
+                access_log=access_log,
             )
             shown = await _start_admin(config, view, admin, backend)
             graphite = config.metrics.graphite

@@ -19,6 +19,7 @@ import trio
 
 from .. import __version__
 from ..config import Config
+from ..observe.access_log import AccessLog
 from ..observe.metrics import histogram_of, merge_series, merge_snapshots
 from ..policies.chain import ClusterPolicies
 from ..registry.follower import Follower
@@ -46,6 +47,7 @@ class LocalView:
         served: every cluster it serves.
         draining: whether it is shutting down.
         worker: its index among the gateway's workers (``None``: the only process).
+        access_log: its access log, if any (lines written and dropped are counters too).
     """
 
     def __init__(
@@ -55,8 +57,10 @@ class LocalView:
         served: Mapping[str, Served],
         draining: Callable[[], bool],
         worker: int | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._config = config
+        self._access_log = access_log
         self._follower = follower
         self._served = served
         self._draining = draining
@@ -142,9 +146,15 @@ class LocalView:
                 "hedge_delay": _hedge_delays(policies, now),
             }
         follower = self._follower
+        access_log = self._access_log
         return {
             "gateway": {"app": self._config.gateway.app, "workers": 1},
             "registry": {"version": follower.version, "reachable": follower.reachable},
+            "access_log": (
+                {"written": access_log.written, "dropped": access_log.dropped}
+                if access_log is not None
+                else None
+            ),
             "clusters": clusters,
         }
 
@@ -227,8 +237,14 @@ def merge_metrics(documents: list[dict[str, Any]]) -> dict[str, Any]:
             "version": min(d["registry"]["version"] for d in documents),
             "reachable": all(d["registry"]["reachable"] for d in documents),
         },
+        "access_log": None,
         "clusters": {},
     }
+    logs = [d["access_log"] for d in documents if d.get("access_log") is not None]
+    if logs:
+        merged["access_log"] = {
+            key: sum(log[key] for log in logs) for key in ("written", "dropped")
+        }
     for name in documents[0]["clusters"]:
         parts = [d["clusters"][name] for d in documents if name in d["clusters"]]
         cluster = merge_snapshots(parts)

@@ -197,6 +197,16 @@ class _DocumentCollector(Collector):
             "Gateway processes counted here",
             value=document["gateway"]["workers"],
         )
+        access_log = document.get("access_log")
+        if access_log is not None:
+            yield CounterMetricFamily(
+                "resmesh_access_log_lines", "Access log lines written", value=access_log["written"]
+            )
+            yield CounterMetricFamily(
+                "resmesh_access_log_dropped",
+                "Access log lines dropped: the sink was too slow and its buffer full",
+                value=access_log["dropped"],
+            )
         yield from (
             calls,
             rejected,
