@@ -9,6 +9,8 @@ connections), never latency ratios.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import signal
 import socket
 import subprocess
@@ -429,6 +431,8 @@ async def test_request_ids_are_per_hop_and_meta_is_filled(tmp_path: Path) -> Non
         listeners = await nursery.start(partial(trio.serve_tcp, raw_node, 0, host="127.0.0.1"))
         node_port = listeners[0].socket.getsockname()[1]
         config = agent_config({"dc-a": [node_port]})
+        log = tmp_path / "access.log"
+        config["metrics"] = {"access_log": {"path": str(log)}}
         async with gateway(config, tmp_path):
             streams = [await trio.open_tcp_stream("127.0.0.1", port_of(config)) for _ in range(2)]
             for index, stream in enumerate(streams):
@@ -436,6 +440,13 @@ async def test_request_ids_are_per_hop_and_meta_is_filled(tmp_path: Path) -> Non
                     body = simple.encode(f"client {index} id {request_id}")
                     frame = request(request_id, SERVICE, "echo", body, group=GROUP)
                     await stream.send_all(encode_frame(frame))
+            # A call that carries an end-to-end id of its own keeps it.
+            traced = request(9, SERVICE, "echo", simple.encode("traced"), group=GROUP)
+            traced = dataclasses.replace(traced, meta={**traced.meta, META_REQUEST_ID: "4242"})
+            async with await trio.open_tcp_stream("127.0.0.1", port_of(config)) as stream:
+                await stream.send_all(encode_frame(traced))
+                with trio.fail_after(5):
+                    assert await stream.receive_some(65536)
             for index, stream in enumerate(streams):
                 decoder = FrameDecoder()
                 replies: dict[int, Any] = {}
@@ -450,9 +461,16 @@ async def test_request_ids_are_per_hop_and_meta_is_filled(tmp_path: Path) -> Non
                 }
                 await stream.aclose()
         nursery.cancel_scope.cancel()
-    assert len(seen) == 4
-    assert len({frame.request_id for frame in seen}) == 4  # the agent's own, per hop
-    assert sorted(frame.meta[META_REQUEST_ID] for frame in seen) == ["-1", "-1", "7", "7"]
+    # The gateway has drained and exited: its access log holds one line per call, each with
+    # the call's M_rid (the caller's request id where the call started here).
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(line["request_id"] for line in lines) == ["-1", "-1", "4242", "7", "7"]
+    assert {(line["cluster"], line["operation"], line["outcome"]) for line in lines} == {
+        ("echo", "ECHO", "ok")
+    }
+    assert len(seen) == 5
+    assert len({frame.request_id for frame in seen}) == 5  # the agent's own, per hop
+    assert sorted(frame.meta[META_REQUEST_ID] for frame in seen) == ["-1", "-1", "4242", "7", "7"]
     assert {frame.meta[META_SOURCE] for frame in seen} == {APP}
     assert all(frame.proxy for frame in seen)
 

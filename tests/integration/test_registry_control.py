@@ -16,6 +16,7 @@ import pymysql
 import pytest
 import redis
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import (
     Gateway,
@@ -249,6 +250,20 @@ def test_a_gateway_of_two_workers_shows_as_one(redis_node: RedisServer, tmp_path
         assert sum(per_worker) == 12
         assert status["clusters"]["feed-cache"]["clients"] == 12
         assert len({w["gateway"]["pid"] for w in status["workers"]}) == 2
+        assert all(per_worker)  # the kernel gave both some clients: the merge is tested
+
+        for client in clients:
+            for _ in range(5):
+                client.get("k")
+        metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics").text
+        families = {f.name: f for f in text_string_to_metric_families(metrics)}
+        gets = sum(
+            sample.value
+            for sample in families["resmesh_calls"].samples
+            if sample.labels["operation"] == "GET"
+        )
+        assert gets == 60  # one scrape counts both workers' calls
+        assert families["resmesh_workers"].samples[0].value == 2
 
         done = ctl(gateway.config_path, "degrade", "feed-cache", "--mode", "error")
         assert done.returncode == 0, done.stderr
