@@ -20,12 +20,15 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..knobs import Kind, knob, knobs
 from . import values
 from .address import Address
 from .errors import Context, KeyPath
 from .fields import parse_section
+
+_S = TypeVar("_S", "GraphiteConfig", "AccessLogConfig")
 
 __all__ = [
     "AccessLogConfig",
@@ -96,43 +99,39 @@ def parse_metrics(ctx: Context, value: object, path: KeyPath) -> MetricsConfig:
     graphite = None
     if section.get("graphite") is not None:
         where = (*path, "graphite")
-        raw = values.mapping(
-            ctx,
-            section["graphite"],
-            where,
-            ("address", *knobs(GraphiteConfig)),
-            example="{address: 127.0.0.1:2003, transport: tcp, interval: 10s}",
-            required=("address",),
+        address, tuned_graphite = _subsection(
+            ctx, section["graphite"], where, GraphiteConfig, "address", "127.0.0.1:2003"
         )
         graphite = dataclasses.replace(
-            parse_section(
-                ctx, {k: v for k, v in raw.items() if k != "address"}, where, GraphiteConfig
-            ),
+            tuned_graphite,
             address=values.address(
-                ctx,
-                raw["address"],
-                (*where, "address"),
-                example="127.0.0.1:2003",
-                allow_port_zero=False,
+                ctx, address, (*where, "address"), example="127.0.0.1:2003", allow_port_zero=False
             ),
         )
     access_log = None
     if section.get("access_log") is not None:
         where = (*path, "access_log")
-        raw = values.mapping(
-            ctx,
-            section["access_log"],
-            where,
-            ("path", *knobs(AccessLogConfig)),
-            example="{path: stdout, sample: 1.0}",
-            required=("path",),
+        text, tuned_log = _subsection(
+            ctx, section["access_log"], where, AccessLogConfig, "path", "stdout"
         )
-        text = values.string(ctx, raw["path"], (*where, "path"), example="stdout")
+        text = values.string(ctx, text, (*where, "path"), example="stdout")
         file = None if text == "stdout" else ctx.source.parent / Path(text).expanduser()
-        access_log = dataclasses.replace(
-            parse_section(
-                ctx, {k: v for k, v in raw.items() if k != "path"}, where, AccessLogConfig
-            ),
-            path=file,
-        )
+        access_log = dataclasses.replace(tuned_log, path=file)
     return dataclasses.replace(settings, graphite=graphite, access_log=access_log)
+
+
+def _subsection(
+    ctx: Context, value: object, path: KeyPath, cls: type[_S], key: str, example: str
+) -> tuple[object, _S]:
+    """A section made of one required ``key`` (parsed by the caller) and the knobs of
+    ``cls``: the key's raw value, and the knobs parsed."""
+    raw = values.mapping(
+        ctx,
+        value,
+        path,
+        (key, *knobs(cls)),
+        example=f"{{{key}: {example}}}",
+        required=(key,),
+    )
+    tuned = {k: v for k, v in raw.items() if k != key}
+    return raw[key], parse_section(ctx, tuned, path, cls)

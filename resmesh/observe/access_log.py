@@ -70,9 +70,9 @@ from typing import Final, Protocol, TextIO, final
 
 from ..call import Call, Outcome
 from ..config.metrics import AccessLogConfig
-from .metrics import OUTCOME_NAMES
+from .metrics import OUTCOME_NAMES, RunListener
 
-__all__ = ["AccessLog", "AccessLogError", "AccessLogListener"]
+__all__ = ["AccessLog", "AccessLogError"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,23 +92,6 @@ _Entry = tuple[float, str, list[str], int, str, Outcome, float, int, int, str | 
 
 class AccessLogError(Exception):
     """The access log's sink could not be opened (the message names the path)."""
-
-
-class AccessLogListener(Protocol):
-    """What :meth:`AccessLog.listener` returns: a :data:`~resmesh.observe.metrics.RunListener`
-    that also takes the run's request id."""
-
-    def __call__(
-        self,
-        calls: Sequence[Call],
-        node: str,
-        outcome: Outcome,
-        latency: float,
-        sent: int,
-        received: int,
-        *,
-        request_id: str | None = None,
-    ) -> None: ...
 
 
 class _Sink(Protocol):
@@ -231,7 +214,7 @@ class AccessLog:
     # ------------------------------------------------------------------------------------
     # The call path
 
-    def listener(self, cluster: str) -> AccessLogListener:
+    def listener(self, cluster: str) -> RunListener:
         """The listener of ``cluster``'s runs, to assign to its
         :attr:`ClusterMetrics.listener <resmesh.observe.metrics.ClusterMetrics.listener>`."""
         log = self

@@ -254,20 +254,6 @@ class LatencyHistogram:
         if micros > self.max_micros:
             self.max_micros = micros
 
-    def record_many(self, seconds: float, count: int) -> None:
-        """Add ``count`` equal latencies (the calls of one pipelined run share its wait)."""
-        micros = int(seconds * 1_000_000.0)
-        if micros < 0:
-            micros = 0
-        elif micros > _MAX_MICROS:
-            micros = _MAX_MICROS
-        shift = micros.bit_length() - 6
-        self._counts[micros if shift <= 0 else (shift << 5) + (micros >> shift)] += count
-        self.count += count
-        self.sum_micros += micros * count
-        if micros > self.max_micros:
-            self.max_micros = micros
-
     def sparse_counts(self) -> dict[int, int]:
         """The non-empty buckets, by index (a compact, mergeable form)."""
         return {index: n for index, n in enumerate(self._counts) if n}
