@@ -100,6 +100,8 @@ class FakeNode:
                     self.received.append((payload[0], payload))
                     if payload[0] == Command.QUIT:
                         return
+                    if payload == b"\x03HANG":
+                        await trio.sleep_forever()  # never answers
                     await stream.send_all(self._reply(conn, payload))
         except trio.BrokenResourceError:
             return
@@ -191,6 +193,7 @@ async def _gateway(
     node_port: int | None = None,
     policy: str = "passthrough",
     mysql: dict[str, Any] | None = None,
+    command_timeout: str | None = None,
     **governance: Any,
 ) -> AsyncIterator[tuple[Client, FakeNode, MySQLRuntime]]:
     node = FakeNode()
@@ -202,7 +205,12 @@ async def _gateway(
                     "protocol": "mysql",
                     "listen": "127.0.0.1:1",
                     "groups": {"dc-a": [f"127.0.0.1:{node_port or node.port}"]},
-                    "backend": {"username": "gw", "password": "secret", "connect_timeout": "1s"},
+                    "backend": {
+                        "username": "gw",
+                        "password": "secret",
+                        "connect_timeout": "1s",
+                        "command_timeout": command_timeout or "10s",
+                    },
                     "policy": policy,
                     "governance": governance,
                     "mysql": mysql,
@@ -212,6 +220,8 @@ async def _gateway(
         }
         config = parse_config(data, tmp_path / "driver.yaml")
         runtime = MySQLRuntime(config.clusters["c"], config.users, nursery)
+        if command_timeout is not None:
+            nursery.start_soon(runtime.run_backend)  # the sweep that ends stalled replies
         client_end, gateway_end = trio.testing.memory_stream_pair()
         nursery.start_soon(runtime.handle, StreamTransport(gateway_end, "10.0.0.7:5555"))
         yield Client(client_end), node, runtime
@@ -244,7 +254,7 @@ async def test_a_bad_password_is_1045_and_the_node_is_never_asked(tmp_path: Path
 
 
 async def test_switches_and_limits_refuse_with_mysql_errors(tmp_path: Path) -> None:
-    governance = {
+    governance: dict[str, Any] = {
         "switch": {"mode": "readonly"},
         "operations": {"SHOW": {"limit": {"rate": 0.001, "burst": 1}}},
     }
@@ -307,7 +317,7 @@ async def test_error_and_fallback_switches_refuse_with_1105_naming_the_switch(
     tmp_path: Path,
 ) -> None:
     operations = {"SELECT": {"switch": {"mode": "fallback", "value": "x"}}}
-    governance = {"switch": {"mode": "error"}, "operations": operations}
+    governance: dict[str, Any] = {"switch": {"mode": "error"}, "operations": operations}
     async with _gateway(tmp_path, **governance) as (client, node, _):
         assert isinstance(await client.login(), Ok)
         refused = (await client.query(b"UPDATE t SET a = 1"))[-1]
@@ -360,3 +370,18 @@ async def test_a_client_asking_for_caching_sha2_is_switched_to_native(tmp_path: 
         await client.stream.send_all(conn.send(answer))
         assert isinstance(await _next(conn, client.stream), Ok)
         assert node.logins == [("gw", None)]
+
+
+async def test_a_node_that_does_not_answer_in_time_ends_the_session(tmp_path: Path) -> None:
+    """``backend.command_timeout`` is enforced by the runtime's sweep (no cancel scope per
+    read): the stalled reply is counted against the node and the client told why."""
+    async with _gateway(tmp_path, command_timeout="200ms") as (client, _, runtime):
+        assert isinstance(await client.login(), Ok)
+        assert isinstance((await client.query(b"SELECT 1"))[-1], Ok)
+        started = trio.current_time()
+        [err] = await client.query(b"HANG")
+        waited = trio.current_time() - started
+        assert isinstance(err, Err) and err.error.errno == 1105
+        assert "no answer within 0.2s" in err.error.message
+        assert 0.2 <= waited < 1.5
+        assert all(pool.open == 0 for pool in runtime.pools.values())  # the connection went

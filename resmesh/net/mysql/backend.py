@@ -1,5 +1,6 @@
 """The gateway's connections to MySQL/MariaDB nodes: a login with the codec's client role, the
-exchange of one command's reply packet by packet, and a per-node pool.
+raw relay of each command's reply (its end found by :mod:`~resmesh.protocols.mysql.relay`),
+and a per-node pool.
 
 A client session holds one backend connection for its whole life (prepared statement ids,
 session variables and transactions live on it), so the pool only hands connections out and
@@ -10,13 +11,21 @@ Connections are keyed by what shapes the packets the session streams unchanged t
 the layout capabilities (``DEPRECATE_EOF``, ``SESSION_TRACK``, multi-results...), the
 character set and the database named at login. The gateway's greeting to apps and its login
 to nodes negotiate the same layout capabilities, so both codecs read the same bytes the same
-way and the reply passes through as it came, with only the sequence ids renumbered.
+way, and the reply passes through as it came: the command goes to the node with the sequence
+ids the client gave it (0, then one per 16 MiB packet), so the reply's ids are the ones the
+client expects too
+(https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_basic_packets.html).
+
+``backend.command_timeout`` is enforced by the runtime's periodic sweep
+(:meth:`BackendConnection.check_stalled`), not by a cancel scope on every read: entering one
+costs about as much as the read itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import select
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -40,7 +49,10 @@ from ...protocols.mysql.events import (
     Ok,
 )
 from ...protocols.mysql.handshake import HandshakeResponse, encode_handshake_response
+from ...protocols.mysql.packets import MAX_CHUNK, encode_packet
+from ...protocols.mysql.relay import ReplyScanner
 from ...protocols.mysql.results import ErrPacket
+from ..sockio import close_quietly, open_tcp, recv_when_readable, send_all
 
 __all__ = ["LAYOUT", "BackendConnection", "BackendLoginError", "MySQLPool", "PoolKey"]
 
@@ -91,21 +103,47 @@ class PoolKey:
 
 
 class BackendConnection:
-    """One logged-in connection to a node, used by one session at a time."""
+    """One logged-in connection to a node, used by one session at a time.
 
-    def __init__(self, node: Node, stream: trio.SocketStream, key: PoolKey) -> None:
+    Its socket is a raw non-blocking one (:mod:`resmesh.net.sockio`): the session's relay
+    loop reads it once per chunk of reply, and a Trio stream would add a checkpoint and a
+    scheduler round trip to every call. The login, and the pool's reset, go through the full
+    codec (:attr:`conn`); a command's reply is relayed raw, its end found by :attr:`scanner`,
+    and the codec is told the status flags that came with it.
+    """
+
+    def __init__(self, node: Node, sock: socket.socket, key: PoolKey) -> None:
         self.node = node
-        self.stream = stream
+        self.sock = sock
         self.key = key
         self.conn = Connection(Role.CLIENT, max_payload=1 << 30)
+        #: Finds the end of each reply relayed raw (capabilities set after the login).
+        self.scanner = ReplyScanner(0)
         self.broken = False
+        #: Whether the last read filled the buffer (more may be waiting: read before parking).
+        self._more = False
+        #: The reply timeout (``backend.command_timeout``), enforced by the runtime's sweep
+        #: (:meth:`check_stalled`) rather than a cancel scope on each read.
+        self.timeout = 0.0
+        #: Reads of a reply that parked so far, and whether one is parked now.
+        self.parks = 0
+        self.parked = False
+        #: What the sweep saw: the park it saw last, and how many sweeps saw it.
+        self._swept_park = -1
+        self.stalled_sweeps = 0
+        self.timed_out = False
+        self._poll = select.poll()
+        try:
+            self._poll.register(sock.fileno(), select.POLLIN)
+        except (OSError, ValueError):
+            self.broken = True
 
     @property
     def idle(self) -> bool:
         return self.conn.state is State.IDLE and not self.broken
 
     async def next_event(self, timeout: float) -> Event:
-        """The next packet from the node.
+        """The next packet from the node, through the codec (the login, the pool's reset).
 
         Raises:
             Unavailable: the node closed, broke the protocol, or sent nothing for ``timeout``.
@@ -118,7 +156,7 @@ class BackendConnection:
                 self.broken = True
                 raise Unavailable(self.node.address, f"protocol error: {exc.error}") from None
             if event is NEED_DATA:
-                data = await self._receive(timeout)
+                data = await self.receive(timeout)
                 try:
                     conn.receive_data(data)
                 except MySQLRemoteError as exc:
@@ -133,28 +171,117 @@ class BackendConnection:
                 raise Unavailable(self.node.address, "the node closed the connection")
             return event
 
-    async def _receive(self, timeout: float) -> bytes:
+    async def receive(self, timeout: float) -> bytes:
+        """The node's next bytes (``b""``: it closed the connection). A read is tried at
+        once only when the last one filled the buffer; otherwise the socket is almost
+        always empty, and the task parks first.
+
+        Raises:
+            Unavailable: the connection broke, or nothing came for ``timeout``.
+        """
+        sock = self.sock
         try:
+            if self._more:
+                try:
+                    data = sock.recv(_READ_SIZE)
+                except BlockingIOError:
+                    pass
+                else:
+                    self._more = len(data) >= _READ_SIZE
+                    return data
             with trio.fail_after(timeout):
-                return bytes(await self.stream.receive_some(_READ_SIZE))
+                data = await recv_when_readable(sock, _READ_SIZE)
         except trio.TooSlowError:
             self.broken = True
             raise Unavailable(self.node.address, f"no answer within {timeout:g}s") from None
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except OSError as exc:
             self.broken = True
             raise Unavailable(self.node.address, f"connection lost: {exc}") from None
+        self._more = len(data) >= _READ_SIZE
+        return data
+
+    async def receive_reply(self) -> bytes:
+        """The next bytes of a reply (``b""``: the node closed the connection); the read a
+        relayed command's reply waits on. No cancel scope: entering one costs about as much
+        as the rest of the read, so the runtime sweeps for reads parked too long
+        (:meth:`check_stalled`), and closes their socket, which wakes them.
+
+        Raises:
+            Unavailable: the connection broke, or the sweep found no answer in time.
+        """
+        sock = self.sock
+        try:
+            if self._more:
+                try:
+                    data = sock.recv(_READ_SIZE)
+                except BlockingIOError:
+                    pass
+                else:
+                    self._more = len(data) >= _READ_SIZE
+                    return data
+            self.parks += 1
+            self.parked = True
+            try:
+                data = await recv_when_readable(sock, _READ_SIZE)
+            finally:
+                self.parked = False
+        except OSError as exc:
+            self.broken = True
+            if self.timed_out:
+                raise Unavailable(
+                    self.node.address, f"no answer within {self.timeout:g}s"
+                ) from None
+            raise Unavailable(self.node.address, f"connection lost: {exc}") from None
+        self._more = len(data) >= _READ_SIZE
+        return data
+
+    def check_stalled(self, sweeps: int) -> bool:
+        """The runtime's sweep: a reply awaited for ``sweeps`` sweeps in a row has waited for
+        ``backend.command_timeout``; its socket is closed, which ends a read parked on it (as
+        :meth:`receive_reply`'s ``no answer within`` error), and ``True`` says so (a relay
+        in the poller's task has no read to wake: its session is told)."""
+        if not self.parked:
+            self.stalled_sweeps = 0
+            return False
+        if self.parks != self._swept_park:
+            self._swept_park = self.parks
+            self.stalled_sweeps = 1
+            return False
+        self.stalled_sweeps += 1
+        if self.stalled_sweeps < sweeps:
+            return False
+        self.timed_out = True
+        self.close()
+        return True
 
     async def send(self, payload: bytes) -> None:
-        """Send one command (or an auth packet).
+        """Send one command (or an auth packet) through the codec.
 
         Raises:
             Unavailable: the connection broke.
             MySQLLocalError: the payload cannot be sent now (a bug: nothing was sent).
         """
-        wire = self.conn.send(payload)
+        await self._send_wire(self.conn.send(payload))
+
+    async def send_command(self, payload: bytes) -> int:
+        """Send a command whose reply is relayed raw (the codec stays idle); the sequence id
+        of its last packet (the reply starts at the next one).
+
+        Raises:
+            Unavailable: the connection broke.
+        """
+        if len(payload) < MAX_CHUNK:
+            wire = len(payload).to_bytes(3, "little") + b"\x00" + payload
+            last = 0
+        else:
+            wire, last = encode_packet(payload, 0)
+        await self._send_wire(wire)
+        return last
+
+    async def _send_wire(self, wire: bytes) -> None:
         try:
-            await self.stream.send_all(wire)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await send_all(self.sock, wire)
+        except OSError as exc:
             self.broken = True
             raise Unavailable(self.node.address, f"connection lost: {exc}") from None
 
@@ -196,6 +323,7 @@ class BackendConnection:
         while True:
             event = await self.next_event(timeout)
             if isinstance(event, Ok):
+                self.scanner = ReplyScanner(int(self.conn.capabilities))
                 return
             if isinstance(event, Err):
                 self.broken = True
@@ -222,18 +350,19 @@ class BackendConnection:
 
     def readable_now(self) -> bool:
         """Whether the node sent something while the connection sat idle (it closed it, or
-        an error): such a connection is not handed out again."""
+        an error): such a connection is not handed out again. One ``poll(2)`` on a poll set
+        made once: this runs before every command."""
+        if self.broken:
+            return True
         try:
-            poller = select.poll()
-            poller.register(self.stream.socket.fileno(), select.POLLIN)
-            return bool(poller.poll(0))
+            return bool(self._poll.poll(0))
         except (OSError, ValueError):
             return True
 
     def close(self) -> None:
         self.broken = True
         with contextlib.suppress(Exception):
-            self.stream.socket.close()
+            close_quietly(self.sock)
 
 
 class MySQLPool:
@@ -284,12 +413,13 @@ class MySQLPool:
             timeout = self.config.connect_timeout
             try:
                 with trio.fail_after(timeout):
-                    stream = await trio.open_tcp_stream(self.node.host, self.node.port)
+                    sock = await open_tcp(self.node.host, self.node.port)
             except trio.TooSlowError:
                 raise Unavailable(self.node.address, f"connect timed out ({timeout:g}s)") from None
             except OSError as exc:
                 raise Unavailable(self.node.address, f"connect failed: {exc}") from None
-            conn = BackendConnection(self.node, stream, key)
+            conn = BackendConnection(self.node, sock, key)
+            conn.timeout = self.config.command_timeout
             await conn.login(
                 self.config.username or "", self.config.password or "", key.capabilities, timeout
             )

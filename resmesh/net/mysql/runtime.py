@@ -4,6 +4,7 @@ pools and the sessions of its clients."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Final, NoReturn
@@ -128,7 +129,33 @@ class MySQLRuntime(ClusterRuntime):
         return encode_packet(payload, 0)[0]
 
     async def run_backend(self) -> None:
-        await self.engine.run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._end_stalled_replies)
+            await self.engine.run()
+
+    async def _end_stalled_replies(self) -> None:
+        """End every relayed reply that has waited ``backend.command_timeout`` for the node,
+        within a quarter of it (at most a second) after: one periodic sweep rather than a
+        cancel scope on every read of every reply (the idle timeout's way, see
+        :meth:`ClusterRuntime._end_idle_sessions`)."""
+        timeout = self.config.backend.command_timeout
+        interval = min(timeout / 4, 1.0)
+        # A read seen parked by n sweeps in a row has waited at least n - 1 intervals.
+        sweeps = math.ceil(timeout / interval) + 1
+        while True:
+            await trio.sleep(interval)
+            for session in list(self.sessions.values()):
+                if not isinstance(session, MySQLSession):
+                    continue
+                backend = session.backend
+                if backend is not None and backend.check_stalled(sweeps):
+                    log.warning(
+                        "client %s: no answer from %s within %gs; closing it",
+                        session.transport.peer,
+                        backend.node.address,
+                        timeout,
+                    )
+                    session.backend_stalled()
 
     def describe_backend(self) -> str:
         return self.home.address

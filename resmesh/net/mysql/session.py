@@ -10,9 +10,26 @@ names at login is the backend connection's: the node says if it does not exist.
 Each command is a :class:`~resmesh.call.Call` whose operation is the SQL verb of a COM_QUERY
 (every statement of a multi-statement query is looked at: one that writes makes the call a
 write), the statement's verb for COM_STMT_EXECUTE, or the command's name (``COM_PING``...). It
-passes the degrade switch and the limits, then goes to the node through
-:meth:`~resmesh.policies.engine.HAEngine.execute_pinned`; the reply is streamed back packet by
-packet as it arrives (one packet in memory at a time), renumbered by the client's codec.
+passes the degrade switch and the limits, then goes to the node, counted for it by the
+policies (:meth:`~resmesh.policies.engine.HAEngine.execute_pinned`'s accounting).
+
+How a reply is relayed, and why: the command goes to the node with the client's own sequence
+ids, so the node's reply bytes are what the client expects, and each chunk read from the node
+is sent to the client as it came, in one send (one chunk in memory at a time, however large
+the result). :class:`~resmesh.protocols.mysql.relay.ReplyScanner` finds where the reply ends
+and reads only its first packet, its terminators, status flags and ERR
+(https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_query_response.html); it
+replaced decoding every row into an event and encoding it again, which cost ~70% of the
+gateway's CPU (``bench/README.md``, MySQL).
+
+Where it runs: like a Redis session (:class:`~resmesh.net.runtime.ClientSession`), a session
+is dispatched to the cluster's poller while it waits for a command. The poller's task reads
+the client, sends a command that needs no waiting to the node (:meth:`MySQLSession.handle_nowait`)
+and relays the reply as the node's socket becomes readable (the node's socket is registered
+with the poller too), so a plain command wakes no task at all; a reply the client reads
+slower than the node sends goes to a writer task. Anything else (a degrade switch, a large
+command, the node speaking out of turn, a broken connection) is handed back to the session's
+task, which does it the plain way.
 
 What a degrade switch does: ``error`` refuses every data command with ERR 1105 naming the
 switch; ``readonly`` refuses writes with ERR 1290 (HY000) and serves reads; ``miss`` answers a
@@ -38,7 +55,7 @@ import trio
 from ...call import Operation, Outcome, Unavailable
 from ...config.mysql import READ_VERBS, SESSION_VERBS, SQL_VERBS
 from ...policies.switch import SwitchAction, SwitchDecision, SwitchMode
-from ...protocols.mysql import NEED_DATA, PAUSED, Connection, MySQLLocalError, Role, State
+from ...protocols.mysql import NEED_DATA, PAUSED, Connection, MySQLLocalError, Role
 from ...protocols.mysql.auth import native_password_hash, new_scramble, verify_native_password
 from ...protocols.mysql.constants import (
     DEFAULT_CHARSET,
@@ -64,7 +81,6 @@ from ...protocols.mysql.events import (
     ConnectionClosed,
     Err,
     Event,
-    PrepareOkEvent,
     TlsRequest,
 )
 from ...protocols.mysql.handshake import (
@@ -73,9 +89,11 @@ from ...protocols.mysql.handshake import (
     encode_auth_switch_request,
     encode_initial_handshake,
 )
+from ...protocols.mysql.relay import ReplyEnd, ReplyKind
 from ...protocols.mysql.results import ErrPacket, OkPacket, encode_err, encode_ok
 from ...protocols.mysql.statements import LAST_STATEMENT_ID, peek_statement_id
-from ..runtime import ClientSession
+from ..runtime import ClientSession, Waiting
+from ..sockio import RECV_SIZE
 from .backend import LAYOUT, BackendConnection, BackendLoginError, PoolKey
 from .sql import statement_verbs
 
@@ -83,7 +101,7 @@ if TYPE_CHECKING:
     from ..transport import ClientTransport
     from .runtime import MySQLRuntime
 
-__all__ = ["SERVER_CAPABILITIES", "MySQLSession", "outcome_of"]
+__all__ = ["SERVER_CAPABILITIES", "MySQLSession", "outcome_of", "outcome_of_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +117,6 @@ SERVER_CAPABILITIES: Final = (
     | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA
     | Capability.CONNECT_ATTRS
 )
-
-#: Bytes of reply gathered before a write to the client.
-_WRITE_CHUNK: Final = 65536
 
 #: ERR numbers that are the node's fault (it is overloaded, shutting down, read-only,
 #: out of resources, or lost the query): they count against it. Any other ERR is the caller's.
@@ -168,6 +183,13 @@ _SWITCHABLE: Final = frozenset(
 )
 #: Commands that get no reply.
 _NO_REPLY: Final = frozenset({Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA})
+#: Commands the session's task handles (the poller's task sends only commands with a reply).
+_SLOW: Final = _REFUSED | _NO_REPLY | {Command.QUIT, Command.CHANGE_USER}
+#: The largest command the poller's task sends: an idle connection's socket takes it whole.
+_NOWAIT_MAX: Final = 8192
+#: Reads of the node's reply per poller round before the other clients get their turn.
+_READS_PER_TURN: Final = 4
+_NO_INFILE: Final = "LOAD DATA LOCAL INFILE is not supported"
 #: Operation names of commands that carry no SQL.
 _COMMAND_NAMES: Final = {command: f"COM_{command.name}" for command in Command}
 
@@ -177,6 +199,23 @@ def outcome_of(event: Event) -> Outcome:
     if isinstance(event, Err):
         return Outcome.UPSTREAM_ERROR if event.error.errno in UPSTREAM_ERRNOS else Outcome.APP_ERROR
     return Outcome.OK
+
+
+def outcome_of_reply(end: ReplyEnd) -> Outcome:
+    """How a relayed reply counts for its node: by the ERR that ended it, if one did."""
+    error = end.error
+    if error is None:
+        return Outcome.OK
+    return Outcome.UPSTREAM_ERROR if error.errno in UPSTREAM_ERRNOS else Outcome.APP_ERROR
+
+
+class _Rejected:
+    """A command the limiter refused in the poller's task: the session's task answers it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ErrorInfo) -> None:
+        self.error = error
 
 
 class _Closing(Exception):
@@ -203,6 +242,26 @@ class MySQLSession(ClientSession):
         self._db_changed = False
         self._out: list[bytes] = []
         self._out_size = 0
+        # Dispatched (see ClientSession): the poller's task reads the client, sends a command
+        # that needs no waiting to the node and relays the reply as the node's socket
+        # becomes readable (:meth:`_on_backend_readable`); no task wakes for either.
+        #: Whether a command sent by the poller's task awaits (the rest of) its reply.
+        self._inflight = False
+        #: What the session's task must carry on with (see :meth:`_carry_on`).
+        self._handed: object = None
+        #: The in-flight command's operation and start time.
+        self._op: Operation | None = None
+        self._started = 0.0
+        #: The reply's end, when its last bytes wait for the writer task.
+        self._ended: ReplyEnd | None = None
+        #: Reply bytes the client's socket did not take (the writer task writes them).
+        self._unsent: bytes | memoryview | None = None
+        #: Whether the poller saw the node's socket readable with no reply in flight.
+        self._node_spoke = False
+        #: The backend socket's registration with the poller (-1: none).
+        self._backend_fd = -1
+        self._backend_reader = self._on_backend_readable
+        self._clock = trio.lowlevel.current_clock()
         host = transport.peer.rsplit(":", 1)[0] if ":" in transport.peer else transport.peer
         self.host = host.strip("[]") or "localhost"
 
@@ -280,6 +339,11 @@ class MySQLSession(ClientSession):
             if not await self._login():
                 return
             while not runtime.draining:
+                if self._dispatchable():
+                    if self._serve_buffered() and not await self.dispatch():
+                        return  # the client left
+                    await self._carry_on()
+                    continue
                 event = await self._client_event()
                 if not isinstance(event, CommandEvent):
                     await self._fatal(bad_handshake())
@@ -296,6 +360,14 @@ class MySQLSession(ClientSession):
         backend, self.backend = self.backend, None
         if backend is None:
             return
+        self._unregister_backend(backend)
+        if self._inflight:
+            # The client left in the middle of a reply: the rest of it is still coming.
+            self._inflight = False
+            backend.broken = True
+            backend.parked = False
+            self.runtime.policies.abandon(backend.node, False)
+            self._limit_done()
         pool = self.runtime.pool(backend.node)
         with trio.CancelScope(shield=True):
             await pool.release(backend, database_changed=self._db_changed)
@@ -433,6 +505,7 @@ class MySQLSession(ClientSession):
             return
         backend = self.backend
         assert backend is not None
+        self._node_spoke = False
         if backend.readable_now():
             # An idle node speaks only to say it is closing (KILL, shutdown, wait_timeout):
             # the command would get that goodbye as its reply.
@@ -509,28 +582,11 @@ class MySQLSession(ClientSession):
     async def _forward(
         self, backend: BackendConnection, payload: bytes, command: Command | int
     ) -> None:
-        """Send the command to the node and stream its reply to the client."""
-        runtime = self.runtime
-        timeout = runtime.config.backend.command_timeout
-
-        async def exchange() -> Event:
-            await backend.send(payload)
-            queue = self._queue
-            conn = backend.conn
-            while True:
-                event = await backend.next_event(timeout)
-                if isinstance(event, PrepareOkEvent) and self._preparing is not None:
-                    statement = event.prepare.statement_id
-                    self._statements[statement] = self._preparing
-                    self._statements[LAST_STATEMENT_ID] = self._preparing
-                queue(event.packet.payload)
-                if conn.state is State.IDLE:
-                    return event
-                if self._out_size >= _WRITE_CHUNK:
-                    await self._flush()
-
+        """Send the command to the node and relay its reply to the client."""
         try:
-            await runtime.engine.execute_pinned(backend.node, exchange, outcome_of)
+            await self.runtime.engine.execute_pinned(
+                backend.node, lambda: self._relay(backend, payload, command), outcome_of_reply
+            )
         except Unavailable as exc:
             await self._lost(exc)
         except MySQLLocalError as exc:
@@ -539,12 +595,333 @@ class MySQLSession(ClientSession):
             raise _Closing from None
         finally:
             self._preparing = None
-        await self._flush()
+
+    async def _relay(
+        self, backend: BackendConnection, payload: bytes, command: Command | int
+    ) -> ReplyEnd:
+        """The exchange: the command goes to the node as the client sent it (same sequence
+        ids), and each chunk of the reply goes to the client as it came, in one send, while
+        the scanner finds where the reply ends (its status flags, its ERR)."""
+        scanner = backend.scanner
+        scanner.start(payload[0], (await backend.send_command(payload)) + 1)
+        send_all = self.transport.send_all
+        while True:
+            data = await backend.receive_reply()
+            if not data:
+                backend.broken = True
+                raise Unavailable(backend.node.address, "the node closed the connection")
+            try:
+                used = scanner.feed(data)
+            except MySQLRemoteError as exc:
+                backend.broken = True
+                raise Unavailable(backend.node.address, f"protocol error: {exc.error}") from None
+            end = scanner.end
+            if used:
+                try:
+                    await send_all(data if used == len(data) else data[:used])
+                except OSError:
+                    raise _Closing from None
+            if end is not None:
+                break
+        if used < len(data):
+            backend.broken = True
+            raise Unavailable(backend.node.address, "protocol error: bytes after the reply")
+        if end.kind is ReplyKind.LOCAL_INFILE:
+            backend.broken = True
+            raise Unavailable(backend.node.address, _NO_INFILE)
+        self._replied(backend, end)
+        return end
+
+    # ----------------------------------------------------------------------------------------
+    # Dispatched: the poller's task relays plain commands (see ClientSession)
+
+    def _dispatchable(self) -> bool:
+        poller = self.poller
+        backend = self.backend
+        if poller is None or not poller.running or backend is None or backend.broken:
+            return False
+        if self._backend_fd < 0:
+            try:
+                self._backend_fd = poller.register(backend.sock, self._backend_reader)
+            except (OSError, ValueError):
+                return False
+        return True
+
+    def _unregister_backend(self, backend: BackendConnection) -> None:
+        fd, self._backend_fd = self._backend_fd, -1
+        if fd >= 0 and self.poller is not None:
+            self.poller.unregister(fd, self._backend_reader)
+
+    @property
+    def busy(self) -> bool:
+        return self._inflight or self.writing
+
+    def handle_nowait(self, data: bytes) -> bool:
+        try:
+            self.conn.receive_data(data)
+        except MySQLRemoteError as exc:
+            self._handed = exc
+            return False
+        return self._serve_buffered()
+
+    def _serve_buffered(self) -> bool:
+        """Start the client's buffered commands that need no waiting; ``False`` hands the
+        session to its task, with what it must carry on with in :attr:`_handed`."""
+        conn = self.conn
+        while not self._inflight:
+            try:
+                event = conn.next_event()
+            except MySQLRemoteError as exc:
+                self._handed = exc
+                return False
+            if event is NEED_DATA:
+                return True
+            if not isinstance(event, CommandEvent) or not self._start_nowait(event):
+                if self._handed is None:
+                    self._handed = event
+                return False
+        return True
+
+    def _start_nowait(self, event: CommandEvent) -> bool:
+        """Send a command to the node from the poller's task, if nothing about it needs a
+        wait (a switch to apply, a large command, a node that spoke out of turn); ``False``
+        leaves it to the session's task."""
+        command = event.command
+        payload = event.packet.payload
+        backend = self.backend
+        if command in _SLOW or len(payload) > _NOWAIT_MAX or backend is None or self._node_spoke:
+            return False
+        op = self._operation(command, payload)
+        policies = self.runtime.policies
+        if command in _SWITCHABLE and policies.switchboard.active and not self._session_only:
+            return False
+        now = self._clock.current_time()
+        limiter = policies.limiter
+        if limiter is not None:
+            rejection = limiter.admit(op.name, now)
+            if rejection is not None:
+                self._handed = _Rejected(error_info(1203, f"resmesh: {rejection}"))
+                return False
+        node = backend.node
+        policies.begin_committed(node)
+        self._op = op
+        self._started = now
+        wire = len(payload).to_bytes(3, "little") + b"\x00" + payload
+        reason = "the node does not read its commands"
+        try:
+            sent = backend.sock.send(wire)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            sent = -1
+            reason = f"connection lost: {exc}"
+        self._inflight = True
+        if sent != len(wire):
+            backend.broken = True
+            self._fail_nowait(Unavailable(node.address, reason))
+            return False
+        backend.scanner.start(payload[0], 1)
+        backend.parks += 1
+        backend.parked = True
+        self.waiting = Waiting.NOTHING  # a drain lets the reply finish
+        return True
+
+    def _on_backend_readable(self, events: int = 0) -> None:
+        """The node's socket became readable (the poller's task): relay what came of the
+        reply in flight, one send to the client per read."""
+        if not self._inflight:
+            # The node spoke out of turn (it is closing the connection: KILL, shutdown,
+            # wait_timeout), or the session's task is reading a reply itself: either way
+            # the next command goes through the task, which looks at the socket.
+            self._node_spoke = True
+            return
+        if self.writing or self._ended is not None:
+            return  # the client must read what it was sent first
+        backend = self.backend
+        assert backend is not None
+        sock = backend.sock
+        scanner = backend.scanner
+        transport = self.transport
+        try:
+            for _ in range(_READS_PER_TURN):
+                try:
+                    data = sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    backend.broken = True
+                    raise Unavailable(backend.node.address, f"connection lost: {exc}") from None
+                if not data:
+                    backend.broken = True
+                    raise Unavailable(backend.node.address, "the node closed the connection")
+                try:
+                    used = scanner.feed(data)
+                except MySQLRemoteError as exc:
+                    backend.broken = True
+                    raise Unavailable(
+                        backend.node.address, f"protocol error: {exc.error}"
+                    ) from None
+                backend.parks += 1  # progress: the timeout counts from the last bytes
+                end = scanner.end
+                if end is not None and used < len(data):
+                    backend.broken = True
+                    raise Unavailable(backend.node.address, "protocol error: bytes after the reply")
+                if used:
+                    try:
+                        sent = transport.send_nowait(data)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent < used:
+                        # The client reads slower than the node answers: the node waits (in
+                        # its socket) until the writer task has written this.
+                        self._unsent = memoryview(data)[sent:]
+                        self._ended = end
+                        backend.parked = False
+                        self.wake_for_output()
+                        return
+                if end is not None:
+                    self._finish_nowait(end)
+                    return
+                if len(data) < RECV_SIZE:
+                    return  # a short read emptied the socket: the next arrival raises an event
+            assert self.poller is not None
+            self.poller.again(self._backend_reader)  # other clients first
+        except Unavailable as exc:
+            self._fail_nowait(exc)
+        except OSError:
+            self._client_gone()
+        except Exception:
+            log.exception(
+                "client %s: unexpected error; its connection is closed", self.transport.peer
+            )
+            self._client_gone()
+
+    async def write_pending(self) -> None:
+        unsent, self._unsent = self._unsent, None
+        if unsent is not None:
+            await self.transport.send_all(unsent)
+
+    def output_written(self) -> None:
+        if not self._inflight or self._unsent is not None:
+            return
+        end, self._ended = self._ended, None
+        if end is not None:
+            self._finish_nowait(end)
+        else:
+            backend = self.backend
+            if backend is not None:
+                backend.parked = True
+            self._on_backend_readable()
+
+    def _finish_nowait(self, end: ReplyEnd) -> None:
+        """The reply in flight is complete (and written): count it, note its status, and go
+        on with the client's next command."""
+        backend = self.backend
+        assert backend is not None
+        self._inflight = False
+        backend.parked = False
+        later = self._clock.current_time()
+        self.runtime.policies.settle(
+            backend.node, outcome_of_reply(end), later - self._started, later
+        )
+        self._limit_done()
+        if end.kind is ReplyKind.LOCAL_INFILE:
+            backend.broken = True
+            self._handed = Unavailable(backend.node.address, _NO_INFILE)
+            self._hand_back()
+            return
+        self._replied(backend, end)
+        if self.runtime.draining:
+            self._hand_back()  # the drain came during the reply: the session ends now
+            return
+        if self.dispatched:
+            self.waiting = Waiting.REQUEST
+        if not self._serve_buffered():
+            self._hand_back()
+            return
+        self.resume_reading()
+
+    def _fail_nowait(self, failure: Unavailable) -> None:
+        """The command in flight got no (whole) answer: counted against the node; the
+        session's task tells the client and ends."""
+        backend = self.backend
+        self._inflight = False
+        if backend is not None:
+            backend.parked = False
+            later = self._clock.current_time()
+            self.runtime.policies.settle(
+                backend.node, failure.outcome, later - self._started, later
+            )
+        self._limit_done()
+        self._handed = failure
+        self._hand_back()
+
+    def _client_gone(self) -> None:
+        """The client's connection broke while its reply was relayed."""
+        self.drop()
+
+    def backend_stalled(self) -> None:
+        """The runtime's sweep closed the node's connection: no answer in time."""
+        backend = self.backend
+        if self._inflight and backend is not None:
+            self._fail_nowait(
+                Unavailable(backend.node.address, f"no answer within {backend.timeout:g}s")
+            )
+
+    def _limit_done(self) -> None:
+        op, self._op = self._op, None
+        limiter = self.runtime.policies.limiter
+        if op is not None and limiter is not None:
+            limiter.done(op.name)
+
+    async def _carry_on(self) -> None:
+        """Carry on from where the poller's task handed the session back.
+
+        Raises:
+            _Closing: the session ends.
+        """
+        handed, self._handed = self._handed, None
+        if handed is None:
+            return
+        if isinstance(handed, MySQLRemoteError):
+            await self._fatal(handed.error)
+            raise _Closing
+        if isinstance(handed, Unavailable):
+            await self._lost(handed)
+        if isinstance(handed, _Rejected):
+            await self._reply_local(handed.error)
+            return
+        if isinstance(handed, ConnectionClosed):
+            raise _Closing
+        if not isinstance(handed, CommandEvent):
+            await self._fatal(bad_handshake())
+            raise _Closing
+        if handed.command == Command.QUIT:
+            raise _Closing
+        await self._command(handed)
+
+    def _replied(self, backend: BackendConnection, end: ReplyEnd) -> None:
+        """Note what a relayed reply says: the status flags, a prepared statement's id."""
+        status = end.status
+        if status is not None and status != backend.conn.status:
+            backend.conn.status = ServerStatus(status)
+        kind = end.kind
+        if kind is ReplyKind.PREPARE_OK and self._preparing is not None:
+            statement = end.statement_id
+            if statement is not None:
+                self._statements[statement] = self._preparing
+                self._statements[LAST_STATEMENT_ID] = self._preparing
+        self._preparing = None
+        self.conn.reply_relayed(
+            status,
+            reset=self.conn.command == Command.RESET_CONNECTION and kind is ReplyKind.OK,
+        )
 
     async def _lost(self, failure: Unavailable) -> None:
         """The backend connection broke: the session's state on the node went with it."""
         backend, self.backend = self.backend, None
         if backend is not None:
+            self._unregister_backend(backend)
             self.runtime.pool(backend.node).discard(backend)
         await self._fatal(_unavailable(failure))
         raise _Closing

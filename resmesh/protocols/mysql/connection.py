@@ -156,6 +156,7 @@ class Connection:
         "_error",
         "_max_chunk",
         "_peer_closed",
+        "_peer_role",
         "_pending",
         "_prepare_columns",
         "_send_seq",
@@ -191,6 +192,8 @@ class Connection:
             max_buffer: the receive buffer's cap (see :class:`~.packets.PacketDecoder`).
         """
         self.role = role
+        #: The other end's role (whose turn :meth:`next_event` reads).
+        self._peer_role = Role.SERVER if role is Role.CLIENT else Role.CLIENT
         self.state = State.GREETING
         self._decoder = PacketDecoder(
             max_payload, max_chunk=max_chunk, max_buffer=max_buffer, expected_seq=0
@@ -324,10 +327,6 @@ class Connection:
             self._start_idle()
         return event
 
-    @property
-    def _peer_role(self) -> Role:
-        return Role.SERVER if self.role is Role.CLIENT else Role.CLIENT
-
     # -- sending ------------------------------------------------------------------------
 
     def send(self, payload: bytes) -> bytes:
@@ -395,6 +394,25 @@ class Connection:
         self.state = State.CLOSED
         return encode_packet(payload, seq, max_chunk=self._max_chunk)[0]
 
+    def reply_relayed(self, status: int | None, *, reset: bool = False) -> None:
+        """The reply to the command in progress was sent as the node's raw bytes (a proxy
+        relaying it whole, :mod:`.relay`), not through :meth:`send`: the connection is idle
+        again, with the status flags of the reply's last OK/EOF (``None``: unchanged, an ERR).
+        ``reset``: the reply was a COM_RESET_CONNECTION's OK (the prepared statements are
+        gone).
+
+        Raises:
+            MySQLLocalError: no reply of ours is in progress.
+        """
+        if self.command is None or SENDER[self.state] is not self.role:
+            raise MySQLLocalError(error_info(1105, f"no reply to relay in state {self.state}"))
+        if status is not None and status != self.status:
+            self.status = ServerStatus(status)
+        if reset:
+            self.statements.clear()
+        self.state = State.IDLE
+        self._start_idle()
+
     def tls_established(self) -> None:
         """The TLS handshake that followed the SSLRequest is done: the client's
         HandshakeResponse comes next (over TLS).
@@ -444,6 +462,10 @@ class Connection:
     def _process(self, packet: Packet, *, ours: bool) -> Event:
         state = self.state
         payload = packet.payload
+        if state is State.IDLE and payload:
+            # What the tables say of IDLE, without their lookups: a command (every command
+            # a gateway relays comes through here).
+            return self._command(packet, ours)
         capabilities = int(self.capabilities)
         kind = classify(state, payload, capabilities)
         if kind is None:
