@@ -281,8 +281,13 @@ class AccessLog:
                     entry = entries.popleft()
                     batch.append(entry)
                     lines += len(entry[2])
-                text = formatter.format(batch)
                 self._taken += lines
+                try:
+                    text = formatter.format(batch)
+                except Exception:  # a bug must cost lines, never the writer (and the log)
+                    logger.exception("access log lines could not be formatted; dropped")
+                    self._dropped_failed += lines
+                    continue
                 try:
                     sink.write(text)
                     sink.flush()

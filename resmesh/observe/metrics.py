@@ -184,27 +184,28 @@ class ClusterMetrics:
         whatever its length; the per-call work is done by C loops (``map``, ``list.count``).
         """
         count = len(calls)
-        if count:
-            table = self._by_node.get(node)
-            if table is None:
-                table = self._by_node[node] = {}
-            op = calls[0].op
-            if count == 1 or list(map(_op_of, calls)).count(op) == count:
-                series = table.get(op)
-                if series is None:
-                    series = table[op] = Series(op.name)
-                if per_call is None or len(per_call) != count:
-                    series.outcomes[outcome] += count
-                else:
-                    outcomes = series.outcomes
-                    for each in per_call:
-                        outcomes[each] += 1
-                series.buckets[bisect_right(BUCKET_EDGES, latency)] += count
-                series.seconds += latency * count
-                series.bytes_out += sent
-                series.bytes_in += received
+        if not count:
+            return  # an exchange that carried no call (a pinned session taking its connection)
+        table = self._by_node.get(node)
+        if table is None:
+            table = self._by_node[node] = {}
+        op = calls[0].op
+        if count == 1 or list(map(_op_of, calls)).count(op) == count:
+            series = table.get(op)
+            if series is None:
+                series = table[op] = Series(op.name)
+            if per_call is None or len(per_call) != count:
+                series.outcomes[outcome] += count
             else:
-                self._mixed(table, calls, outcome, latency, sent, received, per_call)
+                outcomes = series.outcomes
+                for each in per_call:
+                    outcomes[each] += 1
+            series.buckets[bisect_right(BUCKET_EDGES, latency)] += count
+            series.seconds += latency * count
+            series.bytes_out += sent
+            series.bytes_in += received
+        else:
+            self._mixed(table, calls, outcome, latency, sent, received, per_call)
         listener = self.listener
         if listener is not None:
             address = node.address if node is not None else ""

@@ -424,12 +424,13 @@ class HAEngine(Generic[A]):
         timed: bool = True,
         calls: Sequence[Call] = (),
         sent: int = 0,
+        received: Callable[[], int] | None = None,
         request_id: str | None = None,
     ) -> T:
         """One exchange of a session pinned to ``node`` (the session's task does the I/O on
         its own connection: ``exchange``), counted for the node's health by ``judge`` and,
-        when ``calls`` are given (with the bytes ``sent`` and the app's ``request_id``), in the
-        metrics.
+        when ``calls`` are given (with the bytes ``sent``, those ``received`` once it is done,
+        and the app's ``request_id``), in the metrics.
 
         The session is committed to its node, so nothing is refused, retried or hedged here;
         the breaker had its say when the session started there
@@ -460,8 +461,9 @@ class HAEngine(Generic[A]):
         outcome = judge(result)
         policies.settle(node, outcome, later - now if timed else 0.0, later)
         if policies.metrics is not None:
+            size = received() if received is not None else 0
             policies.metrics.run_ended(
-                calls, node, outcome, later - now, sent, request_id=request_id
+                calls, node, outcome, later - now, sent, size, request_id=request_id
             )
         return result
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pymysql
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -198,4 +199,61 @@ def test_a_stalled_access_log_drops_lines_and_never_slows_calls(
         assert _calls(admin, redis_node.port, "GET") == 5200  # counted, logged or not
     finally:
         os.close(reader)
+        assert gateway.terminate() == 0, gateway.log()
+
+
+def test_mysql_queries_are_counted_and_logged_with_the_request_id_of_their_comment(
+    tmp_path: Path,
+) -> None:
+    admin = free_port()
+    log = tmp_path / "mysql-access.log"
+    config: dict[str, Any] = {
+        "gateway": {"drain_timeout": "5s", "admin": f"127.0.0.1:{admin}"},
+        "users": {"app": {"password": "app", "clusters": ["user-db"]}},
+        "clusters": {
+            "user-db": {
+                "protocol": "mysql",
+                "listen": f"127.0.0.1:{free_port()}",
+                "groups": {"dc-a": ["127.0.0.1:3306"]},
+                "backend": {"username": "root", "password": ""},
+            }
+        },
+        "metrics": {"access_log": {"path": str(log)}},
+    }
+    gateway = Gateway(config, tmp_path)
+    try:
+        connection = pymysql.connect(
+            host="127.0.0.1", port=gateway.port, user="app", password="app", database="test"
+        )
+        with connection.cursor() as cursor:
+            for i in range(5):
+                cursor.execute(f"/* rid=order-{i} */ SELECT {i}")
+                assert cursor.fetchone() == (i,)
+            with pytest.raises(pymysql.err.ProgrammingError):
+                cursor.execute("SELECT * FROM no_such_table_for_metrics")  # 1146
+        connection.close()
+        labels = {
+            "cluster": "user-db",
+            "protocol": "mysql",
+            "node": "127.0.0.1:3306",
+            "operation": "SELECT",
+        }
+        samples = _samples(admin)
+        ok = samples[("resmesh_calls_total", tuple(sorted({**labels, "outcome": "ok"}.items())))]
+        failed = samples[
+            ("resmesh_calls_total", tuple(sorted({**labels, "outcome": "app_error"}.items())))
+        ]
+        assert (ok, failed) == (5, 1)
+        wait_for(
+            lambda: sum(1 for line in _lines(log) if line["operation"] == "SELECT") >= 6,
+            10,
+            "the access log lines",
+        )
+        selects = [line for line in _lines(log) if line["operation"] == "SELECT"]
+        assert sorted(line["request_id"] for line in selects) == [
+            "-",
+            *(f"order-{i}" for i in range(5)),
+        ]
+        assert all(line["bytes_in"] > 0 and line["bytes_out"] > 0 for line in selects)
+    finally:
         assert gateway.terminate() == 0, gateway.log()

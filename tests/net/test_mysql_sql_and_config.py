@@ -11,7 +11,7 @@ import pytest
 from resmesh.call import Protocol
 from resmesh.config import ConfigError, parse_config
 from resmesh.config.mysql import MySQLSettings
-from resmesh.net.mysql.sql import statement_verbs
+from resmesh.net.mysql.sql import request_id_of, statement_verbs
 
 SOURCE = Path("gateway.yaml")
 
@@ -96,3 +96,18 @@ def test_a_huge_multi_statement_query_is_bounded() -> None:
     verbs, more = statement_verbs(b"SELECT 1;" * 100 + b"DELETE FROM t")
     assert len(verbs) == 64 and more
     assert statement_verbs(b"SELECT 1;" * 64) == (["SELECT"] * 64, False)
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (b"/* rid=order-7 */ SELECT 1", "order-7"),
+        (b"SELECT 1 /*traceparent='00-ab',request_id='q.9:1'*/", "q.9:1"),
+        (b"/* hello */ SELECT /* rid=z */ 2", "z"),
+        (b"SELECT 'rid=not-a-comment'", None),
+        (b"SELECT 1", None),
+        (b"/* rid= */ SELECT 1", None),
+    ],
+)
+def test_a_request_id_is_read_from_a_comment_only(sql: bytes, expected: str | None) -> None:
+    assert request_id_of(sql) == expected

@@ -11,7 +11,7 @@ from typing import Final, NoReturn
 
 import trio
 
-from ...call import Operation, Protocol, Run, Unavailable
+from ...call import Call, Operation, Protocol, Run, Unavailable
 from ...cluster.topology import ClusterState, Node, topology_from_config
 from ...config import ClusterConfig, UserConfig
 from ...config.mysql import READ_VERBS, MySQLSettings
@@ -81,10 +81,12 @@ class MySQLRuntime(ClusterRuntime):
             trio.current_time(),
             configured_switches(config.name, config.governance),
             workers=workers,
+            protocol="mysql",
         )
         self.engine: HAEngine[Attempt] = HAEngine(self.policies, _PinnedOnly())
         self.pools: dict[Node, MySQLPool] = {}
         self._operations: dict[tuple[str, bool], Operation] = {}
+        self._calls: dict[Operation, tuple[Call]] = {}
         self._topology_changed()
 
     def _topology_changed(self) -> None:
@@ -163,6 +165,27 @@ class MySQLRuntime(ClusterRuntime):
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+
+    def calls_of(self, op: Operation) -> tuple[Call]:
+        """A query of ``op`` as the metrics count it: one call (made once per operation)."""
+        calls = self._calls.get(op)
+        if calls is None:
+            call = Call()
+            call.op = op
+            call.batch = 0
+            calls = (call,)
+            if len(self._calls) < _CACHE_MAX:
+                self._calls[op] = calls
+        return calls
+
+    def pool_statistics(self) -> dict[str, dict[str, int]]:
+        return {
+            node.address: {
+                "connections": pool.open,
+                "idle": sum(map(len, pool.idle.values())),
+            }
+            for node, pool in self.pools.items()
+        }
 
     def operation(self, name: str, *, write: bool | None = None) -> Operation:
         """The operation of a verb or command name (made once per name here); ``write``

@@ -54,6 +54,7 @@ import trio
 
 from ...call import Operation, Outcome, Unavailable
 from ...config.mysql import READ_VERBS, SESSION_VERBS, SQL_VERBS
+from ...observe.metrics import Refusal
 from ...policies.switch import SwitchAction, SwitchDecision, SwitchMode
 from ...protocols.mysql import NEED_DATA, PAUSED, Connection, MySQLLocalError, Role
 from ...protocols.mysql.auth import native_password_hash, new_scramble, verify_native_password
@@ -95,13 +96,17 @@ from ...protocols.mysql.statements import LAST_STATEMENT_ID, peek_statement_id
 from ..runtime import ClientSession, Waiting
 from ..sockio import RECV_SIZE
 from .backend import LAYOUT, BackendConnection, BackendLoginError, PoolKey
-from .sql import statement_verbs
+from .sql import request_id_of, statement_verbs
 
 if TYPE_CHECKING:
+    from ...cluster.topology import Node
     from ..transport import ClientTransport
     from .runtime import MySQLRuntime
 
 __all__ = ["SERVER_CAPABILITIES", "MySQLSession", "outcome_of", "outcome_of_reply"]
+
+#: COM_QUERY's first byte: the command whose text may carry a request id comment.
+_QUERY_BYTE: Final = bytes([Command.QUERY])
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +254,13 @@ class MySQLSession(ClientSession):
         self._inflight = False
         #: What the session's task must carry on with (see :meth:`_carry_on`).
         self._handed: object = None
-        #: The in-flight command's operation and start time.
+        #: The in-flight command's operation, start time, bytes sent and relayed back, and
+        #: the app's request id (for the metrics and the access log).
         self._op: Operation | None = None
         self._started = 0.0
+        self._sent = 0
+        self._received = 0
+        self._request_id: str | None = None
         #: The reply's end, when its last bytes wait for the writer task.
         self._ended: ReplyEnd | None = None
         #: Reply bytes the client's socket did not take (the writer task writes them).
@@ -531,10 +540,12 @@ class MySQLSession(ClientSession):
         if limiter is not None:
             rejection = limiter.admit(op.name, trio.current_time())
             if rejection is not None:
+                if policies.metrics is not None:
+                    policies.metrics.refused(op.name, Refusal.LIMIT)
                 await self._reply_local(error_info(1203, f"resmesh: {rejection}"))
                 return
         try:
-            await self._forward(backend, payload, command)
+            await self._forward(backend, payload, command, op)
         finally:
             if limiter is not None:
                 limiter.done(op.name)
@@ -580,12 +591,19 @@ class MySQLSession(ClientSession):
             raise _Closing from None
 
     async def _forward(
-        self, backend: BackendConnection, payload: bytes, command: Command | int
+        self, backend: BackendConnection, payload: bytes, command: Command | int, op: Operation
     ) -> None:
         """Send the command to the node and relay its reply to the client."""
+        self._received = 0
         try:
             await self.runtime.engine.execute_pinned(
-                backend.node, lambda: self._relay(backend, payload, command), outcome_of_reply
+                backend.node,
+                lambda: self._relay(backend, payload, command),
+                outcome_of_reply,
+                calls=self.runtime.calls_of(op),
+                sent=len(payload) + 4,
+                received=lambda: self._received,
+                request_id=self._request_id_of(payload),
             )
         except Unavailable as exc:
             await self._lost(exc)
@@ -617,6 +635,7 @@ class MySQLSession(ClientSession):
                 raise Unavailable(backend.node.address, f"protocol error: {exc.error}") from None
             end = scanner.end
             if used:
+                self._received += used
                 try:
                     await send_all(data if used == len(data) else data[:used])
                 except OSError:
@@ -700,6 +719,8 @@ class MySQLSession(ClientSession):
         if limiter is not None:
             rejection = limiter.admit(op.name, now)
             if rejection is not None:
+                if policies.metrics is not None:
+                    policies.metrics.refused(op.name, Refusal.LIMIT)
                 self._handed = _Rejected(error_info(1203, f"resmesh: {rejection}"))
                 return False
         node = backend.node
@@ -707,6 +728,9 @@ class MySQLSession(ClientSession):
         self._op = op
         self._started = now
         wire = len(payload).to_bytes(3, "little") + b"\x00" + payload
+        self._sent = len(wire)
+        self._received = 0
+        self._request_id = self._request_id_of(payload)
         reason = "the node does not read its commands"
         try:
             sent = backend.sock.send(wire)
@@ -762,6 +786,7 @@ class MySQLSession(ClientSession):
                         backend.node.address, f"protocol error: {exc.error}"
                     ) from None
                 backend.parks += 1  # progress: the timeout counts from the last bytes
+                self._received += used
                 end = scanner.end
                 if end is not None and used < len(data):
                     backend.broken = True
@@ -821,9 +846,9 @@ class MySQLSession(ClientSession):
         self._inflight = False
         backend.parked = False
         later = self._clock.current_time()
-        self.runtime.policies.settle(
-            backend.node, outcome_of_reply(end), later - self._started, later
-        )
+        outcome = outcome_of_reply(end)
+        self.runtime.policies.settle(backend.node, outcome, later - self._started, later)
+        self._count(backend.node, outcome, later)
         self._limit_done()
         if end.kind is ReplyKind.LOCAL_INFILE:
             backend.broken = True
@@ -852,6 +877,7 @@ class MySQLSession(ClientSession):
             self.runtime.policies.settle(
                 backend.node, failure.outcome, later - self._started, later
             )
+            self._count(backend.node, failure.outcome, later)
         self._limit_done()
         self._handed = failure
         self._hand_back()
@@ -867,6 +893,28 @@ class MySQLSession(ClientSession):
             self._fail_nowait(
                 Unavailable(backend.node.address, f"no answer within {backend.timeout:g}s")
             )
+
+    def _count(self, node: Node, outcome: Outcome, now: float) -> None:
+        """Count the command the poller's task relayed, as the engine counts the exchanges
+        of a pinned session (:meth:`~resmesh.policies.engine.HAEngine.execute_pinned`)."""
+        metrics = self.runtime.policies.metrics
+        if metrics is not None and self._op is not None:
+            metrics.run_ended(
+                self.runtime.calls_of(self._op),
+                node,
+                outcome,
+                now - self._started,
+                self._sent,
+                self._received,
+                request_id=self._request_id,
+            )
+
+    def _request_id_of(self, payload: bytes) -> str | None:
+        """The app's request id in a query's comment, when an access log wants it."""
+        metrics = self.runtime.policies.metrics
+        if metrics is None or metrics.listener is None or payload[:1] != _QUERY_BYTE:
+            return None
+        return request_id_of(payload[1:])
 
     def _limit_done(self) -> None:
         op, self._op = self._op, None

@@ -1,4 +1,5 @@
-"""What a COM_QUERY is, for governance: the verb of each of its statements.
+"""What a COM_QUERY is, for governance: the verb of each of its statements; and the request id
+an app may put in its comment, for the access log.
 
 Only the first word of each statement is read: comments, string literals and quoted names are
 skipped so that a ``;`` inside them does not split a statement, and MySQL's executable comments
@@ -8,9 +9,10 @@ the SQL is parsed; the server remains the judge of what a statement does.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
-__all__ = ["statement_verbs"]
+__all__ = ["request_id_of", "statement_verbs"]
 
 _SPACE: Final = frozenset(b" \t\r\n\f\v")
 _WORD: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
@@ -98,3 +100,14 @@ def _quote_end(sql: bytes, i: int, quote: int) -> int:
 def _rest_has_statements(sql: bytes, i: int) -> bool:
     verbs, _ = statement_verbs(sql[i:].split(b";", 1)[1]) if b";" in sql[i:] else ([], False)
     return bool(verbs)
+
+
+#: A request id in a comment: ``/* rid=abc-123 */``, or sqlcommenter's key='value' form
+#: (https://google.github.io/sqlcommenter/spec/), ``/*request_id='abc-123'*/``.
+_REQUEST_ID: Final = re.compile(rb"/\*[^*]*?\b(?:rid|request_id)\s*=\s*'?([A-Za-z0-9._:-]{1,128})")
+
+
+def request_id_of(sql: bytes) -> str | None:
+    """The request id an app put in a comment of ``sql`` (looked for in its first 4 KiB)."""
+    found = _REQUEST_ID.search(sql, 0, 4096)
+    return found.group(1).decode() if found is not None else None
