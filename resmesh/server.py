@@ -48,10 +48,11 @@ __all__ = ["RUNTIMES", "build_runtimes", "listen_points", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
-#: Exit code when a listener cannot be bound (address in use...), or the registry cannot be
-#: read at start and ``registry.unreachable_at_start`` is ``refuse``: a runtime failure,
-#: unlike 2, which the CLI reserves for bad configuration.
-EXIT_CANNOT_LISTEN = 1
+#: Exit code when the gateway cannot start: a listener cannot be bound (address in use...),
+#: the access log cannot be opened, or the registry cannot be read and
+#: ``registry.unreachable_at_start`` is ``refuse``. A runtime failure, unlike 2, which the CLI
+#: reserves for bad configuration.
+EXIT_CANNOT_START = 1
 
 
 #: Set in worker processes' environment by the supervisor; its value is the worker's index.
@@ -133,7 +134,7 @@ def run(config: Config) -> int:
                 else f"check {key} in {config.source}"
             )
             log.error("%s cannot listen on %s: %s — fix: %s", _label(name), address, exc, fix)
-            return EXIT_CANNOT_LISTEN
+            return EXIT_CANNOT_START
     admin = None
     if config.gateway.admin is not None and worker in (None, "0"):
         try:
@@ -148,7 +149,7 @@ def run(config: Config) -> int:
                 exc,
                 config.source,
             )
-            return EXIT_CANNOT_LISTEN
+            return EXIT_CANNOT_START
     if workers > 1 and worker is None:
         for listener in listeners.values():
             listener.close()  # only checked that binding works: workers bind their own
@@ -156,7 +157,7 @@ def run(config: Config) -> int:
             admin.close()
         locks = _lock_listen_addresses(config)
         if locks is None:
-            return EXIT_CANNOT_LISTEN
+            return EXIT_CANNOT_START
         try:
             return _supervise(config)
         finally:
@@ -270,24 +271,27 @@ async def serve(
         async with trio.open_nursery() as backend:
             runtimes = build_runtimes(config, backend)
             served = served_clusters(runtimes)
-            try:
-                access_log = _open_access_log(config, served)
-            except AccessLogError as exc:
-                log.error("%s — fix: change metrics.access_log.path in %s", exc, config.source)
-                backend.cancel_scope.cancel()
-                return EXIT_CANNOT_LISTEN
             follower = Follower(
                 open_registry(config.registry),
                 {name: config.clusters[name] for name in served},
                 {name: target for name, (target, _, _) in served.items()},
             )
-            if not await _read_registry(config, follower):
-                for listener in listeners.values():
-                    close_quietly(listener)
-                if admin is not None:
-                    close_quietly(admin)
+            access_log = None
+            started = await _read_registry(config, follower)
+            if started:
+                try:
+                    access_log = _open_access_log(config, served)
+                except AccessLogError as exc:
+                    log.error("%s — fix: change metrics.access_log.path in %s", exc, config.source)
+                    started = False
+            if not started:
+                for sock in (*listeners.values(), admin):
+                    if sock is not None:
+                        close_quietly(sock)
                 backend.cancel_scope.cancel()
-                return EXIT_CANNOT_LISTEN
+                with trio.CancelScope(shield=True):
+                    await follower.registry.aclose()
+                return EXIT_CANNOT_START
             for runtime in runtimes:
                 backend.start_soon(runtime.run)
             backend.start_soon(follower.run)

@@ -16,6 +16,7 @@ import httpx
 import pymysql
 import pytest
 import redis
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import Gateway, RedisServer, free_port, redis_cluster_config, wait_for
@@ -257,3 +258,20 @@ def test_mysql_queries_are_counted_and_logged_with_the_request_id_of_their_comme
         assert all(line["bytes_in"] > 0 and line["bytes_out"] > 0 for line in selects)
     finally:
         assert gateway.terminate() == 0, gateway.log()
+
+
+def test_an_access_log_that_cannot_be_opened_stops_the_start_with_its_key(
+    redis_node: RedisServer, tmp_path: Path
+) -> None:
+    config = redis_cluster_config("feed-cache", {"dc-a": [redis_node.port]})
+    config["metrics"] = {"access_log": {"path": str(tmp_path / "no-such-dir" / "access.log")}}
+    path = tmp_path / "bad-log.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "resmesh", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "no-such-dir" in done.stderr and "metrics.access_log.path" in done.stderr
