@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import yaml
@@ -600,6 +601,17 @@ async def test_ctl_adds_and_removes_instances_and_degrades_the_service(tmp_path:
     measured on Redis clusters: tests/integration/test_registry_fleet.py.)"""
     async with nodes("n1", "n2") as (first, second):
         config = agent_config({"dc-a": [first.port]})
+        admin = free_port()
+        config["gateway"]["admin"] = f"127.0.0.1:{admin}"
+
+        async def applied(done: subprocess.CompletedProcess[str]) -> None:
+            """Wait until the gateway runs the registry version ``ctl`` wrote."""
+            version = int(done.stdout.split("registry version ")[1].split(")")[0])
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin}") as http:
+                with trio.fail_after(5):
+                    while (await http.get("/status")).json()["registry"]["version"] < version:
+                        await trio.sleep(0.01)
+
         async with (
             gateway(config, tmp_path) as gw,
             open_client("127.0.0.1", port_of(config)) as client,
@@ -609,10 +621,9 @@ async def test_ctl_adds_and_removes_instances_and_degrades_the_service(tmp_path:
             with trio.fail_after(5):
                 while await client.call(SERVICE, "whoami", group=GROUP) != "n2":
                     pass
-            await _ctl(gw.config_path, "node", "remove", "echo", f"127.0.0.1:{first.port}")
-            with trio.fail_after(5):
-                while await client.call(SERVICE, "whoami", group=GROUP) != "n2":
-                    pass
+            await applied(
+                await _ctl(gw.config_path, "node", "remove", "echo", f"127.0.0.1:{first.port}")
+            )
             served = first.calls
             for _ in range(20):
                 assert await client.call(SERVICE, "whoami", group=GROUP) == "n2"
