@@ -67,6 +67,7 @@ class Series:
     """One operation on one node (or, for refusals, on none): what it counted."""
 
     __slots__ = (
+        "attempt_failures",
         "buckets",
         "bytes_in",
         "bytes_out",
@@ -91,6 +92,9 @@ class Series:
         self.hedges = 0
         self.hedges_won = 0
         self.retries = 0
+        #: Attempts that failed on this node and were retried or backed up elsewhere (the
+        #: call itself is counted where it ended).
+        self.attempt_failures = 0
 
     def document(self) -> dict[str, Any]:
         buckets = {index: n for index, n in enumerate(self.buckets) if n}
@@ -102,6 +106,7 @@ class Series:
             "hedges": self.hedges,
             "hedges_won": self.hedges_won,
             "retries": self.retries,
+            "attempt_failures": self.attempt_failures,
             "latency": {
                 "count": sum(buckets.values()),
                 "sum_us": round(self.seconds * 1_000_000),
@@ -252,6 +257,11 @@ class ClusterMetrics:
             if won:
                 series.hedges_won += 1
 
+    def attempt_failed(self, operation: Operation, node: Node) -> None:
+        """An attempt of a run failed on ``node`` (the run went on elsewhere, or ended with
+        this failure, counted by :meth:`run_ended`)."""
+        self._series(node, operation).attempt_failures += 1
+
     def refused(self, operation: str, refusal: Refusal, count: int = 1) -> None:
         """``count`` calls of ``operation`` were answered by governance before the engine (a
         degrade switch, a limit)."""
@@ -309,8 +319,8 @@ def merge_series(into: dict[str, Any] | None, other: dict[str, Any]) -> dict[str
         }
     for name, count in other["outcomes"].items():
         into["outcomes"][name] = into["outcomes"].get(name, 0) + count
-    for key in ("bytes_out", "bytes_in", "hedges", "hedges_won", "retries"):
-        into[key] += other[key]
+    for key in ("bytes_out", "bytes_in", "hedges", "hedges_won", "retries", "attempt_failures"):
+        into[key] += other.get(key, 0)
     latency, more = into["latency"], other["latency"]
     latency["count"] += more["count"]
     latency["sum_us"] += more["sum_us"]

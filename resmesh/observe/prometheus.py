@@ -106,6 +106,11 @@ class _DocumentCollector(Collector):
         retries = CounterMetricFamily(
             "resmesh_retries", "Retries on another node after a node failure", labels=_SERIES_LABELS
         )
+        attempt_failures = CounterMetricFamily(
+            "resmesh_attempt_failures",
+            "Attempts that failed on a node (their calls went on elsewhere or failed there)",
+            labels=_SERIES_LABELS,
+        )
         clients = GaugeMetricFamily(
             "resmesh_clients", "Client connections open", labels=["cluster", "protocol"]
         )
@@ -167,6 +172,8 @@ class _DocumentCollector(Collector):
                         hedges_won.add_metric(labels, series["hedges_won"])
                     if series["retries"]:
                         retries.add_metric(labels, series["retries"])
+                    if series.get("attempt_failures"):
+                        attempt_failures.add_metric(labels, series["attempt_failures"])
             for operation, by_policy in counted["refusals"].items():
                 for policy, value in by_policy.items():
                     rejected.add_metric([cluster, protocol, operation, policy], value)
@@ -217,6 +224,7 @@ class _DocumentCollector(Collector):
             hedges,
             hedges_won,
             retries,
+            attempt_failures,
             clients,
             breaker,
             trips,

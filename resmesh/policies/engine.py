@@ -639,6 +639,9 @@ class _Spread(Generic[A]):
             self._end(done)  # type: ignore[arg-type]
             return
         self._failures += 1
+        metrics = engine.policies.metrics
+        if metrics is not None:
+            metrics.attempt_failed(self._run.calls[0].op, done.node)
         if done.error is None:
             self._answered = done  # type: ignore[assignment]
         else:

@@ -275,3 +275,49 @@ def test_an_access_log_that_cannot_be_opened_stops_the_start_with_its_key(
     )
     assert done.returncode == 1
     assert "no-such-dir" in done.stderr and "metrics.access_log.path" in done.stderr
+
+
+def test_a_dead_node_shows_as_failed_calls_retries_and_an_ejection(tmp_path: Path) -> None:
+    nodes = (RedisServer(), RedisServer())
+    try:
+        for node in nodes:
+            redis.Redis(port=node.port).set("observed", "v")
+        config = redis_cluster_config(
+            "feed-cache", {"dc-a": [node.port for node in nodes]}, policy="cache"
+        )
+        admin = free_port()
+        config["gateway"]["admin"] = f"127.0.0.1:{admin}"
+        gateway = Gateway(config, tmp_path)
+        try:
+            client = redis.Redis(port=gateway.port, socket_timeout=5)
+            for _ in range(20):
+                assert client.get("observed") == b"v"
+            dead = nodes[1]
+            dead.kill()
+            for _ in range(60):  # reads fail over to the primary: every one answered
+                assert client.get("observed") == b"v"
+            families = {
+                f.name: f
+                for f in text_string_to_metric_families(
+                    httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
+                )
+            }
+
+            def total(family: str, **labels: str) -> float:
+                return sum(
+                    s.value
+                    for s in families[family].samples
+                    if s.name.endswith("_total")
+                    and all(s.labels.get(k) == v for k, v in labels.items())
+                )
+
+            address = f"127.0.0.1:{dead.port}"
+            assert total("resmesh_attempt_failures", node=address, operation="GET") >= 1
+            assert total("resmesh_retries", operation="GET") >= 1
+            assert total("resmesh_calls", node=address, outcome="local_error") == 0
+            assert total("resmesh_ejections", node=address) >= 1
+        finally:
+            assert gateway.terminate() == 0, gateway.log()
+    finally:
+        for node in nodes:
+            node.stop()
