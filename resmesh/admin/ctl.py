@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..call import Protocol
-from ..config import ClusterConfig, Config, Mode
+from ..config import ClusterConfig, Config
 from ..policies.limit import LimitConfig
 from ..policies.switch import SwitchMode
 from ..registry import open_registry
@@ -43,7 +43,13 @@ from ..registry.edits import (
     shift,
 )
 from ..registry.follower import describe_entry
-from ..registry.state import ClusterEntry, Snapshot, entry_document, entry_from_config
+from ..registry.state import (
+    ClusterEntry,
+    Snapshot,
+    entry_document,
+    entry_from_config,
+    has_primary,
+)
 
 __all__ = ["run_ctl"]
 
@@ -123,7 +129,7 @@ def _edit_of(
     cluster: ClusterConfig, args: argparse.Namespace
 ) -> tuple[Callable[[ClusterEntry], ClusterEntry], str]:
     """The change a command asks for, and how to say it."""
-    has_primary = cluster.mode is Mode.REPLICATED and cluster.protocol is not Protocol.MOTAN2
+    roles = has_primary(cluster)
     command = args.ctl_command
     if command == "degrade":
         mode = SwitchMode(args.mode) if args.mode else _DEFAULT_MODE[cluster.protocol]
@@ -156,14 +162,14 @@ def _edit_of(
         return lambda e: shift(e, weights), f"route shifted: {shown}"
     if command == "primary":
         return (
-            lambda e: primary(e, args.address, has_primary=has_primary),
+            lambda e: primary(e, args.address, has_primary=roles),
             f"primary is now {args.address}",
         )
     action, address = args.action, args.address
     if action == "add":
         group, weight = args.group, args.weight
         return (
-            lambda e: node_add(e, address, has_primary=has_primary, group=group, weight=weight),
+            lambda e: node_add(e, address, has_primary=roles, group=group, weight=weight),
             f"node {address} added",
         )
     if action == "remove":

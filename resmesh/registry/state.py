@@ -54,6 +54,7 @@ __all__ = [
     "cluster_state",
     "entry_document",
     "entry_from_config",
+    "has_primary",
     "limits_of",
     "parse_entry",
     "switches_of",
@@ -170,10 +171,16 @@ class Snapshot:
     errors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
+def has_primary(cluster: ClusterConfig) -> bool:
+    """Whether the cluster's nodes have roles: one primary takes the writes (a replicated
+    cluster; a sharded one and a Motan2 service's instances have none)."""
+    return cluster.mode is Mode.REPLICATED and cluster.protocol is not Protocol.MOTAN2
+
+
 def entry_from_config(cluster: ClusterConfig) -> ClusterEntry:
     """The entry that states what ``cluster``'s configuration does: where the registry starts
     for a cluster it has not seen."""
-    replicated = cluster.mode is Mode.REPLICATED and cluster.protocol is not Protocol.MOTAN2
+    replicated = has_primary(cluster)
     primary = cluster.primary
     nodes = tuple(
         NodeEntry(
