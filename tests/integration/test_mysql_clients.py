@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import io
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -197,6 +198,8 @@ def _prepared_types(connect: Connect, table: str) -> list[Any]:
         results.append(prepared.fetchall())
         prepared.execute(f"UPDATE {table} SET vc = %s WHERE id = %s", ("upd", 2))
         results.append(prepared.rowcount)
+        prepared.execute(f"SELECT CAST(tm AS CHAR) FROM {table} WHERE id > %s ORDER BY id", (0,))
+        results.append(prepared.fetchall())
         prepared.close()
         return results
     finally:
@@ -204,7 +207,7 @@ def _prepared_types(connect: Connect, table: str) -> list[Any]:
 
 
 def test_prepared_statements_over_every_common_type(
-    pair: dict[str, Callable[..., Any]], tables: Callable[[], str]
+    pair: dict[str, Callable[..., Any]], tables: Callable[[], str], impl: str
 ) -> None:
     want = _prepared_types(pair["direct"], tables())
     got = _prepared_types(pair["gateway"], tables())
@@ -214,6 +217,13 @@ def test_prepared_statements_over_every_common_type(
     assert by_id[2] == ROWS[2]
     assert by_id[0][:3] == ROWS[0][:3] and by_id[0][6:8] == ROWS[0][6:8]
     assert by_id[1][3] == ROWS[1][3] and by_id[0][3] == ROWS[0][3]
+    assert by_id[0][9:] == ROWS[0][9:] and by_id[1][9:] == ROWS[1][9:]
+    # mysql-connector-python 9.4 gets binary TIME wrong, directly too (its own bugs: the C
+    # extension binds every timedelta parameter as 00:00:00, the pure one reads a negative TIME
+    # off by days), so TIME is checked as text, and binary for a positive one, with pure only.
+    if impl == "pure":
+        assert want[-1] == [("-838:59:59",), ("00:00:01",), (None,)]
+        assert by_id[1][8] == ROWS[1][8]
 
 
 def _transactions(connect: Connect, table: str) -> list[Any]:
@@ -354,3 +364,31 @@ def test_use_and_last_insert_id(
     assert got == want
     assert want[:3] == [1, 2, [(2,)]]
     assert want[6] == [("information_schema",)]
+
+
+def _long_data(connect: Connect, table: str) -> list[Any]:
+    """A prepared INSERT whose BLOB goes as COM_STMT_SEND_LONG_DATA (a file-like parameter;
+    the node answers nothing to those packets), then read back through a prepared SELECT."""
+    blob = bytes(range(256)) * 12_000  # ~3 MB, in many long-data packets
+    conn = connect(autocommit=True)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, b LONGBLOB)")
+        cur.close()
+        prepared = conn.cursor(prepared=True)
+        prepared.execute(f"INSERT INTO {table} VALUES (%s, %s)", (1, io.BytesIO(blob)))
+        prepared.execute(f"SELECT LENGTH(b), MD5(b), b = %s FROM {table} WHERE id = %s", (blob, 1))
+        got = prepared.fetchall()
+        prepared.close()
+        return got
+    finally:
+        conn.close()
+
+
+def test_long_data_parameters_pure_python(gw: Gateway, tables: Callable[[], str]) -> None:
+    """Only the pure implementation sends long data (the C extension refuses a file-like
+    parameter: "Python type _io.BytesIO cannot be converted")."""
+    want = _long_data(lambda **extra: _connect("pure", MARIADB_PORT, "root", "", **extra), tables())
+    got = _long_data(lambda **extra: _connect("pure", gw.port, "app", "app", **extra), tables())
+    assert got == want
+    assert want[0][0] == 256 * 12_000 and want[0][2] == 1

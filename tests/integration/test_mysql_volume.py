@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
+import struct
 import time
 import uuid
 import zlib
@@ -22,6 +24,13 @@ import pymysql
 import pymysql.cursors
 import pytest
 
+from fuzz.fuzz_mysql_listener import (
+    frame,
+    handshake_response,
+    native_scramble,
+    parse_greeting,
+    split_packets,
+)
 from tests.support.servers import Gateway, free_port, vm_rss_kib
 
 MARIADB_PORT = 3306
@@ -257,3 +266,95 @@ def test_errno_sqlstate_and_message_are_mariadbs(gw: Gateway, table: str) -> Non
         return seen
 
     assert pymysql_errors(via(gw)) == pymysql_errors(direct())
+
+
+# -- split packets on a raw socket: a continuation misnumbered, or cut short -----------------
+
+
+def _raw_login(port: int, user: str, password: str) -> socket.socket:
+    """A raw client logged in (mysql_native_password, database ``test``)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    buf = bytearray()
+    (_, greeting), buf = _read_packet(sock, buf)
+    auth = native_scramble(password.encode(), parse_greeting(greeting))
+    sock.sendall(frame(handshake_response(auth, user=user, database="test"), 1))
+    (seq, ok), buf = _read_packet(sock, buf)
+    assert (seq, ok[:1]) == (2, b"\x00"), ok
+    assert not buf
+    return sock
+
+
+def _read_packet(sock: socket.socket, buf: bytearray) -> tuple[tuple[int, bytes], bytearray]:
+    while True:
+        packets, _ = split_packets(buf)
+        if packets:
+            seq, payload = packets[0]
+            return (seq, payload), buf[4 + len(payload) :]
+        data = sock.recv(1 << 16)  # the socket's timeout is the deadline
+        assert data, f"closed while a packet was owed; got {bytes(buf[:200])!r}"
+        buf += data
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    received = bytearray()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            data = sock.recv(1 << 16)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            return bytes(received)
+        received += data
+    raise AssertionError(f"not closed within 30 s; got {bytes(received[:200])!r}")
+
+
+def _split_query() -> tuple[bytes, bytes]:
+    """A COM_QUERY of 17,000,000 bytes: its first packet (0xFFFFFF bytes, sequence id 0) and
+    the rest of its payload."""
+    payload = b"\x03SELECT LENGTH('" + b"z" * (17_000_000 - 18) + b"')"
+    return b"\xff\xff\xff\x00" + payload[:0xFFFFFF], payload[0xFFFFFF:]
+
+
+def test_a_split_command_with_a_misnumbered_continuation_is_refused_like_mariadb(
+    gw: Gateway,
+) -> None:
+    first, rest = _split_query()
+    answers = {}
+    for name, port, user, password in (
+        ("direct", MARIADB_PORT, "root", ""),
+        ("gateway", gw.port, "app", "app"),
+    ):
+        sock = _raw_login(port, user, password)
+        with sock:
+            # The whole command, numbered right, works on both.
+            sock.sendall(first + struct.pack("<I", len(rest))[:3] + b"\x01" + rest)
+            buf = bytearray()
+            packets = []
+            while len(packets) < 5:  # column count, column, EOF, row, EOF
+                packet, buf = _read_packet(sock, buf)
+                packets.append(packet)
+            # Numbered on from the command's two packets (0, 1): 2..6.
+            assert [seq for seq, _ in packets] == [2, 3, 4, 5, 6], packets
+            assert packets[3][1] == b"\x0816999982", packets[3]
+            # The continuation numbered 7 instead of 1: 1156, then the connection closes.
+            sock.sendall(first + struct.pack("<I", len(rest))[:3] + b"\x07" + rest)
+            reply = _until_closed(sock)
+        got, _ = split_packets(reply)
+        assert len(got) == 1 and got[0][1][:1] == b"\xff", (name, reply[:200])
+        answers[name] = int.from_bytes(got[0][1][1:3], "little")
+    assert answers == {"direct": 1156, "gateway": 1156}
+
+
+def test_a_split_command_cut_short_is_closed_and_others_served(gw: Gateway) -> None:
+    first, rest = _split_query()
+    with _raw_login(gw.port, "app", "app") as sock:
+        sock.sendall(first + struct.pack("<I", len(rest))[:3] + b"\x01" + rest[:1000])
+        sock.shutdown(socket.SHUT_WR)  # the client leaves mid-packet
+        reply = _until_closed(sock)
+    got, end = split_packets(reply)
+    assert end == len(reply) and all(p[:1] == b"\xff" for _, p in got), reply[:200]
+    with via(gw) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 6")
+        assert cur.fetchone() == (6,)
