@@ -201,3 +201,29 @@ def test_a_second_multi_worker_gateway_on_the_same_ports_refuses_to_start(
     )
     assert second.returncode == 1, second.stderr
     assert "another multi-worker gateway listens there" in second.stderr
+
+
+def test_a_pipelined_batch_in_flight_in_the_poller_gets_its_replies_during_the_drain(
+    start_gateway: Callable[[dict[str, Any]], Gateway],
+) -> None:
+    """A plain batch the poller sent (no task waits for it) is answered and written during
+    the drain: the node is paused so the batch is in flight when SIGTERM comes."""
+    node = RedisServer()
+    try:
+        gw = start_gateway(_config(node, drain=LONG_DRAIN))
+        conn = RawRedis(gw.port, timeout=EXITED)
+        assert conn.call(("SET", "drain-k", "v")) == [b"+OK\r\n"]  # the session is dispatched
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGSTOP)  # the node takes the batch and answers nothing
+        try:
+            conn.send(encode_command("GET", "drain-k") * 3)
+            gw.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: not port_open(gw.port), 10, "the listener to close")
+            assert gw.proc.poll() is None  # still owed: the drain waits
+        finally:
+            node.proc.send_signal(signal.SIGCONT)
+        assert conn.read_replies(3) == [b"$1\r\nv\r\n"] * 3
+        assert _exit_code(gw) == 0, gw.log()  # once answered, the gateway exits
+        conn.close()
+    finally:
+        node.stop()
