@@ -131,6 +131,8 @@ class LocalView:
                     "group": node.group,
                     "breaker": breaker.state.name.lower(),
                     "trips": getattr(breaker, "trips", 0),
+                    "half_opens": getattr(breaker, "half_opens", 0),
+                    "recoveries": getattr(breaker, "recoveries", 0),
                     "ejections": ejections,
                     **pools.get(node.address, {}),
                 }

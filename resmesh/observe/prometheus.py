@@ -119,8 +119,10 @@ class _DocumentCollector(Collector):
             "A node's circuit breaker: 0 closed, 1 open, 2 half-open",
             labels=["cluster", "node", "group"],
         )
-        trips = CounterMetricFamily(
-            "resmesh_breaker_trips", "Times a node's breaker opened", labels=["cluster", "node"]
+        transitions = CounterMetricFamily(
+            "resmesh_breaker_transitions",
+            "A node's breaker changing state, by the state it went to",
+            labels=["cluster", "node", "state"],
         )
         ejections = CounterMetricFamily(
             "resmesh_ejections",
@@ -182,7 +184,12 @@ class _DocumentCollector(Collector):
                 breaker.add_metric(
                     [cluster, address, node["group"]], _BREAKER_STATES.get(node["breaker"], 0)
                 )
-                trips.add_metric([cluster, address], node["trips"])
+                for state, key in (
+                    ("open", "trips"),
+                    ("half_open", "half_opens"),
+                    ("closed", "recoveries"),
+                ):
+                    transitions.add_metric([cluster, address, state], node.get(key, 0))
                 ejections.add_metric([cluster, address], node["ejections"])
                 if "connections" in node:
                     connections.add_metric([cluster, address], node["connections"])
@@ -227,7 +234,7 @@ class _DocumentCollector(Collector):
             attempt_failures,
             clients,
             breaker,
-            trips,
+            transitions,
             ejections,
             connections,
             in_flight,

@@ -152,9 +152,11 @@ class CircuitBreaker:
         "_slow_ratio",
         "_window",
         "config",
+        "half_opens",
         "opened_at",
         "probes_in_flight",
         "reason",
+        "recoveries",
         "rejected",
         "state",
         "trips",
@@ -176,6 +178,10 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self.probes_in_flight = 0
         self.trips = 0
+        #: Transitions to half-open (a probe let through) and back to closed (recovered),
+        #: as ``trips`` counts those to open: for the metrics.
+        self.half_opens = 0
+        self.recoveries = 0
         self.rejected = 0
         self.reason = ""
 
@@ -195,6 +201,7 @@ class CircuitBreaker:
                 self.rejected += 1
                 return False
             self.state = _HALF_OPEN
+            self.half_opens += 1
             self.probes_in_flight = 0
         if self.probes_in_flight < self._probe_limit:
             self.probes_in_flight += 1
@@ -273,6 +280,8 @@ class CircuitBreaker:
         self._consecutive = 0
 
     def _close(self) -> None:
+        if self.state is not _CLOSED:
+            self.recoveries += 1
         self.state = _CLOSED
         self.probes_in_flight = 0
         self._consecutive = 0

@@ -205,6 +205,8 @@ def test_the_exposition_parses_and_its_counts_match_the_calls() -> None:
         value("resmesh_breaker_state", cluster="feed-cache", node="127.0.0.1:7001", group="dc-a")
         == 1
     )
-    assert value("resmesh_breaker_trips_total", cluster="feed-cache", node="127.0.0.1:7001") == 2
+    breaker = {"cluster": "feed-cache", "node": "127.0.0.1:7001"}
+    assert value("resmesh_breaker_transitions_total", **breaker, state="open") == 2
+    assert value("resmesh_breaker_transitions_total", **breaker, state="closed") == 0
     assert value("resmesh_clients", **base) == 3
     assert value("resmesh_registry_version") == 4

@@ -82,6 +82,15 @@ def test_trips_on_consecutive_failures_whatever_the_volume() -> None:
     assert breaker.reason == "10 consecutive failures"
 
 
+def test_transitions_are_counted_by_the_state_reached() -> None:
+    breaker = CircuitBreaker(BreakerConfig(consecutive_failures=3))
+    _feed(breaker, [LOCAL] * 3, now=1.0)
+    open_for = breaker.config.open_for
+    _feed(breaker, [LOCAL], now=1.0 + open_for)  # a probe that fails: open again
+    _feed(breaker, [OK], now=1.0 + 2.5 * open_for)  # a probe that succeeds: closed
+    assert (breaker.trips, breaker.half_opens, breaker.recoveries) == (2, 2, 1)
+
+
 def test_old_failures_leave_the_window() -> None:
     breaker = CircuitBreaker()
     _feed(breaker, [UPSTREAM, OK] * 9, now=0.5)
