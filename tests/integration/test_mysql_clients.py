@@ -16,6 +16,7 @@ import decimal
 import io
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import mysql.connector
@@ -392,3 +393,45 @@ def test_long_data_parameters_pure_python(gw: Gateway, tables: Callable[[], str]
     got = _long_data(lambda **extra: _connect("pure", gw.port, "app", "app", **extra), tables())
     assert got == want
     assert want[0][0] == 256 * 12_000 and want[0][2] == 1
+
+
+def test_change_user_starts_a_fresh_session_as_another_gateway_user(
+    tmp_path: Path, impl: str
+) -> None:
+    """COM_CHANGE_USER through the gateway: a gateway user allowed on the cluster logs in
+    afresh (the old session's variables and temporary tables are gone, the new database is
+    in use); a wrong password is refused with 1045 and the connection ends."""
+    config = mysql_config()
+    config["users"]["ops"] = {"password": "ops-secret", "clusters": [CLUSTER]}
+    config["clusters"]["other-db"] = {
+        **config["clusters"][CLUSTER],
+        "listen": f"127.0.0.1:{free_port()}",
+    }
+    config["users"]["other"] = {"password": "other", "clusters": ["other-db"]}
+    gateway = Gateway(config, tmp_path)
+    try:
+        conn = _connect(impl, gateway.port, "app", "app")
+        cursor = conn.cursor()
+        cursor.execute("SET @carried = 7")
+        cursor.execute("CREATE TEMPORARY TABLE change_user_tmp (id INT)")
+        cursor.close()
+        conn.cmd_change_user(username="ops", password="ops-secret", database="mysql")
+        cursor = conn.cursor()
+        cursor.execute("SELECT @carried, DATABASE()")
+        assert cursor.fetchall() == [(None, "mysql")]
+        with pytest.raises(mysql.connector.Error) as gone:
+            cursor.execute("SELECT * FROM test.change_user_tmp")
+        assert gone.value.errno == 1146  # the old session's temporary table went with it
+        cursor.close()
+        with pytest.raises(mysql.connector.Error) as refused:
+            conn.cmd_change_user(username="ops", password="wrong", database="test")
+        assert refused.value.errno == 1045
+        assert "Access denied for user 'ops'" in str(refused.value)
+        conn.close()
+        with pytest.raises(mysql.connector.Error) as not_here:
+            _connect(impl, gateway.port, "app", "app").cmd_change_user(
+                username="other", password="other"
+            )
+        assert not_here.value.errno == 1045  # a user of other clusters only
+    finally:
+        assert gateway.terminate() == 0, gateway.log()

@@ -41,7 +41,8 @@ library's ``SET NAMES`` at connect) are never switched.
 
 The session keeps its backend connection for its life (prepared statement ids are the node's,
 and transactions, variables and temporary tables live there); when it ends the connection is
-reset (COM_RESET_CONNECTION) and goes back to the pool.
+reset (COM_RESET_CONNECTION) and goes back to the pool. COM_CHANGE_USER ends it the same way
+and takes a connection for the new login (:meth:`MySQLSession._change_user`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from ...observe.metrics import Refusal
 from ...policies.switch import SwitchAction, SwitchDecision, SwitchMode
 from ...protocols.mysql import NEED_DATA, PAUSED, Connection, MySQLLocalError, Role
 from ...protocols.mysql.auth import native_password_hash, new_scramble, verify_native_password
+from ...protocols.mysql.commands import decode_change_user
 from ...protocols.mysql.constants import (
     DEFAULT_CHARSET,
     AuthPlugin,
@@ -158,7 +160,6 @@ UPSTREAM_ERRNOS: Final = frozenset(
 #: a whole (replication, shutdown, another connection's thread).
 _REFUSED: Final = frozenset(
     {
-        Command.CHANGE_USER,
         Command.BINLOG_DUMP,
         Command.BINLOG_DUMP_GTID,
         Command.REGISTER_SLAVE,
@@ -438,6 +439,59 @@ class MySQLSession(ClientSession):
         await self._flush()
         return True
 
+    async def _change_user(self, payload: bytes) -> None:
+        """COM_CHANGE_USER: log in again, as a gateway user allowed on the cluster.
+
+        The password is checked over a fresh scramble (an auth switch to
+        mysql_native_password, whatever plugin the client names: the same rule as the login),
+        then the session starts afresh: its backend connection goes back to the pool (reset)
+        and it takes one for the new login and database, so nothing of the old session (its
+        transaction, variables, temporary tables, prepared statements) survives, as on a
+        MariaDB server (https://mariadb.com/kb/en/com_change_user/). A refused login ends
+        the connection.
+
+        Raises:
+            _Closing: the new login was refused, or no backend connection could be had.
+        """
+        capabilities = int(self.conn.capabilities)
+        try:
+            change = decode_change_user(payload, capabilities)
+        except MySQLRemoteError as exc:
+            await self._fatal(exc.error)
+            raise _Closing from None
+        scramble = new_scramble()
+        switch = AuthSwitchRequest(AuthPlugin.NATIVE_PASSWORD.value, scramble + b"\x00")
+        self._queue(encode_auth_switch_request(switch))
+        await self._flush()
+        answer = await self._client_event()
+        if not isinstance(answer, AuthData):
+            await self._fatal(bad_handshake())
+            raise _Closing
+        password = self.runtime.passwords.get(change.username)
+        if password is None or not verify_native_password(
+            native_password_hash(password.encode()), scramble, answer.data
+        ):
+            denied = access_denied(change.username, self.host, using_password=bool(answer.data))
+            await self._fatal(denied)
+            raise _Closing
+        self.username = change.username
+        previous = self.backend.key if self.backend is not None else None
+        await self._release()
+        self._statements.clear()
+        self._db_changed = False
+        charset = change.charset
+        if charset is None:
+            charset = previous.charset if previous is not None else DEFAULT_CHARSET
+        key = PoolKey(capabilities & LAYOUT, charset, change.database or None)
+        failure = await self._take_backend(key)
+        if failure is not None:
+            await self._fatal(failure)
+            raise _Closing
+        assert self.backend is not None
+        status = self.backend.conn.status & (ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS)
+        self._queue(encode_ok(OkPacket(status=ServerStatus(status)), capabilities))
+        await self._flush()
+
     async def _take_backend(self, key: PoolKey) -> ErrorInfo | None:
         """Take a connection of the primary's pool; what to tell the client if none."""
         runtime = self.runtime
@@ -511,6 +565,9 @@ class MySQLSession(ClientSession):
         payload = event.packet.payload
         if command in _REFUSED:
             await self._reply_local(unknown_command())
+            return
+        if command == Command.CHANGE_USER:
+            await self._change_user(payload)
             return
         backend = self.backend
         assert backend is not None
