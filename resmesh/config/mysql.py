@@ -13,6 +13,7 @@ statement's verb.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Final
 
@@ -127,6 +128,13 @@ COMMAND_OPERATIONS: Final = frozenset(
 )
 
 
+class MySQLAuthPlugin(enum.StrEnum):
+    """The logins the gateway offers MySQL clients."""
+
+    NATIVE_PASSWORD = "mysql_native_password"
+    CACHING_SHA2_PASSWORD = "caching_sha2_password"
+
+
 @dataclass(frozen=True, slots=True)
 class MySQLSettings:
     """Per-client bounds and identity of a MySQL cluster.
@@ -135,9 +143,17 @@ class MySQLSettings:
         max_allowed_packet: the largest payload a client may send (MariaDB's
             ``max_allowed_packet``, 16 MiB by default); larger is refused with 1153.
         server_version: the version the gateway's greeting announces to apps.
+        auth_plugin: the login the greeting asks for: ``mysql_native_password``, or
+            ``caching_sha2_password`` (MySQL 8's default: a SHA-256 scramble, and on a user's
+            first login since the gateway started, the full authentication, with the
+            password RSA-encrypted for the gateway's key). Clients that answer with the
+            other plugin are served too.
     """
 
     max_allowed_packet: int = knob(16 * 1024 * 1024, Kind.SIZE, example="16MiB")
+    auth_plugin: MySQLAuthPlugin = knob(
+        MySQLAuthPlugin.NATIVE_PASSWORD, Kind.ENUM, choices=MySQLAuthPlugin
+    )
     server_version: str = knob(
         "5.5.5-10.11.19-MariaDB-resmesh", Kind.STRING, low=1, example="5.5.5-10.11.19-MariaDB"
     )

@@ -14,14 +14,23 @@ from __future__ import annotations
 import datetime
 import decimal
 import io
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import mysql.connector
+import pymysql
 import pytest
 
+from resmesh.protocols.mysql.auth import caching_sha2_scramble
+from resmesh.protocols.mysql.constants import Capability
+from resmesh.protocols.mysql.handshake import (
+    HandshakeResponse,
+    decode_initial_handshake,
+    encode_handshake_response,
+)
 from tests.support.servers import Gateway, free_port
 
 MARIADB_PORT = 3306
@@ -435,3 +444,82 @@ def test_change_user_starts_a_fresh_session_as_another_gateway_user(
         assert not_here.value.errno == 1045  # a user of other clusters only
     finally:
         assert gateway.terminate() == 0, gateway.log()
+
+
+def test_caching_sha2_password_full_then_fast_authentication(tmp_path: Path) -> None:
+    """A gateway offering caching_sha2_password (MySQL 8's default): a user's first login
+    takes the full authentication (PyMySQL asks for the gateway's RSA key and sends its
+    password encrypted), later ones the fast path; a wrong password gets 1045 either way,
+    and a client that answers with mysql_native_password is still served."""
+    config = mysql_config()
+    config["clusters"][CLUSTER]["mysql"] = {"auth_plugin": "caching_sha2_password"}
+    config["users"]["ops"] = {"password": "ops-secret", "clusters": [CLUSTER]}
+    gateway = Gateway(config, tmp_path)
+    try:
+
+        def login(password: str) -> Any:
+            return pymysql.connect(
+                host="127.0.0.1", port=gateway.port, user="app", password=password, database="test"
+            )
+
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            login("wrong")
+        assert refused.value.args[0] == 1045
+        for _ in range(3):  # the first full, the others fast
+            connection = login("app")
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                assert cursor.fetchone() == (1,)
+            connection.close()
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            login("wrong")  # the fast path refuses too
+        assert refused.value.args[0] == 1045
+        # Which path each login took, as the client sees it: "fast auth success" for app,
+        # who has logged in fully, "perform full authentication" for ops, who has not.
+        assert _sha2_answer(gateway.port, "app", "app") == b"\x03"
+        assert _sha2_answer(gateway.port, "ops", "ops-secret") == b"\x04"
+        native = _connect("pure", gateway.port, "app", "app", auth_plugin="mysql_native_password")
+        cursor = native.cursor()
+        cursor.execute("SELECT 2")
+        assert cursor.fetchall() == [(2,)]
+        native.close()
+    finally:
+        assert gateway.terminate() == 0, gateway.log()
+    log = gateway.log()
+    assert "unexpected error" not in log
+
+
+def _sha2_answer(port: int, user: str, password: str) -> bytes:
+    """The gateway's first answer to a caching_sha2_password login (an AuthMoreData's
+    payload after its 0x01 byte), read off the wire."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        header = _read_exactly(sock, 4)
+        greeting = decode_initial_handshake(
+            _read_exactly(sock, int.from_bytes(header[:3], "little"))
+        )
+        response = HandshakeResponse(
+            capabilities=Capability(
+                Capability.LONG_PASSWORD
+                | Capability.PROTOCOL_41
+                | Capability.SECURE_CONNECTION
+                | Capability.PLUGIN_AUTH
+            ),
+            username=user,
+            auth_response=caching_sha2_scramble(password.encode(), greeting.auth_plugin_data),
+            auth_plugin_name="caching_sha2_password",
+        )
+        payload = encode_handshake_response(response)
+        sock.sendall(len(payload).to_bytes(3, "little") + b"\x01" + payload)
+        header = _read_exactly(sock, 4)
+        answer = _read_exactly(sock, int.from_bytes(header[:3], "little"))
+        assert answer[:1] == b"\x01", answer  # AuthMoreData
+        return answer[1:]
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, "the gateway closed the connection"
+        data += chunk
+    return data

@@ -22,6 +22,7 @@ from ...policies.waiting import Waiter
 from ...protocols.mysql.errors import too_many_connections
 from ...protocols.mysql.packets import encode_packet
 from ...protocols.mysql.results import ErrPacket, encode_err
+from ...protocols.mysql.rsa import RSAPrivateKey, generate_private_key
 from ..runtime import ClusterRuntime
 from ..transport import ClientTransport
 from .backend import MySQLPool
@@ -87,6 +88,10 @@ class MySQLRuntime(ClusterRuntime):
         self.pools: dict[Node, MySQLPool] = {}
         self._operations: dict[tuple[str, bool], Operation] = {}
         self._calls: dict[Operation, tuple[Call]] = {}
+        #: Users who have logged in with caching_sha2_password's full authentication since
+        #: start: their next logins take its fast path (a MySQL 8 server's cache).
+        self.sha2_verified: set[str] = set()
+        self._rsa_key: RSAPrivateKey | None = None
         self._topology_changed()
 
     def _topology_changed(self) -> None:
@@ -165,6 +170,15 @@ class MySQLRuntime(ClusterRuntime):
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+
+    async def rsa_key(self) -> RSAPrivateKey:
+        """The key clients encrypt their password with in caching_sha2_password's full
+        authentication: made on first use (a second in a thread), kept for the process."""
+        if self._rsa_key is None:
+            key = await trio.to_thread.run_sync(generate_private_key)
+            if self._rsa_key is None:
+                self._rsa_key = key
+        return self._rsa_key
 
     def calls_of(self, op: Operation) -> tuple[Call]:
         """A query of ``op`` as the metrics count it: one call (made once per operation)."""

@@ -1,8 +1,9 @@
 """The driver of one MySQL client connection: the server side of the login, then each command
 governed as a call and forwarded on the session's own backend connection.
 
-The login: the gateway greets the client (protocol 10, mysql_native_password; a client that
-asks for another plugin is switched to it), checks the gateway user (``users:`` that list the
+The login: the gateway greets the client (protocol 10, mysql_native_password, or
+caching_sha2_password as ``mysql.auth_plugin`` says; a client that asks for another plugin is
+switched to mysql_native_password), checks the gateway user (``users:`` that list the
 cluster), then takes a connection of the primary's pool for the session (the node's breaker is
 asked first: :meth:`~resmesh.policies.chain.ClusterPolicies.refuses`). A database the client
 names at login is the backend connection's: the node says if it does not exist.
@@ -48,17 +49,25 @@ and takes a connection for the new login (:meth:`MySQLSession._change_user`).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from ...call import Operation, Outcome, Unavailable
-from ...config.mysql import READ_VERBS, SESSION_VERBS, SQL_VERBS
+from ...config.mysql import READ_VERBS, SESSION_VERBS, SQL_VERBS, MySQLAuthPlugin
 from ...observe.metrics import Refusal
 from ...policies.switch import SwitchAction, SwitchDecision, SwitchMode
 from ...protocols.mysql import NEED_DATA, PAUSED, Connection, MySQLLocalError, Role
-from ...protocols.mysql.auth import native_password_hash, new_scramble, verify_native_password
+from ...protocols.mysql.auth import (
+    caching_sha2_hash,
+    decrypt_password_rsa,
+    native_password_hash,
+    new_scramble,
+    verify_caching_sha2,
+    verify_native_password,
+)
 from ...protocols.mysql.commands import decode_change_user
 from ...protocols.mysql.constants import (
     DEFAULT_CHARSET,
@@ -87,8 +96,10 @@ from ...protocols.mysql.events import (
     TlsRequest,
 )
 from ...protocols.mysql.handshake import (
+    AuthMoreData,
     AuthSwitchRequest,
     InitialHandshake,
+    encode_auth_more_data,
     encode_auth_switch_request,
     encode_initial_handshake,
 )
@@ -109,6 +120,11 @@ __all__ = ["SERVER_CAPABILITIES", "MySQLSession", "outcome_of", "outcome_of_repl
 
 #: COM_QUERY's first byte: the command whose text may carry a request id comment.
 _QUERY_BYTE: Final = bytes([Command.QUERY])
+
+#: caching_sha2_password's AuthMoreData payloads, and the client's request for the key.
+_FAST_AUTH_SUCCESS: Final = b"\x03"
+_PERFORM_FULL_AUTH: Final = b"\x04"
+_REQUEST_PUBLIC_KEY: Final = b"\x02"
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +410,7 @@ class MySQLSession(ClientSession):
             capabilities=Capability(SERVER_CAPABILITIES),
             charset=DEFAULT_CHARSET,
             status=ServerStatus.AUTOCOMMIT,
-            auth_plugin_name=AuthPlugin.NATIVE_PASSWORD.value,
+            auth_plugin_name=str(runtime.settings.auth_plugin),
         )
         self._queue(encode_initial_handshake(greeting))
         await self._flush()
@@ -407,7 +423,15 @@ class MySQLSession(ClientSession):
         auth = response.auth_response
         plugin = response.auth_plugin_name
         capabilities = int(self.conn.capabilities)
-        if plugin not in (None, AuthPlugin.NATIVE_PASSWORD.value) or (
+        sha2 = (
+            plugin == AuthPlugin.CACHING_SHA2_PASSWORD.value
+            and runtime.settings.auth_plugin is MySQLAuthPlugin.CACHING_SHA2_PASSWORD
+            and bool(capabilities & Capability.PLUGIN_AUTH)
+        )
+        if sha2:
+            if not await self._caching_sha2(scramble, auth):
+                return False
+        elif plugin not in (None, AuthPlugin.NATIVE_PASSWORD.value) or (
             plugin is None and not capabilities & Capability.SECURE_CONNECTION
         ):
             if not capabilities & Capability.PLUGIN_AUTH:
@@ -422,12 +446,15 @@ class MySQLSession(ClientSession):
                 await self._fatal(bad_handshake())
                 return False
             auth = answer.data
-        password = runtime.passwords.get(self.username)
-        if password is None or not verify_native_password(
-            native_password_hash(password.encode()), scramble, auth
-        ):
-            await self._fatal(access_denied(self.username, self.host, using_password=bool(auth)))
-            return False
+        if not sha2:
+            password = runtime.passwords.get(self.username)
+            if password is None or not verify_native_password(
+                native_password_hash(password.encode()), scramble, auth
+            ):
+                await self._fatal(
+                    access_denied(self.username, self.host, using_password=bool(auth))
+                )
+                return False
         key = PoolKey(capabilities & LAYOUT, response.charset, response.database)
         failure = await self._take_backend(key)
         if failure is not None:
@@ -437,6 +464,49 @@ class MySQLSession(ClientSession):
         status = self.backend.conn.status & (ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS)
         self._queue(encode_ok(OkPacket(status=ServerStatus(status)), capabilities))
         await self._flush()
+        return True
+
+    async def _caching_sha2(self, scramble: bytes, auth: bytes) -> bool:
+        """caching_sha2_password's login, as a MySQL 8 server runs it
+        (https://dev.mysql.com/doc/dev/mysql-server/latest/page_caching_sha2_authentication_exchanges.html):
+        the fast path (the SHA-256 scramble checked, "fast auth success") for a user who has
+        logged in fully since the gateway started, else the full authentication: the client
+        asks for the gateway's RSA public key and sends its password encrypted with it (a
+        password in clear would need TLS, which this gateway does not offer: refused).
+        Whether the login succeeded (a refused client was told why)."""
+        runtime = self.runtime
+        user = self.username
+        password = runtime.passwords.get(user)
+        if (
+            password is not None
+            and user in runtime.sha2_verified
+            and verify_caching_sha2(caching_sha2_hash(password.encode()), scramble, auth)
+        ):
+            self._queue(encode_auth_more_data(AuthMoreData(_FAST_AUTH_SUCCESS)))
+            return True
+        if password is not None and not password and not auth:
+            return True  # an empty password: nothing to send over
+        self._queue(encode_auth_more_data(AuthMoreData(_PERFORM_FULL_AUTH)))
+        await self._flush()
+        answer = await self._client_event()
+        if isinstance(answer, AuthData) and answer.data == _REQUEST_PUBLIC_KEY:
+            key = await runtime.rsa_key()
+            self._queue(encode_auth_more_data(AuthMoreData(key.public_key.to_pem().encode())))
+            await self._flush()
+            answer = await self._client_event()
+            if not isinstance(answer, AuthData):
+                await self._fatal(bad_handshake())
+                return False
+            try:
+                given = decrypt_password_rsa(answer.data, scramble, key)
+            except ValueError:
+                given = None
+        else:
+            given = None  # a password in clear, or nothing: not over a plain connection
+        if password is None or given is None or not hmac.compare_digest(given, password.encode()):
+            await self._fatal(access_denied(user, self.host, using_password=True))
+            return False
+        runtime.sha2_verified.add(user)
         return True
 
     async def _change_user(self, payload: bytes) -> None:
