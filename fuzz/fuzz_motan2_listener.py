@@ -97,6 +97,12 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from fuzz.fuzz_motan2_codec import FRAME_BYTES, SlowExamples, SlowLog, motan_garbage, split
+from fuzz.listener_harness import (
+    InvariantBroken,
+    LogTail,
+    ProbeFailure,
+    vm_hwm_kib,
+)
 from resmesh.net.motan2.client import Motan2Error, open_client
 from resmesh.protocols._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from resmesh.protocols.motan2 import bodies
@@ -147,7 +153,6 @@ SLOW_SECONDS: Final = 2.0
 #: Growth of the gateway's resident memory (now, and its peak) allowed over a run.
 RSS_SLACK_KIB: Final = 200 * 1024
 #: Lines of a log that break invariant 5.
-BAD_LOG_WORDS: Final = ("unexpected error", "Traceback")
 SIDES: Final = ("client", "server")
 ECHO_SCRIPT: Final = Path(__file__).resolve().parents[1] / "examples" / "motan2_echo.py"
 
@@ -170,14 +175,6 @@ class Knobs:
 
 
 KNOBS = Knobs()
-
-
-class InvariantBroken(AssertionError):
-    """The gateway broke an invariant of the run (health, liveness, memory, log)."""
-
-
-class ProbeFailure(AssertionError):
-    """The gateway broke an invariant on one connection's stream."""
 
 
 def agent_config(client_port: int, server_port: int, echo_port: int) -> dict[str, Any]:
@@ -210,32 +207,6 @@ def agent_config(client_port: int, server_port: int, echo_port: int) -> dict[str
             }
         },
     }
-
-
-def vm_hwm_kib(pid: int) -> int:
-    """Peak resident memory of process ``pid`` in KiB (``VmHWM``: catches a spike that is
-    freed again before ``VmRSS`` is read)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise InvariantBroken(f"no VmHWM for pid {pid}")
-
-
-class LogTail:
-    """A log file read a new part at a time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-
-    def new_bad_lines(self) -> list[str]:
-        with self.path.open("rb") as file:
-            file.seek(self._offset)
-            data = file.read()
-        end = data.rfind(b"\n") + 1  # a line being written is read next time
-        self._offset += end
-        lines = data[:end].decode("utf-8", "replace").splitlines()
-        return [line for line in lines if any(word in line for word in BAD_LOG_WORDS)]
 
 
 class Rig:

@@ -82,6 +82,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from fuzz.listener_harness import (
+    InvariantBroken,
+    LogTail,
+    ProbeFailure,
+    vm_hwm_kib,
+)
 from tests.support import mutation
 from tests.support.servers import Gateway, free_port, vm_rss_kib
 
@@ -102,7 +108,6 @@ HANG_SECONDS: Final = 10.0
 #: Growth of the gateway's resident memory (now, and its peak) allowed over a run.
 RSS_SLACK_KIB: Final = 96 * 1024
 #: Lines of the gateway's log that break invariant 5.
-BAD_LOG_WORDS: Final = ("unexpected error", "Traceback")
 #: Bytes of a big reply read before a ``mid-reply`` connection leaves.
 MID_REPLY_BYTES: Final = 64 * 1024
 
@@ -177,38 +182,6 @@ def prepare_backend() -> None:
             f"CREATE PROCEDURE {DATABASE}.fz_two(IN n INT) "
             "BEGIN SELECT n; SELECT seq, 'x' FROM seq_1_to_3; END"
         )
-
-
-class InvariantBroken(AssertionError):
-    """The gateway broke an invariant of the run (health, liveness, memory, log)."""
-
-
-class ProbeFailure(AssertionError):
-    """The gateway broke an invariant on one connection."""
-
-
-def vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise InvariantBroken(f"no VmHWM for pid {pid}")
-
-
-class LogTail:
-    """A log file read a new part at a time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-
-    def new_bad_lines(self) -> list[str]:
-        with self.path.open("rb") as file:
-            file.seek(self._offset)
-            data = file.read()
-        end = data.rfind(b"\n") + 1  # a line being written is read next time
-        self._offset += end
-        lines = data[:end].decode("utf-8", "replace").splitlines()
-        return [line for line in lines if any(word in line for word in BAD_LOG_WORDS)]
 
 
 def well_behaved(port: int) -> pymysql.Connection[Any]:

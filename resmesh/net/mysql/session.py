@@ -455,14 +455,20 @@ class MySQLSession(ClientSession):
                     access_denied(self.username, self.host, using_password=bool(auth))
                 )
                 return False
-        key = PoolKey(capabilities & LAYOUT, response.charset, response.database)
+        return await self._start(
+            PoolKey(capabilities & LAYOUT, response.charset, response.database)
+        )
+
+    async def _start(self, key: PoolKey) -> bool:
+        """Take a backend connection for a login (or a COM_CHANGE_USER) and tell the client
+        OK; ``False`` when none could be had (the client was told why)."""
         failure = await self._take_backend(key)
         if failure is not None:
             await self._fatal(failure)
             return False
         assert self.backend is not None
         status = self.backend.conn.status & (ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS)
-        self._queue(encode_ok(OkPacket(status=ServerStatus(status)), capabilities))
+        self._queue(encode_ok(OkPacket(status=ServerStatus(status)), int(self.conn.capabilities)))
         await self._flush()
         return True
 
@@ -552,15 +558,8 @@ class MySQLSession(ClientSession):
         charset = change.charset
         if charset is None:
             charset = previous.charset if previous is not None else DEFAULT_CHARSET
-        key = PoolKey(capabilities & LAYOUT, charset, change.database or None)
-        failure = await self._take_backend(key)
-        if failure is not None:
-            await self._fatal(failure)
+        if not await self._start(PoolKey(capabilities & LAYOUT, charset, change.database or None)):
             raise _Closing
-        assert self.backend is not None
-        status = self.backend.conn.status & (ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS)
-        self._queue(encode_ok(OkPacket(status=ServerStatus(status)), capabilities))
-        await self._flush()
 
     async def _take_backend(self, key: PoolKey) -> ErrorInfo | None:
         """Take a connection of the primary's pool; what to tell the client if none."""
