@@ -1,5 +1,7 @@
 """What the admin API and ``resmesh ctl status`` show: one document per gateway process, and
-the merge of several (a gateway of ``gateway.workers`` processes shows as one).
+the merge of several (a gateway of ``gateway.workers`` processes shows as one): the status
+(``/status``) and the counters (``/metrics.json``, which ``/metrics``, the Graphite push and
+``ctl top`` are made from).
 
 Per cluster: protocol, listen address, clients, the registry version in force, route weights,
 switches, and per node its group, role, weight, whether the registry enables it, its health
