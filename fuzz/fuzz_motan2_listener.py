@@ -71,6 +71,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import random
 import selectors
@@ -79,7 +80,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections import Counter
@@ -101,6 +101,7 @@ from fuzz.listener_harness import (
     InvariantBroken,
     LogTail,
     ProbeFailure,
+    exchange_all,
     vm_hwm_kib,
 )
 from resmesh.net.motan2.client import Motan2Error, open_client
@@ -1136,26 +1137,11 @@ def run_example(rig: Rig, plans_: list[Plan], stats: Stats) -> None:
         ProbeFailure, InvariantBroken: an invariant broke (the streams are dumped first).
     """
     started = time.monotonic()
-    results: list[Transcript | BaseException | None] = [None] * len(plans_)
-
-    def one(index: int) -> None:
-        try:
-            results[index] = exchange(rig.ports[plans_[index].side], plans_[index])
-        except BaseException as exc:
-            results[index] = exc
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(plans_))]
-    for thread in threads[1:]:
-        thread.start()
-    one(0)
-    for thread in threads[1:]:
-        thread.join(10 * HANG_SECONDS)
     try:
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            if result is None:
-                raise ProbeFailure("a connection's thread did not finish")
+        results = exchange_all(
+            [functools.partial(exchange, rig.ports[plan.side], plan) for plan in plans_],
+            10 * HANG_SECONDS,
+        )
         rig.check()
     except AssertionError as exc:
         paths = rig.dump(plans_)

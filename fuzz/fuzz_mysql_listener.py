@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -86,6 +87,7 @@ from fuzz.listener_harness import (
     InvariantBroken,
     LogTail,
     ProbeFailure,
+    exchange_all,
     vm_hwm_kib,
 )
 from tests.support import mutation
@@ -977,26 +979,11 @@ def run_example(rig: Rig, plans_: list[Plan], stats: Stats, progress: int = 0) -
         ProbeFailure, InvariantBroken: an invariant broke (the streams are dumped first).
     """
     started = time.monotonic()
-    results: list[Transcript | BaseException | None] = [None] * len(plans_)
-
-    def one(index: int) -> None:
-        try:
-            results[index] = exchange(rig.port, plans_[index])
-        except BaseException as exc:
-            results[index] = exc
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(plans_))]
-    for thread in threads[1:]:
-        thread.start()
-    one(0)
-    for thread in threads[1:]:
-        thread.join(6 * HANG_SECONDS)
     try:
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            if result is None:
-                raise ProbeFailure("a connection's thread did not finish")
+        results = exchange_all(
+            [functools.partial(exchange, rig.port, plan) for plan in plans_],
+            6 * HANG_SECONDS,
+        )
         rig.check()
     except AssertionError as exc:
         paths = rig.dump(plans_)
