@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,14 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import Gateway, RedisServer, free_port, redis_cluster_config, wait_for
+from tests.support.servers import (
+    Gateway,
+    RedisServer,
+    free_port,
+    redis_cluster_config,
+    resmesh,
+    wait_for,
+)
 
 CLIENTS = 4
 GETS_EACH = 50
@@ -119,14 +124,16 @@ def test_errors_and_refusals_are_counted_by_outcome_and_policy(
     with pytest.raises(redis.ResponseError):
         client.get("observed:list")  # WRONGTYPE: the caller's error
     assert _calls(admin, redis_node.port, "GET", "app_error") == 1
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "resmesh", "ctl", "-c", str(gateway.config_path)),
-            *("degrade", "feed-cache", "--mode", "error", "--op", "GET"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    done = resmesh(
+        "ctl",
+        "-c",
+        str(gateway.config_path),
+        "degrade",
+        "feed-cache",
+        "--mode",
+        "error",
+        "--op",
+        "GET",
     )
     assert done.returncode == 0, done.stderr
 
@@ -154,16 +161,9 @@ def test_ctl_top_and_status_show_rates_and_percentiles(observed: Any) -> None:
     thread = threading.Thread(target=load)
     thread.start()
     try:
-        command = [sys.executable, "-m", "resmesh", "ctl", "-c", str(gateway.config_path)]
-        top = subprocess.run(
-            [*command, "top", "--iterations", "2", "--interval", "0.5"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        status = subprocess.run(
-            [*command, "status", "--json"], capture_output=True, text=True, timeout=30
-        )
+        ctl = ("ctl", "-c", str(gateway.config_path))
+        top = resmesh(*ctl, "top", "--iterations", "2", "--interval", "0.5")
+        status = resmesh(*ctl, "status", "--json")
     finally:
         stop.set()
         thread.join(10)
@@ -267,12 +267,7 @@ def test_an_access_log_that_cannot_be_opened_stops_the_start_with_its_key(
     config["metrics"] = {"access_log": {"path": str(tmp_path / "no-such-dir" / "access.log")}}
     path = tmp_path / "bad-log.yaml"
     path.write_text(yaml.safe_dump(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "resmesh", "run", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = resmesh("run", "-c", str(path))
     assert done.returncode == 1
     assert "no-such-dir" in done.stderr and "metrics.access_log.path" in done.stderr
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tests.support.servers import (
     RedisServer,
     free_port,
     redis_cluster_config,
+    resmesh,
     wait_for,
 )
 
@@ -33,12 +33,7 @@ TOKEN = "0123456789abcdef-test-token"
 
 
 def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "resmesh", "ctl", "-c", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return resmesh("ctl", "-c", str(config), *args)
 
 
 def obeyed_within(condition: Any, what: str, started: float) -> float:
@@ -216,12 +211,7 @@ def test_admin_on_a_public_address_needs_a_token(redis_node: RedisServer, tmp_pa
     config["gateway"]["admin"] = f"0.0.0.0:{free_port()}"
     path = tmp_path / "public.yaml"
     path.write_text(yaml.safe_dump(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "resmesh", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = resmesh("check", "-c", str(path))
     assert done.returncode == 2
     assert "gateway.admin" in done.stderr and "admin_token" in done.stderr
 

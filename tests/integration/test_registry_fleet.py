@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import redis
 import yaml
 
 from tests.support.etcd import EtcdServer
-from tests.support.servers import Gateway, RedisServer, free_port, wait_for
+from tests.support.servers import Gateway, RedisServer, free_port, resmesh, wait_for
 
 OBEY_WITHIN = 1.0
 KEY = "fleet:key"
@@ -84,12 +83,7 @@ class Fleet:
         self.clients = [redis.Redis(port=g.port, socket_timeout=5) for g in self.gateways]
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "resmesh", "ctl", "-c", str(self.config_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        return resmesh("ctl", "-c", str(self.config_path), *args)
 
     def version(self, index: int) -> int:
         answer = httpx.get(f"http://127.0.0.1:{self.admins[index]}/status", timeout=5).json()
@@ -312,12 +306,7 @@ def test_an_unreachable_registry_at_start_refuses_or_serves_the_config_as_config
     a, _ = dcs
     path = tmp_path / "refuse.yaml"
     path.write_text(yaml.safe_dump(_unreachable_config("refuse", a.port)))
-    refused = subprocess.run(
-        [sys.executable, "-m", "resmesh", "run", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    refused = resmesh("run", "-c", str(path))
     assert refused.returncode == 1
     assert "not starting, as registry.unreachable_at_start says" in refused.stderr
 

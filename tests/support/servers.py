@@ -166,6 +166,16 @@ class Gateway:
             self._log.close()
 
 
+def resmesh(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``resmesh ARGS...`` as a subprocess of this interpreter, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "resmesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def redis_cluster_config(
     name: str,
     nodes: dict[str, list[int]],
