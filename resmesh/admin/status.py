@@ -22,7 +22,7 @@ import trio
 from .. import __version__
 from ..config import Config
 from ..observe.access_log import AccessLog
-from ..observe.metrics import histogram_of, merge_series, merge_snapshots
+from ..observe.metrics import by_operation, histogram_of, merge_snapshots
 from ..policies.chain import ClusterPolicies
 from ..registry.follower import Follower
 from ..registry.state import entry_document
@@ -278,12 +278,8 @@ _BREAKER_RANK = {"closed": 0, "half_open": 1, "open": 2}
 def operation_summary(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per operation, over every node: calls, errors (app, upstream, local), rejected, and
     latency percentiles in seconds since start (one cluster of a metrics document)."""
-    merged: dict[str, dict[str, Any]] = {}
-    for table in cluster["series"].values():
-        for operation, series in table.items():
-            merged[operation] = merge_series(merged.get(operation), series)
     summary: dict[str, dict[str, Any]] = {}
-    for operation, series in sorted(merged.items()):
+    for operation, series in sorted(by_operation(cluster).items()):
         outcomes = series["outcomes"]
         histogram = histogram_of(series)
         summary[operation] = {
@@ -295,20 +291,4 @@ def operation_summary(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "p99": histogram.percentile(99),
             "p999": histogram.percentile(99.9),
         }
-    for operation, by_policy in cluster["refusals"].items():
-        entry = summary.setdefault(
-            operation,
-            {
-                "calls": 0,
-                "errors": 0,
-                "rejected": 0,
-                "p50": 0.0,
-                "p90": 0.0,
-                "p99": 0.0,
-                "p999": 0.0,
-            },
-        )
-        refused = sum(by_policy.values())
-        entry["calls"] += refused
-        entry["rejected"] += refused
     return summary

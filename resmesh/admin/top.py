@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Config
-from ..observe.metrics import OUTCOME_NAMES, histogram_of, merge_series, series_difference
+from ..observe.metrics import by_operation, histogram_of, series_difference
 
 __all__ = ["interval_rows", "run_top"]
 
@@ -39,8 +39,8 @@ def interval_rows(
     rows = []
     for cluster, counted in after["clusters"].items():
         previous = before["clusters"].get(cluster) if before is not None else None
-        now_ops = _by_operation(counted)
-        then_ops = _by_operation(previous) if previous is not None else {}
+        now_ops = by_operation(counted)
+        then_ops = by_operation(previous) if previous is not None else {}
         for operation, series in sorted(now_ops.items()):
             delta = series_difference(then_ops.get(operation), series)
             outcomes = delta["outcomes"]
@@ -62,28 +62,6 @@ def interval_rows(
                 }
             )
     return rows
-
-
-def _by_operation(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A cluster's series summed over its nodes, refusals counted as rejected calls."""
-    merged: dict[str, dict[str, Any]] = {}
-    for table in cluster["series"].values():
-        for operation, series in table.items():
-            merged[operation] = merge_series(merged.get(operation), series)
-    for operation, by_policy in cluster["refusals"].items():
-        refused = sum(by_policy.values())
-        empty = {
-            "outcomes": dict.fromkeys(OUTCOME_NAMES, 0),
-            "bytes_out": 0,
-            "bytes_in": 0,
-            "hedges": 0,
-            "hedges_won": 0,
-            "retries": 0,
-            "latency": {"count": 0, "sum_us": 0, "max_us": 0, "buckets": {}},
-        }
-        entry = merged.setdefault(operation, empty)
-        entry["outcomes"]["rejected"] += refused
-    return merged
 
 
 def _render(rows: list[dict[str, Any]], status: dict[str, Any] | None, where: str) -> Group:

@@ -39,6 +39,7 @@ __all__ = [
     "ClusterMetrics",
     "Refusal",
     "Series",
+    "by_operation",
     "merge_series",
     "merge_snapshots",
     "series_difference",
@@ -329,6 +330,28 @@ def merge_series(into: dict[str, Any] | None, other: dict[str, Any]) -> dict[str
     for index, count in more["buckets"].items():
         buckets[index] = buckets.get(index, 0) + count
     return into
+
+
+def by_operation(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A cluster's series summed over its nodes, refusals counted as rejected calls."""
+    merged: dict[str, dict[str, Any]] = {}
+    for table in cluster["series"].values():
+        for operation, series in table.items():
+            merged[operation] = merge_series(merged.get(operation), series)
+    for operation, by_policy in cluster["refusals"].items():
+        refused = sum(by_policy.values())
+        empty = {
+            "outcomes": dict.fromkeys(OUTCOME_NAMES, 0),
+            "bytes_out": 0,
+            "bytes_in": 0,
+            "hedges": 0,
+            "hedges_won": 0,
+            "retries": 0,
+            "latency": {"count": 0, "sum_us": 0, "max_us": 0, "buckets": {}},
+        }
+        entry = merged.setdefault(operation, empty)
+        entry["outcomes"]["rejected"] += refused
+    return merged
 
 
 def series_difference(before: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, Any]:
