@@ -181,14 +181,9 @@ class BackendConnection:
         """
         sock = self.sock
         try:
-            if self._more:
-                try:
-                    data = sock.recv(_READ_SIZE)
-                except BlockingIOError:
-                    pass
-                else:
-                    self._more = len(data) >= _READ_SIZE
-                    return data
+            data = self._read_ahead()
+            if data is not None:
+                return data
             with trio.fail_after(timeout):
                 data = await recv_when_readable(sock, _READ_SIZE)
         except trio.TooSlowError:
@@ -211,14 +206,9 @@ class BackendConnection:
         """
         sock = self.sock
         try:
-            if self._more:
-                try:
-                    data = sock.recv(_READ_SIZE)
-                except BlockingIOError:
-                    pass
-                else:
-                    self._more = len(data) >= _READ_SIZE
-                    return data
+            data = self._read_ahead()
+            if data is not None:
+                return data
             self.parks += 1
             self.parked = True
             try:
@@ -232,6 +222,22 @@ class BackendConnection:
                     self.node.address, f"no answer within {self.timeout:g}s"
                 ) from None
             raise Unavailable(self.node.address, f"connection lost: {exc}") from None
+        self._more = len(data) >= _READ_SIZE
+        return data
+
+    def _read_ahead(self) -> bytes | None:
+        """What the socket holds already, when the last read filled the buffer (so more may
+        be waiting); ``None`` when nothing is to be read without waiting.
+
+        Raises:
+            OSError: the connection broke.
+        """
+        if not self._more:
+            return None
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return None
         self._more = len(data) >= _READ_SIZE
         return data
 

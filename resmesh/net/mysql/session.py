@@ -437,24 +437,13 @@ class MySQLSession(ClientSession):
             if not capabilities & Capability.PLUGIN_AUTH:
                 await self._fatal(not_supported_auth_mode())
                 return False
-            scramble = new_scramble()
-            switch = AuthSwitchRequest(AuthPlugin.NATIVE_PASSWORD.value, scramble + b"\x00")
-            self._queue(encode_auth_switch_request(switch))
-            await self._flush()
-            answer = await self._client_event()
-            if not isinstance(answer, AuthData):
-                await self._fatal(bad_handshake())
+            switched = await self._native_switch()
+            if switched is None:
                 return False
-            auth = answer.data
-        if not sha2:
-            password = runtime.passwords.get(self.username)
-            if password is None or not verify_native_password(
-                native_password_hash(password.encode()), scramble, auth
-            ):
-                await self._fatal(
-                    access_denied(self.username, self.host, using_password=bool(auth))
-                )
-                return False
+            scramble, auth = switched
+        if not sha2 and not self._native_password_matches(self.username, scramble, auth):
+            await self._fatal(access_denied(self.username, self.host, using_password=bool(auth)))
+            return False
         return await self._start(
             PoolKey(capabilities & LAYOUT, response.charset, response.database)
         )
@@ -471,6 +460,28 @@ class MySQLSession(ClientSession):
         self._queue(encode_ok(OkPacket(status=ServerStatus(status)), int(self.conn.capabilities)))
         await self._flush()
         return True
+
+    async def _native_switch(self) -> tuple[bytes, bytes] | None:
+        """Ask the client to answer mysql_native_password over a fresh scramble: the
+        scramble and the answer, or ``None`` when it answered something else (it was told;
+        the connection ends)."""
+        scramble = new_scramble()
+        switch = AuthSwitchRequest(AuthPlugin.NATIVE_PASSWORD.value, scramble + b"\x00")
+        self._queue(encode_auth_switch_request(switch))
+        await self._flush()
+        answer = await self._client_event()
+        if not isinstance(answer, AuthData):
+            await self._fatal(bad_handshake())
+            return None
+        return scramble, answer.data
+
+    def _native_password_matches(self, user: str, scramble: bytes, auth: bytes) -> bool:
+        """Whether ``auth`` is ``user``'s password scrambled with ``scramble``
+        (mysql_native_password), for a gateway user allowed on the cluster."""
+        password = self.runtime.passwords.get(user)
+        return password is not None and verify_native_password(
+            native_password_hash(password.encode()), scramble, auth
+        )
 
     async def _caching_sha2(self, scramble: bytes, auth: bytes) -> bool:
         """caching_sha2_password's login, as a MySQL 8 server runs it
@@ -535,19 +546,12 @@ class MySQLSession(ClientSession):
         except MySQLRemoteError as exc:
             await self._fatal(exc.error)
             raise _Closing from None
-        scramble = new_scramble()
-        switch = AuthSwitchRequest(AuthPlugin.NATIVE_PASSWORD.value, scramble + b"\x00")
-        self._queue(encode_auth_switch_request(switch))
-        await self._flush()
-        answer = await self._client_event()
-        if not isinstance(answer, AuthData):
-            await self._fatal(bad_handshake())
+        switched = await self._native_switch()
+        if switched is None:
             raise _Closing
-        password = self.runtime.passwords.get(change.username)
-        if password is None or not verify_native_password(
-            native_password_hash(password.encode()), scramble, answer.data
-        ):
-            denied = access_denied(change.username, self.host, using_password=bool(answer.data))
+        scramble, auth = switched
+        if not self._native_password_matches(change.username, scramble, auth):
+            denied = access_denied(change.username, self.host, using_password=bool(auth))
             await self._fatal(denied)
             raise _Closing
         self.username = change.username
