@@ -384,7 +384,8 @@ def _open_access_log(
     settings = config.metrics
     if not settings.enabled:
         for target, _, _ in served.values():
-            target.policies.metrics = None
+            if not target.policies.hedging:  # a measured hedge delay reads the latencies
+                target.policies.metrics = None
     if settings.access_log is None:
         return None
     access_log = AccessLog(settings.access_log)

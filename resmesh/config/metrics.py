@@ -3,7 +3,8 @@
 ::
 
     metrics:
-      enabled: true                  # count every call (false: nothing counted, for benchmarks)
+      enabled: true                  # count every call (false, for benchmarks: only the
+                                     # latencies of clusters that hedge, which the delay reads)
       graphite:                      # push to Graphite's plaintext protocol (off when absent)
         address: 127.0.0.1:2003
         transport: tcp               # or udp
@@ -75,7 +76,8 @@ class AccessLogConfig:
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """Attributes:
-    enabled: whether calls are counted at all.
+    enabled: whether calls are counted; off, only clusters with a measured hedge delay count
+        theirs (the delay is read from them).
     graphite: the Graphite push, or ``None``.
     access_log: the access log, or ``None``.
     """

@@ -24,8 +24,8 @@ from __future__ import annotations
 import enum
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from operator import attrgetter
+from collections.abc import Callable, Iterable, Sequence
+from operator import add, attrgetter
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 from ..call import Call, Operation, Outcome
@@ -272,6 +272,18 @@ class ClusterMetrics:
         by_policy[refusal] = by_policy.get(refusal, 0) + count
 
     # ------------------------------------------------------------------------------------
+
+    def latency_buckets(self, counted: Callable[[str], bool]) -> list[int]:
+        """The calls answered by a node so far per latency bucket (cumulative, over every
+        node), of the operations ``counted`` accepts by name: what a hedge delay is read
+        from (:class:`~resmesh.policies.hedge.HedgeDelay`)."""
+        total = [0] * (len(BUCKET_EDGES) + 1)
+        for node, table in self._by_node.items():
+            if node is not None:
+                for series in table.values():
+                    if counted(series.operation):
+                        total = list(map(add, total, series.buckets))
+        return total
 
     def forget(self, nodes: Iterable[Node]) -> None:
         """Drop the series of nodes that left the cluster (memory stays bounded by the

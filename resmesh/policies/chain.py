@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from ..call import Outcome
@@ -120,12 +121,23 @@ class ClusterPolicies:
         self.max_attempts = failover.max_attempts if failover.enabled else 1
         #: Hedge trackers (delay and budget): the cluster's (key ``None``) and each operation
         #: with its own hedge settings; ``None`` where hedging is off.
+        #: Each reads its delay from the latencies the metrics counted: the cluster's from
+        #: those of the operations without settings of their own.
+        own = frozenset(name for name, op in governance.operations.items() if op.hedge)
         self.hedges: dict[str | None, HedgeDelay | None] = {
-            None: HedgeDelay(governance.hedge) if governance.hedge.enabled else None
+            None: HedgeDelay(
+                governance.hedge, partial(self._latency_buckets, lambda name: name not in own)
+            )
+            if governance.hedge.enabled
+            else None
         }
         for name, op in governance.operations.items():
             if op.hedge is not None:
-                self.hedges[name] = HedgeDelay(op.hedge) if op.hedge.enabled else None
+                self.hedges[name] = (
+                    HedgeDelay(op.hedge, partial(self._latency_buckets, name.__eq__))
+                    if op.hedge.enabled
+                    else None
+                )
         #: Whether any operation hedges differently from the cluster (then a batch path must
         #: name the operation of each run it hedges).
         self.operation_hedges = len(self.hedges) > 1
@@ -262,6 +274,20 @@ class ClusterPolicies:
             self.limiter = Limiter(self.cluster, limits, now, workers=self.workers)
         elif limits != self.limiter.config:
             self.limiter.reconfigure(limits, now)
+
+    def _latency_buckets(self, counted: Callable[[str], bool]) -> list[int] | None:
+        """The hedge delays' :class:`~resmesh.policies.hedge.LatencySource`."""
+        metrics = self.metrics
+        return metrics.latency_buckets(counted) if metrics is not None else None
+
+    @property
+    def hedging(self) -> bool:
+        """Whether any hedge delay is measured (not fixed): then the latencies must be
+        counted even with the metrics off."""
+        return any(
+            tracker is not None and tracker.config.fixed_delay is None
+            for tracker in self.hedges.values()
+        )
 
     @property
     def hedge_budget(self) -> HedgeBudget | None:
@@ -466,7 +492,7 @@ class ClusterPolicies:
     def statistics(self, now: float) -> dict[str, Any]:
         """Every policy's snapshot, for the admin API and ``resmesh ctl status``."""
         hedges = {
-            op or "*": {"delay": tracker.statistics(now), "budget": tracker.budget.statistics()}
+            op or "*": {"delay": tracker.statistics(), "budget": tracker.budget.statistics()}
             for op, tracker in self.hedges.items()
             if tracker is not None
         }

@@ -634,8 +634,6 @@ class _Spread(Generic[A]):
             if racing:
                 self._racing = []
                 engine._drop(racing)
-            if outcome is _OK and hedger is not None:
-                hedger.record(now - done.sent, now)  # the answering node's own
             self._end(done)  # type: ignore[arg-type]
             return
         self._failures += 1

@@ -16,9 +16,10 @@ Pieces:
 
 * :class:`HedgeBudget`: each call earns ``ratio`` (0.15) of a token, a hedge spends one, at most
   ``max_tokens`` are held. Synchronous.
-* :class:`HedgeDelay`: a per-operation rolling latency histogram and the hedge delay read from
-  it (``max(floor, p90)``), recomputed at most every ``refresh`` seconds. Synchronous.
-* :func:`hedge_delay`: the same rule as a function of a histogram.
+* :class:`HedgeDelay`: the hedge delay (``max(floor, p90)``) of the latencies the cluster's
+  metrics counted over the last ``window`` seconds, recomputed at most every ``refresh``
+  seconds. Synchronous.
+* :func:`hedge_delay`: the same rule as a function of latency counts.
 
 The race itself (send, wait, back up, first answer wins) is the HA engine's
 (:mod:`~resmesh.policies.engine`), the same for every protocol.
@@ -26,11 +27,13 @@ The race itself (send, wait, back up, first answer wins) is the HA engine's
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
 from resmesh.knobs import Kind, knob
-from resmesh.policies.window import RollingHistogram
+from resmesh.policies.window import percentile_of_buckets
 
 __all__ = [
     "HedgeBudget",
@@ -38,6 +41,7 @@ __all__ = [
     "HedgeConfig",
     "HedgeDelay",
     "HedgeDelayStatistics",
+    "LatencySource",
     "hedge_delay",
 ]
 
@@ -69,9 +73,9 @@ class HedgeConfig:
             resmesh's choice; a p90 of a handful of calls is just their maximum).
         refresh: recompute the percentile at most this often, in seconds (1.0: resmesh; motan-go
             reads its periodic metrics snapshot).
-        window: seconds of latency history the percentile covers (10.0, in ``buckets`` buckets:
-            see :class:`~resmesh.policies.window.RollingHistogram`).
-        buckets: see ``window`` (5).
+        window: seconds of latency history the percentile covers (10.0: resmesh's choice;
+            Hystrix's 60 s percentile window adapts too slowly to a node that just slowed
+            down).
         max_tokens: the most hedges that can be saved up for a burst (10: resmesh's choice,
             the size of gRPC A6's example throttle bucket; motan-go's round allowed 15 at once).
     """
@@ -85,7 +89,6 @@ class HedgeConfig:
     min_samples: int = 20
     refresh: float = 1.0
     window: float = 10.0
-    buckets: int = 5
     max_tokens: float = 10.0
 
     def __post_init__(self) -> None:
@@ -179,23 +182,31 @@ class HedgeBudget:
 
 
 def hedge_delay(
-    histogram: RollingHistogram,
-    now: float,
+    counts: Sequence[int],
     *,
     percentile: float = 90.0,
     floor: float = 0.010,
     min_samples: int = 20,
     initial_delay: float | None = None,
 ) -> float | None:
-    """``max(floor, p<percentile>)`` of the latencies in ``histogram``'s window at ``now``.
+    """``max(floor, p<percentile>)`` of latencies counted per bucket of
+    :data:`~resmesh.policies.window.BUCKET_EDGES` (the last slot: beyond the last edge).
 
     With fewer than ``min_samples`` latencies: ``initial_delay`` (``None`` = do not hedge),
-    as motan-go does before its first metrics snapshot. Costs a histogram merge (tens of µs):
-    use :class:`HedgeDelay` on the per-call path, which caches it.
+    as motan-go does before its first metrics snapshot.
     """
-    if histogram.count(now) < min_samples:
+    if sum(counts) < min_samples:
         return initial_delay
-    return max(floor, histogram.percentile(percentile, now))
+    return max(floor, percentile_of_buckets(counts, percentile))
+
+
+#: Where a :class:`HedgeDelay` reads latencies: the calls counted so far per latency bucket
+#: (cumulative, as the metrics keep them), or ``None`` when nothing is counted.
+LatencySource = Callable[[], "list[int] | None"]
+
+
+def _uncounted() -> list[int] | None:
+    return None
 
 
 @final
@@ -203,50 +214,59 @@ def hedge_delay(
 class HedgeDelayStatistics:
     #: The delay in force (seconds), ``None`` when not hedging (cold start).
     delay: float | None
+    #: Latencies the delay was computed from.
     samples: int
     computed_at: float
 
 
 @final
 class HedgeDelay:
-    """The hedging of one (cluster, operation): its latency window, cached percentile and
-    hedge budget.
+    """The hedging of one (cluster, operation): its delay, read from the cluster's metrics,
+    and its hedge budget.
 
-    Record every call's latency with :meth:`record` (O(1)); read the delay with :meth:`delay`,
-    which recomputes it at most every ``config.refresh`` seconds, and, while still cold (no
-    delay yet), as soon as ``min_samples`` new latencies are in: otherwise a busy gateway would
-    not hedge at all during its first refresh interval. ``budget`` caps this operation's
-    hedges at ``config.budget`` of its calls (each operation with settings of its own keeps
-    its own, so every one is held to the share it was given).
+    The delay is a percentile of the latencies the metrics counted in the last ``window``
+    seconds: the same calls an operator sees in ``ctl top`` and Prometheus (motan-go reads
+    its backup delay from its metrics snapshot the same way). The metrics keep cumulative
+    counts per latency bucket; every ``refresh`` seconds :meth:`delay` reads them and keeps
+    the reading, and the window's latencies are the difference between the newest reading
+    and the one ``window`` seconds older. While cold (no delay yet) it reads again after
+    every ``min_samples`` calls as well, so a busy gateway starts hedging within its first
+    refresh interval. ``budget`` caps this tracker's hedges at ``config.budget`` of its calls
+    (each operation with settings of its own keeps its own, so every one is held to the share
+    it was given).
+
+    Args:
+        config: the hedge settings.
+        latencies: where the latencies are counted (:class:`LatencySource`).
     """
 
     __slots__ = (
-        "_cold_samples",
+        "_cold_calls",
         "_delay",
+        "_latencies",
         "_next_refresh",
+        "_readings",
         "budget",
         "computed_at",
         "config",
-        "histogram",
+        "samples",
     )
 
-    def __init__(self, config: HedgeConfig | None = None) -> None:
+    def __init__(
+        self, config: HedgeConfig | None = None, latencies: LatencySource = _uncounted
+    ) -> None:
         self.config = config or HedgeConfig()
         self.budget = HedgeBudget(self.config.budget, self.config.max_tokens)
-        self.histogram = RollingHistogram(self.config.window, self.config.buckets)
+        self._latencies = latencies
+        #: (time, cumulative counts) read at most every ``refresh`` seconds, oldest first; the
+        #: first is the newest one at least ``window`` old, the base of the window.
+        self._readings: deque[tuple[float, list[int]]] = deque()
         self._delay: float | None = self.config.fixed_delay
         self._next_refresh = -float("inf")
         self.computed_at = -float("inf")
-        #: Latencies recorded since the last computation that found no delay.
-        self._cold_samples = 0
-
-    def record(self, latency: float, now: float) -> None:
-        """One call of this operation took ``latency`` seconds, ending at ``now``."""
-        self.histogram.record(latency, now)
-        if self._delay is None:
-            self._cold_samples += 1
-            if self._cold_samples >= self.config.min_samples:
-                self._next_refresh = now  # enough to try: recompute at the next delay()
+        self.samples = 0
+        #: Calls started since the last computation that found no delay.
+        self._cold_calls = 0
 
     def delay(self, now: float) -> float | None:
         """Seconds to wait before hedging a call starting at ``now``; ``None`` = do not hedge."""
@@ -255,22 +275,46 @@ class HedgeDelay:
             return config.fixed_delay
         if now >= self._next_refresh:
             self._next_refresh = now + config.refresh
-            self.computed_at = now
-            self._cold_samples = 0
-            self._delay = hedge_delay(
-                self.histogram,
-                now,
-                percentile=config.percentile,
-                floor=config.floor,
-                min_samples=config.min_samples,
-                initial_delay=config.initial_delay,
-            )
+            self._compute(now)
+        elif self._delay is None:
+            self._cold_calls += 1
+            if self._cold_calls >= config.min_samples:
+                self._compute(now)
         return self._delay
 
-    def statistics(self, now: float) -> HedgeDelayStatistics:
+    def _compute(self, now: float) -> None:
+        config = self.config
+        self.computed_at = now
+        self._cold_calls = 0
+        counts = self._latencies()
+        readings = self._readings
+        if counts is None:
+            readings.clear()
+            self.samples = 0
+            self._delay = config.initial_delay
+            return
+        if not readings or now - readings[-1][0] >= config.refresh:
+            readings.append((now, counts))
+        horizon = now - config.window
+        while len(readings) > 1 and readings[1][0] <= horizon:
+            readings.popleft()
+        base = readings[0][1]
+        # A node that left takes its counts with it: a bucket may go down, never below 0.
+        window = [
+            later - earlier if later > earlier else 0
+            for later, earlier in zip(counts, base, strict=True)
+        ]
+        self.samples = sum(window)
+        self._delay = hedge_delay(
+            window,
+            percentile=config.percentile,
+            floor=config.floor,
+            min_samples=config.min_samples,
+            initial_delay=config.initial_delay,
+        )
+
+    def statistics(self) -> HedgeDelayStatistics:
         """A snapshot; reading it changes nothing (the delay shown is the one in force, not
         recomputed early)."""
         delay = self.config.fixed_delay if self.config.fixed_delay is not None else self._delay
-        return HedgeDelayStatistics(
-            delay=delay, samples=self.histogram.count(now), computed_at=self.computed_at
-        )
+        return HedgeDelayStatistics(delay=delay, samples=self.samples, computed_at=self.computed_at)

@@ -11,16 +11,16 @@ hand. Methods on the per-call path are O(1) amortized and allocate nothing.
 * :class:`LatencyHistogram` is a log-linear (HdrHistogram-style) histogram with 1 µs resolution
   below 64 µs and 32 sub-buckets per power of two above, so every recorded value is within
   ~3 % of the value reported for it, from 1 µs to ~67 s, in 704 integer counters.
-* :class:`RollingHistogram` keeps one :class:`LatencyHistogram` per time bucket, so percentiles
-  follow the latency of the last window (the hedge delay must adapt when a node slows down),
-  like Hystrix's bucketed rolling percentiles (``metrics.rollingPercentile.*``), with a shorter
-  default window.
+* :data:`BUCKET_EDGES` and :func:`percentile_of_buckets` are the same buckets as plain counts,
+  for the metrics' counters and for percentiles of a difference of two of their readings (a
+  window of time: the hedge delay's).
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Final, final
@@ -31,8 +31,8 @@ __all__ = [
     "LatencyHistogram",
     "RollingCounter",
     "RollingCounterStatistics",
-    "RollingHistogram",
     "histogram_from_counts",
+    "percentile_of_buckets",
 ]
 
 #: Values below ``2 ** _LINEAR_BITS`` µs get one bucket each (exact).
@@ -310,7 +310,17 @@ def histogram_from_counts(
     return histogram
 
 
-def _percentile(counts: list[int], count: int, max_micros: int, q: float) -> float:
+def percentile_of_buckets(counts: Sequence[int], q: float) -> float:
+    """The ``q``-th percentile of latencies counted per bucket of :data:`BUCKET_EDGES` (one
+    more slot for latencies beyond the last edge), as the metrics count them.
+
+    Raises:
+        ValueError: ``q`` is outside ``[0, 100]``.
+    """
+    return _percentile(counts, sum(counts), _MAX_MICROS, q)
+
+
+def _percentile(counts: Sequence[int], count: int, max_micros: int, q: float) -> float:
     if not 0.0 <= q <= 100.0:
         raise ValueError(f"percentile must be within [0, 100], got {q!r}")
     if count == 0:
@@ -342,95 +352,3 @@ def _histogram_statistics(
         p99=at(99.0),
         p999=at(99.9),
     )
-
-
-@final
-class RollingHistogram:
-    """Latency percentiles over the last ``window`` seconds, for adaptive hedge delays.
-
-    Keeps ``buckets`` histograms, one per ``window / buckets`` seconds; a percentile merges the
-    live ones (the last ``window - width`` to ``window`` seconds). Recording touches only the
-    current bucket: O(1), no allocation except a fresh bucket once per ``width`` seconds.
-
-    Default 10 s in 5 buckets of 2 s: Hystrix uses 60 s in 6 buckets for its percentiles
-    (``metrics.rollingPercentile.*``), which adapts too slowly for a hedge delay that must
-    follow a node that just slowed down; motan-go reads the p90 of its last metrics snapshot.
-    resmesh's choice.
-    """
-
-    __slots__ = ("_current", "_histograms", "_inverse_width", "buckets", "window")
-
-    def __init__(self, window: float = 10.0, buckets: int = 5) -> None:
-        """Create an empty rolling histogram.
-
-        Raises:
-            ValueError: ``window`` is not positive or ``buckets`` is below 1.
-        """
-        if not window > 0 or buckets < 1:
-            raise ValueError(f"need window > 0 and buckets >= 1, got {window!r}, {buckets!r}")
-        self.window = float(window)
-        self.buckets = buckets
-        self._inverse_width = buckets / self.window
-        #: Slot ``e % n`` holds bucket number ``e``; a slot is reset when reused, so every
-        #: histogram holds only latencies from inside the window.
-        self._histograms = [LatencyHistogram() for _ in range(buckets)]
-        self._current = _NEVER
-
-    def record(self, seconds: float, now: float) -> None:
-        """Add one latency (seconds) of a call that ended at ``now``."""
-        epoch = int(now * self._inverse_width)
-        if epoch > self._current:
-            self._rotate(epoch)
-        self._histograms[self._current % self.buckets].record(seconds)
-
-    def _rotate(self, epoch: int) -> None:
-        n = self.buckets
-        first = self._current + 1 if epoch - self._current < n else epoch - n + 1
-        for e in range(first, epoch + 1):
-            histogram = self._histograms[e % n]
-            if histogram.count:
-                histogram.reset()
-        self._current = epoch
-
-    def advance(self, now: float) -> None:
-        """Move the window to end at ``now``."""
-        epoch = int(now * self._inverse_width)
-        if epoch > self._current:
-            self._rotate(epoch)
-
-    def _live(self, now: float) -> list[LatencyHistogram]:
-        self.advance(now)
-        return [h for h in self._histograms if h.count]
-
-    def count(self, now: float) -> int:
-        """How many latencies the window ending at ``now`` holds."""
-        return sum(h.count for h in self._live(now))
-
-    def percentile(self, q: float, now: float) -> float:
-        """The ``q``-th percentile (``q`` in ``[0, 100]``) over the window ending at ``now``.
-
-        Raises:
-            ValueError: ``q`` is outside ``[0, 100]``.
-        """
-        live = self._live(now)
-        if len(live) == 1:
-            return live[0].percentile(q)
-        merged = self.snapshot(now)
-        return merged.percentile(q)
-
-    def snapshot(self, now: float) -> LatencyHistogram:
-        """One histogram holding every latency of the window ending at ``now``."""
-        merged = LatencyHistogram()
-        live = self._live(now)
-        if live:
-            merged._counts = [
-                sum(column) for column in zip(*(h._counts for h in live), strict=True)
-            ]
-            merged.count = sum(h.count for h in live)
-            merged.sum_micros = sum(h.sum_micros for h in live)
-            merged.max_micros = max(h.max_micros for h in live)
-        return merged
-
-    def statistics(self, now: float) -> HistogramStatistics:
-        """Count, mean, max and percentiles over the window ending at ``now``."""
-        return self.snapshot(now).statistics()

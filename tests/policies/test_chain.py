@@ -435,3 +435,10 @@ async def test_a_node_found_down_gets_no_call_until_found_up() -> None:
     )
     policies.apply(state)
     assert policies.down == {b}
+
+
+async def test_a_cluster_with_a_measured_hedge_delay_says_it_needs_its_latencies_counted() -> None:
+    """``metrics.enabled: false`` keeps counting such a cluster: its delay is read from them."""
+    assert _policies(_gov(hedge=HedgeConfig(enabled=True))).hedging
+    assert not _policies(_gov(hedge=HedgeConfig(enabled=True, fixed_delay=0.02))).hedging
+    assert not _policies(_gov(hedge=HedgeConfig(enabled=False))).hedging

@@ -14,13 +14,14 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resmesh.call import Outcome, Unavailable
+from resmesh.call import Operation, Outcome, Unavailable
 from resmesh.cluster.topology import Node
 from resmesh.config import (
     BalanceName,
     BreakerConfig,
     FailoverConfig,
     HedgeConfig,
+    OperationSettings,
     OutlierConfig,
 )
 from resmesh.policies.breaker import BreakerState
@@ -60,12 +61,16 @@ async def _engine(pol: ClusterPolicies, **script: Any) -> AsyncIterator[Setup]:
 
 
 def _hedging(latency: float = 0.050, budget: float = 1.0, **changes: Any) -> ClusterPolicies:
-    """Hedging on, ``budget`` tokens per call, and a warm latency window (20 x ``latency``)."""
+    """Hedging on, ``budget`` tokens per call, and 20 calls of ``latency`` counted by the
+    metrics after the hedge delay's first reading (a warm window)."""
     pol = policies(governance(hedge=HedgeConfig(enabled=True, budget=budget), **changes))
     hedger = pol.hedger("GET")
-    assert hedger is not None
-    for _ in range(20):
-        hedger.record(latency, trio.current_time())
+    assert hedger is not None and pol.metrics is not None
+    assert hedger.delay(trio.current_time()) is None
+    pol.metrics.run_ended(run().calls * 20, nodes()[0], OK, latency)
+    for _ in range(20):  # cold: the calls that start make it read the metrics again
+        delay = hedger.delay(trio.current_time())
+    assert delay == pytest.approx(max(latency, 0.010), rel=1 / 32)
     return pol
 
 
@@ -323,6 +328,28 @@ async def test_no_backup_before_the_latency_window_is_warm(
         await engine.execute(run())
     assert len(transport.sent) == 1
     assert pol.statistics(0.0)["hedges"]["*"]["delay"].delay is None
+
+
+async def test_the_hedge_delay_is_read_from_the_latencies_the_engine_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The runs the engine ended, counted once by the metrics, are what the hedge delays are
+    read from: an operation with settings of its own from its calls only, the cluster's from
+    the others'."""
+    hedge = HedgeConfig(enabled=True, budget=0.0)
+    hgetall = Operation("HGETALL", write=False, idempotent=True)
+    gov = governance(hedge=hedge, operations={"HGETALL": OperationSettings(hedge=hedge)})
+    pol = policies(gov)
+    cluster, own = pol.hedger("GET"), pol.hedger("HGETALL")
+    assert cluster is not None and own is not None and cluster is not own
+    plan = [(0.030, OK)] * 25 + [(0.200, OK)] * 25
+    async with _engine(pol, plan=plan) as (engine, _):
+        for op in [GET] * 25 + [hgetall] * 25:
+            await engine.execute(run(op))
+    now = trio.current_time()
+    assert cluster.delay(now + 1.0) == pytest.approx(0.030, rel=1 / 32)
+    assert own.delay(now + 1.0) == pytest.approx(0.200, rel=1 / 32)
+    assert (cluster.statistics().samples, own.statistics().samples) == (25, 25)
 
 
 async def test_an_empty_hedge_budget_waits_for_the_first_attempt(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 
 import pytest
 from hypothesis import given
@@ -11,13 +12,14 @@ from hypothesis import strategies as st
 from resmesh.policies.window import (
     _BUCKETS,
     _MAX_MICROS,
+    BUCKET_EDGES,
     HistogramStatistics,
     LatencyHistogram,
     RollingCounter,
     RollingCounterStatistics,
-    RollingHistogram,
     _bucket_of,
     _upper_of,
+    percentile_of_buckets,
 )
 
 
@@ -191,25 +193,22 @@ def test_histogram_merge_and_reset() -> None:
     assert a.percentile(50) == 0.0
 
 
-# -- RollingHistogram ---------------------------------------------------------------------------
+# -- counts per bucket (the metrics' form) ----------------------------------------------------
 
 
-def test_rolling_histogram_follows_recent_latency() -> None:
-    rolling = RollingHistogram(window=10.0, buckets=5)
-    for i in range(100):
-        rolling.record(0.001, now=i * 0.01)  # t in [0, 1): fast
-    assert rolling.count(1.0) == 100
-    assert rolling.percentile(90, now=1.0) == pytest.approx(0.001, rel=1 / 32)
-    for i in range(100):
-        rolling.record(0.050, now=4.0 + i * 0.01)  # t in [4, 5): slow
-    assert rolling.percentile(90, now=5.0) == pytest.approx(0.050, rel=1 / 32)
-    assert rolling.percentile(40, now=5.0) == pytest.approx(0.001, rel=1 / 32)
-    # At t=10 the bucket [0, 2) has left the window: only the slow calls remain.
-    assert rolling.count(10.0) == 100
-    assert rolling.percentile(10, now=10.0) == pytest.approx(0.050, rel=1 / 32)
-    stats = rolling.statistics(10.0)
-    assert stats.count == 100
-    assert stats.max == 0.05
-    # Idle for a whole window: empty.
-    assert rolling.count(100.0) == 0
-    assert rolling.percentile(90, now=100.0) == 0.0
+@given(st.lists(st.floats(0.0, 70.0), min_size=1, max_size=200), st.floats(0.0, 100.0))
+def test_percentile_of_bucket_counts_is_the_histogram_s(values: list[float], q: float) -> None:
+    """Counting latencies as the metrics do (``bisect_right`` over the edges) and reading a
+    percentile from the counts gives the histogram's bucket: the histogram's percentile, or
+    the top of its bucket (the counts do not keep the exact maximum)."""
+    histogram = LatencyHistogram()
+    counts = [0] * (len(BUCKET_EDGES) + 1)
+    for value in values:
+        histogram.record(value)
+        counts[bisect_right(BUCKET_EDGES, value)] += 1
+    expected = histogram.percentile(q)
+    assert expected <= percentile_of_buckets(counts, q) <= expected * (1 + 1 / 32) + 1e-6
+
+
+def test_percentile_of_no_counts_is_zero() -> None:
+    assert percentile_of_buckets([0] * (len(BUCKET_EDGES) + 1), 99.0) == 0.0
