@@ -35,7 +35,12 @@ if TYPE_CHECKING:
     from ..cluster.topology import ClusterState
     from ..policies.switch import Switch
 
-__all__ = ["ClientSession", "ClusterRuntime", "Waiting"]
+__all__ = ["READ_YOUR_WRITES", "ClientSession", "ClusterRuntime", "Waiting"]
+
+#: Seconds a session's reads stay on the primary after its write (replicas lag): long enough
+#: for a pipeline however its bytes arrive and for a read right after a write; Rails' primary /
+#: replica selector uses 2 s for the same reason. The same for every protocol.
+READ_YOUR_WRITES: Final = 1.0
 
 log = logging.getLogger(__name__)
 

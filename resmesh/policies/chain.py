@@ -202,8 +202,7 @@ class ClusterPolicies:
             group: tuple(n for n in members if n.weight > 0)
             for group, members in topology.groups.items()
         }
-        #: Whether reads may go to more than one node (else every call goes to the primary).
-        self.spreads_reads = sum(map(len, self._readable.values())) > 1 and not self.sharded
+        self._spread_reads()
         self._candidates: dict[str, list[Node]] = {}
         self._anywhere: list[Node] = []
         self._all_readable: list[Node] = []
@@ -255,6 +254,7 @@ class ClusterPolicies:
             raise ValueError(f"cluster {self.cluster} has no node {address} (it has {known})")
         self.topology = dataclasses.replace(self.topology, primary=node)
         self.primary = node
+        self._spread_reads()
         return node
 
     def set_limits(self, limits: LimiterConfig, now: float) -> None:
@@ -274,6 +274,16 @@ class ClusterPolicies:
             self.limiter = Limiter(self.cluster, limits, now, workers=self.workers)
         elif limits != self.limiter.config:
             self.limiter.reconfigure(limits, now)
+
+    def _spread_reads(self) -> None:
+        readable = [n for members in self._readable.values() for n in members]
+        #: Whether reads may go to another node than the primary (else every call goes to
+        #: the primary): more than one node reads, or the one that does is not the primary
+        #: (it was drained of reads: weight 0).
+        self.spreads_reads = not self.sharded and (
+            len(readable) > 1
+            or (len(readable) == 1 and self.primary is not None and readable[0] is not self.primary)
+        )
 
     def _latency_buckets(self, counted: Callable[[str], bool]) -> list[int] | None:
         """The hedge delays' :class:`~resmesh.policies.hedge.LatencySource`."""

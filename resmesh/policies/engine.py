@@ -426,11 +426,14 @@ class HAEngine(Generic[A]):
         sent: int = 0,
         received: Callable[[], int] | None = None,
         request_id: str | None = None,
+        last_try: bool = True,
     ) -> T:
         """One exchange of a session pinned to ``node`` (the session's task does the I/O on
         its own connection: ``exchange``), counted for the node's health by ``judge`` and,
         when ``calls`` are given (with the bytes ``sent``, those ``received`` once it is done,
-        and the app's ``request_id``), in the metrics.
+        and the app's ``request_id``), in the metrics. ``last_try=False``: if the node gives
+        no answer the caller sends the calls elsewhere, where they are counted; here only the
+        attempt's failure is.
 
         The session is committed to its node, so nothing is refused, retried or hedged here;
         the breaker had its say when the session started there
@@ -449,10 +452,14 @@ class HAEngine(Generic[A]):
         except Unavailable as exc:
             later = self._clock.current_time()
             policies.settle(node, exc.outcome, later - now if timed else 0.0, later)
-            if policies.metrics is not None:
-                policies.metrics.run_ended(
-                    calls, node, exc.outcome, later - now, sent, request_id=request_id
-                )
+            metrics = policies.metrics
+            if metrics is not None and calls:
+                if last_try:
+                    metrics.run_ended(
+                        calls, node, exc.outcome, later - now, sent, request_id=request_id
+                    )
+                else:
+                    metrics.attempt_failed(calls[0].op, node)
             raise
         except BaseException:
             policies.abandon(node, False)

@@ -120,6 +120,8 @@ class BackendConnection:
         #: Finds the end of each reply relayed raw (capabilities set after the login).
         self.scanner = ReplyScanner(0)
         self.broken = False
+        #: The ``SET`` statements it ran for sessions it was lent to (:meth:`MySQLPool.lend`).
+        self.settings: tuple[bytes, ...] = ()
         #: Whether the last read filled the buffer (more may be waiting: read before parking).
         self._more = False
         #: The reply timeout (``backend.command_timeout``), enforced by the runtime's sweep
@@ -381,6 +383,9 @@ class MySQLPool:
         self.node = node
         self.config = config
         self.idle: dict[PoolKey, list[BackendConnection]] = {}
+        #: Connections lent for one read at a time (:meth:`lend`): they keep the ``SET``
+        #: statements they ran, so they are never handed to a session for its life.
+        self.lendable: dict[PoolKey, list[BackendConnection]] = {}
         self.open = 0
         self.closed = False
 
@@ -463,6 +468,51 @@ class MySQLPool:
             return
         stack.append(conn)
 
+    async def lend(self, key: PoolKey, settings: tuple[bytes, ...]) -> BackendConnection:
+        """A connection for one read of another node's session: logged in for ``key``, and
+        having run the session's ``settings`` (``SET`` statements) in order, and nothing else.
+        Give it back with :meth:`take_back`.
+
+        Raises:
+            Unavailable: as :meth:`acquire`, or a setting failed or could not be sent.
+            BackendLoginError: the node refused the login.
+        """
+        stack = self.lendable.get(key)
+        conn = None
+        while stack:
+            candidate = stack.pop()
+            if candidate.readable_now():
+                self._discard(candidate)
+                continue
+            ran = candidate.settings
+            if ran == settings[: len(ran)]:
+                conn = candidate
+                break
+            stack.insert(0, candidate)  # another session's settings: keep it for them
+            break
+        if conn is None:
+            conn = await self.acquire(key)
+        timeout = self.config.command_timeout
+        try:
+            for statement in settings[len(conn.settings) :]:
+                event = await conn.simple(bytes((Command.QUERY,)) + statement, timeout)
+                if not isinstance(event, Ok):
+                    raise Unavailable(self.node.address, f"a session setting failed: {event}")
+                conn.settings = (*conn.settings, statement)
+        except (Unavailable, MySQLLocalError) as exc:
+            self._discard(conn)
+            raise Unavailable(self.node.address, str(exc)) from None
+        return conn
+
+    def take_back(self, conn: BackendConnection) -> None:
+        """A connection :meth:`lend` gave out, its read done: kept as it is for the next
+        read with the same settings, or closed if it cannot be reused."""
+        stack = self.lendable.setdefault(conn.key, [])
+        if self.closed or not conn.idle or len(stack) >= _MAX_IDLE:
+            self._discard(conn)
+            return
+        stack.append(conn)
+
     def discard(self, conn: BackendConnection) -> None:
         """Close a connection that is not to be reused."""
         self._discard(conn)
@@ -472,13 +522,13 @@ class MySQLPool:
         self.open = max(0, self.open - 1)
 
     def _close_one_idle(self) -> None:
-        for stack in self.idle.values():
+        for stack in (*self.idle.values(), *self.lendable.values()):
             if stack:
-                self._discard(stack.pop())
+                self._discard(stack.pop(0))
                 return
 
     def connections(self) -> Iterator[BackendConnection]:
-        for stack in self.idle.values():
+        for stack in (*self.idle.values(), *self.lendable.values()):
             yield from stack
 
     def close(self) -> None:
@@ -486,3 +536,4 @@ class MySQLPool:
         for conn in list(self.connections()):
             conn.close()
         self.idle.clear()
+        self.lendable.clear()

@@ -26,6 +26,7 @@ from ...protocols.mysql.rsa import RSAPrivateKey, generate_private_key
 from ..runtime import ClusterRuntime
 from ..transport import ClientTransport
 from .backend import MySQLPool
+from .reads import READ_ANYWHERE_VERBS
 from .session import MySQLSession
 
 __all__ = ["MySQLRuntime"]
@@ -154,6 +155,14 @@ class MySQLRuntime(ClusterRuntime):
             for session in list(self.sessions.values()):
                 if not isinstance(session, MySQLSession):
                     continue
+                lent = session.lent
+                if lent is not None and lent.check_stalled(sweeps):
+                    log.warning(
+                        "client %s: no answer from %s within %gs; closing it",
+                        session.transport.peer,
+                        lent.node.address,
+                        timeout,
+                    )  # the session's task, reading it, is woken by the close
                 backend = session.backend
                 if backend is not None and backend.check_stalled(sweeps):
                     log.warning(
@@ -210,7 +219,7 @@ class MySQLRuntime(ClusterRuntime):
         op = self._operations.get(key)
         if op is None:
             settings = self.config.governance.operations.get(name)
-            idempotent = name == "SELECT" and not (
+            idempotent = name in READ_ANYWHERE_VERBS and not (
                 settings is not None and settings.idempotent is False
             )
             op = Operation(name, write=write, idempotent=idempotent)

@@ -106,9 +106,10 @@ from ...protocols.mysql.handshake import (
 from ...protocols.mysql.relay import ReplyEnd, ReplyKind
 from ...protocols.mysql.results import ErrPacket, OkPacket, encode_err, encode_ok
 from ...protocols.mysql.statements import LAST_STATEMENT_ID, peek_statement_id
-from ..runtime import ClientSession, Waiting
+from ..runtime import READ_YOUR_WRITES, ClientSession, Waiting
 from ..sockio import RECV_SIZE
 from .backend import LAYOUT, BackendConnection, BackendLoginError, PoolKey
+from .reads import SessionSettings, reads_anywhere
 from .sql import request_id_of, statement_verbs
 
 if TYPE_CHECKING:
@@ -212,6 +213,8 @@ _NOWAIT_MAX: Final = 8192
 #: Reads of the node's reply per poller round before the other clients get their turn.
 _READS_PER_TURN: Final = 4
 _NO_INFILE: Final = "LOAD DATA LOCAL INFILE is not supported"
+#: Statements whose success changes what another node must repeat of the session.
+_SETTLED: Final = frozenset({"SET", "USE", "LOCK", "CREATE"})
 #: Operation names of commands that carry no SQL.
 _COMMAND_NAMES: Final = {command: f"COM_{command.name}" for command in Command}
 
@@ -262,6 +265,19 @@ class MySQLSession(ClientSession):
         #: Whether the session changed its database (the connection's pool key names the one
         #: it logged in with).
         self._db_changed = False
+        #: What a node other than the session's must repeat to run one of its reads.
+        self._settings = SessionSettings()
+        #: The statements of the query in flight, when its success changes :attr:`_settings`
+        #: (``SET``, ``USE``...): SQL and verbs; or a COM_INIT_DB's database name.
+        self._noting: tuple[bytes, list[str]] | str | None = None
+        #: The statements of the query being handled (COM_QUERY only).
+        self._verbs: list[str] = []
+        #: Reads stay on the session's node until then, after a write (replicas lag).
+        self._reads_home_until = 0.0
+        #: The node the poller's task chose for a read it handed to the session's task.
+        self._read_on: Node | None = None
+        #: A connection of another node lent for the read in flight (the stall sweep's).
+        self.lent: BackendConnection | None = None
         self._out: list[bytes] = []
         self._out_size = 0
         # Dispatched (see ClientSession): the poller's task reads the client, sends a command
@@ -456,6 +472,7 @@ class MySQLSession(ClientSession):
             await self._fatal(failure)
             return False
         assert self.backend is not None
+        self._settings.reset(key.database)
         status = self.backend.conn.status & (ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS)
         self._queue(encode_ok(OkPacket(status=ServerStatus(status)), int(self.conn.capabilities)))
         await self._flush()
@@ -603,14 +620,18 @@ class MySQLSession(ClientSession):
     def _operation(self, command: Command | int, payload: bytes) -> Operation:
         runtime = self.runtime
         self._session_only = False
+        self._noting = None
         if command == Command.QUERY:
             verbs, more = statement_verbs(payload[1:])
+            self._verbs = verbs
             if not verbs:
                 return runtime.operation("OTHER", write=more)
             names = [verb if verb in SQL_VERBS else "OTHER" for verb in verbs]
             write = more or any(name not in READ_VERBS for name in names)
             if "USE" in names:
                 self._db_changed = True
+            if not _SETTLED.isdisjoint(names):
+                self._noting = (payload[1:], names)
             self._session_only = not more and all(name in SESSION_VERBS for name in names)
             return runtime.operation(names[0], write=write)
         if command == Command.STMT_EXECUTE or command == Command.STMT_FETCH:
@@ -626,6 +647,7 @@ class MySQLSession(ClientSession):
             self._preparing = runtime.operation(names[0], write=write)
         if command == Command.INIT_DB:
             self._db_changed = True
+            self._noting = payload[1:].decode("utf-8", "replace")
         name = (
             _COMMAND_NAMES.get(command, "COM_UNKNOWN")
             if isinstance(command, Command)
@@ -675,10 +697,114 @@ class MySQLSession(ClientSession):
                 await self._reply_local(error_info(1203, f"resmesh: {rejection}"))
                 return
         try:
-            await self._forward(backend, payload, command, op)
+            now = trio.current_time()
+            node, self._read_on = self._read_on, None
+            if node is None:
+                node = self._read_node(command, op, payload, now)
+            if node is None or not await self._read_elsewhere(node, payload, op):
+                self._note_write(op, now)
+                await self._forward(backend, payload, command, op)
         finally:
+            self._noting = None
             if limiter is not None:
                 limiter.done(op.name)
+
+    def _read_node(
+        self, command: Command | int, op: Operation, payload: bytes, now: float
+    ) -> Node | None:
+        """The node to run a read on when it is not the session's own (the balancer's
+        choice); ``None`` keeps the command on the session's connection. A read goes
+        elsewhere only outside a transaction, in autocommit mode, not within
+        :data:`~resmesh.net.runtime.READ_YOUR_WRITES` of the session's last write, and when
+        nothing in it or in the session's state belongs to the session's connection
+        (:mod:`~resmesh.net.mysql.reads`)."""
+        policies = self.runtime.policies
+        backend = self.backend
+        if (
+            command != Command.QUERY
+            or not op.idempotent
+            or not policies.spreads_reads
+            or backend is None
+            or now < self._reads_home_until
+            or self._settings.home_only is not None
+        ):
+            return None
+        status = backend.conn.status
+        if status & ServerStatus.IN_TRANS or not status & ServerStatus.AUTOCOMMIT:
+            return None
+        if not reads_anywhere(payload[1:], self._verbs):
+            return None
+        node = policies.pick(now)
+        return node if node is not None and node is not backend.node else None
+
+    def _note_write(self, op: Operation, now: float) -> None:
+        """A command goes to the session's node: a write, or anything in a transaction (its
+        COMMIT included), keeps the session's reads there for a while."""
+        backend = self.backend
+        if backend is None:
+            return
+        status = backend.conn.status
+        if op.write or status & ServerStatus.IN_TRANS or not status & ServerStatus.AUTOCOMMIT:
+            self._reads_home_until = now + READ_YOUR_WRITES
+
+    async def _read_elsewhere(self, node: Node, payload: bytes, op: Operation) -> bool:
+        """Run a read on ``node``, on a connection of its pool lent for it and given the
+        session's database and settings; ``False`` when the node could not take it or gave no
+        answer before any of it reached the client (the read then runs on the session's own
+        node: nothing was relayed, so nothing is replayed).
+
+        Raises:
+            _Closing: the node failed in the middle of the reply (the client was told).
+        """
+        runtime = self.runtime
+        home = self.backend
+        assert home is not None
+        pool = runtime.pool(node)
+        key = PoolKey(home.key.capabilities, home.key.charset, self._settings.database)
+        settings = self._settings.statements
+        try:
+            conn = await runtime.engine.execute_pinned(
+                node, lambda: pool.lend(key, settings), lambda _: Outcome.OK
+            )
+        except (Unavailable, BackendLoginError) as exc:
+            log.info("cluster %s: a read could not go to %s: %s", runtime.name, node.address, exc)
+            return False
+        self.lent = conn
+        self._received = 0
+        calls = runtime.calls_of(op)
+        relayed = False
+        try:
+            await runtime.engine.execute_pinned(
+                node,
+                lambda: self._relay(conn, payload, Command.QUERY),
+                outcome_of_reply,
+                calls=calls,
+                sent=len(payload) + 4,
+                received=lambda: self._received,
+                request_id=self._request_id_of(payload),
+                last_try=False,
+            )
+            relayed = True
+        except Unavailable as exc:
+            if self._received:
+                await self._fatal(_unavailable(exc))
+                raise _Closing from None
+            if runtime.policies.metrics is not None:
+                runtime.policies.metrics.spread(
+                    calls[0].op, home.node, retries=1, hedged=False, won=False
+                )
+            return False
+        except MySQLLocalError as exc:
+            log.error("client %s: reply cannot be relayed: %s", self.transport.peer, exc)
+            await self._fatal(exc.error)
+            raise _Closing from None
+        finally:
+            self.lent = None
+            if relayed:
+                pool.take_back(conn)
+            else:
+                pool.discard(conn)
+        return True
 
     async def _reply_local(self, error: ErrorInfo) -> None:
         try:
@@ -845,6 +971,12 @@ class MySQLSession(ClientSession):
         if command in _SWITCHABLE and policies.switchboard.active and not self._session_only:
             return False
         now = self._clock.current_time()
+        if policies.spreads_reads:
+            node = self._read_node(command, op, payload, now)
+            if node is not None:
+                self._read_on = node
+                return False
+            self._note_write(op, now)
         limiter = policies.limiter
         if limiter is not None:
             rejection = limiter.admit(op.name, now)
@@ -1090,10 +1222,16 @@ class MySQLSession(ClientSession):
                 self._statements[statement] = self._preparing
                 self._statements[LAST_STATEMENT_ID] = self._preparing
         self._preparing = None
-        self.conn.reply_relayed(
-            status,
-            reset=self.conn.command == Command.RESET_CONNECTION and kind is ReplyKind.OK,
-        )
+        reset = self.conn.command == Command.RESET_CONNECTION and kind is ReplyKind.OK
+        noting, self._noting = self._noting, None
+        if reset:
+            self._settings.reset(self._settings.database)
+        elif noting is not None and kind is not ReplyKind.ERR:
+            if isinstance(noting, str):
+                self._settings.select(noting)
+            else:
+                self._settings.ran(*noting)
+        self.conn.reply_relayed(status, reset=reset)
 
     async def _lost(self, failure: Unavailable) -> None:
         """The backend connection broke: the session's state on the node went with it."""

@@ -64,7 +64,7 @@ from ..backend.errors import BackendError
 from ..backend.redis_conn import RedisConnection
 from ..backend.redis_mux import Pending
 from ..backend.redis_pool import NodePool
-from ..runtime import ClientSession
+from ..runtime import READ_YOUR_WRITES, ClientSession
 from ..transport import ClientTransport
 from .relay import relay
 from .sharded import forward_sharded
@@ -85,10 +85,6 @@ log = logging.getLogger(__name__)
 CLIENT_WRITE_TIMEOUT: Final = 60.0
 #: Batches handled without parking before the session yields to others (fairness).
 _YIELD_EVERY: Final = 32
-#: Seconds a session's reads stay on the primary after its write (replicas lag): long enough
-#: for a pipeline however its bytes arrive and for a read right after a write; Rails' primary /
-#: replica selector uses 2 s for the same reason.
-_READ_YOUR_WRITES: Final = 1.0
 #: Inside MULTI, a command the gateway refuses is sent to the node as this arity error, so the
 #: node marks the transaction failed (EXECABORT), as it would for any command it refuses; the
 #: reply in that slot is the gateway's own error text.
@@ -152,7 +148,7 @@ class RedisSession(ClientSession):
         self._batch_raw: bytes | None = None
         self._batch_len = 0
         self._batch = 0
-        #: Until when this session's reads go to the primary: ``_READ_YOUR_WRITES`` after its
+        #: Until when this session's reads go to the primary: ``READ_YOUR_WRITES`` after its
         #: last write (0.0: it never wrote).
         self._reads_on_primary_until = 0.0
         #: What :meth:`handle_nowait` left to the session's task: the protocol error to
@@ -321,7 +317,7 @@ class RedisSession(ClientSession):
             if self._batch_admission is not None:
                 self._release_batch()
             if wrote:
-                self._reads_on_primary_until = self._clock.current_time() + _READ_YOUR_WRITES
+                self._reads_on_primary_until = self._clock.current_time() + READ_YOUR_WRITES
             out = self._out
             if isinstance(result, Unavailable):
                 failure = R.unavailable(result.node, result.reason)
@@ -657,7 +653,7 @@ class RedisSession(ClientSession):
                 self._lost_pinned(exc)
         finally:
             if wrote:  # counted from when the write was answered (or failed)
-                self._reads_on_primary_until = self._clock.current_time() + _READ_YOUR_WRITES
+                self._reads_on_primary_until = self._clock.current_time() + READ_YOUR_WRITES
             if admitted:
                 self._done(admitted)
         substitutes = self._substitutes

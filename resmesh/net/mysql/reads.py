@@ -1,0 +1,140 @@
+"""Which queries may read on another node than the session's own, and what that node's
+connection must repeat of the session first.
+
+A MySQL session lives on one connection of the primary (its transactions, variables,
+temporary tables and prepared statements are there). A read that depends on none of that
+gives the same answer on a replica, as long as the replica's connection has the session's
+database and its ``SET`` statements: ProxySQL routes such reads to its reader hostgroup and
+tracks the session's settings the same way (``mysql-set_query_lock_on_hostgroup``, its
+"multiplexing" rules: https://proxysql.com/documentation/multiplexing/).
+
+A read may go elsewhere (:func:`reads_anywhere`) when every statement is a ``SELECT`` (or
+``WITH``, ``VALUES``, ``TABLE``, ``DESCRIBE``, ``EXPLAIN``) and its text names nothing that
+belongs to the session or changes something: a locking read (``FOR UPDATE``, ``LOCK IN SHARE
+MODE``), a lock function, a user variable (``@x``: its value is the session's), the last
+statement's counters (``LAST_INSERT_ID()``, ``FOUND_ROWS()``, ``ROW_COUNT()``, warnings), the
+connection's id, a sequence, or ``INTO`` a variable or file. The text is scanned as bytes, so a
+word inside a string literal also keeps the read at home: wrong only on the safe side.
+
+What is repeated (:class:`SessionSettings`): the database (``USE``, COM_INIT_DB: the connection
+is taken from the node's pool for that database) and each ``SET`` the session ran (``SET
+NAMES``, ``SET time_zone``, ``SET sql_mode``...), in order. Not repeated: ``autocommit`` (a
+session with it off reads at home: its reads are in a transaction) and user variables (reads
+that use them stay at home). Some state cannot be repeated and keeps every read of the session
+at home until COM_RESET_CONNECTION: a temporary table, ``LOCK TABLES``, a ``SET`` that mixes
+what is repeated with what is not, a ``USE`` whose name is not plain, too many ``SET``\\ s.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["READ_ANYWHERE_VERBS", "SessionSettings", "reads_anywhere"]
+
+#: Statements that may run on any node (with the session's settings repeated there).
+READ_ANYWHERE_VERBS: Final = frozenset(
+    {"SELECT", "WITH", "VALUES", "TABLE", "DESCRIBE", "DESC", "EXPLAIN"}
+)
+
+#: What keeps a read at home: locking reads, lock and session functions, the last statement's
+#: counters, sequences, ``INTO``, and a user variable (``@x`` not ``@@x``).
+_HOME_ONLY: Final = re.compile(
+    rb"FOR\s+UPDATE|LOCK\s+IN\s+SHARE|FOR\s+SHARE|_LOCK\b|RELEASE_ALL_LOCKS|LAST_INSERT_ID|"
+    rb"FOUND_ROWS|ROW_COUNT|WARNING_COUNT|ERROR_COUNT|IDENTITY|INSERT_ID|CONNECTION_ID|"
+    rb"NEXTVAL|LASTVAL|SETVAL|NEXT\s+VALUE|PREVIOUS\s+VALUE|\bINTO\b|MASTER_POS_WAIT|"
+    rb"MASTER_GTID_WAIT|(?<!@)@(?!@)",
+    re.IGNORECASE,
+)
+_USER_VARIABLE: Final = re.compile(rb"(?<!@)@(?!@)")
+_TEMPORARY: Final = re.compile(rb"TEMPORARY", re.IGNORECASE)
+_AUTOCOMMIT: Final = re.compile(rb"AUTOCOMMIT", re.IGNORECASE)
+
+#: A ``SET`` that turns autocommit on or off, and nothing else.
+_AUTOCOMMIT_ONLY: Final = re.compile(
+    rb"\s*SET\s+(?:(?:SESSION|LOCAL)\s+|@@(?:SESSION\.|LOCAL\.)?)?AUTOCOMMIT\s*(?:=|:=|\s)"
+    rb"\s*[\w']+\s*;?\s*",
+    re.IGNORECASE,
+)
+#: ``USE name`` with a plain or back-quoted name.
+_USE: Final = re.compile(
+    rb"\s*USE\s+(?:`([^`]{1,64})`|([A-Za-z0-9_$]{1,64}))\s*;?\s*", re.IGNORECASE
+)
+#: ``SET`` statements repeated at most: a session that runs more (its own per-query settings)
+#: reads at home.
+MAX_SETTINGS: Final = 32
+
+
+def reads_anywhere(sql: bytes, verbs: list[str]) -> bool:
+    """Whether the query ``sql`` (its statements' ``verbs``) may run on another node than the
+    session's, given the session's settings repeated there."""
+    if not verbs:
+        return False
+    for verb in verbs:
+        if verb not in READ_ANYWHERE_VERBS:
+            return False
+    return _HOME_ONLY.search(sql) is None
+
+
+@dataclass(slots=True)
+class SessionSettings:
+    """What another connection must repeat to run a read of this session.
+
+    Attributes:
+        database: the session's database (``None``: none selected).
+        statements: the ``SET`` statements the session ran, in order (each a COM_QUERY's SQL).
+        home_only: why every read stays on the session's connection (``None``: they need not).
+    """
+
+    database: str | None = None
+    statements: tuple[bytes, ...] = ()
+    home_only: str | None = None
+
+    def ran(self, sql: bytes, verbs: list[str]) -> None:
+        """The session's own connection ran ``sql`` (statements ``verbs``) successfully:
+        note what another connection would have to repeat."""
+        if self.home_only is not None or not verbs:
+            return
+        if verbs == ["SET"]:
+            self._set(sql)
+            return
+        if verbs == ["USE"]:
+            used = _USE.fullmatch(sql)
+            if used is None:
+                self.home_only = "a USE whose database name is not plain"
+            else:
+                self.database = (used.group(1) or used.group(2)).decode("utf-8", "replace")
+            return
+        if "SET" in verbs or "USE" in verbs:
+            self.home_only = "SET or USE in a multi-statement query"
+        elif "LOCK" in verbs:
+            self.home_only = "LOCK TABLES"
+        elif "CREATE" in verbs and _TEMPORARY.search(sql):
+            self.home_only = "a temporary table"
+
+    def _set(self, sql: bytes) -> None:
+        if _AUTOCOMMIT_ONLY.fullmatch(sql) is not None:
+            return  # the status flags say whether the session is in autocommit mode
+        if _USER_VARIABLE.search(sql):
+            if b"," in sql:
+                self.home_only = "a SET of a user variable with other settings"
+            return
+        if _AUTOCOMMIT.search(sql):
+            self.home_only = "a SET of autocommit with other settings"
+            return
+        if len(self.statements) >= MAX_SETTINGS:
+            self.home_only = f"more than {MAX_SETTINGS} SET statements"
+            return
+        self.statements = (*self.statements, sql)
+
+    def select(self, database: str) -> None:
+        """The session selected ``database`` (COM_INIT_DB)."""
+        self.database = database
+
+    def reset(self, database: str | None) -> None:
+        """The session's state is gone (COM_RESET_CONNECTION, a new login): only
+        ``database`` is left."""
+        self.database = database
+        self.statements = ()
+        self.home_only = None

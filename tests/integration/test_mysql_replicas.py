@@ -1,0 +1,165 @@
+"""Reads on replicas: a MySQL cluster of a primary and a real MariaDB replica of it (both
+``mariadbd`` instances started here, replicating), clients through the gateway.
+
+Each read says where it ran with ``@@server_id`` (1: the primary, 2: the replica). The
+primary's weight is 0, so every read that may leave it goes to the replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from tests.support.mariadb import MariaDBServer, start_replica, wait_replicated
+from tests.support.servers import Gateway, free_port
+
+PRIMARY, REPLICA = 1, 2
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[MariaDBServer, MariaDBServer]]:
+    root = tmp_path_factory.mktemp("mariadb")
+    primary = MariaDBServer(root / "primary", server_id=PRIMARY, log_bin=True)
+    primary.start()
+    try:
+        replica = start_replica(primary, root / "replica", server_id=REPLICA)
+        try:
+            primary.execute("CREATE TABLE IF NOT EXISTS kv (k INT PRIMARY KEY, v TEXT)")
+            primary.execute("REPLACE INTO kv VALUES (1, 'one')")
+            wait_replicated(primary, replica)
+            yield primary, replica
+        finally:
+            replica.stop()
+    finally:
+        primary.stop()
+
+
+def _config(primary: MariaDBServer, replica: MariaDBServer) -> dict[str, Any]:
+    return {
+        "gateway": {"drain_timeout": "5s"},
+        "clusters": {
+            "orders-db": {
+                "protocol": "mysql",
+                "listen": f"127.0.0.1:{free_port()}",
+                "groups": {
+                    "dc-a": [
+                        {"address": f"127.0.0.1:{primary.port}", "role": "primary", "weight": 0},
+                        {"address": f"127.0.0.1:{replica.port}", "role": "replica"},
+                    ]
+                },
+                "backend": {"username": "root", "password": "", "connect_timeout": "2s"},
+            }
+        },
+        "users": {"app": {"password": "app", "clusters": ["orders-db"]}},
+    }
+
+
+@pytest.fixture
+def gateway(servers: tuple[MariaDBServer, MariaDBServer], tmp_path: Path) -> Iterator[Gateway]:
+    gateway = Gateway(_config(*servers), tmp_path)
+    yield gateway
+    assert gateway.terminate() == 0, gateway.log()
+
+
+def _connect(gateway: Gateway, **kwargs: Any) -> pymysql.Connection[Any]:
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": gateway.port,
+        "user": "app",
+        "password": "app",
+        "database": "test",
+        "autocommit": True,
+    }
+    options.update(kwargs)
+    return pymysql.connect(**options)
+
+
+def _one(conn: pymysql.Connection[Any], sql: str) -> tuple[Any, ...]:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        row = cur.fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_reads_go_to_the_replica_and_writes_and_transactions_to_the_primary(
+    gateway: Gateway,
+) -> None:
+    with _connect(gateway) as conn:
+        assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 1") == ("one", REPLICA)
+        assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 1 FOR UPDATE")[1] == PRIMARY
+        conn.begin()
+        assert _one(conn, "SELECT @@server_id") == (PRIMARY,)
+        conn.commit()
+    with _connect(gateway, autocommit=False) as conn:  # PyMySQL's default: in a transaction
+        assert _one(conn, "SELECT @@server_id") == (PRIMARY,)
+
+
+def test_a_session_reads_its_own_writes(
+    gateway: Gateway, servers: tuple[MariaDBServer, MariaDBServer]
+) -> None:
+    with _connect(gateway) as conn:
+        with conn.cursor() as cur:
+            cur.execute("REPLACE INTO kv VALUES (2, 'two')")
+        # Right after its write the session reads on the primary, where the row is.
+        assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 2") == ("two", PRIMARY)
+    wait_replicated(*servers)
+    with _connect(gateway) as other:
+        assert _one(other, "SELECT v, @@server_id FROM kv WHERE k = 2") == ("two", REPLICA)
+
+
+def test_the_session_s_database_and_settings_are_repeated_on_the_replica(
+    gateway: Gateway, servers: tuple[MariaDBServer, MariaDBServer]
+) -> None:
+    primary, replica = servers
+    primary.execute("CREATE DATABASE IF NOT EXISTS shop")
+    wait_replicated(primary, replica)
+    with _connect(gateway) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SET time_zone = '+05:00'")
+            cur.execute("SET NAMES latin1")
+            cur.execute("USE shop")
+        row = _one(conn, "SELECT @@time_zone, @@character_set_client, DATABASE(), @@server_id")
+        assert row == ("+05:00", "latin1", "shop", REPLICA)
+    with _connect(gateway) as fresh:  # a lent connection never leaks one session's settings
+        row = _one(fresh, "SELECT @@time_zone, DATABASE(), @@server_id")
+        assert row == ("SYSTEM", "test", REPLICA)
+
+
+def test_session_state_that_lives_on_the_primary_keeps_reads_there(gateway: Gateway) -> None:
+    with _connect(gateway) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SET @mine = 7")
+            cur.execute("SELECT @mine, @@server_id")
+            assert cur.fetchone() == (7, PRIMARY)
+            cur.execute("CREATE TEMPORARY TABLE scratch (a INT)")
+            cur.execute("INSERT INTO scratch VALUES (1)")
+        conn.ping()
+        assert _one(conn, "SELECT a, @@server_id FROM scratch") == (1, PRIMARY)
+        conn.select_db("test")
+        # Every later read stays on the primary, where the temporary table lives.
+        assert _one(conn, "SELECT @@server_id") == (PRIMARY,)
+
+
+def test_a_dead_replica_s_reads_are_answered_by_the_primary(
+    servers: tuple[MariaDBServer, MariaDBServer], tmp_path: Path
+) -> None:
+    primary, _ = servers
+    second = start_replica(primary, tmp_path / "second", server_id=3)
+    gateway = Gateway(_config(primary, second), tmp_path)
+    try:
+        with _connect(gateway) as conn, _connect(gateway) as other:
+            assert _one(conn, "SELECT @@server_id") == (3,)
+            second.kill()
+            for _ in range(5):  # retried on the primary: nothing had reached the client
+                assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 1") == ("one", PRIMARY)
+            assert _one(other, "SELECT @@server_id") == (PRIMARY,)
+    finally:
+        second.stop()
+        assert gateway.terminate() == 0, gateway.log()
