@@ -15,7 +15,7 @@ import pymysql
 import pytest
 
 from tests.support.mariadb import MariaDBServer, start_replica, wait_replicated
-from tests.support.servers import Gateway, free_port
+from tests.support.servers import Gateway, free_port, resmesh, wait_for
 
 PRIMARY, REPLICA = 1, 2
 
@@ -162,4 +162,52 @@ def test_a_dead_replica_s_reads_are_answered_by_the_primary(
             assert _one(other, "SELECT @@server_id") == (PRIMARY,)
     finally:
         second.stop()
+        assert gateway.terminate() == 0, gateway.log()
+
+
+def _home_server(conn: pymysql.Connection[Any]) -> int:
+    """The server id of the session's own node (``CONNECTION_ID()`` keeps a read there)."""
+    server, _ = _one(conn, "SELECT @@server_id, CONNECTION_ID()")
+    return int(server)
+
+
+def test_a_new_primary_takes_each_session_at_its_next_safe_point(
+    servers: tuple[MariaDBServer, MariaDBServer], tmp_path: Path
+) -> None:
+    """``ctl primary``: an idle session moves at its next command with its settings; one in a
+    transaction finishes it where it is, then moves; one whose state cannot move (a user
+    variable) is told to reconnect (1927), never silently replayed."""
+    primary, replica = servers
+    gateway = Gateway(_config(primary, replica), tmp_path)
+    try:
+        with (
+            _connect(gateway) as idle,
+            _connect(gateway) as busy,
+            _connect(gateway) as stuck,
+        ):
+            with idle.cursor() as cur:
+                cur.execute("SET time_zone = '+03:00'")
+            with stuck.cursor() as cur:
+                cur.execute("SET @mine = 1")
+            busy.begin()
+            assert _home_server(busy) == PRIMARY
+
+            done = resmesh(
+                "ctl", "-c", str(gateway.config_path), "primary", "orders-db",
+                f"127.0.0.1:{replica.port}",
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            with _connect(gateway) as probe:
+                wait_for(lambda: _home_server(probe) == REPLICA, 5, "the new primary")
+
+            assert _home_server(idle) == REPLICA
+            assert _one(idle, "SELECT @@time_zone") == ("+03:00",)
+            assert _home_server(busy) == PRIMARY  # its transaction stays where it began
+            busy.commit()
+            assert _home_server(busy) == REPLICA
+            with pytest.raises(pymysql.err.OperationalError) as ended:
+                _home_server(stuck)
+            assert ended.value.args[0] == 1927
+            assert "user variables" in ended.value.args[1]
+    finally:
         assert gateway.terminate() == 0, gateway.log()

@@ -23,6 +23,10 @@ session with it off reads at home: its reads are in a transaction) and user vari
 that use them stay at home). Some state cannot be repeated and keeps every read of the session
 at home until COM_RESET_CONNECTION: a temporary table, ``LOCK TABLES``, a ``SET`` that mixes
 what is repeated with what is not, a ``USE`` whose name is not plain, too many ``SET``\\ s.
+
+The same settings let a whole session move to a new primary at a safe point (between
+transactions), unless it holds what is not tracked at all: user variables, named locks,
+prepared statements (the session knows those), or state that keeps its reads at home.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ _HOME_ONLY: Final = re.compile(
     re.IGNORECASE,
 )
 _USER_VARIABLE: Final = re.compile(rb"(?<!@)@(?!@)")
+_UNMOVABLE: Final = re.compile(rb"(?<!@)@(?!@)|GET_LOCK", re.IGNORECASE)
 _TEMPORARY: Final = re.compile(rb"TEMPORARY", re.IGNORECASE)
 _AUTOCOMMIT: Final = re.compile(rb"AUTOCOMMIT", re.IGNORECASE)
 
@@ -90,6 +95,16 @@ class SessionSettings:
     database: str | None = None
     statements: tuple[bytes, ...] = ()
     home_only: str | None = None
+    #: What of the session cannot move to another connection even at a safe point (user
+    #: variables, named locks: their values are not tracked), if anything.
+    unmovable: str | None = None
+
+    def ran_at_home(self, sql: bytes) -> None:
+        """Any query the session's own connection runs: note state that would not follow
+        the session to another connection (checked before the query's success is known: a
+        false alarm only ends a session that a primary change would have moved)."""
+        if self.unmovable is None and _UNMOVABLE.search(sql) is not None:
+            self.unmovable = "user variables or named locks"
 
     def ran(self, sql: bytes, verbs: list[str]) -> None:
         """The session's own connection ran ``sql`` (statements ``verbs``) successfully:
@@ -138,3 +153,4 @@ class SessionSettings:
         self.database = database
         self.statements = ()
         self.home_only = None
+        self.unmovable = None

@@ -40,10 +40,13 @@ session (COM_PING, COM_INIT_DB, COM_STMT_CLOSE, COM_RESET_CONNECTION...) and que
 of session statements (``SET``, ``USE``, ``BEGIN``/``COMMIT``/``ROLLBACK``...: a client
 library's ``SET NAMES`` at connect) are never switched.
 
-The session keeps its backend connection for its life (prepared statement ids are the node's,
-and transactions, variables and temporary tables live there); when it ends the connection is
+The session keeps its backend connection (prepared statement ids are the node's, and
+transactions, variables and temporary tables live there); when it ends the connection is
 reset (COM_RESET_CONNECTION) and goes back to the pool. COM_CHANGE_USER ends it the same way
-and takes a connection for the new login (:meth:`MySQLSession._change_user`).
+and takes a connection for the new login (:meth:`MySQLSession._change_user`). Two things
+leave it: a read that may run anywhere goes to the balancer's node on a connection lent for it
+(:meth:`MySQLSession._read_elsewhere`), and a new primary takes the session at a safe point
+(:meth:`MySQLSession._follow_primary`); :mod:`~resmesh.net.mysql.reads` says when.
 """
 
 from __future__ import annotations
@@ -410,7 +413,10 @@ class MySQLSession(ClientSession):
             backend.parked = False
             self.runtime.policies.abandon(backend.node, False)
             self._limit_done()
-        pool = self.runtime.pool(backend.node)
+        pool = self.runtime.pools.get(backend.node)
+        if pool is None:  # its node left the cluster
+            backend.close()
+            return
         with trio.CancelScope(shield=True):
             await pool.release(backend, database_changed=self._db_changed)
 
@@ -624,6 +630,7 @@ class MySQLSession(ClientSession):
         if command == Command.QUERY:
             verbs, more = statement_verbs(payload[1:])
             self._verbs = verbs
+            self._settings.ran_at_home(payload)
             if not verbs:
                 return runtime.operation("OTHER", write=more)
             names = [verb if verb in SQL_VERBS else "OTHER" for verb in verbs]
@@ -666,6 +673,8 @@ class MySQLSession(ClientSession):
             return
         backend = self.backend
         assert backend is not None
+        if backend.node.address != self.runtime.home.address:
+            backend = await self._follow_primary(backend)
         self._node_spoke = False
         if backend.readable_now():
             # An idle node speaks only to say it is closing (KILL, shutdown, wait_timeout):
@@ -708,6 +717,51 @@ class MySQLSession(ClientSession):
             self._noting = None
             if limiter is not None:
                 limiter.done(op.name)
+
+    async def _follow_primary(self, backend: BackendConnection) -> BackendConnection:
+        """The cluster's primary is no longer the session's node (an operator moved it, or
+        the node left): between transactions, the session moves to the primary's pool with
+        its database and settings; in a transaction it stays until the transaction ends.
+
+        Raises:
+            _Closing: the session holds state that cannot move (user variables, named
+                locks, prepared statements, a temporary table...), or the primary could not
+                take it; the client was told why (ERR 1927: reconnect).
+        """
+        if backend.conn.status & ServerStatus.IN_TRANS:
+            return backend
+        runtime = self.runtime
+        home = runtime.home
+        settings = self._settings
+        why = settings.unmovable or settings.home_only
+        if why is None and self._statements:
+            why = "prepared statements"
+        if why is not None:
+            await self._fatal(_must_reconnect(home, f"its state cannot move: {why}"))
+            raise _Closing
+        key = PoolKey(backend.key.capabilities, backend.key.charset, settings.database)
+        statements = settings.statements
+        if not backend.conn.status & ServerStatus.AUTOCOMMIT:
+            statements = (*statements, b"SET autocommit = 0")
+        pool = runtime.pool(home)
+        try:
+            moved = await runtime.engine.execute_pinned(
+                home, lambda: pool.lend(key, statements), lambda _: Outcome.OK
+            )
+        except (Unavailable, BackendLoginError) as exc:
+            await self._fatal(_must_reconnect(home, f"the primary cannot take it: {exc}"))
+            raise _Closing from None
+        moved.settings = ()  # a session's own from now on, reset when it goes back
+        log.info(
+            "client %s: moved from %s to the primary %s",
+            self.transport.peer,
+            backend.node.address,
+            home.address,
+        )
+        await self._release()
+        self.backend = moved
+        self._db_changed = False
+        return moved
 
     def _read_node(
         self, command: Command | int, op: Operation, payload: bytes, now: float
@@ -964,7 +1018,13 @@ class MySQLSession(ClientSession):
         command = event.command
         payload = event.packet.payload
         backend = self.backend
-        if command in _SLOW or len(payload) > _NOWAIT_MAX or backend is None or self._node_spoke:
+        if (
+            command in _SLOW
+            or len(payload) > _NOWAIT_MAX
+            or backend is None
+            or self._node_spoke
+            or backend.node.address != self.runtime.home.address
+        ):
             return False
         op = self._operation(command, payload)
         policies = self.runtime.policies
@@ -1241,6 +1301,13 @@ class MySQLSession(ClientSession):
             self.runtime.pool(backend.node).discard(backend)
         await self._fatal(_unavailable(failure))
         raise _Closing
+
+
+def _must_reconnect(home: Node, why: str) -> ErrorInfo:
+    return error_info(
+        1927,
+        f"resmesh: the cluster's primary is now {home.address} and this session {why}; reconnect",
+    )
 
 
 def _unavailable(failure: Unavailable) -> ErrorInfo:
