@@ -211,3 +211,30 @@ def test_a_new_primary_takes_each_session_at_its_next_safe_point(
             assert "user variables" in ended.value.args[1]
     finally:
         assert gateway.terminate() == 0, gateway.log()
+
+
+def test_a_route_shift_moves_the_reads_of_idle_sessions(
+    servers: tuple[MariaDBServer, MariaDBServer], tmp_path: Path
+) -> None:
+    """Reads choose their node per query: a shift between data centers applies to the next
+    read of a session that is already open."""
+    primary, replica = servers
+    config = _config(primary, replica)
+    cluster = config["clusters"]["orders-db"]
+    cluster["groups"] = {
+        "dc-a": [{"address": f"127.0.0.1:{primary.port}", "role": "primary"}],
+        "dc-b": [{"address": f"127.0.0.1:{replica.port}", "role": "replica"}],
+    }
+    cluster["route"] = {"dc-a": 100, "dc-b": 0}
+    gateway = Gateway(config, tmp_path)
+    try:
+        with _connect(gateway) as conn:
+            assert _one(conn, "SELECT @@server_id") == (PRIMARY,)
+            done = resmesh(
+                "ctl", "-c", str(gateway.config_path), "shift", "orders-db", "dc-a=0", "dc-b=100"
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            wait_for(lambda: _one(conn, "SELECT @@server_id") == (REPLICA,), 5, "the shift")
+            assert _home_server(conn) == PRIMARY  # the session itself stays on the primary
+    finally:
+        assert gateway.terminate() == 0, gateway.log()
