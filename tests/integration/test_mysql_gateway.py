@@ -593,3 +593,15 @@ def test_the_quickstarts_user_db_as_shipped(mariadb: None, tmp_path: Path) -> No
         assert refused.returncode != 0 and "1045" in refused.stderr
     finally:
         assert gateway.terminate() == 0, gateway.log()
+
+
+def test_an_over_large_query_is_pymysqls_1153(
+    start_mysql_gateway: Callable[..., Gateway],
+) -> None:
+    """The ERR comes with the sequence id the client expects after its packet, so the client
+    reports the gateway's error rather than a broken connection."""
+    gateway = start_mysql_gateway(mysql={"max_allowed_packet": "1KiB"})
+    with connect(gateway) as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            cur.execute("SELECT '" + "x" * 4096 + "'")
+    assert refused.value.args[0] == 1153

@@ -267,6 +267,9 @@ class PacketDecoder:
             if expected is not None and seq != expected:
                 raise self._fail(packets_out_of_order())
             if size + length > self.max_payload:
+                if expected is not None:
+                    # Answered after this packet, as MariaDB does: the client's next id.
+                    self.expected_seq = (seq + 1) & 0xFF
                 raise self._fail(packet_too_large())
             if available - offset - HEADER_SIZE < length:
                 self._scan_end = offset

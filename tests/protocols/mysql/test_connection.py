@@ -49,6 +49,7 @@ from resmesh.protocols.mysql.handshake import (
     encode_initial_handshake,
     encode_ssl_request,
 )
+from resmesh.protocols.mysql.packets import MAX_CHUNK
 from resmesh.protocols.mysql.results import (
     ColumnCount,
     ColumnDefinition,
@@ -557,7 +558,21 @@ def test_over_large_command_answered_with_1153_then_closed() -> None:
         server.next_event()
     reply = server.send_fatal_error(info.value.error)
     assert reply[4:7] == b"\xff\x81\x04" and b"max_allowed_packet" in reply
+    assert reply[3] == 1  # the id after the command's packet, as the client expects
     assert server.state is State.CLOSED
+
+
+def test_an_over_large_multi_packet_command_is_answered_after_the_packet_that_overflowed() -> None:
+    server = Connection(Role.SERVER, max_payload=MAX_CHUNK + 10)
+    server.send(greeting_payload())
+    server.receive_data(frame(response_payload(), 1))
+    assert isinstance(server.next_event(), ClientHandshake)
+    server.send(encode_ok(OkPacket(), SERVER_CAPS))
+    server.receive_data(frame(b"\x03" + b"x" * (MAX_CHUNK - 1), 0) + b"\x20\x00\x00\x01")
+    with pytest.raises(MySQLRemoteError) as info:
+        server.next_event()
+    assert info.value.error.errno == 1153
+    assert server.send_fatal_error(info.value.error)[3] == 2
 
 
 def test_quit_and_peer_close() -> None:
