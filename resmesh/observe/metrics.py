@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 from bisect import bisect_right
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from operator import add, attrgetter
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
@@ -196,7 +195,8 @@ class ClusterMetrics:
         if table is None:
             table = self._by_node[node] = {}
         op = calls[0].op
-        if count == 1 or list(map(_op_of, calls)).count(op) == count:
+        ops = list(map(_op_of, calls)) if count > 1 else None
+        if ops is None or ops.count(op) == count:
             series = table.get(op)
             if series is None:
                 series = table[op] = Series(op.name)
@@ -211,7 +211,7 @@ class ClusterMetrics:
             series.bytes_out += sent
             series.bytes_in += received
         else:
-            self._mixed(table, calls, outcome, latency, sent, received, per_call)
+            self._mixed(table, calls, ops, outcome, latency, sent, received, per_call)
         listener = self.listener
         if listener is not None:
             address = node.address if node is not None else ""
@@ -221,24 +221,27 @@ class ClusterMetrics:
         self,
         table: dict[Operation, Series],
         calls: Sequence[Call],
+        ops: list[Operation],
         outcome: Outcome,
         latency: float,
         sent: int,
         received: int,
         per_call: Sequence[Outcome] | None,
     ) -> None:
-        """:meth:`run_ended` for a run of several operations: each gets its share."""
+        """:meth:`run_ended` for a run of several operations (``ops``: each call's): each
+        gets its share, counted by C loops (``dict.fromkeys``, ``list.count``)."""
         count = len(calls)
         if per_call is not None and len(per_call) != count:
             per_call = None
-        shares = Counter(map(_op_of, calls))
-        for op, share in shares.items():
+        bucket = bisect_right(BUCKET_EDGES, latency)
+        for op in dict.fromkeys(ops):
+            share = ops.count(op)
             series = table.get(op)
             if series is None:
                 series = table[op] = Series(op.name)
             if per_call is None:
                 series.outcomes[outcome] += share
-            series.buckets[bisect_right(BUCKET_EDGES, latency)] += share
+            series.buckets[bucket] += share
             series.seconds += latency * share
             series.bytes_out += sent * share // count
             series.bytes_in += received * share // count

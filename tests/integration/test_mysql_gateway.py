@@ -601,7 +601,10 @@ def test_an_over_large_query_is_pymysqls_1153(
     """The ERR comes with the sequence id the client expects after its packet, so the client
     reports the gateway's error rather than a broken connection."""
     gateway = start_mysql_gateway(mysql={"max_allowed_packet": "1KiB"})
-    with connect(gateway) as conn, conn.cursor() as cur:
-        with pytest.raises(pymysql.err.OperationalError) as refused:
-            cur.execute("SELECT '" + "x" * 4096 + "'")
+    with (
+        connect(gateway) as conn,
+        conn.cursor() as cur,
+        pytest.raises(pymysql.err.OperationalError) as refused,
+    ):
+        cur.execute("SELECT '" + "x" * 4096 + "'")
     assert refused.value.args[0] == 1153

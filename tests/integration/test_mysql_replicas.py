@@ -238,3 +238,32 @@ def test_a_route_shift_moves_the_reads_of_idle_sessions(
             assert _home_server(conn) == PRIMARY  # the session itself stays on the primary
     finally:
         assert gateway.terminate() == 0, gateway.log()
+
+
+def test_a_primary_killed_in_a_transaction_ends_the_session_and_nothing_is_replayed(
+    tmp_path: Path,
+) -> None:
+    node = MariaDBServer(tmp_path / "node", server_id=7)
+    node.start()
+    gateway = None
+    try:
+        node.execute("CREATE TABLE IF NOT EXISTS ledger (id INT PRIMARY KEY)")
+        config = _config(node, node)
+        config["clusters"]["orders-db"]["groups"] = {"dc-a": [f"127.0.0.1:{node.port}"]}
+        gateway = Gateway(config, tmp_path)
+        with _connect(gateway) as conn:
+            conn.begin()
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO ledger VALUES (1)")
+            node.kill()
+            with pytest.raises(pymysql.err.OperationalError) as lost, conn.cursor() as cur:
+                cur.execute("INSERT INTO ledger VALUES (2)")
+            assert lost.value.args[0] == 1105
+            assert f"127.0.0.1:{node.port}" in lost.value.args[1]
+        node.start()
+        with _connect(gateway) as fresh:  # the transaction died with the node: no row
+            assert _one(fresh, "SELECT COUNT(*) FROM ledger") == (0,)
+    finally:
+        if gateway is not None:
+            assert gateway.terminate() == 0, gateway.log()
+        node.stop()
