@@ -125,8 +125,9 @@ class Run:
             elsewhere and hedged).
         deadline: absolute ``trio.current_time()`` by which an answer is useless: no attempt
             starts after it and the transport fails an attempt still unanswered then.
-        operation: the run's operation when all its calls share one (its own hedge settings
-            apply), else ``None``.
+        operation: the operation all its calls share, when the frontend knows they share one
+            (its own hedge settings apply, and the metrics count the run under it without
+            looking at each call), else ``None``.
         key: the first routing key, for ``balance: hash`` (``None``: any node).
         shape: what the transport needs to know of the session to send it (for Redis: the
             selected database and protocol version), opaque here.
@@ -152,7 +153,7 @@ class Run:
         *,
         idempotent: bool,
         deadline: float,
-        operation: str | None = None,
+        operation: Operation | None = None,
         key: bytes | None = None,
         shape: object = None,
         request_id: str | None = None,

@@ -179,11 +179,13 @@ class ClusterMetrics:
         received: int = 0,
         per_call: Sequence[Outcome] | None = None,
         request_id: str | None = None,
+        operation: Operation | None = None,
     ) -> None:
         """A run ended: ``calls`` went to ``node`` (``None``: to none) and ended with
         ``outcome`` after ``latency`` seconds, ``sent`` and ``received`` bytes on the node's
         connection. ``per_call``: each call's own outcome, when they differ (a pipeline with
-        one error reply). ``request_id``: the app's, for the access log.
+        one error reply). ``request_id``: the app's, for the access log. ``operation``: the
+        one every call has, when the caller knows (else each call's is looked at).
 
         The common run (every call of one operation, one outcome) costs one series update
         whatever its length; the per-call work is done by C loops (``map``, ``list.count``).
@@ -194,8 +196,8 @@ class ClusterMetrics:
         table = self._by_node.get(node)
         if table is None:
             table = self._by_node[node] = {}
-        op = calls[0].op
-        ops = list(map(_op_of, calls)) if count > 1 else None
+        op = operation or calls[0].op
+        ops = list(map(_op_of, calls)) if count > 1 and operation is None else None
         if ops is None or ops.count(op) == count:
             series = table.get(op)
             if series is None:

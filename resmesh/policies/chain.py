@@ -138,9 +138,6 @@ class ClusterPolicies:
                     if op.hedge.enabled
                     else None
                 )
-        #: Whether any operation hedges differently from the cluster (then a batch path must
-        #: name the operation of each run it hedges).
-        self.operation_hedges = len(self.hedges) > 1
         self.router = GroupRouter(dict(topology.route), governance.local_group)
         self.breakers: dict[Node, CircuitBreaker | _NoBreaker] = {}
         self._balancer_of: dict[Node, Balancer[Node]] = {}

@@ -341,6 +341,7 @@ class HAEngine(Generic[A]):
                 attempt.received_bytes,
                 attempt.call_outcomes() if attempt.errors and outcome is not _LOCAL else None,
                 run.request_id,
+                run.operation,
             )
 
     def _report_failure(self, run: Run, failure: Unavailable, now: float) -> None:
@@ -525,7 +526,10 @@ class _Spread(Generic[A]):
         self._engine = engine
         self._run = run
         self._on_done = on_done
-        self._hedger: HedgeDelay | None = engine.policies.hedger(run.operation)
+        operation = run.operation
+        self._hedger: HedgeDelay | None = engine.policies.hedger(
+            operation.name if operation is not None else None
+        )
         self._delay: float | None = None
         self._hedge_at = math.inf
         self._alarm: _HedgeAlarm | None = None

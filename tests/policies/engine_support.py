@@ -58,7 +58,7 @@ def run(op: Operation = GET, *, deadline: float = 10.0, key: bytes | None = None
         b"payload",
         idempotent=op.idempotent,
         deadline=trio.current_time() + deadline,
-        operation=op.name,
+        operation=op,
         key=key,
     )
 

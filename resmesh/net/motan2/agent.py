@@ -337,7 +337,7 @@ class Motan2Session(ClientSession):
             payload,
             idempotent=op.idempotent,
             deadline=now + cluster.timeout,
-            operation=op.name if policies.operation_hedges else None,
+            operation=op,
             request_id=request.end_to_end_id,
         )
         self.in_flight += 1

@@ -89,6 +89,8 @@ _YIELD_EVERY: Final = 32
 #: node marks the transaction failed (EXECABORT), as it would for any command it refuses; the
 #: reply in that slot is the gateway's own error text.
 _QUEUE_TIME_FAILURE: Final = encode_command([b"ECHO"])
+#: The queued calls' operation when they have several.
+_MIXED: Final = Operation("(mixed)", write=True, idempotent=False)
 _EMPTY_ACTIONS: Final = frozenset({SwitchAction.EMPTY, SwitchAction.ACKNOWLEDGE})
 #: The switch actions that refuse a subscription (a value cannot stand in for one).
 _REFUSING_SUBSCRIPTIONS: Final = frozenset({SwitchAction.ERROR, SwitchAction.FALLBACK})
@@ -122,6 +124,9 @@ class RedisSession(ClientSession):
         self._fwd_slots: list[int] = []
         #: Whether every call queued since the last flush is idempotent.
         self._fwd_idempotent = True
+        #: The operation every queued call has (``None``: none queued; :data:`_MIXED`:
+        #: they differ), for the run (its hedge settings, its metrics).
+        self._fwd_op: Operation | None = None
         #: Replies the gateway puts in place of the node's (slot → reply).
         self._substitutes: dict[int, bytes] = {}
         #: Operations admitted by the limiter whose run has not returned yet.
@@ -471,6 +476,7 @@ class RedisSession(ClientSession):
         fwd = self._fwd
         fwd_slots = self._fwd_slots
         idempotent = self._fwd_idempotent
+        fwd_op = self._fwd_op
         last: bytes | None = None
         count = len(commands)
         while index < count and not state.closing:
@@ -489,10 +495,13 @@ class RedisSession(ClientSession):
             command.op = op
             command.batch = batch
             idempotent = idempotent and op.idempotent
+            if op is not fwd_op:
+                fwd_op = op if fwd_op is None else _MIXED
             fwd.append(command)
             fwd_slots.append(len(out))
             out.append(b"")
         self._fwd_idempotent = idempotent
+        self._fwd_op = fwd_op
         if last is not None:
             state.last_command = last  # as the client spelled it (CLIENT LIST lowers it)
         return index
@@ -606,6 +615,8 @@ class RedisSession(ClientSession):
         command.op = op
         command.batch = self._batch
         self._fwd_idempotent = self._fwd_idempotent and op.idempotent
+        if op is not self._fwd_op:
+            self._fwd_op = op if self._fwd_op is None else _MIXED
         self._fwd.append(command)
         self._fwd_slots.append(len(self._out))
         self._out.append(b"")
@@ -713,6 +724,7 @@ class RedisSession(ClientSession):
         policies = runtime.policies
         wrote = not self._fwd_idempotent and policies.spreads_reads
         self._fwd_idempotent = True
+        operation, self._fwd_op = self._fwd_op, None
         if len(calls) == self._batch_len and self._batch_raw is not None:
             payload = self._batch_raw
         else:
@@ -722,7 +734,7 @@ class RedisSession(ClientSession):
             payload,
             idempotent=idempotent,
             deadline=now + self._timeout,
-            operation=_run_operation(calls) if policies.operation_hedges else None,
+            operation=operation if operation is not _MIXED else None,
             key=_run_key(calls) if idempotent and runtime.hash_reads else None,
             shape=(self.state.db, self.state.resp),
             request_id=self.state.name.decode() if self.state.name else None,
@@ -1143,15 +1155,6 @@ class RedisSession(ClientSession):
             return
         self.state.selected(target)
         self._out.append(R.OK)
-
-
-def _run_operation(calls: list[Command]) -> str | None:
-    """The operation of a run whose calls are all of one operation, else ``None``."""
-    op = calls[0].op
-    for call in calls:
-        if call.op is not op:
-            return None
-    return op.name
 
 
 def _run_key(calls: list[Command]) -> bytes | None:

