@@ -263,6 +263,13 @@ class ClusterMetrics:
             if won:
                 series.hedges_won += 1
 
+    def untimed(self, operation: Operation, node: Node | None) -> None:
+        """A call whose latency means nothing was served: the gateway answered it itself
+        (``node`` ``None``: a Redis PING, SELECT, CLIENT SETNAME...), or relayed it on a
+        connection whose replies are not paired with requests (a Redis subscriber's). It
+        counts as a call with no latency sample."""
+        self._series(node, operation).outcomes[Outcome.OK] += 1
+
     def attempt_failed(self, operation: Operation, node: Node) -> None:
         """An attempt of a run failed on ``node`` (the run went on elsewhere, or ended with
         this failure, counted by :meth:`run_ended`)."""

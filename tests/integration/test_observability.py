@@ -115,6 +115,32 @@ def test_every_call_is_counted_and_logged_once_with_its_request_id(
     assert by_id == {f"rid-{i}": GETS_EACH + 10 for i in range(CLIENTS)}
 
 
+def test_calls_the_gateway_answers_and_a_subscriber_s_are_counted(
+    observed: Any, redis_node: RedisServer
+) -> None:
+    """PING is answered by the gateway (no node), SUBSCRIBE relayed on a subscriber's own
+    connection: both are calls, counted without a latency."""
+    gateway, admin, _ = observed
+    client = redis.Redis(port=gateway.port, socket_timeout=5)
+    for _ in range(3):
+        assert client.ping() is True
+    pubsub = client.pubsub()
+    pubsub.subscribe("news")
+    message = pubsub.get_message(timeout=5)
+    assert message is not None and message["type"] == "subscribe"
+    local = {
+        "cluster": "feed-cache",
+        "protocol": "redis",
+        "node": "",
+        "operation": "PING",
+        "outcome": "ok",
+    }
+    samples = _samples(admin)
+    assert samples[("resmesh_calls_total", tuple(sorted(local.items())))] == 3
+    assert _calls(admin, redis_node.port, "SUBSCRIBE") == 1
+    pubsub.close()
+
+
 def test_errors_and_refusals_are_counted_by_outcome_and_policy(
     observed: Any, redis_node: RedisServer
 ) -> None:

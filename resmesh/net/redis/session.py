@@ -1076,12 +1076,20 @@ class RedisSession(ClientSession):
         rejection = self._limit(op)
         admitted, self._admitted = self._admitted, []
         self._done(admitted)
-        return f"ERR resmesh: {rejection}" if rejection is not None else None
+        if rejection is not None:
+            return f"ERR resmesh: {rejection}"
+        metrics = self.runtime.policies.metrics
+        if metrics is not None:
+            metrics.untimed(op, self.pinned_node)
+        return None
 
     # ----------------------------------------------------------------------------------------
     # Commands the gateway answers itself
 
     async def _local(self, command: Command, info: CommandInfo) -> None:
+        metrics = self.runtime.policies.metrics
+        if metrics is not None:
+            metrics.untimed(self.runtime.operation(info), None)
         name = info.name
         state = self.state
         out = self._out
