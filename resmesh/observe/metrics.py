@@ -263,12 +263,16 @@ class ClusterMetrics:
             if won:
                 series.hedges_won += 1
 
-    def untimed(self, operation: Operation, node: Node | None) -> None:
+    def untimed(self, call: Call, node: Node | None, request_id: str | None = None) -> None:
         """A call whose latency means nothing was served: the gateway answered it itself
         (``node`` ``None``: a Redis PING, SELECT, CLIENT SETNAME...), or relayed it on a
         connection whose replies are not paired with requests (a Redis subscriber's). It
-        counts as a call with no latency sample."""
-        self._series(node, operation).outcomes[Outcome.OK] += 1
+        counts as a call with no latency sample (its access log line says 0)."""
+        self._series(node, call.op).outcomes[Outcome.OK] += 1
+        listener = self.listener
+        if listener is not None:
+            address = node.address if node is not None else ""
+            listener((call,), address, Outcome.OK, 0.0, 0, 0, request_id=request_id)
 
     def attempt_failed(self, operation: Operation, node: Node) -> None:
         """An attempt of a run failed on ``node`` (the run went on elsewhere, or ended with

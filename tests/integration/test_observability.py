@@ -119,8 +119,8 @@ def test_calls_the_gateway_answers_and_a_subscriber_s_are_counted(
     observed: Any, redis_node: RedisServer
 ) -> None:
     """PING is answered by the gateway (no node), SUBSCRIBE relayed on a subscriber's own
-    connection: both are calls, counted without a latency."""
-    gateway, admin, _ = observed
+    connection: both are calls, counted and logged without a latency."""
+    gateway, admin, log = observed
     client = redis.Redis(port=gateway.port, socket_timeout=5)
     for _ in range(3):
         assert client.ping() is True
@@ -139,6 +139,13 @@ def test_calls_the_gateway_answers_and_a_subscriber_s_are_counted(
     assert samples[("resmesh_calls_total", tuple(sorted(local.items())))] == 3
     assert _calls(admin, redis_node.port, "SUBSCRIBE") == 1
     pubsub.close()
+    wait_for(
+        lambda: sum(1 for line in _lines(log) if line["operation"] == "SUBSCRIBE") == 1,
+        10,
+        "the SUBSCRIBE line",
+    )
+    pings = [line for line in _lines(log) if line["operation"] == "PING"]
+    assert [(line["node"], line["latency_ms"]) for line in pings] == [("-", 0)] * 3
 
 
 def test_errors_and_refusals_are_counted_by_outcome_and_policy(

@@ -704,6 +704,11 @@ class RedisSession(ClientSession):
         runtime.engine.start(run, self._answered, now)
         return True
 
+    def _request_id(self) -> str | None:
+        """The app's request id: the client's name (``CLIENT SETNAME``)."""
+        name = self.state.name
+        return name.decode() if name else None
+
     def _reads_anywhere(self) -> bool:
         """Whether the queued run may go to any node: it only reads, and not right after
         this session wrote (replicas lag, so a client must read its own writes)."""
@@ -737,7 +742,7 @@ class RedisSession(ClientSession):
             operation=operation if operation is not _MIXED else None,
             key=_run_key(calls) if idempotent and runtime.hash_reads else None,
             shape=(self.state.db, self.state.resp),
-            request_id=self.state.name.decode() if self.state.name else None,
+            request_id=self._request_id(),
         )
         return run, slots, wrote
 
@@ -801,7 +806,7 @@ class RedisSession(ClientSession):
             timed=timed,
             calls=calls,
             sent=len(payload),
-            request_id=self.state.name.decode() if self.state.name else None,
+            request_id=self._request_id(),
         )
 
     def _lost_pinned(self, failure: Unavailable) -> None:
@@ -1080,7 +1085,8 @@ class RedisSession(ClientSession):
             return f"ERR resmesh: {rejection}"
         metrics = self.runtime.policies.metrics
         if metrics is not None:
-            metrics.untimed(op, self.pinned_node)
+            command.op = op
+            metrics.untimed(command, self.pinned_node, self._request_id())
         return None
 
     # ----------------------------------------------------------------------------------------
@@ -1089,7 +1095,8 @@ class RedisSession(ClientSession):
     async def _local(self, command: Command, info: CommandInfo) -> None:
         metrics = self.runtime.policies.metrics
         if metrics is not None:
-            metrics.untimed(self.runtime.operation(info), None)
+            command.op = self.runtime.operation(info)
+            metrics.untimed(command, None, self._request_id())
         name = info.name
         state = self.state
         out = self._out
