@@ -63,11 +63,18 @@ async def serve_admin(
 
 class WorkersView:
     """The view of a gateway of several workers, from worker 0: its own, merged with the
-    others' (asked over their Unix sockets)."""
+    others' (asked over their Unix sockets).
+
+    A worker that does not answer a metrics scrape is counted with the last document it
+    gave: its counters stay where they were rather than drop out of the sum, which a
+    Prometheus scrape would read as a reset and a Graphite push as a burst of calls at the
+    next answer.
+    """
 
     def __init__(self, local: AdminView, peers: list[Path]) -> None:
         self._local = local
         self._peers = peers
+        self._last_metrics: dict[Path, dict[str, Any]] = {}
 
     async def health(self) -> tuple[bool, str]:
         return await self._local.health()
@@ -94,6 +101,10 @@ class WorkersView:
         documents = [await self._local.metrics()]
         for path in self._peers:
             document = await _ask(path, "/metrics.json")
+            if document is None:
+                document = self._last_metrics.get(path)
+            else:
+                self._last_metrics[path] = document
             if document is not None:
                 documents.append(document)
         return merge_metrics(documents)
