@@ -174,10 +174,13 @@ def _home_server(conn: pymysql.Connection[Any]) -> int:
 def test_a_new_primary_takes_each_session_at_its_next_safe_point(
     servers: tuple[MariaDBServer, MariaDBServer], tmp_path: Path
 ) -> None:
-    """``ctl primary``: an idle session moves at its next command with its settings; one in a
-    transaction finishes it where it is, then moves; one whose state cannot move (a user
-    variable) is told to reconnect (1927), never silently replayed."""
+    """``ctl primary``: an idle session moves at its next command with its settings and its
+    ``LAST_INSERT_ID()``; one in a transaction finishes it where it is, then moves; one whose
+    state cannot move (a user variable) is told to reconnect (1927), never silently
+    replayed."""
     primary, replica = servers
+    primary.execute("CREATE TABLE IF NOT EXISTS seq (id INT AUTO_INCREMENT PRIMARY KEY)")
+    wait_replicated(primary, replica)
     gateway = Gateway(_config(primary, replica), tmp_path)
     try:
         with (
@@ -187,6 +190,9 @@ def test_a_new_primary_takes_each_session_at_its_next_safe_point(
         ):
             with idle.cursor() as cur:
                 cur.execute("SET time_zone = '+03:00'")
+                cur.execute("INSERT INTO seq VALUES ()")
+                inserted = cur.lastrowid
+            assert inserted > 0
             with stuck.cursor() as cur:
                 cur.execute("SET @mine = 1")
             busy.begin()
@@ -201,7 +207,7 @@ def test_a_new_primary_takes_each_session_at_its_next_safe_point(
                 wait_for(lambda: _home_server(probe) == REPLICA, 5, "the new primary")
 
             assert _home_server(idle) == REPLICA
-            assert _one(idle, "SELECT @@time_zone") == ("+03:00",)
+            assert _one(idle, "SELECT @@time_zone, LAST_INSERT_ID()") == ("+03:00", inserted)
             assert _home_server(busy) == PRIMARY  # its transaction stays where it began
             busy.commit()
             assert _home_server(busy) == REPLICA

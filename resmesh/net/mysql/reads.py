@@ -52,7 +52,11 @@ _HOME_ONLY: Final = re.compile(
     re.IGNORECASE,
 )
 _USER_VARIABLE: Final = re.compile(rb"(?<!@)@(?!@)")
-_UNMOVABLE: Final = re.compile(rb"(?<!@)@(?!@)|GET_LOCK", re.IGNORECASE)
+#: User variables, named locks, and ``LAST_INSERT_ID(expr)`` (a value set by hand, which the
+#: replies do not show).
+_UNMOVABLE: Final = re.compile(
+    rb"(?<!@)@(?!@)|GET_LOCK|LAST_INSERT_ID\s*\(\s*[^\s)]", re.IGNORECASE
+)
 _TEMPORARY: Final = re.compile(rb"TEMPORARY", re.IGNORECASE)
 _AUTOCOMMIT: Final = re.compile(rb"AUTOCOMMIT", re.IGNORECASE)
 
@@ -96,7 +100,8 @@ class SessionSettings:
     statements: tuple[bytes, ...] = ()
     home_only: str | None = None
     #: What of the session cannot move to another connection even at a safe point (user
-    #: variables, named locks: their values are not tracked), if anything.
+    #: variables, named locks, a LAST_INSERT_ID set by hand: their values are not
+    #: tracked), if anything.
     unmovable: str | None = None
 
     def ran_at_home(self, sql: bytes) -> None:
@@ -104,7 +109,7 @@ class SessionSettings:
         the session to another connection (checked before the query's success is known: a
         false alarm only ends a session that a primary change would have moved)."""
         if self.unmovable is None and _UNMOVABLE.search(sql) is not None:
-            self.unmovable = "user variables or named locks"
+            self.unmovable = "user variables, named locks or LAST_INSERT_ID(expr)"
 
     def ran(self, sql: bytes, verbs: list[str]) -> None:
         """The session's own connection ran ``sql`` (statements ``verbs``) successfully:

@@ -479,6 +479,7 @@ class MySQLSession(ClientSession):
             return False
         assert self.backend is not None
         self._settings.reset(key.database)
+        self.backend.scanner.last_insert_id = 0  # the pool reset the connection
         status = self.backend.conn.status & (ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS)
         self._queue(encode_ok(OkPacket(status=ServerStatus(status)), int(self.conn.capabilities)))
         await self._flush()
@@ -743,6 +744,8 @@ class MySQLSession(ClientSession):
         statements = settings.statements
         if not backend.conn.status & ServerStatus.AUTOCOMMIT:
             statements = (*statements, b"SET autocommit = 0")
+        if backend.scanner.last_insert_id:
+            statements = (*statements, b"DO LAST_INSERT_ID(%d)" % backend.scanner.last_insert_id)
         pool = runtime.pool(home)
         try:
             moved = await runtime.engine.execute_pinned(
@@ -752,6 +755,7 @@ class MySQLSession(ClientSession):
             await self._fatal(_must_reconnect(home, f"the primary cannot take it: {exc}"))
             raise _Closing from None
         moved.settings = ()  # a session's own from now on, reset when it goes back
+        moved.scanner.last_insert_id = backend.scanner.last_insert_id
         log.info(
             "client %s: moved from %s to the primary %s",
             self.transport.peer,

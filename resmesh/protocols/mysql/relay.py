@@ -174,6 +174,8 @@ class ReplyScanner:
             MariaDB's CACHE_METADATA and PROGRESS shape the packets).
         end: how the current reply ended; ``None`` while it goes on.
         status: the status flags of the reply's last OK/EOF so far (``None``: none yet).
+        last_insert_id: the last non-zero insert id an OK packet carried (what the
+            connection's ``LAST_INSERT_ID()`` says, as far as its replies show); 0: none.
     """
 
     __slots__ = (
@@ -192,6 +194,7 @@ class ReplyScanner:
         "_statement_id",
         "capabilities",
         "end",
+        "last_insert_id",
         "status",
     )
 
@@ -214,6 +217,7 @@ class ReplyScanner:
         self._max_payload = max_payload
         self.end: ReplyEnd | None = None
         self.status: int | None = None
+        self.last_insert_id = 0
         self._state = _SIMPLE
         self._seq = 0
         self._skip = 0
@@ -540,9 +544,12 @@ class ReplyScanner:
             self._state = _ROWS if self.capabilities & _DEPRECATE_EOF else _COLUMNS_EOF
 
     def _ok_status(self, payload: bytes) -> int:
-        """The status flags of an OK packet (header, affected rows, insert id, status)."""
+        """The status flags of an OK packet (header, affected rows, insert id, status); a
+        non-zero insert id is kept in :attr:`last_insert_id`."""
         _, pos = _lenenc(payload, 1)
-        _, pos = _lenenc(payload, pos)
+        insert_id, pos = _lenenc(payload, pos)
+        if insert_id:
+            self.last_insert_id = insert_id
         capabilities = self.capabilities
         if capabilities & _STATUS_IN_OK:
             if pos + 2 > len(payload):

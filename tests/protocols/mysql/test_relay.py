@@ -460,3 +460,16 @@ def test_the_client_facing_codec_is_told_a_reply_went_out_raw() -> None:
     assert isinstance(pair.server.next_event(), CommandEvent)
     pair.server.reply_relayed(None)  # an ERR: the status stays
     assert pair.server.in_transaction
+
+
+def test_the_scanner_keeps_the_last_insert_id_its_oks_carried() -> None:
+    """What the connection's LAST_INSERT_ID() says: an OK's non-zero insert id, kept through
+    statements that generate none."""
+    caps = int(SERVER_CAPS)
+    scanner = ReplyScanner(caps)
+    for insert_id, expected in ((0, 0), (42, 42), (0, 42), (43, 43)):
+        scanner.start(Command.QUERY)
+        ok = encode_ok(OkPacket(last_insert_id=insert_id, status=ServerStatus.AUTOCOMMIT), caps)
+        scanner.feed(frame(ok, 1))
+        assert scanner.end is not None and scanner.end.kind is ReplyKind.OK
+        assert scanner.last_insert_id == expected
