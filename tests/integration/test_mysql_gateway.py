@@ -38,6 +38,7 @@ from resmesh.protocols.mysql.statements import (
     encode_stmt_prepare,
     encode_stmt_reset,
 )
+from tests.support.mariadb import connect_app
 from tests.support.servers import Gateway, free_port, vm_rss_kib
 
 MARIADB_PORT = 3306
@@ -108,15 +109,8 @@ def gw(mariadb: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate
 
 
 def connect(gateway: Gateway, **kwargs: Any) -> pymysql.Connection[Any]:
-    options: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": gateway.port,
-        "user": "app",
-        "password": "app",
-        "database": "test",
-    }
-    options.update(kwargs)
-    return pymysql.connect(**options)
+    connection: pymysql.Connection[Any] = connect_app(gateway.port, **kwargs)
+    return connection
 
 
 def mariadb_cli(port: int, sql: str, *, password: str = "app") -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from tests.support.mariadb import MariaDBServer, start_replica, wait_replicated
+from tests.support.mariadb import MariaDBServer, connect_app, start_replica, wait_replicated
 from tests.support.servers import Gateway, free_port, resmesh, wait_for
 
 PRIMARY, REPLICA = 1, 2
@@ -68,16 +68,11 @@ def gateway(servers: tuple[MariaDBServer, MariaDBServer], tmp_path: Path) -> Ite
 
 
 def _connect(gateway: Gateway, **kwargs: Any) -> pymysql.Connection[Any]:
-    options: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": gateway.port,
-        "user": "app",
-        "password": "app",
-        "database": "test",
-        "autocommit": True,
-    }
-    options.update(kwargs)
-    return pymysql.connect(**options)
+    """The gateway user's session, in autocommit mode unless ``kwargs`` say otherwise."""
+    connection: pymysql.Connection[Any] = connect_app(
+        gateway.port, **{"autocommit": True, **kwargs}
+    )
+    return connection
 
 
 def _one(conn: pymysql.Connection[Any], sql: str) -> tuple[Any, ...]:

@@ -362,3 +362,17 @@ def wait_replicated(primary: MariaDBServer, replica: MariaDBServer, timeout: flo
             f"{replica!r} did not reach the primary's GTID position {position!r} within "
             f"{timeout}s (MASTER_GTID_WAIT returned {result!r}): {_describe_replication(replica)}"
         )
+
+
+def connect_app(port: int, **options: Any) -> Any:
+    """A PyMySQL connection to a gateway on ``port`` as the tests' gateway user ``app``
+    (password ``app``) in database ``test``; ``options`` override or add PyMySQL's."""
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "user": "app",
+        "password": "app",
+        "database": "test",
+        **options,
+    }
+    return pymysql.connect(**settings)

@@ -155,23 +155,16 @@ class MySQLRuntime(ClusterRuntime):
             for session in list(self.sessions.values()):
                 if not isinstance(session, MySQLSession):
                     continue
-                lent = session.lent
-                if lent is not None and lent.check_stalled(sweeps):
-                    log.warning(
-                        "client %s: no answer from %s within %gs; closing it",
-                        session.transport.peer,
-                        lent.node.address,
-                        timeout,
-                    )  # the session's task, reading it, is woken by the close
-                backend = session.backend
-                if backend is not None and backend.check_stalled(sweeps):
-                    log.warning(
-                        "client %s: no answer from %s within %gs; closing it",
-                        session.transport.peer,
-                        backend.node.address,
-                        timeout,
-                    )
-                    session.backend_stalled()
+                for conn in (session.lent, session.backend):
+                    if conn is not None and conn.check_stalled(sweeps):
+                        log.warning(
+                            "client %s: no answer from %s within %gs; closing it",
+                            session.transport.peer,
+                            conn.node.address,
+                            timeout,
+                        )
+                        if conn is session.backend:  # a lent one's reader wakes on the close
+                            session.backend_stalled()
 
     def describe_backend(self) -> str:
         return self.home.address

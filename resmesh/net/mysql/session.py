@@ -54,7 +54,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 
@@ -853,9 +853,7 @@ class MySQLSession(ClientSession):
                 )
             return False
         except MySQLLocalError as exc:
-            log.error("client %s: reply cannot be relayed: %s", self.transport.peer, exc)
-            await self._fatal(exc.error)
-            raise _Closing from None
+            await self._unrelayable(exc)
         finally:
             self.lent = None
             if relayed:
@@ -863,6 +861,13 @@ class MySQLSession(ClientSession):
             else:
                 pool.discard(conn)
         return True
+
+    async def _unrelayable(self, exc: MySQLLocalError) -> NoReturn:
+        """A reply the client's codec refuses to relay (a bug): the client is told, and the
+        session ends."""
+        log.error("client %s: reply cannot be relayed: %s", self.transport.peer, exc)
+        await self._fatal(exc.error)
+        raise _Closing from None
 
     async def _reply_local(self, error: ErrorInfo) -> None:
         try:
@@ -922,9 +927,7 @@ class MySQLSession(ClientSession):
         except Unavailable as exc:
             await self._lost(exc)
         except MySQLLocalError as exc:
-            log.error("client %s: reply cannot be relayed: %s", self.transport.peer, exc)
-            await self._fatal(exc.error)
-            raise _Closing from None
+            await self._unrelayable(exc)
         finally:
             self._preparing = None
 
