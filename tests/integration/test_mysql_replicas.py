@@ -7,6 +7,7 @@ primary's weight is 0, so every read that may leave it goes to the replica.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,31 @@ def test_a_primary_killed_in_a_transaction_ends_the_session_and_nothing_is_repla
         if gateway is not None:
             assert gateway.terminate() == 0, gateway.log()
         node.stop()
+
+
+def test_a_replica_that_stops_answering_has_its_reads_answered_by_the_primary(
+    servers: tuple[MariaDBServer, MariaDBServer], tmp_path: Path
+) -> None:
+    """A replica frozen mid-read (SIGSTOP): past ``backend.command_timeout`` the read, of
+    which nothing reached the client, runs on the primary; the session goes on."""
+    primary, _ = servers
+    frozen = start_replica(primary, tmp_path / "frozen", server_id=4)
+    config = _config(primary, frozen)
+    config["clusters"]["orders-db"]["backend"]["command_timeout"] = "1s"
+    gateway = Gateway(config, tmp_path)
+    process = frozen.process
+    assert process is not None
+    try:
+        with _connect(gateway) as conn:
+            for _ in range(3):  # the replica's lent connection is pooled and reused
+                assert _one(conn, "SELECT @@server_id") == (4,)
+            process.send_signal(signal.SIGSTOP)
+            try:
+                assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 1") == ("one", PRIMARY)
+            finally:
+                process.send_signal(signal.SIGCONT)
+            assert _one(conn, "SELECT @@server_id, CONNECTION_ID()")[0] == PRIMARY
+        assert f"no answer from 127.0.0.1:{frozen.port} within 1s" in gateway.log()
+    finally:
+        frozen.stop()
+        assert gateway.terminate() == 0, gateway.log()

@@ -108,3 +108,20 @@ def test_too_many_settings_keep_reads_home() -> None:
     assert settings.home_only is None
     _ran(settings, b"SET sql_mode = ''")
     assert settings.home_only is not None
+
+
+@pytest.mark.parametrize(
+    ("sql", "unmovable"),
+    [
+        (b"SET @x = 1", True),
+        (b"select get_lock('a', 1)", True),
+        (b"SELECT last_insert_id(5)", True),
+        (b"SELECT LAST_INSERT_ID()", False),
+        (b"SELECT @@time_zone", False),
+        (b"INSERT INTO t VALUES (1)", False),
+    ],
+)
+def test_state_that_no_other_connection_can_have_is_noted(sql: bytes, unmovable: bool) -> None:
+    settings = SessionSettings()
+    settings.ran_at_home(sql)
+    assert (settings.unmovable is not None) is unmovable

@@ -504,6 +504,18 @@ class MySQLPool:
             raise Unavailable(self.node.address, str(exc)) from None
         return conn
 
+    def lend_nowait(self, key: PoolKey, settings: tuple[bytes, ...]) -> BackendConnection | None:
+        """What :meth:`lend` gives, when an idle connection has run exactly ``settings``
+        (nothing to send first, so no wait); else ``None``."""
+        stack = self.lendable.get(key)
+        while stack:
+            conn = stack[-1]
+            if conn.readable_now():  # the node closed it while it sat idle
+                self._discard(stack.pop())
+                continue
+            return stack.pop() if conn.settings == settings else None
+        return None
+
     def take_back(self, conn: BackendConnection) -> None:
         """A connection :meth:`lend` gave out, its read done: kept as it is for the next
         read with the same settings, or closed if it cannot be reused."""

@@ -43,20 +43,20 @@ READ_ANYWHERE_VERBS: Final = frozenset(
 )
 
 #: What keeps a read at home: locking reads, lock and session functions, the last statement's
-#: counters, sequences, ``INTO``, and a user variable (``@x`` not ``@@x``).
+#: counters, sequences, ``INTO``, and a user variable (``@x`` not ``@@x``). Searched in the
+#: upper-cased text, not with ``re.IGNORECASE`` (three times slower), behind a lookahead on
+#: the characters the words start with (each position is tried once, not once per word).
 _HOME_ONLY: Final = re.compile(
+    rb"(?=[FLRWEICNPSM_@])(?:"
     rb"FOR\s+UPDATE|LOCK\s+IN\s+SHARE|FOR\s+SHARE|_LOCK\b|RELEASE_ALL_LOCKS|LAST_INSERT_ID|"
     rb"FOUND_ROWS|ROW_COUNT|WARNING_COUNT|ERROR_COUNT|IDENTITY|INSERT_ID|CONNECTION_ID|"
     rb"NEXTVAL|LASTVAL|SETVAL|NEXT\s+VALUE|PREVIOUS\s+VALUE|\bINTO\b|MASTER_POS_WAIT|"
-    rb"MASTER_GTID_WAIT|(?<!@)@(?!@)",
-    re.IGNORECASE,
+    rb"MASTER_GTID_WAIT|(?<!@)@(?!@))"
 )
 _USER_VARIABLE: Final = re.compile(rb"(?<!@)@(?!@)")
-#: User variables, named locks, and ``LAST_INSERT_ID(expr)`` (a value set by hand, which the
-#: replies do not show).
-_UNMOVABLE: Final = re.compile(
-    rb"(?<!@)@(?!@)|GET_LOCK|LAST_INSERT_ID\s*\(\s*[^\s)]", re.IGNORECASE
-)
+#: Named locks and ``LAST_INSERT_ID(expr)`` (a value set by hand, which the replies do not
+#: show), in the upper-cased text; user variables are looked for apart (an ``@`` first).
+_UNMOVABLE: Final = re.compile(rb"(?=[GL])(?:GET_LOCK|LAST_INSERT_ID\s*\(\s*[^\s)])")
 _TEMPORARY: Final = re.compile(rb"TEMPORARY", re.IGNORECASE)
 _AUTOCOMMIT: Final = re.compile(rb"AUTOCOMMIT", re.IGNORECASE)
 
@@ -83,7 +83,7 @@ def reads_anywhere(sql: bytes, verbs: list[str]) -> bool:
     for verb in verbs:
         if verb not in READ_ANYWHERE_VERBS:
             return False
-    return _HOME_ONLY.search(sql) is None
+    return _HOME_ONLY.search(sql.upper()) is None
 
 
 @dataclass(slots=True)
@@ -108,7 +108,13 @@ class SessionSettings:
         """Any query the session's own connection runs: note state that would not follow
         the session to another connection (checked before the query's success is known: a
         false alarm only ends a session that a primary change would have moved)."""
-        if self.unmovable is None and _UNMOVABLE.search(sql) is not None:
+        if self.unmovable is not None:
+            return
+        upper = sql.upper()
+        if (b"@" in sql and _USER_VARIABLE.search(sql) is not None) or (
+            (b"GET_LOCK" in upper or b"LAST_INSERT_ID" in upper)
+            and _UNMOVABLE.search(upper) is not None
+        ):
             self.unmovable = "user variables, named locks or LAST_INSERT_ID(expr)"
 
     def ran(self, sql: bytes, verbs: list[str]) -> None:

@@ -163,8 +163,7 @@ class MySQLRuntime(ClusterRuntime):
                             conn.node.address,
                             timeout,
                         )
-                        if conn is session.backend:  # a lent one's reader wakes on the close
-                            session.backend_stalled()
+                        session.backend_stalled(conn)
 
     def describe_backend(self) -> str:
         return self.home.address

@@ -45,8 +45,9 @@ transactions, variables and temporary tables live there); when it ends the conne
 reset (COM_RESET_CONNECTION) and goes back to the pool. COM_CHANGE_USER ends it the same way
 and takes a connection for the new login (:meth:`MySQLSession._change_user`). Two things
 leave it: a read that may run anywhere goes to the balancer's node on a connection lent for it
-(:meth:`MySQLSession._read_elsewhere`), and a new primary takes the session at a safe point
-(:meth:`MySQLSession._follow_primary`); :mod:`~resmesh.net.mysql.reads` says when.
+(by the poller's task when one is at hand, :meth:`MySQLSession._lend_nowait`; else by the
+session's, :meth:`MySQLSession._read_elsewhere`), and a new primary takes the session at a
+safe point (:meth:`MySQLSession._follow_primary`); :mod:`~resmesh.net.mysql.reads` says when.
 """
 
 from __future__ import annotations
@@ -246,6 +247,16 @@ class _Rejected:
         self.error = error
 
 
+class _Ended:
+    """A node other than the session's failed in the middle of a reply (the poller's
+    task hands this to the session's task): the session ends, its own connection kept."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: Unavailable) -> None:
+        self.failure = failure
+
+
 class _Closing(Exception):
     """The session ends (the client left, broke the protocol, or its backend was lost)."""
 
@@ -281,6 +292,16 @@ class MySQLSession(ClientSession):
         self._read_on: Node | None = None
         #: A connection of another node lent for the read in flight (the stall sweep's).
         self.lent: BackendConnection | None = None
+        #: The connection whose reply the poller's task relays: :attr:`backend`, or
+        #: :attr:`lent` for a read on another node (registered with the poller for it).
+        self._replying: BackendConnection | None = None
+        self._lent_fd = -1
+        self._lent_reader = self._on_lent_readable
+        #: The command the poller's task sent on a lent connection: the session's task runs
+        #: it on the session's own node if that connection fails before any reply byte.
+        self._lent_event: CommandEvent | None = None
+        #: The next command runs on the session's own node (its read elsewhere failed).
+        self._read_home = False
         self._out: list[bytes] = []
         self._out_size = 0
         # Dispatched (see ClientSession): the poller's task reads the client, sends a command
@@ -406,13 +427,17 @@ class MySQLSession(ClientSession):
         if backend is None:
             return
         self._unregister_backend(backend)
-        if self._inflight:
+        replying = self._replying
+        if self._inflight and replying is not None:
             # The client left in the middle of a reply: the rest of it is still coming.
             self._inflight = False
-            backend.broken = True
-            backend.parked = False
-            self.runtime.policies.abandon(backend.node, False)
+            self._replying = None
+            replying.broken = True
+            replying.parked = False
+            self.runtime.policies.abandon(replying.node, False)
             self._limit_done()
+            if replying is not backend:
+                self._return_lent(replying, reusable=False)
         pool = self.runtime.pools.get(backend.node)
         if pool is None:  # its node left the cluster
             backend.close()
@@ -709,7 +734,8 @@ class MySQLSession(ClientSession):
         try:
             now = trio.current_time()
             node, self._read_on = self._read_on, None
-            if node is None:
+            home, self._read_home = self._read_home, False
+            if node is None and not home:
                 node = self._read_node(command, op, payload, now)
             if node is None or not await self._read_elsewhere(node, payload, op):
                 self._note_write(op, now)
@@ -1038,21 +1064,30 @@ class MySQLSession(ClientSession):
         if command in _SWITCHABLE and policies.switchboard.active and not self._session_only:
             return False
         now = self._clock.current_time()
+        conn = backend
         if policies.spreads_reads:
             node = self._read_node(command, op, payload, now)
             if node is not None:
-                self._read_on = node
-                return False
-            self._note_write(op, now)
+                lent = self._lend_nowait(node)
+                if lent is None:
+                    self._read_on = node  # the session's task lends one (it may connect)
+                    return False
+                conn = lent
+            else:
+                self._note_write(op, now)
         limiter = policies.limiter
         if limiter is not None:
             rejection = limiter.admit(op.name, now)
             if rejection is not None:
+                if conn is not backend:
+                    self._return_lent(conn, reusable=True)
                 if policies.metrics is not None:
                     policies.metrics.refused(op.name, Refusal.LIMIT)
                 self._handed = _Rejected(error_info(1203, f"resmesh: {rejection}"))
                 return False
-        node = backend.node
+        if conn is not backend:
+            self._lent_event = event
+        node = conn.node
         policies.begin_committed(node)
         self._op = op
         self._started = now
@@ -1062,35 +1097,80 @@ class MySQLSession(ClientSession):
         self._request_id = self._request_id_of(payload)
         reason = "the node does not read its commands"
         try:
-            sent = backend.sock.send(wire)
+            sent = conn.sock.send(wire)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
             sent = -1
             reason = f"connection lost: {exc}"
         self._inflight = True
+        self._replying = conn
         if sent != len(wire):
-            backend.broken = True
+            conn.broken = True
             self._fail_nowait(Unavailable(node.address, reason))
             return False
-        backend.scanner.start(payload[0], 1)
-        backend.parks += 1
-        backend.parked = True
+        conn.scanner.start(payload[0], 1)
+        conn.parks += 1
+        conn.parked = True
         self.waiting = Waiting.NOTHING  # a drain lets the reply finish
         return True
 
+    def _lend_nowait(self, node: Node) -> BackendConnection | None:
+        """A connection of ``node``'s pool with the session's database and settings, idle
+        and at hand (registered with the poller for the read), or ``None``."""
+        home = self.backend
+        poller = self.poller
+        assert home is not None and poller is not None
+        settings = self._settings
+        key = PoolKey(home.key.capabilities, home.key.charset, settings.database)
+        conn = self.runtime.pool(node).lend_nowait(key, settings.statements)
+        if conn is None:
+            return None
+        try:
+            self._lent_fd = poller.register(conn.sock, self._lent_reader)
+        except (OSError, ValueError):
+            self.runtime.pool(node).discard(conn)
+            return None
+        self.lent = conn
+        return conn
+
+    def _return_lent(self, conn: BackendConnection, *, reusable: bool) -> None:
+        """The poller's task is done with a lent connection: back to its pool (``reusable``:
+        as it is; else closed)."""
+        fd, self._lent_fd = self._lent_fd, -1
+        if fd >= 0 and self.poller is not None:
+            self.poller.unregister(fd, self._lent_reader)
+        self.lent = None
+        self._lent_event = None
+        pool = self.runtime.pools.get(conn.node)
+        if pool is None:  # its node left the cluster
+            conn.close()
+        elif reusable:
+            pool.take_back(conn)
+        else:
+            pool.discard(conn)
+
     def _on_backend_readable(self, events: int = 0) -> None:
-        """The node's socket became readable (the poller's task): relay what came of the
-        reply in flight, one send to the client per read."""
-        if not self._inflight:
+        """The session's node's socket became readable (the poller's task): relay what
+        came of the reply in flight."""
+        if not self._inflight or self._replying is not self.backend:
             # The node spoke out of turn (it is closing the connection: KILL, shutdown,
             # wait_timeout), or the session's task is reading a reply itself: either way
             # the next command goes through the task, which looks at the socket.
             self._node_spoke = True
             return
+        self._relay_nowait()
+
+    def _on_lent_readable(self, events: int = 0) -> None:
+        """A lent connection's socket became readable: relay the read's reply."""
+        if self._inflight and self._replying is self.lent:
+            self._relay_nowait()
+
+    def _relay_nowait(self) -> None:
+        """Relay what came of the reply in flight, one send to the client per read."""
         if self.writing or self._ended is not None:
             return  # the client must read what it was sent first
-        backend = self.backend
+        backend = self._replying
         assert backend is not None
         sock = backend.sock
         scanner = backend.scanner
@@ -1139,7 +1219,10 @@ class MySQLSession(ClientSession):
                 if len(data) < RECV_SIZE:
                     return  # a short read emptied the socket: the next arrival raises an event
             assert self.poller is not None
-            self.poller.again(self._backend_reader)  # other clients first
+            # Other clients first.
+            self.poller.again(
+                self._backend_reader if backend is self.backend else self._lent_reader
+            )
         except Unavailable as exc:
             self._fail_nowait(exc)
         except OSError:
@@ -1162,29 +1245,35 @@ class MySQLSession(ClientSession):
         if end is not None:
             self._finish_nowait(end)
         else:
-            backend = self.backend
-            if backend is not None:
-                backend.parked = True
-            self._on_backend_readable()
+            replying = self._replying
+            if replying is not None:
+                replying.parked = True
+            self._relay_nowait()
 
     def _finish_nowait(self, end: ReplyEnd) -> None:
         """The reply in flight is complete (and written): count it, note its status, and go
         on with the client's next command."""
-        backend = self.backend
+        backend = self._replying
         assert backend is not None
         self._inflight = False
+        self._replying = None
         backend.parked = False
         later = self._clock.current_time()
         outcome = outcome_of_reply(end)
         self.runtime.policies.settle(backend.node, outcome, later - self._started, later)
         self._count(backend.node, outcome, later)
         self._limit_done()
+        lent = backend is not self.backend
         if end.kind is ReplyKind.LOCAL_INFILE:
             backend.broken = True
-            self._handed = Unavailable(backend.node.address, _NO_INFILE)
+            if lent:
+                self._return_lent(backend, reusable=False)
+            self._handed = _Ended(Unavailable(backend.node.address, _NO_INFILE))
             self._hand_back()
             return
         self._replied(backend, end)
+        if lent:
+            self._return_lent(backend, reusable=True)
         if self.runtime.draining:
             self._hand_back()  # the drain came during the reply: the session ends now
             return
@@ -1196,32 +1285,47 @@ class MySQLSession(ClientSession):
         self.resume_reading()
 
     def _fail_nowait(self, failure: Unavailable) -> None:
-        """The command in flight got no (whole) answer: counted against the node; the
-        session's task tells the client and ends."""
-        backend = self.backend
+        """The command in flight got no (whole) answer: counted against the node. A read on
+        a lent connection of which nothing reached the client is run again by the session's
+        task on the session's own node; otherwise the task tells the client and ends."""
+        backend = self._replying
         self._inflight = False
+        self._replying = None
+        self._handed = failure
         if backend is not None:
             backend.parked = False
             later = self._clock.current_time()
-            self.runtime.policies.settle(
-                backend.node, failure.outcome, later - self._started, later
-            )
-            self._count(backend.node, failure.outcome, later)
+            policies = self.runtime.policies
+            policies.settle(backend.node, failure.outcome, later - self._started, later)
+            if backend is self.backend:
+                self._count(backend.node, failure.outcome, later)
+            else:
+                retry = self._lent_event if not self._received else None
+                self._return_lent(backend, reusable=False)
+                if retry is not None and self._op is not None and self.backend is not None:
+                    metrics = policies.metrics
+                    if metrics is not None:
+                        metrics.attempt_failed(self._op, backend.node)
+                        metrics.spread(
+                            self._op, self.backend.node, retries=1, hedged=False, won=False
+                        )
+                    self._read_home = True
+                    self._handed = retry
+                else:
+                    self._count(backend.node, failure.outcome, later)
+                    self._handed = _Ended(failure)
         self._limit_done()
-        self._handed = failure
         self._hand_back()
 
     def _client_gone(self) -> None:
         """The client's connection broke while its reply was relayed."""
         self.drop()
 
-    def backend_stalled(self) -> None:
-        """The runtime's sweep closed the node's connection: no answer in time."""
-        backend = self.backend
-        if self._inflight and backend is not None:
-            self._fail_nowait(
-                Unavailable(backend.node.address, f"no answer within {backend.timeout:g}s")
-            )
+    def backend_stalled(self, conn: BackendConnection) -> None:
+        """The runtime's sweep closed ``conn``: no answer in time. A reply the poller's task
+        relays fails here; a read the session's task waits on wakes by the close."""
+        if self._inflight and self._replying is conn:
+            self._fail_nowait(Unavailable(conn.node.address, f"no answer within {conn.timeout:g}s"))
 
     def _count(self, node: Node, outcome: Outcome, now: float) -> None:
         """Count the command the poller's task relayed, as the engine counts the exchanges
@@ -1265,6 +1369,9 @@ class MySQLSession(ClientSession):
             raise _Closing
         if isinstance(handed, Unavailable):
             await self._lost(handed)
+        if isinstance(handed, _Ended):
+            await self._fatal(_unavailable(handed.failure))
+            raise _Closing
         if isinstance(handed, _Rejected):
             await self._reply_local(handed.error)
             return
