@@ -297,3 +297,30 @@ def test_a_replica_that_stops_answering_has_its_reads_answered_by_the_primary(
     finally:
         frozen.stop()
         assert gateway.terminate() == 0, gateway.log()
+
+
+def test_a_read_refused_by_a_limit_leaves_no_route_for_the_next_command(
+    servers: tuple[MariaDBServer, MariaDBServer], tmp_path: Path
+) -> None:
+    """The poller's task picks the replica for a read, the limit then refuses it: the next
+    command (a write too large for the poller's task) still goes to the primary."""
+    primary, _ = servers
+    primary.execute("CREATE TABLE IF NOT EXISTS notes (id INT PRIMARY KEY, body MEDIUMTEXT)")
+    config = _config(*servers)
+    config["clusters"]["orders-db"]["governance"] = {
+        "operations": {"SELECT": {"limit": {"rate": 1, "burst": 1}}}
+    }
+    gateway = Gateway(config, tmp_path)
+    try:
+        with _connect(gateway) as conn:
+            assert _one(conn, "SELECT @@server_id") == (REPLICA,)
+            with conn.cursor() as cur:  # no lent connection has this: the task must lend one
+                cur.execute("SET time_zone = '+01:00'")
+            with pytest.raises(pymysql.err.OperationalError) as limited:
+                _one(conn, "SELECT @@server_id")
+            assert limited.value.args[0] == 1203
+            with conn.cursor() as cur:
+                cur.execute("REPLACE INTO notes VALUES (1, %s)", ("x" * 20_000,))
+        assert primary.execute("SELECT LENGTH(body) FROM notes WHERE id = 1") == [(20_000,)]
+    finally:
+        assert gateway.terminate() == 0, gateway.log()

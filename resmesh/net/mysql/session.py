@@ -691,6 +691,10 @@ class MySQLSession(ClientSession):
     async def _command(self, event: CommandEvent) -> None:
         command = event.command
         payload = event.packet.payload
+        # Where the poller's task chose to run this command: for this command only, whatever
+        # happens to it (refused, switched, limited).
+        read_on, self._read_on = self._read_on, None
+        read_home, self._read_home = self._read_home, False
         if command in _REFUSED:
             await self._reply_local(unknown_command())
             return
@@ -733,9 +737,8 @@ class MySQLSession(ClientSession):
                 return
         try:
             now = trio.current_time()
-            node, self._read_on = self._read_on, None
-            home, self._read_home = self._read_home, False
-            if node is None and not home:
+            node = read_on
+            if node is None and not read_home:
                 node = self._read_node(command, op, payload, now)
             if node is None or not await self._read_elsewhere(node, payload, op):
                 self._note_write(op, now)
