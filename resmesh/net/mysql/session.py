@@ -1403,6 +1403,7 @@ class MySQLSession(ClientSession):
         noting, self._noting = self._noting, None
         if reset:
             self._settings.reset(self._settings.database)
+            backend.scanner.last_insert_id = 0
         elif noting is not None and kind is not ReplyKind.ERR:
             if isinstance(noting, str):
                 self._settings.select(noting)
