@@ -37,6 +37,7 @@ from resmesh.config import (
     parse_duration,
     parse_size,
 )
+from resmesh.policies.limit import LimitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -1129,3 +1130,43 @@ def test_without_a_route_the_first_group_must_have_a_node_that_takes_traffic(
 def test_an_endless_file_is_refused_not_read_forever() -> None:
     with pytest.raises(ConfigError, match="not a config file"):
         load_config("/dev/zero")
+
+
+# --- users.NAME.limit ----------------------------------------------------------------------------
+
+
+def _with_mysql(data: dict[str, Any]) -> None:
+    data["clusters"]["orders-db"] = {
+        "protocol": "mysql",
+        "listen": "127.0.0.1:3307",
+        "groups": {"dc-a": ["127.0.0.1:3306"]},
+        "backend": {"username": "gateway", "password": "secret"},
+    }
+    data["users"]["app"]["clusters"] = ["orders-db"]
+
+
+def test_a_users_limit_is_read_for_its_mysql_clusters() -> None:
+    def change(data: dict[str, Any]) -> None:
+        _with_mysql(data)
+        data["users"]["app"]["limit"] = {"rate": 100, "concurrency": 8}
+
+    config = parse_config(mutated(change), SOURCE)
+    assert config.users["app"].limit == LimitConfig(rate=100, concurrency=8)
+    assert parse_config(mutated(_with_mysql), SOURCE).users["app"].limit is None
+
+
+def test_a_users_limit_on_a_redis_cluster_is_refused_with_its_key() -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["users"]["app"]["limit"] = {"rate": 100}
+
+    error = error_for(mutated(change))
+    assert "users.app.limit" in str(error)
+    assert "MySQL clusters only" in str(error)
+
+
+def test_a_users_burst_without_rate_is_refused() -> None:
+    def change(data: dict[str, Any]) -> None:
+        _with_mysql(data)
+        data["users"]["app"]["limit"] = {"burst": 10}
+
+    assert "users.app.limit.burst" in str(error_for(mutated(change)))

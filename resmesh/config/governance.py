@@ -25,7 +25,7 @@ from ..policies.limit import LimitConfig
 from ..policies.outlier import OutlierConfig
 from ..policies.retry import FailoverConfig
 from . import values
-from .errors import Context, KeyPath, dotted, suggest
+from .errors import Context, Errors, KeyPath, dotted, suggest
 from .fields import parse_section
 from .presets import CLUSTER_LAYER, DEFAULT_PRESET, PRESET_LAYER, Layer, Merged, Presets, deep_merge
 
@@ -37,6 +37,7 @@ __all__ = [
     "OperationSettings",
     "SwitchModeName",
     "SwitchSettings",
+    "check_limit",
     "parse_governance",
 ]
 
@@ -250,7 +251,7 @@ def _governance(
 ) -> GovernanceConfig:
     # In the order of GOVERNANCE_KEYS, so that the first error reported is the first in the
     # file.
-    limit = parse_section(where, data.get("limit"), ("limit",), LimitConfig, check=_check_limit)
+    limit = parse_section(where, data.get("limit"), ("limit",), LimitConfig, check=check_limit)
     breaker = parse_section(where, data.get("breaker"), ("breaker",), BreakerConfig)
     outlier = parse_section(
         where, data.get("outlier"), ("outlier",), OutlierConfig, check=_check_outlier
@@ -344,7 +345,7 @@ def _operation(
         allow_null=True,
     )
     limit = parse_section(
-        where, section.get("limit"), (*path, "limit"), LimitConfig, check=_check_limit
+        where, section.get("limit"), (*path, "limit"), LimitConfig, check=check_limit
     )
     own_hedge = None
     if section.get("hedge") is not None:
@@ -362,7 +363,8 @@ def _operation(
     return OperationSettings(limit=limit, hedge=own_hedge, switch=switch, idempotent=idempotent)
 
 
-def _check_limit(where: Merged, path: KeyPath, limit: Mapping[str, Any]) -> None:
+def check_limit(where: Errors, path: KeyPath, limit: Mapping[str, Any]) -> None:
+    """A ``limit:`` section's knobs fit together (a burst needs a rate)."""
     if limit["burst"] is not None and limit["rate"] is None:
         raise where.error(
             (*path, "burst"),

@@ -1,4 +1,6 @@
-"""``users:``: who may log in to the gateway (Redis ``AUTH user pass``), and to which clusters."""
+"""``users:``: who may log in to the gateway (Redis ``AUTH user pass``, a MySQL login), to
+which clusters, and how much each may call (``limit``: on each MySQL cluster it uses, in
+addition to the cluster's own limits)."""
 
 from __future__ import annotations
 
@@ -6,22 +8,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from ..call import Protocol
+from ..policies.limit import LimitConfig
 from . import values
 from .cluster import ClusterConfig
 from .errors import Context, KeyPath, describe, unknown_fix
+from .fields import parse_section
+from .governance import check_limit
 
 __all__ = ["UserConfig", "parse_users"]
 
-_USER_KEYS: Final = ("password", "clusters")
+_USER_KEYS: Final = ("password", "clusters", "limit")
+_REQUIRED_KEYS: Final = ("password", "clusters")
 
 
 @dataclass(frozen=True, slots=True)
 class UserConfig:
-    """A gateway login and the clusters it may use."""
+    """A gateway login, the clusters it may use, and its limits on each (``None``: only
+    the clusters' own)."""
 
     name: str
     password: str
     clusters: frozenset[str]
+    limit: LimitConfig | None = None
 
 
 def parse_users(
@@ -45,7 +54,7 @@ def parse_users(
             user_path,
             _USER_KEYS,
             example="{password: secret, clusters: [feed-cache]}",
-            required=_USER_KEYS,
+            required=_REQUIRED_KEYS,
         )
         password = values.string(ctx, entry["password"], (*user_path, "password"), example="secret")
         raw_clusters = entry["clusters"]
@@ -71,5 +80,19 @@ def parse_users(
                 fix = unknown_fix(cluster, clusters, otherwise)
                 raise ctx.error((*clusters_path, index), f"unknown cluster {cluster!r}", fix)
             allowed.add(cluster)
-        users[name] = UserConfig(name=name, password=password, clusters=frozenset(allowed))
+        limit = None
+        if entry.get("limit") is not None:
+            limit_path = (*user_path, "limit")
+            limit = parse_section(ctx, entry["limit"], limit_path, LimitConfig, check=check_limit)
+            others = sorted(c for c in allowed if clusters[c].protocol is not Protocol.MYSQL)
+            if others:
+                raise ctx.error(
+                    limit_path,
+                    f"a user's limits apply to MySQL clusters only, and {others[0]} is "
+                    f"{clusters[others[0]].protocol}",
+                    "give that cluster's governance a limit, or give this user only MySQL clusters",
+                )
+        users[name] = UserConfig(
+            name=name, password=password, clusters=frozenset(allowed), limit=limit
+        )
     return users

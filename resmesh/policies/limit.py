@@ -335,15 +335,22 @@ class Limiter:
     frontend puts it in its protocol's error reply.
     """
 
-    __slots__ = ("_cluster", "_operations", "cluster", "config", "workers")
+    __slots__ = ("_cluster", "_operations", "cluster", "config", "scope", "workers")
 
     def __init__(
-        self, cluster: str, config: LimiterConfig, now: float = 0.0, *, workers: int = 1
+        self,
+        cluster: str,
+        config: LimiterConfig,
+        now: float = 0.0,
+        *,
+        workers: int = 1,
+        scope: str | None = None,
     ) -> None:
         """Create the limiter with full buckets.
 
         ``workers``: how many gateway processes share the configured limits (each enforces
-        its share: see :func:`_share`).
+        its share: see :func:`_share`). ``scope``: what the whole-scope limit is of, in its
+        refusals (default ``cluster NAME``; a user's limits say ``user NAME on CLUSTER``).
 
         Raises:
             ValueError: a configured rate, burst or concurrency is not positive.
@@ -351,7 +358,8 @@ class Limiter:
         self.cluster = cluster
         self.config = config
         self.workers = workers
-        self._cluster = _Scope(cluster, f"cluster {cluster}", config.cluster, now, workers)
+        self.scope = scope or f"cluster {cluster}"
+        self._cluster = _Scope(cluster, self.scope, config.cluster, now, workers)
         self._operations = {
             operation: _Scope(operation, f"{cluster} {operation}", limits, now, workers)
             for operation, limits in config.operations.items()
@@ -507,7 +515,7 @@ class Limiter:
         Raises:
             ValueError: a configured rate, burst or concurrency is not positive.
         """
-        fresh = Limiter(self.cluster, config, now, workers=self.workers)
+        fresh = Limiter(self.cluster, config, now, workers=self.workers, scope=self.scope)
         _carry_over(self._cluster, fresh._cluster, now)
         for name, scope in fresh._operations.items():
             old = self._operations.get(name)

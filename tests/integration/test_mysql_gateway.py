@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from resmesh.protocols.mysql.statements import (
     encode_stmt_reset,
 )
 from tests.support.mariadb import connect_app
-from tests.support.servers import Gateway, free_port, vm_rss_kib
+from tests.support.servers import Gateway, free_port, vm_rss_kib, wait_for
 
 MARIADB_PORT = 3306
 BACKEND_USER = "resmesh_gw"
@@ -513,6 +514,47 @@ def test_a_limit_refuses_with_1203_naming_it(start_mysql_gateway: Callable[..., 
         assert errno == 1203
         assert f"rate limit of {CLUSTER} SELECT" in message
         cur.execute("DO 1")  # another operation: not limited
+
+
+def test_a_users_limit_spans_its_sessions_and_refuses_with_1203_naming_the_user(
+    mariadb: None, tmp_path: Path
+) -> None:
+    """``users.app.limit: {concurrency: 1}``: while one of app's sessions runs a query,
+    another of its sessions is refused; another user is not."""
+    config = mysql_cluster_config()
+    config["users"]["app"]["limit"] = {"concurrency": 1}
+    config["users"]["second"] = {"password": "second", "clusters": [CLUSTER]}
+    gateway = Gateway(config, tmp_path)
+    root = pymysql.connect(host="127.0.0.1", port=MARIADB_PORT, user="root", database="test")
+    try:
+        with connect(gateway) as one, connect(gateway) as two, two.cursor() as cur:
+            sleeper = threading.Thread(target=lambda: one.cursor().execute("SELECT SLEEP(2)"))
+            sleeper.start()
+
+            def sleeping() -> bool:
+                with root.cursor() as look:
+                    look.execute(
+                        "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+                        " WHERE INFO = 'SELECT SLEEP(2)'"
+                    )
+                    return bool(look.fetchone()[0])
+
+            wait_for(sleeping, 10, "app's first query to run")
+            with pytest.raises(pymysql.err.OperationalError) as refused:
+                cur.execute("SELECT 1")
+            assert refused.value.args == (
+                1203,
+                f"resmesh: concurrency limit of user app on {CLUSTER} (1) exceeded",
+            )
+            with connect(gateway, user="second", password="second") as other, other.cursor() as c:
+                c.execute("SELECT 4")  # another user: not limited
+                assert c.fetchone() == (4,)
+            sleeper.join(10)
+            cur.execute("SELECT 5")  # the slot is free again
+            assert cur.fetchone() == (5,)
+    finally:
+        root.close()
+        assert gateway.terminate() == 0, gateway.log()
 
 
 def test_aiomysql_queries_and_a_transaction(gw: Gateway) -> None:

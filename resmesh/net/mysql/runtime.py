@@ -17,6 +17,7 @@ from ...config import ClusterConfig, UserConfig
 from ...config.mysql import READ_VERBS, MySQLSettings
 from ...policies.chain import ClusterPolicies, configured_switches
 from ...policies.engine import Attempt, HAEngine
+from ...policies.limit import Limiter, LimiterConfig
 from ...policies.switch import Switch
 from ...policies.waiting import Waiter
 from ...protocols.mysql.errors import too_many_connections
@@ -70,6 +71,19 @@ class MySQLRuntime(ClusterRuntime):
         self.passwords: Mapping[str, str] = MappingProxyType(
             {name: u.password for name, u in users.items() if config.name in u.clusters}
         )
+        #: The limits of each user that has some here (``users.NAME.limit``), per operation
+        #: as a cluster's (their sessions pass them after the cluster's).
+        self.user_limiters: dict[str, Limiter] = {
+            name: Limiter(
+                config.name,
+                LimiterConfig(u.limit),
+                trio.current_time(),
+                workers=workers,
+                scope=f"user {name} on {config.name}",
+            )
+            for name, u in users.items()
+            if config.name in u.clusters and u.limit is not None
+        }
         if not self.passwords:
             log.warning(
                 "cluster %s: no user lists it under users.NAME.clusters, so nobody can log in",

@@ -62,6 +62,7 @@ import trio
 from ...call import Operation, Outcome, Unavailable
 from ...config.mysql import READ_VERBS, SESSION_VERBS, SQL_VERBS, MySQLAuthPlugin
 from ...observe.metrics import Refusal
+from ...policies.limit import Limiter
 from ...policies.switch import SwitchAction, SwitchDecision, SwitchMode
 from ...protocols.mysql import NEED_DATA, PAUSED, Connection, MySQLLocalError, Role
 from ...protocols.mysql.auth import (
@@ -271,6 +272,8 @@ class MySQLSession(ClientSession):
         self.conn = Connection(Role.SERVER, max_payload=runtime.settings.max_allowed_packet)
         self.backend: BackendConnection | None = None
         self.username = ""
+        #: The limits of the logged-in user (``users.NAME.limit``), if any.
+        self._user_limiter: Limiter | None = None
         #: The verb-level operation of each prepared statement, by the node's statement id.
         self._statements: dict[int, Operation] = {}
         self._preparing: Operation | None = None
@@ -503,6 +506,7 @@ class MySQLSession(ClientSession):
             await self._fatal(failure)
             return False
         assert self.backend is not None
+        self._user_limiter = self.runtime.user_limiters.get(self.username)
         self._settings.reset(key.database)
         self.backend.scanner.last_insert_id = 0  # the pool reset the connection
         status = self.backend.conn.status & (ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS)
@@ -727,14 +731,10 @@ class MySQLSession(ClientSession):
             ):
                 await self._degraded(decision, command)
                 return
-        limiter = policies.limiter
-        if limiter is not None:
-            rejection = limiter.admit(op.name, trio.current_time())
-            if rejection is not None:
-                if policies.metrics is not None:
-                    policies.metrics.refused(op.name, Refusal.LIMIT)
-                await self._reply_local(error_info(1203, f"resmesh: {rejection}"))
-                return
+        refusal = self._admit(op, trio.current_time())
+        if refusal is not None:
+            await self._reply_local(refusal)
+            return
         try:
             now = trio.current_time()
             node = read_on
@@ -745,8 +745,32 @@ class MySQLSession(ClientSession):
                 await self._forward(backend, payload, command, op)
         finally:
             self._noting = None
-            if limiter is not None:
+            self._admission_done(op.name)
+
+    def _admit(self, op: Operation, now: float) -> ErrorInfo | None:
+        """Admit a command under the cluster's limits, then its user's
+        (``users.NAME.limit``); what to answer (1203) when one refuses it."""
+        policies = self.runtime.policies
+        limiter = policies.limiter
+        rejection = limiter.admit(op.name, now) if limiter is not None else None
+        user = self._user_limiter
+        if rejection is None and user is not None:
+            rejection = user.admit(op.name, now)
+            if rejection is not None and limiter is not None:
                 limiter.done(op.name)
+        if rejection is None:
+            return None
+        if policies.metrics is not None:
+            policies.metrics.refused(op.name, Refusal.LIMIT)
+        return error_info(1203, f"resmesh: {rejection}")
+
+    def _admission_done(self, operation: str) -> None:
+        """A command :meth:`_admit` let through has finished."""
+        limiter = self.runtime.policies.limiter
+        if limiter is not None:
+            limiter.done(operation)
+        if self._user_limiter is not None:
+            self._user_limiter.done(operation)
 
     async def _follow_primary(self, backend: BackendConnection) -> BackendConnection:
         """The cluster's primary is no longer the session's node (an operator moved it, or
@@ -1078,16 +1102,12 @@ class MySQLSession(ClientSession):
                 conn = lent
             else:
                 self._note_write(op, now)
-        limiter = policies.limiter
-        if limiter is not None:
-            rejection = limiter.admit(op.name, now)
-            if rejection is not None:
-                if conn is not backend:
-                    self._return_lent(conn, reusable=True)
-                if policies.metrics is not None:
-                    policies.metrics.refused(op.name, Refusal.LIMIT)
-                self._handed = _Rejected(error_info(1203, f"resmesh: {rejection}"))
-                return False
+        refusal = self._admit(op, now)
+        if refusal is not None:
+            if conn is not backend:
+                self._return_lent(conn, reusable=True)
+            self._handed = _Rejected(refusal)
+            return False
         if conn is not backend:
             self._lent_event = event
         node = conn.node
@@ -1354,9 +1374,8 @@ class MySQLSession(ClientSession):
 
     def _limit_done(self) -> None:
         op, self._op = self._op, None
-        limiter = self.runtime.policies.limiter
-        if op is not None and limiter is not None:
-            limiter.done(op.name)
+        if op is not None:
+            self._admission_done(op.name)
 
     async def _carry_on(self) -> None:
         """Carry on from where the poller's task handed the session back.
