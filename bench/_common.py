@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import hiredis
+import yaml
 
 #: The repository's top folder.
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +102,105 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
         raise BenchError(
             f"pid {proc.pid} ({proc.args!r}) ignored signal {sig} for {timeout:g}s"
         ) from None
+
+
+class Gateway:
+    """One ``resmesh run`` process of a benchmark, from its config file to a checked stop.
+
+    :meth:`start` writes ``config`` to ``config_path``, runs the gateway with unbuffered output
+    into ``<config_path minus suffix>.log`` and polls ``ready(port)`` until it is true; a
+    gateway that exits meanwhile raises :class:`BenchError` with its log's tail. :meth:`stop`
+    (registered on ``stack``, so it also runs on the way out of a failure) sends SIGTERM and
+    expects exit 0: another code is noted as an ERROR with the log's tail. ``exit`` holds the
+    code once stopped. ``name`` labels the messages ("the NAME gateway"); empty, "the gateway".
+    """
+
+    def __init__(
+        self,
+        stack: ExitStack,
+        config_path: Path,
+        port: int,
+        *,
+        name: str = "",
+        tail_lines: int = 30,
+        stop_timeout: float = 20,
+    ) -> None:
+        self.stack = stack
+        self.config_path = config_path
+        self.log = config_path.with_suffix(".log")
+        self.port = port
+        self.title = f"{name} gateway" if name else "gateway"
+        self.tail_lines = tail_lines
+        self.stop_timeout = stop_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.exit: int | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"the {self.title} is not running"
+        return self.proc.pid
+
+    def start(
+        self,
+        config: dict[str, Any],
+        ready: Callable[[int], bool],
+        what: str,
+        *,
+        timeout: float = 30,
+        env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
+    ) -> Gateway:
+        """Start the gateway (under ``wrapper``, valgrind for example) and wait up to
+        ``timeout`` s for ``ready(port)``; ``what`` ends "the gateway to WHAT on port N"."""
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        log = self.stack.enter_context(self.log.open("wb"))
+        argv = [*wrapper, sys.executable, "-m", "resmesh", "run", "-c", str(self.config_path)]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = self.proc = spawn(argv, stdout=log, cwd=ROOT, env=full_env)
+        self.stack.callback(self.stop)
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"the {self.title} exited with code {proc.returncode} during startup; "
+                    f"its log:\n{self.log_tail()}"
+                )
+            return ready(self.port)
+
+        wait_until(started, timeout, f"the {self.title} to {what} on port {self.port}")
+        return self
+
+    def stop(self) -> int | None:
+        """SIGTERM, then the exit code (noted as an ERROR unless 0); None if not running."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        code = self.exit = stop(proc, signal.SIGTERM, timeout=self.stop_timeout)
+        if code != 0:
+            note(f"ERROR: the {self.title} exited with code {code} after SIGTERM (expected 0)")
+            note(self.log_tail())
+        else:
+            note(f"{self.title} stopped cleanly (exit 0); log: {self.log}")
+        return code
+
+    def log_tail(self, lines: int | None = None) -> str:
+        if not self.log.exists():
+            return ""
+        text = self.log.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-(lines or self.tail_lines) :])
+
+
+def cluster_config(source: Path, port: int, backends: Sequence[int]) -> dict[str, Any]:
+    """The config in ``source`` with its ``bench`` cluster listening on ``port`` in front of
+    the Redis ``backends`` (the first takes the writes when there are several)."""
+    config = yaml.safe_load(source.read_text())
+    cluster = config["clusters"]["bench"]
+    cluster["listen"] = f"127.0.0.1:{port}"
+    nodes: list[object] = [f"127.0.0.1:{backend}" for backend in backends]
+    if len(nodes) > 1:
+        nodes[0] = {"address": nodes[0], "role": "primary"}  # replicated: the first takes writes
+    cluster["groups"] = {"dc-a": nodes}
+    return dict(config)
 
 
 def start_redis(stack: ExitStack) -> int:

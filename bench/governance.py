@@ -24,10 +24,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, exit_code, free_port, ping, spawn, start_redis, stop, wait_until
+from _common import Gateway, cluster_config, cpu_seconds, exit_code, free_port, ping, start_redis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -38,21 +36,11 @@ def start_gateway(
     stack: ExitStack, source: str, backends: list[int], work: Path
 ) -> tuple[int, int]:
     """The gateway for config ``source`` pointed at ``backends``: (its port, its pid)."""
-    config = yaml.safe_load((HERE / source).read_text())
-    cluster = config["clusters"]["bench"]
     port = free_port()
-    cluster["listen"] = f"127.0.0.1:{port}"
-    nodes: list[object] = [f"127.0.0.1:{backend}" for backend in backends]
-    if len(nodes) > 1:
-        nodes[0] = {"address": nodes[0], "role": "primary"}  # replicated: the first takes writes
-    cluster["groups"] = {"dc-a": nodes}
-    path = work / Path(source).name
-    path.write_text(yaml.safe_dump(config))
-    log = stack.enter_context((work / f"{Path(source).name}.log").open("wb"))
-    proc = spawn([sys.executable, "-m", "resmesh", "run", "-c", str(path)], stdout=log, cwd=ROOT)
-    stack.callback(stop, proc)
-    wait_until(lambda: ping(port), 20, f"the gateway for {source} on port {port}")
-    return port, proc.pid
+    name = Path(source).stem
+    gateway = Gateway(stack, work / Path(source).name, port, name=name, stop_timeout=10)
+    gateway.start(cluster_config(HERE / source, port, backends), ping, "answer PING", timeout=20)
+    return port, gateway.pid
 
 
 def load(port: int, test: str, pipeline: int, requests: int, clients: int) -> float:

@@ -26,18 +26,16 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     BenchError,
+    Gateway,
     RespClient,
+    cluster_config,
     exit_code,
     free_port,
     ping,
-    spawn,
     start_redis,
-    stop,
     wait_until,
 )
 
@@ -52,17 +50,6 @@ WORKLOADS: tuple[tuple[str, str | None, int, float], ...] = (
     ("SET", "set", 16, 1.0),
     ("mixed", None, 16, 0.5),
 )
-
-
-def _config(source: str, port: int, backends: list[int]) -> dict[str, object]:
-    config = yaml.safe_load((HERE / source).read_text())
-    cluster = config["clusters"]["bench"]
-    cluster["listen"] = f"127.0.0.1:{port}"
-    nodes: list[object] = [f"127.0.0.1:{backend}" for backend in backends]
-    if len(nodes) > 1:
-        nodes[0] = {"address": nodes[0], "role": "primary"}  # replicated: the first takes writes
-    cluster["groups"] = {"dc-a": nodes}
-    return dict(config)
 
 
 def _mixed(port: int, commands: int) -> None:
@@ -118,39 +105,27 @@ def measure(
 ) -> dict[str, float]:
     """Instructions per command for each workload, for the gateway config ``source``."""
     port = free_port()
-    config = work / f"{Path(source).name}.run.yaml"
-    config.write_text(yaml.safe_dump(_config(source, port, backends)))
     prefix = work / Path(source).stem
-    proc = spawn(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={prefix}.%p",
-            sys.executable,
-            "-m",
-            "resmesh",
-            "run",
-            "-c",
-            str(config),
-        ],
-        cwd=ROOT,
-    )
+    callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p"]
     results: dict[str, float] = {}
-    try:
-        wait_until(lambda: ping(port), 120, f"the gateway under callgrind on {port}")
+    with ExitStack() as stack:
+        gateway = Gateway(
+            stack, work / f"{Path(source).name}.run.yaml", port, name=prefix.name, stop_timeout=120
+        )
+        config = cluster_config(HERE / source, port, backends)
+        gateway.start(config, ping, "answer PING under callgrind", timeout=120, wrapper=callgrind)
+        pid = gateway.pid
         for dumps, (name, test, pipeline, share) in enumerate(WORKLOADS, 1):
             commands = max(int(requests * share), 320)
             _load(
                 port, test, pipeline, commands, clients
             )  # warm-up: connections, caches, hedge delays
-            _control(proc.pid, "-z")
+            _control(pid, "-z")
             _load(port, test, pipeline, commands, clients)
-            _control(proc.pid, "-d")
-            dump = Path(f"{prefix}.{proc.pid}.{dumps}")
+            _control(pid, "-d")
+            dump = Path(f"{prefix}.{pid}.{dumps}")
             wait_until(dump.exists, 30, f"callgrind dump {dump}")
             results[f"{name} P{pipeline}"] = _summary(dump) / commands
-    finally:
-        stop(proc, timeout=120)
     return results
 
 

@@ -60,10 +60,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
 from _common import (
     ROOT,
     BenchError,
+    Gateway,
     busiest_others,
     cpu_seconds,
     free_port,
@@ -684,9 +684,7 @@ class Bench:
         self.service: subprocess.Popen[bytes] | None = None
         self.service_port = 0
         self.ports: dict[str, int] = {}
-        self.gateways: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: dict[str, Path] = {}
-        self.exits: dict[str, int] = {}
+        self.gateways: dict[str, Gateway] = {}
         self.discarded: list[Run] = []
         self.generators: list[subprocess.Popen[bytes]] = []
 
@@ -741,54 +739,23 @@ class Bench:
             },
         }
 
+    @property
+    def exits(self) -> dict[str, int]:
+        return {path: g.exit for path, g in self.gateways.items() if g.exit is not None}
+
     def start_gateway(self, path: str) -> None:
         port = free_port()
         config_path = self.out / f"motan2-{path}-{port}.yaml"
-        config_path.write_text(yaml.safe_dump(self.gateway_config(path, port), sort_keys=False))
-        log_path = config_path.with_suffix(".log")
-        self.logs[path] = log_path
-        log = self.stack.enter_context(log_path.open("wb"))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = spawn(
-            [sys.executable, "-m", "resmesh", "run", "-c", str(config_path)],
-            stdout=log,
-            cwd=ROOT,
-            env=env,
-        )
-        self.gateways[path] = proc
+        gateway = Gateway(self.stack, config_path, port, name=path)
+        self.gateways[path] = gateway
         self.ports[path] = port
-        self.stack.callback(self.stop_gateway, path)
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"the {path} gateway exited with code {proc.returncode} during startup; "
-                    f"its log:\n{self.log_tail(path)}"
-                )
-            return answers(port)
-
-        wait_until(ready, 30, f"the {path} gateway to answer a call on port {port}")
-        processes = len(process_tree(proc.pid))
+        gateway.start(self.gateway_config(path, port), answers, "answer a call")
+        processes = len(process_tree(gateway.pid))
         if processes < self.args.workers:
             note(f"note: workers={self.args.workers} but the gateway runs {processes} process(es)")
 
     def stop_gateway(self, path: str) -> None:
-        proc = self.gateways.pop(path, None)
-        if proc is None:
-            return
-        code = stop(proc, signal.SIGTERM, timeout=20)
-        self.exits[path] = code
-        if code != 0:
-            note(f"ERROR: the {path} gateway exited with code {code} after SIGTERM (expected 0)")
-            note(self.log_tail(path))
-        else:
-            note(f"{path} gateway stopped cleanly (exit 0); log: {self.logs[path]}")
-
-    def log_tail(self, path: str, lines: int = 30) -> str:
-        log = self.logs.get(path)
-        if log is None or not log.exists():
-            return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        self.gateways[path].stop()
 
     def gateway_pids(self, path: str) -> list[int]:
         return process_tree(self.gateways[path].pid)
@@ -828,7 +795,7 @@ class Bench:
             raise BenchError(
                 f"the load generator against {path} ({shape}) failed "
                 f"(exit {proc.returncode}): {err.decode(errors='replace')[-2000:]}"
-                + (f"\ngateway log:\n{self.log_tail(path)}" if path != DIRECT else "")
+                + (f"\ngateway log:\n{self.gateways[path].log_tail()}" if path != DIRECT else "")
             )
         result = json.loads(out)
         cpu = result["cpu"]

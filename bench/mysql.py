@@ -59,10 +59,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
 from _common import (
     ROOT,
     BenchError,
+    Gateway,
     busiest_others,
     children_cpu_seconds,
     cpu_seconds,
@@ -78,7 +78,6 @@ from _common import (
     start_profiler,
     stop,
     system_cpu_seconds,
-    wait_until,
 )
 
 DEFAULT_OUT: Final = ROOT / "bench" / "out"
@@ -250,9 +249,7 @@ class Bench:
         self.out: Path = args.out
         self.sysbench = shutil.which("sysbench") or ""
         self.ports: dict[str, int] = {}
-        self.gateways: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: dict[str, Path] = {}
-        self.exits: dict[str, int] = {}
+        self.gateways: dict[str, Gateway] = {}
         self.ps_mode: dict[str, str] = {}
         self.ps_support: dict[str, dict[str, str]] = {}
         self.discarded: list[Run] = []
@@ -318,47 +315,20 @@ class Bench:
             "clusters": {"bench-db": cluster},
         }
 
+    @property
+    def exits(self) -> dict[str, int]:
+        return {policy: g.exit for policy, g in self.gateways.items() if g.exit is not None}
+
     def start_gateway(self, policy: str) -> None:
         port = free_port()
         config_path = self.out / f"mysql-{policy}-{port}.yaml"
-        config_path.write_text(yaml.safe_dump(self.gateway_config(policy, port), sort_keys=False))
-        log_path = config_path.with_suffix(".log")
-        self.logs[policy] = log_path
-        log = self.stack.enter_context(log_path.open("wb"))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "resmesh", "run", "-c", str(config_path)]
-        proc = spawn(argv, stdout=log, cwd=ROOT, env=env)
-        self.gateways[policy] = proc
+        gateway = Gateway(self.stack, config_path, port, name=policy, tail_lines=20)
+        self.gateways[policy] = gateway
         self.ports[policy] = port
-        self.stack.callback(self.stop_gateway, policy)
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"the {policy} gateway exited with code {proc.returncode} during startup; "
-                    f"its log:\n{self.log_tail(policy)}"
-                )
-            return mysql_handshake(port)
-
-        wait_until(ready, 30, f"the {policy} gateway to greet on port {port}")
+        gateway.start(self.gateway_config(policy, port), mysql_handshake, "greet")
 
     def stop_gateway(self, policy: str) -> None:
-        proc = self.gateways.pop(policy, None)
-        if proc is None:
-            return
-        code = stop(proc, signal.SIGTERM, timeout=20)
-        self.exits[policy] = code
-        if code != 0:
-            note(f"ERROR: the {policy} gateway exited with code {code} after SIGTERM (expected 0)")
-            note(self.log_tail(policy))
-        else:
-            note(f"{policy} gateway stopped cleanly (exit 0); log: {self.logs[policy]}")
-
-    def log_tail(self, policy: str, lines: int = 20) -> str:
-        log = self.logs.get(policy)
-        if log is None or not log.exists():
-            return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        self.gateways[policy].stop()
 
     def port_of(self, path: str) -> int:
         return self.args.mysql_port if path == DIRECT else self.ports[path]

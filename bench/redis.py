@@ -41,6 +41,7 @@ from _common import (
     CLK_TCK,
     ROOT,
     BenchError,
+    Gateway,
     RespClient,
     busiest_others,
     children_cpu_seconds,
@@ -339,10 +340,8 @@ class Bench:
         self.out: Path = args.out
         self.redis_port: int = 0
         self.redis_pid: int | None = None
-        self.gateway: subprocess.Popen[bytes] | None = None
+        self.gateway: Gateway | None = None
         self.gateway_port = 0
-        self.gateway_log: Path | None = None
-        self.gateway_exit: int | None = None
         self.workers = 1
         self.gateway_processes = 0
         self.drain_timeout = 5.0
@@ -449,31 +448,13 @@ class Bench:
         self.gateway_port = free_port()
         config = self.gateway_config()
         config_path = self.out / f"gateway-{self.gateway_port}.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.gateway_log = config_path.with_suffix(".log")
-        log = self.stack.enter_context(self.gateway_log.open("wb"))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {}
         if self.args.counters:
             env["RESMESH_TASK_STEPS"] = str(self.steps_file)  # resmesh/diagnostics.py
-        proc = spawn(
-            [sys.executable, "-m", "resmesh", "run", "-c", str(config_path)],
-            stdout=log,
-            cwd=ROOT,
-            env=env,
-        )
-        self.gateway = proc
-        self.stack.callback(self.stop_gateway)
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"the gateway exited with code {proc.returncode} during startup; "
-                    f"its log:\n{self.log_tail()}"
-                )
-            return ping(self.gateway_port)
-
-        wait_until(ready, 30, f"the gateway to answer PING on port {self.gateway_port}")
-        self.gateway_processes = len(process_tree(proc.pid))
+        port, stop_timeout = self.gateway_port, self.drain_timeout + 15
+        self.gateway = Gateway(self.stack, config_path, port, stop_timeout=stop_timeout)
+        self.gateway.start(config, ping, "answer PING", env=env)
+        self.gateway_processes = len(process_tree(self.gateway.pid))
         if self.gateway_processes < self.workers:
             note(
                 f"note: gateway.workers={self.workers} but the gateway runs only "
@@ -511,22 +492,12 @@ class Bench:
         self.stack.callback(lambda: stop(proc, signal.SIGTERM, timeout=10))
         wait_until(lambda: ping(self.reference_port), 15, "nutcracker to answer PING")
 
-    def stop_gateway(self) -> None:
-        proc, self.gateway = self.gateway, None
-        if proc is None:
-            return
-        code = stop(proc, signal.SIGTERM, timeout=self.drain_timeout + 15)
-        self.gateway_exit = code
-        if code != 0:
-            note(f"ERROR: the gateway exited with code {code} after SIGTERM (expected 0)")
-            note(self.log_tail())
-        else:
-            note(f"gateway stopped cleanly (exit 0); log: {self.gateway_log}")
+    @property
+    def gateway_exit(self) -> int | None:
+        return None if self.gateway is None else self.gateway.exit
 
-    def log_tail(self, lines: int = 30) -> str:
-        if self.gateway_log is None or not self.gateway_log.exists():
-            return ""
-        return "\n".join(self.gateway_log.read_text(errors="replace").splitlines()[-lines:])
+    def log_tail(self) -> str:
+        return "" if self.gateway is None else self.gateway.log_tail()
 
     # one redis-benchmark run ---------------------------------------------------------------
 
@@ -536,7 +507,8 @@ class Bench:
             "gateway": self.gateway_port,
             "reference": self.reference_port,
         }[target]
-        proxy = {"gateway": self.gateway, "reference": self.reference}.get(target)
+        gateway = None if self.gateway is None else self.gateway.proc
+        proxy = {"gateway": gateway, "reference": self.reference}.get(target)
         gateway_pid = proxy.pid if proxy is not None else None
         requests = requests_for(self.args.requests, pipeline)
         argv = [
@@ -697,7 +669,7 @@ class Bench:
         strace = shutil.which("strace")
         if strace is None:
             raise BenchError(INSTALL_STRACE)
-        proc = self.gateway if target == "gateway" else self.reference
+        proc = self.gateway.proc if target == "gateway" and self.gateway else self.reference
         assert proc is not None
         pids = self.workers_pids(proc) if target == "gateway" else [proc.pid]
         steps: float | None = None
@@ -957,7 +929,8 @@ def run(args: argparse.Namespace) -> int:
                     runs.append(profiled)
                     row.profile = {"rps": profiled.rps, "file": str(bench.last_profile)}
                 rows.append(row)
-        bench.stop_gateway()
+        assert bench.gateway is not None
+        bench.gateway.stop()
 
     print()
     print_table(rows)
