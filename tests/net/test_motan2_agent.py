@@ -21,6 +21,7 @@ for time.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import struct
@@ -500,8 +501,8 @@ async def test_heartbeats_take_a_node_out_and_back(
         async with running_link(node.port, poller=poller, interval=1.0) as link:
             await wait_until(lambda: link.health == [True], "the first heartbeat")
             seen = node.heartbeats_seen
-            await trio.sleep(3.5)
-            assert node.heartbeats_seen >= seen + 3  # one an interval
+            await trio.sleep(3.5)  # MockClock time: three and a half intervals
+            assert node.heartbeats_seen == seen + 3  # one an interval
             assert link.health == [True]
             node.heartbeats = refusal
             start = trio.current_time()
@@ -509,7 +510,7 @@ async def test_heartbeats_take_a_node_out_and_back(
             assert trio.current_time() - start <= 2.1  # within two intervals
             assert link.link.up is False
             connections = node.connections
-            await trio.sleep(5)
+            await trio.sleep(5)  # MockClock time: five intervals
             assert node.connections > connections  # reconnected, heartbeated, refused again
             assert link.health == [True, False]  # reported once
             node.heartbeats = "answer"
@@ -535,11 +536,13 @@ async def test_a_busy_nodes_replies_keep_it_up_while_its_heartbeats_wait(
             calls = [link.submit(i, timeout=30) for i in range(40)]
             for _ in range(40):  # one reply every 250 ms, for 10 intervals
                 await wait_until(lambda: bool(node.held), "a call to answer", 30)
-                await trio.sleep(0.25)
+                await trio.sleep(0.25)  # MockClock time
                 await node.answer(lambda held: held[:1])
             assert [answer_of(await finished(c)) for c in calls] == list(range(40))
             assert link.health == [True] and node.connections == 1
-            await trio.sleep(2.5)  # silent now: down within two intervals
+            silent = trio.current_time()  # from the last reply on: down within two intervals
+            await wait_until(lambda: link.health != [True], "the silent node to be down", 30)
+            assert trio.current_time() - silent <= 2.0 + 0.002  # wait_until looks every 1 ms
             assert link.health == [True, False]
         nursery.cancel_scope.cancel()
 
@@ -657,14 +660,19 @@ async def test_a_reply_over_max_frame_fails_its_call_alone(
 
 
 async def test_a_dead_node_is_not_reconnected_in_a_busy_loop(
-    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Real clock: the spin keeps every task runnable, so a MockClock would never advance."""
-    connects = 0
+    """With no call waiting, a dead node is tried again once an interval. A link spinning on
+    reconnects would keep a task runnable and the MockClock from ever moving: past ``spin``
+    connects the counter parks each one (until its connect timeout), so a spin shows as
+    failed asserts below, not as a hang."""
+    connects: list[float] = []  # when each connect began (MockClock time)
+    spin = 100
 
     async def counting(host: str, port: int) -> socket.socket:
-        nonlocal connects
-        connects += 1
+        connects.append(trio.current_time())
+        if len(connects) > spin:
+            await trio.sleep_forever()
         return await real_open_tcp(host, port)
 
     monkeypatch.setattr(upstream, "open_tcp", counting)
@@ -675,9 +683,12 @@ async def test_a_dead_node_is_not_reconnected_in_a_busy_loop(
             await wait_until(lambda: link.health == [True], "the connection")
             node.kill()
             await wait_until(lambda: link.health == [True, False], "the node to be down")
-            before = connects
-            await trio.sleep(1.0)  # five heartbeat intervals
-            assert connects - before <= 10
+            before = len(connects)
+            await trio.sleep(1.0)  # MockClock time: five heartbeat intervals
+            assert 1 <= len(connects) - before <= 10  # tried again, and not in a loop
+            assert len(connects) <= spin
+            gaps = [b - a for a, b in itertools.pairwise(connects)]
+            assert min(gaps) >= 0.2, gaps  # never sooner than an interval after the last
         nursery.cancel_scope.cancel()
 
 
@@ -883,6 +894,17 @@ async def serving(*nodes: FakeNode) -> AsyncIterator[trio.Nursery]:
 
 
 DISPATCHED = pytest.mark.parametrize("dispatched", [True, False], ids=["poller", "task"])
+
+
+def unread(session: Motan2Session) -> bytes:
+    """What the client sent that the agent has not read: still in the agent's end of the
+    socketpair (peeked, so left there)."""
+    sock = session.transport.sock
+    assert sock is not None
+    try:
+        return sock.recv(1 << 20, socket.MSG_PEEK)
+    except BlockingIOError:
+        return b""
 
 
 def error_of(frame: Frame) -> ErrorInfo:
@@ -1129,7 +1151,7 @@ async def test_a_rate_limit_refuses_until_tokens_come_back(
             assert value_of(await client.call(call_frame(i, request_id=i))) == i
         refused = await client.call(call_frame(2, request_id=2))
         assert error_of(refused) == ErrorInfo(503, "rate limit of cluster echo (1/s) exceeded", 1)
-        await trio.sleep(1.0)
+        await trio.sleep(1.0)  # MockClock time: one token back
         assert value_of(await client.call(call_frame(3, request_id=3))) == 3
         assert len(node.requests) == 3
 
@@ -1276,9 +1298,9 @@ async def test_the_per_client_cap_stops_reading_a_client(
         await wait_until(lambda: len(node.held) == 2, "the second call")
         assert session.in_flight == 2 and session.busy
         await client.send(call_frame(2, request_id=2))
-        await trio.testing.wait_all_tasks_blocked()
-        await trio.sleep(1)
-        assert len(node.held) == 2  # not read
+        await trio.testing.wait_all_tasks_blocked()  # the poller had its chance to read it
+        assert len(node.held) == 2  # not read: still whole in the socket
+        assert unread(session) == encode_frame(call_frame(2, request_id=2))
         await other.send(call_frame("other", request_id=9))  # other clients are read
         await wait_until(lambda: len(node.held) == 3, "the other client's call")
         await node.answer(lambda held: [held[2]])
@@ -1303,10 +1325,26 @@ async def test_the_per_client_cap_holds_without_a_poller(
     config = agent_config({"echo": motan2_cluster(SERVICE, [node])})
     async with serving(node), running_agent(config, dispatched=False) as agent:
         client = await agent.connect()
-        for i in range(3):
-            await client.send(call_frame(i, request_id=i))
-            await trio.sleep(0.5)
-        assert len(node.held) == 2
+        session = agent.session_of(client.peer)
+        assert session is not None
+        await client.send(call_frame(0, request_id=0))  # one read each
+        await wait_until(lambda: len(node.held) == 1, "the first call")
+        await client.send(call_frame(1, request_id=1))
+        await wait_until(lambda: len(node.held) == 2, "the second call")
+        assert session.in_flight == 2 and session.busy
+        await client.send(call_frame(2, request_id=2))
+        await trio.testing.wait_all_tasks_blocked()  # the session's task had its chance
+        assert len(node.held) == 2  # not read: still whole in the socket
+        assert unread(session) == encode_frame(call_frame(2, request_id=2))
+        await node.answer(lambda held: held[:1])
+        (first,) = await client.replies(1)
+        assert first.request_id == 0
+        await wait_until(lambda: len(node.held) == 2, "the third call, read once one was done")
+        assert unread(session) == b""
+        await node.answer()
+        replies = await client.replies(2)
+        assert sorted(r.request_id for r in replies) == [1, 2]
+        assert session.in_flight == 0 and not session.busy
 
 
 @DISPATCHED
@@ -1350,7 +1388,9 @@ async def test_a_node_down_by_heartbeats_gets_no_calls(
     async with serving(silent, healthy), running_agent(config, dispatched=dispatched) as agent:
         policies = agent.policies("echo")
         by_port = {node.port: node for node in policies.topology.nodes}
-        await trio.sleep(0.5)
+        links = agent.runtime.clusters["echo"].transport.links.values()
+        await wait_until(lambda: all(link.up for link in links), "both nodes' first heartbeat")
+        assert silent.heartbeats_seen == healthy.heartbeats_seen == 1
         assert policies.down == set()
         silent.heartbeats = "ignore"
         await wait_until(lambda: policies.down == {by_port[silent.port]}, "silent down", 30)
@@ -1403,7 +1443,10 @@ async def test_a_client_that_reads_slowly_gets_every_reply(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pipeline)
-            await trio.sleep(1)  # the client does not read meanwhile
+            # The client does not read until everything else is stuck: the replies that
+            # did not fit in the socket wait in the agent, which stops reading the client.
+            await trio.testing.wait_all_tasks_blocked()
+            assert session.writing and session.busy
             replies = await client.raw_replies(count)
         assert [r.request_id for r in replies] == list(range(count))
 
@@ -1507,11 +1550,16 @@ async def test_request_bytes_in_flight_stop_reading_a_client(
         client = await agent.connect()
         session = agent.session_of(client.peer)
         assert session is not None
-        for i in range(5):  # 30 kB each: the second one takes it past the bound
-            await client.send(call_frame("x" * 30_000, request_id=i))
-            await trio.sleep(0.5)
-        assert len(node.held) == 2 and session.busy
-        assert session.in_flight_bytes > 50_000
+        calls = [call_frame("x" * 30_000, request_id=i) for i in range(5)]  # 30 kB each
+        await client.send(calls[0])  # one read each: the second one takes it past the bound
+        await wait_until(lambda: len(node.held) == 1, "the first call")
+        await client.send(calls[1])
+        await wait_until(lambda: len(node.held) == 2, "the second call")
+        assert session.busy and session.in_flight_bytes > 50_000
+        await client.send(*calls[2:])
+        await trio.testing.wait_all_tasks_blocked()  # the poller had its chance to read them
+        assert len(node.held) == 2 and session.busy  # not read: still whole in the socket
+        assert unread(session) == b"".join(encode_frame(frame) for frame in calls[2:])
         await node.answer()
         # Read on once answered (the bound is checked between reads, not between frames).
         await wait_until(lambda: len(node.requests) == 5, "the rest of the calls", 30)
