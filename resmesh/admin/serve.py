@@ -61,6 +61,10 @@ async def serve_admin(
     await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
 
 
+#: Scrapes a silent worker is summed with its last document for (then left out).
+_STALE_SCRAPES: Final = 3
+
+
 class WorkersView:
     """The view of a gateway of several workers, from worker 0: its own, merged with the
     others' (asked over their Unix sockets).
@@ -68,13 +72,14 @@ class WorkersView:
     A worker that does not answer a metrics scrape is counted with the last document it
     gave: its counters stay where they were rather than drop out of the sum, which a
     Prometheus scrape would read as a reset and a Graphite push as a burst of calls at the
-    next answer.
+    next answer. After :data:`_STALE_SCRAPES` scrapes in a row without an answer it is left
+    out (it is gone, and its gauges must not stay frozen in the sum).
     """
 
     def __init__(self, local: AdminView, peers: list[Path]) -> None:
         self._local = local
         self._peers = peers
-        self._last_metrics: dict[Path, dict[str, Any]] = {}
+        self._last_metrics: dict[Path, tuple[dict[str, Any], int]] = {}
 
     async def health(self) -> tuple[bool, str]:
         return await self._local.health()
@@ -101,10 +106,14 @@ class WorkersView:
         documents = [await self._local.metrics()]
         for path in self._peers:
             document = await _ask(path, "/metrics.json")
-            if document is None:
-                document = self._last_metrics.get(path)
-            else:
-                self._last_metrics[path] = document
+            if document is not None:
+                self._last_metrics[path] = (document, 0)
+            elif path in self._last_metrics:
+                document, missed = self._last_metrics[path]
+                if missed < _STALE_SCRAPES:
+                    self._last_metrics[path] = (document, missed + 1)
+                else:
+                    document = None
             if document is not None:
                 documents.append(document)
         return merge_metrics(documents)

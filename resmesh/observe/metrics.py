@@ -47,6 +47,8 @@ __all__ = [
 #: A call's :class:`~resmesh.call.Operation`, fetched in C by ``map``.
 _op_of: Final = attrgetter("op")
 
+_OK: Final = Outcome.OK
+
 #: The label of each :class:`~resmesh.call.Outcome`, in its order.
 OUTCOME_NAMES: Final = ("ok", "app_error", "upstream_error", "local_error", "rejected")
 
@@ -71,6 +73,7 @@ class Series:
         "buckets",
         "bytes_in",
         "bytes_out",
+        "failed_buckets",
         "hedges",
         "hedges_won",
         "operation",
@@ -82,10 +85,14 @@ class Series:
     def __init__(self, operation: str) -> None:
         self.operation = operation
         self.outcomes = [0, 0, 0, 0, 0]
-        #: Calls per latency bucket (:data:`~resmesh.policies.window.BUCKET_EDGES`, one more
-        #: slot for latencies beyond the last), and the sum of their latencies in seconds:
-        #: the two updates a run makes, rather than a histogram method call.
+        #: Calls answered OK per latency bucket (:data:`~resmesh.policies.window.BUCKET_EDGES`,
+        #: one more slot for latencies beyond the last), and the sum of every call's latency
+        #: in seconds: the two updates a run makes, rather than a histogram method call. The
+        #: hedge delays read these (a timeout's latency says nothing of how fast the node
+        #: answers).
         self.buckets = [0] * (len(BUCKET_EDGES) + 1)
+        #: The same for the calls that did not end OK (made at the first).
+        self.failed_buckets: list[int] | None = None
         self.seconds = 0.0
         self.bytes_out = 0
         self.bytes_in = 0
@@ -96,8 +103,18 @@ class Series:
         #: call itself is counted where it ended).
         self.attempt_failures = 0
 
+    def failed(self, bucket: int, count: int) -> None:
+        """``count`` calls that did not end OK took a latency in ``bucket``."""
+        failed = self.failed_buckets
+        if failed is None:
+            failed = self.failed_buckets = [0] * (len(BUCKET_EDGES) + 1)
+        failed[bucket] += count
+
     def document(self) -> dict[str, Any]:
-        buckets = {index: n for index, n in enumerate(self.buckets) if n}
+        counts = self.buckets
+        if self.failed_buckets is not None:
+            counts = list(map(add, counts, self.failed_buckets))
+        buckets = {index: n for index, n in enumerate(counts) if n}
         top = max(buckets, default=0)
         return {
             "outcomes": dict(zip(OUTCOME_NAMES, self.outcomes, strict=True)),
@@ -208,7 +225,10 @@ class ClusterMetrics:
                 outcomes = series.outcomes
                 for each in per_call:
                     outcomes[each] += 1
-            series.buckets[bisect_right(BUCKET_EDGES, latency)] += count
+            if outcome is _OK:
+                series.buckets[bisect_right(BUCKET_EDGES, latency)] += count
+            else:
+                series.failed(bisect_right(BUCKET_EDGES, latency), count)
             series.seconds += latency * count
             series.bytes_out += sent
             series.bytes_in += received
@@ -243,7 +263,10 @@ class ClusterMetrics:
                 series = table[op] = Series(op.name)
             if per_call is None:
                 series.outcomes[outcome] += share
-            series.buckets[bucket] += share
+            if outcome is _OK:
+                series.buckets[bucket] += share
+            else:
+                series.failed(bucket, share)
             series.seconds += latency * share
             series.bytes_out += sent * share // count
             series.bytes_in += received * share // count
@@ -290,14 +313,15 @@ class ClusterMetrics:
     # ------------------------------------------------------------------------------------
 
     def latency_buckets(self, counted: Callable[[str], bool]) -> list[int]:
-        """The calls answered by a node so far per latency bucket (cumulative, over every
-        node), of the operations ``counted`` accepts by name: what a hedge delay is read
-        from (:class:`~resmesh.policies.hedge.HedgeDelay`)."""
+        """The calls a node answered OK so far per latency bucket (cumulative, over every
+        node), of the idempotent operations ``counted`` accepts by name (the ones a backup
+        request may be sent for; not writes, not blocking commands): what a hedge delay is
+        read from (:class:`~resmesh.policies.hedge.HedgeDelay`)."""
         total = [0] * (len(BUCKET_EDGES) + 1)
         for node, table in self._by_node.items():
             if node is not None:
-                for series in table.values():
-                    if counted(series.operation):
+                for op, series in table.items():
+                    if op.idempotent and counted(op.name):
                         total = list(map(add, total, series.buckets))
         return total
 

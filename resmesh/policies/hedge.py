@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import sub
 from typing import Final, final
 
 from resmesh.knobs import Kind, knob
@@ -293,17 +294,18 @@ class HedgeDelay:
             self.samples = 0
             self._delay = config.initial_delay
             return
+        if readings and min(map(sub, counts, readings[-1][1])) < 0:
+            # A node left and took its counts with it: the readings start over from this
+            # one, and the delay in force stays until they cover some calls again.
+            readings.clear()
         if not readings or now - readings[-1][0] >= config.refresh:
             readings.append((now, counts))
         horizon = now - config.window
         while len(readings) > 1 and readings[1][0] <= horizon:
             readings.popleft()
-        base = readings[0][1]
-        # A node that left takes its counts with it: a bucket may go down, never below 0.
-        window = [
-            later - earlier if later > earlier else 0
-            for later, earlier in zip(counts, base, strict=True)
-        ]
+        window = list(map(sub, counts, readings[0][1]))
+        if len(readings) == 1 and not any(window) and self._delay is not None:
+            return  # nothing read yet since the readings started over
         self.samples = sum(window)
         self._delay = hedge_delay(
             window,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pymysql
 import pytest
+from pymysql.constants import CLIENT
 
 from tests.support.mariadb import MariaDBServer, connect_app, start_replica, wait_replicated
 from tests.support.servers import Gateway, free_port, resmesh, wait_for
@@ -324,3 +325,45 @@ def test_a_read_refused_by_a_limit_leaves_no_route_for_the_next_command(
         assert primary.execute("SELECT LENGTH(body) FROM notes WHERE id = 1") == [(20_000,)]
     finally:
         assert gateway.terminate() == 0, gateway.log()
+
+
+def test_what_the_session_cannot_repeat_elsewhere_keeps_its_reads_home(
+    gateway: Gateway, servers: tuple[MariaDBServer, MariaDBServer]
+) -> None:
+    """SET STATEMENT ... FOR runs one statement (never repeated on a replica); a SET from a
+    user variable and a multi-statement query that ended in an error after creating a
+    temporary table keep the session's reads on the primary."""
+    primary, replica = servers
+    with _connect(gateway) as conn, conn.cursor() as cur:
+        cur.execute("REPLACE INTO kv VALUES (3, 'a')")
+        cur.execute(
+            "SET STATEMENT max_statement_time = 100"
+            " FOR UPDATE kv SET v = CONCAT(v, 'b') WHERE k = 3"
+        )
+    wait_replicated(primary, replica)
+    with _connect(gateway) as reader:
+        assert _one(reader, "SELECT v, @@server_id FROM kv WHERE k = 3") == ("ab", REPLICA)
+    wait_replicated(primary, replica)
+    assert primary.execute("SELECT v FROM kv WHERE k = 3") == [("ab",)]
+    assert replica.execute("SELECT v FROM kv WHERE k = 3") == [("ab",)]  # not run twice
+
+    with _connect(gateway) as conn, conn.cursor() as cur:
+        cur.execute("SET @tz = '+05:00'")
+        cur.execute("SET time_zone = @tz")
+        assert _one(conn, "SELECT @@time_zone, @@server_id") == ("+05:00", PRIMARY)
+
+    with _connect(gateway, client_flag=CLIENT.MULTI_STATEMENTS) as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.ProgrammingError):
+            cur.execute("CREATE TEMPORARY TABLE tmpx (a INT); SELECT * FROM no_such_table")
+            while cur.nextset():
+                pass
+        conn.ping()
+        assert _one(conn, "SELECT COUNT(*), @@server_id FROM tmpx") == (0, PRIMARY)
+
+
+def test_a_read_right_after_a_slow_write_is_on_the_primary(gateway: Gateway) -> None:
+    """The read-your-writes window counts from when the write was answered."""
+    with _connect(gateway) as conn, conn.cursor() as cur:
+        cur.execute("REPLACE INTO kv VALUES (4, 'slow')")
+        cur.execute("UPDATE kv SET v = 'slower' WHERE k = 4 AND SLEEP(1.2) = 0")
+        assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 4") == ("slower", PRIMARY)

@@ -103,11 +103,59 @@ def test_state_that_cannot_be_repeated_keeps_reads_home_until_a_reset(sql: bytes
     assert (settings.home_only, settings.statements, settings.database) == (None, (), "shop")
 
 
-def test_too_many_settings_keep_reads_home() -> None:
-    settings = _ran(SessionSettings(), *(b"SET sql_mode = ''" for _ in range(MAX_SETTINGS)))
+def test_a_repeated_set_is_kept_once_and_too_many_keep_reads_home() -> None:
+    settings = _ran(SessionSettings(), *(b"SET sql_mode = ''" for _ in range(MAX_SETTINGS + 1)))
+    assert settings.statements == (b"SET sql_mode = ''",)
+    _ran(settings, *(b"SET max_error_count = %d" % i for i in range(MAX_SETTINGS - 1)))
     assert settings.home_only is None
-    _ran(settings, b"SET sql_mode = ''")
+    _ran(settings, b"SET max_error_count = 0")  # a repeat: nothing new
+    assert settings.home_only is None
+    _ran(settings, b"SET max_error_count = 99")
     assert settings.home_only is not None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        b"SET GLOBAL max_connections = 10",
+        b"SET @@global.max_connections = 10",
+        b"SET PASSWORD = PASSWORD('x')",
+        b"SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        b"SET STATEMENT max_statement_time = 1 FOR UPDATE t SET v = 1",
+        b"SET @x = 'a@b'",
+    ],
+)
+def test_sets_that_leave_the_session_s_variables_are_neither_kept_nor_pinning(
+    sql: bytes,
+) -> None:
+    settings = _ran(SessionSettings(), sql)
+    assert (settings.statements, settings.home_only) == ((), None)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        b"SET time_zone = @tz",
+        b"SET NAMES @saved_cs_client",
+        b"SET ROLE admin",
+        b"CALL refresh()",
+        b"PREPARE s FROM 'SET @x = 1'",
+    ],
+)
+def test_state_the_gateway_cannot_see_or_repeat_keeps_reads_home(sql: bytes) -> None:
+    assert _ran(SessionSettings(), sql).home_only is not None
+
+
+def test_session_transaction_settings_and_names_are_repeated() -> None:
+    sets = (b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", b"SET CHARACTER SET utf8")
+    assert _ran(SessionSettings(), *sets).statements == sets
+
+
+def test_an_at_sign_in_a_string_is_not_a_user_variable() -> None:
+    assert _anywhere(b"SELECT id FROM users WHERE email = 'a@example.com'")
+    settings = SessionSettings()
+    settings.ran_at_home(b"UPDATE users SET email = 'a@example.com' WHERE id = 1")
+    assert settings.unmovable is None
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,10 @@ def test_a_mysql_cluster_needs_a_backend_login_and_cannot_be_sharded() -> None:
         (b"SELECT 'a\\';'; DROP TABLE t", ["SELECT", "DROP"]),
         (b";; ;", []),
         (b"", []),
+        (b"SET STATEMENT max_statement_time=1 FOR UPDATE t SET v = 1", ["UPDATE"]),
+        (b"set statement x=1 for select 1; SET NAMES utf8", ["SELECT", "SET"]),
+        (b"SET STATEMENT x=1", [""]),
+        (b"SET statements = 1", ["SET"]),
     ],
 )
 def test_statement_verbs(sql: bytes, verbs: list[str]) -> None:

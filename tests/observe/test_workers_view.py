@@ -47,11 +47,19 @@ def _gets(document: dict[str, Any]) -> int:
     return int(series["outcomes"]["ok"])
 
 
-async def test_a_worker_that_misses_a_scrape_keeps_its_last_counts(
+async def test_a_worker_that_misses_scrapes_keeps_its_last_counts_for_a_while(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     peer = Path("/nonexistent/worker-1.sock")
-    answers: list[dict[str, Any] | None] = [_document(5), None, _document(9)]
+    answers: list[dict[str, Any] | None] = [
+        _document(5),
+        None,
+        _document(9),
+        None,
+        None,
+        None,
+        None,
+    ]
 
     async def ask(path: Path, page: str) -> dict[str, Any] | None:
         assert (path, page) == (peer, "/metrics.json")
@@ -65,3 +73,6 @@ async def test_a_worker_that_misses_a_scrape_keeps_its_last_counts(
     local.calls = 3
     assert _gets(await view.metrics()) == 8  # the peer did not answer: its 5 still count
     assert _gets(await view.metrics()) == 12
+    for _ in range(3):  # silent for three scrapes: its last counts still count
+        assert _gets(await view.metrics()) == 12
+    assert _gets(await view.metrics()) == 3  # then it is left out

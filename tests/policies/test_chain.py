@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from resmesh.call import Outcome
+from resmesh.call import Call, Operation, Outcome
 from resmesh.cluster.topology import ClusterState, Node, NodeSpec, Topology
 from resmesh.config import (
     BalanceName,
@@ -442,3 +442,27 @@ async def test_a_cluster_with_a_measured_hedge_delay_says_it_needs_its_latencies
     assert _policies(_gov(hedge=HedgeConfig(enabled=True))).hedging
     assert not _policies(_gov(hedge=HedgeConfig(enabled=True, fixed_delay=0.02))).hedging
     assert not _policies(_gov(hedge=HedgeConfig(enabled=False))).hedging
+
+
+async def test_the_hedge_delay_reads_only_reads_answered_ok() -> None:
+    """Writes and blocking commands (not idempotent) and calls that failed (a timeout) are
+    counted by the metrics but are not what a backup request waits for."""
+    pol = _policies(_gov(hedge=HedgeConfig(enabled=True)))
+    hedger = pol.hedger("GET")
+    metrics = pol.metrics
+    assert hedger is not None and metrics is not None
+    assert hedger.delay(0.0) is None
+    node = _nodes()[0]
+    get = Operation("GET", write=False, idempotent=True)
+    blpop = Operation("BLPOP", write=True, idempotent=False)
+
+    def calls(op: Operation, n: int) -> list[Call]:
+        call = Call()
+        call.op = op
+        return [call] * n
+
+    metrics.run_ended(calls(get, 900), node, Outcome.OK, 0.020)
+    metrics.run_ended(calls(blpop, 150), node, Outcome.OK, 5.0)
+    metrics.run_ended(calls(get, 120), node, Outcome.UPSTREAM_ERROR, 1.0)
+    assert hedger.delay(1.0) == pytest.approx(0.020, rel=1 / 32)
+    assert hedger.statistics().samples == 900

@@ -126,15 +126,19 @@ def test_hedge_delay_without_counts_is_the_initial_one() -> None:
     assert HedgeDelay(HedgeConfig()).delay(0.0) is None
 
 
-def test_counts_that_go_down_count_as_nothing() -> None:
-    """A node left the cluster and its counts with it: the window never goes negative."""
+def test_counts_that_go_down_start_the_readings_over() -> None:
+    """A node left the cluster and its counts with it: the delay in force stays, and the
+    next computation reads only what came after."""
     counted = _Counted()
     delay = HedgeDelay(HedgeConfig(min_samples=5, refresh=1.0), counted)
-    counted.record(0.100, 50)
     delay.delay(0.0)
+    counted.record(0.100, 50)
+    assert delay.delay(1.0) == pytest.approx(0.100, rel=1 / 32)
     counted.counts = [0] * len(counted.counts)
     counted.record(0.020, 5)
-    assert delay.delay(1.0) == pytest.approx(0.020, rel=1 / 32)
+    assert delay.delay(2.0) == pytest.approx(0.100, rel=1 / 32)  # kept, readings restarted
+    counted.record(0.020, 5)
+    assert delay.delay(3.0) == pytest.approx(0.020, rel=1 / 32)
     assert delay.statistics().samples == 5
 
 

@@ -60,6 +60,27 @@ _UNMOVABLE: Final = re.compile(rb"(?=[GL])(?:GET_LOCK|LAST_INSERT_ID\s*\(\s*[^\s
 _TEMPORARY: Final = re.compile(rb"TEMPORARY", re.IGNORECASE)
 _AUTOCOMMIT: Final = re.compile(rb"AUTOCOMMIT", re.IGNORECASE)
 
+#: A ``SET`` of this session's own variables: ``SET [SESSION|LOCAL] x = ...``, ``SET
+#: @@[session.|local.]x = ...``, ``SET NAMES``, ``SET CHARACTER SET``, ``SET SESSION
+#: TRANSACTION ...``: what is repeated.
+_SESSION_SET: Final = re.compile(
+    rb"\s*SET\s+(?:(?:SESSION|LOCAL)\s+TRANSACTION\b|(?:(?:SESSION|LOCAL)\s+|@@(?:SESSION\.|LOCAL\.)?)?"
+    rb"(?:NAMES\b|CHARACTER\s+SET\b|CHARSET\b|[A-Z_][A-Z0-9_]*\s*:?=))",
+    re.IGNORECASE,
+)
+#: ``SET`` forms that leave the session's variables as they are: the server's globals, a
+#: password, the next transaction only, one statement's variables (``SET STATEMENT ... FOR``,
+#: whose statement is the call's verb). Neither repeated nor a reason to stay home.
+_OTHER_SET: Final = re.compile(
+    rb"\s*SET\s+(?:GLOBAL\b|PERSIST\b|PERSIST_ONLY\b|@@GLOBAL\.|@@PERSIST|PASSWORD\b|"
+    rb"TRANSACTION\b|STATEMENT\b)",
+    re.IGNORECASE,
+)
+#: ``SET @x = ...``: a user variable only (its value is not tracked; reads of it stay home).
+_USER_SET: Final = re.compile(rb"\s*SET\s+@[A-Za-z0-9_$.]+\s*:?=[^,]*", re.IGNORECASE)
+#: Quoted string literals, taken out before looking for a user variable (an ``@`` in an
+#: e-mail address is not one).
+_LITERAL: Final = re.compile(rb"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
 #: A ``SET`` that turns autocommit on or off, and nothing else.
 _AUTOCOMMIT_ONLY: Final = re.compile(
     rb"\s*SET\s+(?:(?:SESSION|LOCAL)\s+|@@(?:SESSION\.|LOCAL\.)?)?AUTOCOMMIT\s*(?:=|:=|\s)"
@@ -83,7 +104,8 @@ def reads_anywhere(sql: bytes, verbs: list[str]) -> bool:
     for verb in verbs:
         if verb not in READ_ANYWHERE_VERBS:
             return False
-    return _HOME_ONLY.search(sql.upper()) is None
+    text = _LITERAL.sub(b"''", sql) if b"@" in sql else sql
+    return _HOME_ONLY.search(text.upper()) is None
 
 
 @dataclass(slots=True)
@@ -111,7 +133,7 @@ class SessionSettings:
         if self.unmovable is not None:
             return
         upper = sql.upper()
-        if (b"@" in sql and _USER_VARIABLE.search(sql) is not None) or (
+        if (b"@" in sql and _USER_VARIABLE.search(_LITERAL.sub(b"''", sql)) is not None) or (
             (b"GET_LOCK" in upper or b"LAST_INSERT_ID" in upper)
             and _UNMOVABLE.search(upper) is not None
         ):
@@ -138,16 +160,25 @@ class SessionSettings:
             self.home_only = "LOCK TABLES"
         elif "CREATE" in verbs and _TEMPORARY.search(sql):
             self.home_only = "a temporary table"
+        elif "PREPARE" in verbs or "CALL" in verbs:
+            self.home_only = "a procedure or an SQL PREPARE (what they set is not seen)"
 
     def _set(self, sql: bytes) -> None:
+        if _OTHER_SET.match(sql) is not None:
+            return
         if _AUTOCOMMIT_ONLY.fullmatch(sql) is not None:
             return  # the status flags say whether the session is in autocommit mode
-        if _USER_VARIABLE.search(sql):
-            if b"," in sql:
-                self.home_only = "a SET of a user variable with other settings"
+        if _USER_VARIABLE.search(_LITERAL.sub(b"''", sql)):
+            if _USER_SET.fullmatch(sql) is None:
+                self.home_only = "a SET from or with a user variable"
             return
         if _AUTOCOMMIT.search(sql):
             self.home_only = "a SET of autocommit with other settings"
+            return
+        if _SESSION_SET.match(sql) is None:
+            self.home_only = "a SET the gateway does not repeat (SET ROLE...)"
+            return
+        if sql in self.statements:
             return
         if len(self.statements) >= MAX_SETTINGS:
             self.home_only = f"more than {MAX_SETTINGS} SET statements"

@@ -225,8 +225,10 @@ class MySQLRuntime(ClusterRuntime):
         op = self._operations.get(key)
         if op is None:
             settings = self.config.governance.operations.get(name)
-            idempotent = name in READ_ANYWHERE_VERBS and not (
-                settings is not None and settings.idempotent is False
+            idempotent = (
+                not write
+                and name in READ_ANYWHERE_VERBS
+                and not (settings is not None and settings.idempotent is False)
             )
             op = Operation(name, write=write, idempotent=idempotent)
             if len(self._operations) < _CACHE_MAX:

@@ -115,7 +115,7 @@ from ..runtime import READ_YOUR_WRITES, ClientSession, Waiting
 from ..sockio import RECV_SIZE
 from .backend import LAYOUT, BackendConnection, BackendLoginError, PoolKey
 from .reads import SessionSettings, reads_anywhere
-from .sql import request_id_of, statement_verbs
+from .sql import request_id_of, statement_verbs, with_writes
 
 if TYPE_CHECKING:
     from ...cluster.topology import Node
@@ -219,7 +219,7 @@ _NOWAIT_MAX: Final = 8192
 _READS_PER_TURN: Final = 4
 _NO_INFILE: Final = "LOAD DATA LOCAL INFILE is not supported"
 #: Statements whose success changes what another node must repeat of the session.
-_SETTLED: Final = frozenset({"SET", "USE", "LOCK", "CREATE"})
+_SETTLED: Final = frozenset({"SET", "USE", "LOCK", "CREATE", "PREPARE", "CALL"})
 #: Operation names of commands that carry no SQL.
 _COMMAND_NAMES: Final = {command: f"COM_{command.name}" for command in Command}
 
@@ -291,6 +291,8 @@ class MySQLSession(ClientSession):
         self._verbs: list[str] = []
         #: Reads stay on the session's node until then, after a write (replicas lag).
         self._reads_home_until = 0.0
+        #: Whether the command the poller's task relays is a write (:meth:`_writes`).
+        self._wrote = False
         #: The node the poller's task chose for a read it handed to the session's task.
         self._read_on: Node | None = None
         #: A connection of another node lent for the read in flight (the stall sweep's).
@@ -664,7 +666,9 @@ class MySQLSession(ClientSession):
             if not verbs:
                 return runtime.operation("OTHER", write=more)
             names = [verb if verb in SQL_VERBS else "OTHER" for verb in verbs]
-            write = more or any(name not in READ_VERBS for name in names)
+            write = (
+                more or any(name not in READ_VERBS for name in names) or with_writes(names, payload)
+            )
             if "USE" in names:
                 self._db_changed = True
             if not _SETTLED.isdisjoint(names):
@@ -680,8 +684,12 @@ class MySQLSession(ClientSession):
         if command == Command.STMT_PREPARE:
             verbs, more = statement_verbs(payload[1:])
             names = [verb if verb in SQL_VERBS else "OTHER" for verb in verbs] or ["OTHER"]
-            write = more or any(name not in READ_VERBS for name in names)
+            write = (
+                more or any(name not in READ_VERBS for name in names) or with_writes(names, payload)
+            )
             self._preparing = runtime.operation(names[0], write=write)
+            if not _SETTLED.isdisjoint(names):
+                self._settings.home_only = "a prepared statement that changes the session"
         if command == Command.INIT_DB:
             self._db_changed = True
             self._noting = payload[1:].decode("utf-8", "replace")
@@ -741,8 +749,12 @@ class MySQLSession(ClientSession):
             if node is None and not read_home:
                 node = self._read_node(command, op, payload, now)
             if node is None or not await self._read_elsewhere(node, payload, op):
-                self._note_write(op, now)
-                await self._forward(backend, payload, command, op)
+                writes = self._writes(op)
+                try:
+                    await self._forward(backend, payload, command, op)
+                finally:
+                    if writes:  # from when the node answered (or failed)
+                        self._reads_home_until = trio.current_time() + READ_YOUR_WRITES
         finally:
             self._noting = None
             self._admission_done(op.name)
@@ -802,8 +814,8 @@ class MySQLSession(ClientSession):
         pool = runtime.pool(home)
         try:
             moved = await runtime.engine.execute_pinned(
-                home, lambda: pool.lend(key, statements), lambda _: Outcome.OK
-            )
+                home, lambda: pool.lend(key, statements), lambda _: Outcome.OK, timed=False
+            )  # a connect's time says nothing of how fast the node answers
         except (Unavailable, BackendLoginError) as exc:
             await self._fatal(_must_reconnect(home, f"the primary cannot take it: {exc}"))
             raise _Closing from None
@@ -815,7 +827,13 @@ class MySQLSession(ClientSession):
             backend.node.address,
             home.address,
         )
-        await self._release()
+        # Closed, not reset for its pool: the old primary may be the node that hangs.
+        self._unregister_backend(backend)
+        old_pool = runtime.pools.get(backend.node)
+        if old_pool is not None:
+            old_pool.discard(backend)
+        else:
+            backend.close()
         self.backend = moved
         self._db_changed = False
         return moved
@@ -848,15 +866,17 @@ class MySQLSession(ClientSession):
         node = policies.pick(now)
         return node if node is not None and node is not backend.node else None
 
-    def _note_write(self, op: Operation, now: float) -> None:
-        """A command goes to the session's node: a write, or anything in a transaction (its
-        COMMIT included), keeps the session's reads there for a while."""
+    def _writes(self, op: Operation) -> bool:
+        """Whether a command about to go to the session's node keeps the session's reads
+        there for :data:`~resmesh.net.runtime.READ_YOUR_WRITES` once answered: a write, or
+        anything in a transaction (its COMMIT included)."""
         backend = self.backend
         if backend is None:
-            return
+            return False
         status = backend.conn.status
-        if op.write or status & ServerStatus.IN_TRANS or not status & ServerStatus.AUTOCOMMIT:
-            self._reads_home_until = now + READ_YOUR_WRITES
+        return (
+            op.write or bool(status & ServerStatus.IN_TRANS) or not status & ServerStatus.AUTOCOMMIT
+        )
 
     async def _read_elsewhere(self, node: Node, payload: bytes, op: Operation) -> bool:
         """Run a read on ``node``, on a connection of its pool lent for it and given the
@@ -875,8 +895,8 @@ class MySQLSession(ClientSession):
         settings = self._settings.statements
         try:
             conn = await runtime.engine.execute_pinned(
-                node, lambda: pool.lend(key, settings), lambda _: Outcome.OK
-            )
+                node, lambda: pool.lend(key, settings), lambda _: Outcome.OK, timed=False
+            )  # a connect's time says nothing of how fast the node answers
         except (Unavailable, BackendLoginError) as exc:
             log.info("cluster %s: a read could not go to %s: %s", runtime.name, node.address, exc)
             return False
@@ -1092,16 +1112,13 @@ class MySQLSession(ClientSession):
             return False
         now = self._clock.current_time()
         conn = backend
-        if policies.spreads_reads:
-            node = self._read_node(command, op, payload, now)
-            if node is not None:
-                lent = self._lend_nowait(node)
-                if lent is None:
-                    self._read_on = node  # the session's task lends one (it may connect)
-                    return False
-                conn = lent
-            else:
-                self._note_write(op, now)
+        node = self._read_node(command, op, payload, now) if policies.spreads_reads else None
+        if node is not None:
+            lent = self._lend_nowait(node)
+            if lent is None:
+                self._read_on = node  # the session's task lends one (it may connect)
+                return False
+            conn = lent
         refusal = self._admit(op, now)
         if refusal is not None:
             if conn is not backend:
@@ -1110,6 +1127,8 @@ class MySQLSession(ClientSession):
             return False
         if conn is not backend:
             self._lent_event = event
+        else:
+            self._wrote = self._writes(op)
         node = conn.node
         policies.begin_committed(node)
         self._op = op
@@ -1282,6 +1301,9 @@ class MySQLSession(ClientSession):
         self._replying = None
         backend.parked = False
         later = self._clock.current_time()
+        if self._wrote:
+            self._wrote = False
+            self._reads_home_until = later + READ_YOUR_WRITES
         outcome = outcome_of_reply(end)
         self.runtime.policies.settle(backend.node, outcome, later - self._started, later)
         self._count(backend.node, outcome, later)
@@ -1315,6 +1337,7 @@ class MySQLSession(ClientSession):
         self._inflight = False
         self._replying = None
         self._handed = failure
+        self._wrote = False  # the session ends: nothing more is read
         if backend is not None:
             backend.parked = False
             later = self._clock.current_time()
@@ -1422,12 +1445,14 @@ class MySQLSession(ClientSession):
         noting, self._noting = self._noting, None
         if reset:
             self._settings.reset(self._settings.database)
+            self._statements.clear()
             backend.scanner.last_insert_id = 0
-        elif noting is not None and kind is not ReplyKind.ERR:
-            if isinstance(noting, str):
+        elif isinstance(noting, str):
+            if kind is not ReplyKind.ERR:
                 self._settings.select(noting)
-            else:
-                self._settings.ran(*noting)
+        elif noting is not None and (kind is not ReplyKind.ERR or len(noting[1]) > 1):
+            # A multi-statement query that ended in an error may have run its first ones.
+            self._settings.ran(*noting)
         self.conn.reply_relayed(status, reset=reset)
 
     async def _lost(self, failure: Unavailable) -> None:

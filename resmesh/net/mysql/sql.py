@@ -3,8 +3,9 @@ an app may put in its comment, for the access log.
 
 Only the first word of each statement is read: comments, string literals and quoted names are
 skipped so that a ``;`` inside them does not split a statement, and MySQL's executable comments
-(``/*! ... */``, ``/*M! ... */``) are read as SQL, since the server runs them. Nothing else of
-the SQL is parsed; the server remains the judge of what a statement does.
+(``/*! ... */``, ``/*M! ... */``) are read as SQL, since the server runs them. MariaDB's ``SET
+STATEMENT ... FOR <statement>`` is read as its statement's verb (it runs that statement).
+Nothing else of the SQL is parsed; the server remains the judge of what a statement does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["request_id_of", "statement_verbs"]
+__all__ = ["request_id_of", "statement_verbs", "with_writes"]
 
 _SPACE: Final = frozenset(b" \t\r\n\f\v")
 _WORD: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
@@ -64,7 +65,13 @@ def statement_verbs(sql: bytes) -> tuple[list[str], bool]:
             while i < n and sql[i] in _WORD:
                 i += 1
             word = sql[start:i]
-            verbs.append(word.decode("ascii").upper() if 0 < len(word) <= _MAX_VERB else "")
+            verb = word.decode("ascii").upper() if 0 < len(word) <= _MAX_VERB else ""
+            if verb == "SET" and _SET_STATEMENT.match(sql, i):
+                # MariaDB's SET STATEMENT var = value FOR <statement>: the statement's verb.
+                inner = _FOR_VERB.search(sql, i)
+                verb = inner.group(1).decode("ascii").upper() if inner is not None else ""
+                i = inner.end() if inner is not None else n
+            verbs.append(verb)
             if not word:
                 i += 1
             at_start = False
@@ -73,6 +80,21 @@ def statement_verbs(sql: bytes) -> tuple[list[str], bool]:
         else:
             i += 1
     return verbs, False
+
+
+_SET_STATEMENT: Final = re.compile(rb"\s+STATEMENT\b", re.IGNORECASE)
+_FOR_VERB: Final = re.compile(rb"\bFOR\s+([A-Za-z_]{1,32})", re.IGNORECASE)
+
+
+#: The statements a ``WITH`` (common table expressions) may lead into that write.
+_WRITE_WORD: Final = re.compile(rb"\b(?:UPDATE|DELETE|INSERT|REPLACE)\b", re.IGNORECASE)
+
+
+def with_writes(verbs: list[str], sql: bytes) -> bool:
+    """Whether a query with a ``WITH`` statement among its ``verbs`` may write: MySQL 8 runs
+    ``WITH ... UPDATE``/``DELETE`` (its main statement comes after the expressions, which are
+    not parsed here: any such word counts, on the safe side)."""
+    return "WITH" in verbs and _WRITE_WORD.search(sql) is not None
 
 
 def _line_end(sql: bytes, i: int) -> int:
