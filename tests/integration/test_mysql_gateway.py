@@ -488,6 +488,26 @@ def test_readonly_switch_refuses_writes_with_1290_and_serves_reads(
             cur.execute("DROP TABLE IF EXISTS gw_ro")
 
 
+def test_a_fallback_switch_answers_reads_with_its_value_and_acknowledges_writes(
+    start_mysql_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = start_mysql_gateway(governance={"switch": {"mode": "fallback", "value": "n/a"}})
+    with connect(gateway) as conn, conn.cursor() as cur:
+        cur.execute("SELECT name FROM gw_users WHERE id = 1")
+        assert cur.fetchall() == (("n/a",),)
+        assert [column[0] for column in cur.description] == ["value"]
+        assert cur.execute("INSERT INTO gw_never (id) VALUES (1)") == 0  # nothing changed
+        cur.execute("SELECT 1")  # the session goes on
+        assert cur.fetchall() == (("n/a",),)
+    listed = mariadb_cli(gateway.port, "SELECT 1")  # the mariadb client, its own flags
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == ["value", "n/a"]
+    root = pymysql.connect(host="127.0.0.1", port=MARIADB_PORT, user="root", database="test")
+    with root, root.cursor() as cur:
+        cur.execute("SHOW TABLES LIKE 'gw_never'")
+        assert cur.fetchall() == ()
+
+
 def test_error_switch_names_itself_and_ping_still_answers(
     start_mysql_gateway: Callable[..., Gateway],
 ) -> None:

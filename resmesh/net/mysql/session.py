@@ -35,7 +35,8 @@ task, which does it the plain way.
 What a degrade switch does: ``error`` refuses every data command with ERR 1105 naming the
 switch; ``readonly`` refuses writes with ERR 1290 (HY000) and serves reads; ``miss`` answers a
 query or an execution with an OK packet (no rows, nothing changed) and lets prepares through;
-``fallback`` is refused (ERR 1105: a MySQL reply cannot be configured yet). Commands about the
+``fallback`` answers a query that reads with its value as a one-row, one-column result set
+(``value``), and a write or an execution as ``miss`` does. Commands about the
 session (COM_PING, COM_INIT_DB, COM_STMT_CLOSE, COM_RESET_CONNECTION...) and queries made only
 of session statements (``SET``, ``USE``, ``BEGIN``/``COMMIT``/``ROLLBACK``...: a client
 library's ``SET NAMES`` at connect) are never switched.
@@ -78,6 +79,7 @@ from ...protocols.mysql.constants import (
     DEFAULT_CHARSET,
     AuthPlugin,
     Capability,
+    ColumnType,
     Command,
     ServerStatus,
 )
@@ -109,7 +111,19 @@ from ...protocols.mysql.handshake import (
     encode_initial_handshake,
 )
 from ...protocols.mysql.relay import ReplyEnd, ReplyKind
-from ...protocols.mysql.results import ErrPacket, OkPacket, encode_err, encode_ok
+from ...protocols.mysql.results import (
+    ColumnCount,
+    ColumnDefinition,
+    EofPacket,
+    ErrPacket,
+    OkPacket,
+    encode_column_count,
+    encode_column_definition,
+    encode_eof,
+    encode_err,
+    encode_ok,
+    encode_text_row,
+)
 from ...protocols.mysql.statements import LAST_STATEMENT_ID, peek_statement_id
 from ..runtime import READ_YOUR_WRITES, ClientSession, Waiting
 from ..sockio import RECV_SIZE
@@ -734,10 +748,10 @@ class MySQLSession(ClientSession):
         if command in _SWITCHABLE and policies.switchboard.active and not self._session_only:
             decision = policies.decide(op.name, op.write)
             if decision is not None and (
-                decision.action in (SwitchAction.ERROR, SwitchAction.FALLBACK)
+                decision.action is SwitchAction.ERROR
                 or command in (Command.QUERY, Command.STMT_EXECUTE)
             ):
-                await self._degraded(decision, command)
+                await self._degraded(decision, command, op)
                 return
         refusal = self._admit(op, trio.current_time())
         if refusal is not None:
@@ -949,23 +963,26 @@ class MySQLSession(ClientSession):
             await self._fatal(error)
             raise _Closing from None
 
-    async def _degraded(self, decision: SwitchDecision, command: Command | int) -> None:
+    async def _degraded(
+        self, decision: SwitchDecision, command: Command | int, op: Operation
+    ) -> None:
         action = decision.action
         if action is SwitchAction.ERROR:
             errno = 1290 if decision.mode is SwitchMode.READONLY else 1105
             await self._reply_local(error_info(errno, decision.message))
-        elif action is SwitchAction.FALLBACK:
-            await self._reply_local(
-                error_info(1105, f"{decision.message} (a MySQL cluster has no fallback reply)")
-            )
-        else:  # miss: nothing read, nothing changed
-            status = self._status()
-            try:
-                self._queue(encode_ok(OkPacket(status=status), int(self.conn.capabilities)))
-            except MySQLLocalError as exc:
-                await self._fatal(exc.error)
-                raise _Closing from None
-            await self._flush()
+            return
+        status = self._status()
+        capabilities = int(self.conn.capabilities)
+        try:
+            if action is SwitchAction.FALLBACK and command == Command.QUERY and not op.write:
+                for payload in _value_result(decision.value or b"", status, capabilities):
+                    self._queue(payload)
+            else:  # miss, or a fallback's write or execution: nothing read, nothing changed
+                self._queue(encode_ok(OkPacket(status=status), capabilities))
+        except MySQLLocalError as exc:
+            await self._fatal(exc.error)
+            raise _Closing from None
+        await self._flush()
 
     def _status(self) -> ServerStatus:
         backend = self.backend
@@ -1463,6 +1480,22 @@ class MySQLSession(ClientSession):
             self.runtime.pool(backend.node).discard(backend)
         await self._fatal(_unavailable(failure))
         raise _Closing
+
+
+def _value_result(value: bytes, status: ServerStatus, capabilities: int) -> list[bytes]:
+    """A text result set of one row and one column, ``value``: a ``fallback`` switch's
+    answer to a query that reads (as Redis answers its value for a read)."""
+    column = ColumnDefinition(
+        name="value", type=ColumnType.VAR_STRING, charset=DEFAULT_CHARSET, length=len(value)
+    )
+    head = [encode_column_count(ColumnCount(1), capabilities)]
+    head.append(encode_column_definition(column, capabilities))
+    if capabilities & Capability.DEPRECATE_EOF:
+        end = encode_ok(OkPacket(header=0xFE, status=status), capabilities)
+    else:
+        head.append(encode_eof(EofPacket(status=status), capabilities))
+        end = encode_eof(EofPacket(status=status), capabilities)
+    return [*head, encode_text_row([value]), end]
 
 
 def _must_reconnect(home: Node, why: str) -> ErrorInfo:
