@@ -48,6 +48,7 @@ __all__ = [
 _op_of: Final = attrgetter("op")
 
 _OK: Final = Outcome.OK
+_APP_ERROR: Final = Outcome.APP_ERROR
 
 #: The label of each :class:`~resmesh.call.Outcome`, in its order.
 OUTCOME_NAMES: Final = ("ok", "app_error", "upstream_error", "local_error", "rejected")
@@ -85,13 +86,13 @@ class Series:
     def __init__(self, operation: str) -> None:
         self.operation = operation
         self.outcomes = [0, 0, 0, 0, 0]
-        #: Calls answered OK per latency bucket (:data:`~resmesh.policies.window.BUCKET_EDGES`,
-        #: one more slot for latencies beyond the last), and the sum of every call's latency
-        #: in seconds: the two updates a run makes, rather than a histogram method call. The
-        #: hedge delays read these (a timeout's latency says nothing of how fast the node
-        #: answers).
+        #: Calls the node answered (OK, or the app's own error) per latency bucket
+        #: (:data:`~resmesh.policies.window.BUCKET_EDGES`, one more slot for latencies
+        #: beyond the last), and the sum of every call's latency in seconds: the two updates
+        #: a run makes, rather than a histogram method call. The hedge delays read these (a
+        #: timeout's latency says nothing of how fast the node answers).
         self.buckets = [0] * (len(BUCKET_EDGES) + 1)
-        #: The same for the calls that did not end OK (made at the first).
+        #: The same for the calls it did not answer (made at the first).
         self.failed_buckets: list[int] | None = None
         self.seconds = 0.0
         self.bytes_out = 0
@@ -104,7 +105,7 @@ class Series:
         self.attempt_failures = 0
 
     def failed(self, bucket: int, count: int) -> None:
-        """``count`` calls that did not end OK took a latency in ``bucket``."""
+        """``count`` calls the node did not answer took a latency in ``bucket``."""
         failed = self.failed_buckets
         if failed is None:
             failed = self.failed_buckets = [0] * (len(BUCKET_EDGES) + 1)
@@ -225,7 +226,7 @@ class ClusterMetrics:
                 outcomes = series.outcomes
                 for each in per_call:
                     outcomes[each] += 1
-            if outcome is _OK:
+            if outcome is _OK or outcome is _APP_ERROR:
                 series.buckets[bisect_right(BUCKET_EDGES, latency)] += count
             else:
                 series.failed(bisect_right(BUCKET_EDGES, latency), count)
@@ -263,7 +264,7 @@ class ClusterMetrics:
                 series = table[op] = Series(op.name)
             if per_call is None:
                 series.outcomes[outcome] += share
-            if outcome is _OK:
+            if outcome is _OK or outcome is _APP_ERROR:
                 series.buckets[bucket] += share
             else:
                 series.failed(bucket, share)
@@ -313,10 +314,11 @@ class ClusterMetrics:
     # ------------------------------------------------------------------------------------
 
     def latency_buckets(self, counted: Callable[[str], bool]) -> list[int]:
-        """The calls a node answered OK so far per latency bucket (cumulative, over every
-        node), of the idempotent operations ``counted`` accepts by name (the ones a backup
-        request may be sent for; not writes, not blocking commands): what a hedge delay is
-        read from (:class:`~resmesh.policies.hedge.HedgeDelay`)."""
+        """The calls a node answered so far (OK, or the app's own error) per latency
+        bucket (cumulative, over every node), of the idempotent operations ``counted``
+        accepts by name (the ones a backup request may be sent for; not writes, not blocking
+        commands): what a hedge delay is read from (:class:`~resmesh.policies.hedge.
+        HedgeDelay`)."""
         total = [0] * (len(BUCKET_EDGES) + 1)
         for node, table in self._by_node.items():
             if node is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from resmesh.net.mysql.reads import MAX_SETTINGS, SessionSettings, reads_anywhere
-from resmesh.net.mysql.sql import statement_verbs
+from resmesh.net.mysql.sql import leads_to_write, statement_verbs
 
 
 def _anywhere(sql: bytes) -> bool:
@@ -173,3 +173,50 @@ def test_state_that_no_other_connection_can_have_is_noted(sql: bytes, unmovable:
     settings = SessionSettings()
     settings.ran_at_home(sql)
     assert (settings.unmovable is not None) is unmovable
+
+
+def test_a_repeated_set_moves_to_the_end_so_the_latest_value_is_replayed_last() -> None:
+    settings = _ran(
+        SessionSettings(),
+        b"SET SQL_SELECT_LIMIT=100",
+        b"SET SQL_SELECT_LIMIT=DEFAULT",
+        b"SET SQL_SELECT_LIMIT=100",
+    )
+    assert settings.statements == (b"SET SQL_SELECT_LIMIT=DEFAULT", b"SET SQL_SELECT_LIMIT=100")
+
+
+def test_set_transaction_keeps_the_next_read_home() -> None:
+    settings = _ran(SessionSettings(), b"SET TRANSACTION READ ONLY")
+    assert settings.next_transaction and settings.statements == ()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        b"SET GLOBAL max_connections=500, SESSION sql_mode='ANSI_QUOTES'",
+        b"SET sql_mode='', GLOBAL read_only=OFF",
+    ],
+)
+def test_a_set_of_global_and_session_variables_together_keeps_reads_home(sql: bytes) -> None:
+    settings = _ran(SessionSettings(), sql)
+    assert (settings.statements, settings.home_only is not None) == ((), True)
+
+
+def test_without_backslash_escapes_a_backslash_ends_nothing() -> None:
+    sql = b"SELECT name FROM t WHERE dir = 'C:\\' AND owner = @uid OR name = 'x'"
+    assert reads_anywhere(sql, ["SELECT"])  # read with escapes: one literal hides the @
+    assert not reads_anywhere(sql, ["SELECT"], backslash_escapes=False)
+    verbs, _ = statement_verbs(b"SELECT 'C:\\'; DELETE FROM t; SELECT '", backslash_escapes=False)
+    assert verbs == ["SELECT", "DELETE", "SELECT"]
+
+
+def test_explain_analyze_of_a_write_is_a_write() -> None:
+    assert leads_to_write(["EXPLAIN"], b"EXPLAIN ANALYZE UPDATE t SET a = 1")
+    assert leads_to_write(["WITH"], b"WITH c AS (SELECT 1) DELETE t FROM t JOIN c")
+    assert not leads_to_write(["EXPLAIN"], b"EXPLAIN SELECT * FROM t")
+    assert not leads_to_write(["SELECT"], b"SELECT 'UPDATE'")
+
+
+def test_a_for_inside_a_set_statement_value_is_not_its_statement() -> None:
+    sql = b"SET STATEMENT sql_mode='for select' FOR DELETE FROM t"
+    assert statement_verbs(sql) == (["DELETE"], False)

@@ -444,9 +444,10 @@ async def test_a_cluster_with_a_measured_hedge_delay_says_it_needs_its_latencies
     assert not _policies(_gov(hedge=HedgeConfig(enabled=False))).hedging
 
 
-async def test_the_hedge_delay_reads_only_reads_answered_ok() -> None:
-    """Writes and blocking commands (not idempotent) and calls that failed (a timeout) are
-    counted by the metrics but are not what a backup request waits for."""
+async def test_the_hedge_delay_reads_only_reads_the_node_answered() -> None:
+    """Writes and blocking commands (not idempotent) and calls the node did not answer (a
+    timeout) are counted by the metrics but are not what a backup request waits for; an
+    answer that is the app's own error is."""
     pol = _policies(_gov(hedge=HedgeConfig(enabled=True)))
     hedger = pol.hedger("GET")
     metrics = pol.metrics
@@ -464,5 +465,6 @@ async def test_the_hedge_delay_reads_only_reads_answered_ok() -> None:
     metrics.run_ended(calls(get, 900), node, Outcome.OK, 0.020)
     metrics.run_ended(calls(blpop, 150), node, Outcome.OK, 5.0)
     metrics.run_ended(calls(get, 120), node, Outcome.UPSTREAM_ERROR, 1.0)
+    metrics.run_ended(calls(get, 100), node, Outcome.APP_ERROR, 0.020)  # answered: counts
     assert hedger.delay(1.0) == pytest.approx(0.020, rel=1 / 32)
-    assert hedger.statistics().samples == 900
+    assert hedger.statistics().samples == 1000

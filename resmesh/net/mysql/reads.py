@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from .sql import blank_literals
+
 __all__ = ["READ_ANYWHERE_VERBS", "SessionSettings", "reads_anywhere"]
 
 #: Statements that may run on any node (with the session's settings repeated there).
@@ -78,9 +80,11 @@ _OTHER_SET: Final = re.compile(
 )
 #: ``SET @x = ...``: a user variable only (its value is not tracked; reads of it stay home).
 _USER_SET: Final = re.compile(rb"\s*SET\s+@[A-Za-z0-9_$.]+\s*:?=[^,]*", re.IGNORECASE)
-#: Quoted string literals, taken out before looking for a user variable (an ``@`` in an
-#: e-mail address is not one).
-_LITERAL: Final = re.compile(rb"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
+#: ``SET TRANSACTION ...`` (no ``SESSION``): for the next transaction only, which may be the
+#: next statement's own (autocommit): that one runs at home.
+_NEXT_TRANSACTION: Final = re.compile(rb"\s*SET\s+TRANSACTION\b", re.IGNORECASE)
+#: A global variable in a ``SET`` (of several: its session ones cannot be told apart).
+_GLOBAL_PART: Final = re.compile(rb"\bGLOBAL\b|\bPERSIST|@@GLOBAL\.", re.IGNORECASE)
 #: A ``SET`` that turns autocommit on or off, and nothing else.
 _AUTOCOMMIT_ONLY: Final = re.compile(
     rb"\s*SET\s+(?:(?:SESSION|LOCAL)\s+|@@(?:SESSION\.|LOCAL\.)?)?AUTOCOMMIT\s*(?:=|:=|\s)"
@@ -96,7 +100,7 @@ _USE: Final = re.compile(
 MAX_SETTINGS: Final = 32
 
 
-def reads_anywhere(sql: bytes, verbs: list[str]) -> bool:
+def reads_anywhere(sql: bytes, verbs: list[str], backslash_escapes: bool = True) -> bool:
     """Whether the query ``sql`` (its statements' ``verbs``) may run on another node than the
     session's, given the session's settings repeated there."""
     if not verbs:
@@ -104,7 +108,7 @@ def reads_anywhere(sql: bytes, verbs: list[str]) -> bool:
     for verb in verbs:
         if verb not in READ_ANYWHERE_VERBS:
             return False
-    text = _LITERAL.sub(b"''", sql) if b"@" in sql else sql
+    text = blank_literals(sql, backslash_escapes) if b"@" in sql else sql
     return _HOME_ONLY.search(text.upper()) is None
 
 
@@ -125,6 +129,11 @@ class SessionSettings:
     #: variables, named locks, a LAST_INSERT_ID set by hand: their values are not
     #: tracked), if anything.
     unmovable: str | None = None
+    #: Whether a backslash escapes in string literals (not in ``NO_BACKSLASH_ESCAPES`` mode,
+    #: which the session's status flags say).
+    backslash_escapes: bool = True
+    #: A ``SET TRANSACTION`` waits for the next transaction: the next read runs at home.
+    next_transaction: bool = False
 
     def ran_at_home(self, sql: bytes) -> None:
         """Any query the session's own connection runs: note state that would not follow
@@ -133,7 +142,10 @@ class SessionSettings:
         if self.unmovable is not None:
             return
         upper = sql.upper()
-        if (b"@" in sql and _USER_VARIABLE.search(_LITERAL.sub(b"''", sql)) is not None) or (
+        if (
+            b"@" in sql
+            and _USER_VARIABLE.search(blank_literals(sql, self.backslash_escapes)) is not None
+        ) or (
             (b"GET_LOCK" in upper or b"LAST_INSERT_ID" in upper)
             and _UNMOVABLE.search(upper) is not None
         ):
@@ -164,11 +176,17 @@ class SessionSettings:
             self.home_only = "a procedure or an SQL PREPARE (what they set is not seen)"
 
     def _set(self, sql: bytes) -> None:
+        if b"," in sql and _GLOBAL_PART.search(sql) is not None:
+            self.home_only = "a SET of global and session variables together"
+            return
+        if _NEXT_TRANSACTION.match(sql) is not None:
+            self.next_transaction = True
+            return
         if _OTHER_SET.match(sql) is not None:
             return
         if _AUTOCOMMIT_ONLY.fullmatch(sql) is not None:
             return  # the status flags say whether the session is in autocommit mode
-        if _USER_VARIABLE.search(_LITERAL.sub(b"''", sql)):
+        if _USER_VARIABLE.search(blank_literals(sql, self.backslash_escapes)):
             if _USER_SET.fullmatch(sql) is None:
                 self.home_only = "a SET from or with a user variable"
             return
@@ -178,12 +196,12 @@ class SessionSettings:
         if _SESSION_SET.match(sql) is None:
             self.home_only = "a SET the gateway does not repeat (SET ROLE...)"
             return
-        if sql in self.statements:
-            return
-        if len(self.statements) >= MAX_SETTINGS:
+        # A repeat moves to the end: replayed in order, the last one must be the latest.
+        earlier = tuple(statement for statement in self.statements if statement != sql)
+        if len(earlier) >= MAX_SETTINGS:
             self.home_only = f"more than {MAX_SETTINGS} SET statements"
             return
-        self.statements = (*self.statements, sql)
+        self.statements = (*earlier, sql)
 
     def select(self, database: str) -> None:
         """The session selected ``database`` (COM_INIT_DB)."""
@@ -196,3 +214,4 @@ class SessionSettings:
         self.statements = ()
         self.home_only = None
         self.unmovable = None
+        self.next_transaction = False

@@ -129,7 +129,7 @@ from ..runtime import READ_YOUR_WRITES, ClientSession, Waiting
 from ..sockio import RECV_SIZE
 from .backend import LAYOUT, BackendConnection, BackendLoginError, PoolKey
 from .reads import SessionSettings, reads_anywhere
-from .sql import request_id_of, statement_verbs, with_writes
+from .sql import leads_to_write, request_id_of, statement_verbs
 
 if TYPE_CHECKING:
     from ...cluster.topology import Node
@@ -674,14 +674,18 @@ class MySQLSession(ClientSession):
         self._session_only = False
         self._noting = None
         if command == Command.QUERY:
-            verbs, more = statement_verbs(payload[1:])
+            escapes = self._backslash_escapes()
+            verbs, more = statement_verbs(payload[1:], backslash_escapes=escapes)
             self._verbs = verbs
+            self._settings.backslash_escapes = escapes
             self._settings.ran_at_home(payload)
             if not verbs:
                 return runtime.operation("OTHER", write=more)
             names = [verb if verb in SQL_VERBS else "OTHER" for verb in verbs]
             write = (
-                more or any(name not in READ_VERBS for name in names) or with_writes(names, payload)
+                more
+                or any(name not in READ_VERBS for name in names)
+                or leads_to_write(names, payload)
             )
             if "USE" in names:
                 self._db_changed = True
@@ -696,10 +700,12 @@ class MySQLSession(ClientSession):
                 return op
             return runtime.operation(_COMMAND_NAMES[Command.STMT_EXECUTE], write=True)
         if command == Command.STMT_PREPARE:
-            verbs, more = statement_verbs(payload[1:])
+            verbs, more = statement_verbs(payload[1:], backslash_escapes=self._backslash_escapes())
             names = [verb if verb in SQL_VERBS else "OTHER" for verb in verbs] or ["OTHER"]
             write = (
-                more or any(name not in READ_VERBS for name in names) or with_writes(names, payload)
+                more
+                or any(name not in READ_VERBS for name in names)
+                or leads_to_write(names, payload)
             )
             self._preparing = runtime.operation(names[0], write=write)
             if not _SETTLED.isdisjoint(names):
@@ -875,10 +881,20 @@ class MySQLSession(ClientSession):
         status = backend.conn.status
         if status & ServerStatus.IN_TRANS or not status & ServerStatus.AUTOCOMMIT:
             return None
-        if not reads_anywhere(payload[1:], self._verbs):
+        settings = self._settings
+        if settings.next_transaction:
+            settings.next_transaction = False  # this one takes the SET TRANSACTION
+            return None
+        if not reads_anywhere(payload[1:], self._verbs, settings.backslash_escapes):
             return None
         node = policies.pick(now)
         return node if node is not None and node is not backend.node else None
+
+    def _backslash_escapes(self) -> bool:
+        """Whether a backslash escapes in the session's string literals (the node's status
+        flags say when the ``NO_BACKSLASH_ESCAPES`` SQL mode is on)."""
+        backend = self.backend
+        return backend is None or not backend.conn.status & ServerStatus.NO_BACKSLASH_ESCAPES
 
     def _writes(self, op: Operation) -> bool:
         """Whether a command about to go to the session's node keeps the session's reads

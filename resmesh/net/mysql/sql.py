@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["request_id_of", "statement_verbs", "with_writes"]
+__all__ = ["blank_literals", "leads_to_write", "request_id_of", "statement_verbs"]
 
 _SPACE: Final = frozenset(b" \t\r\n\f\v")
 _WORD: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
@@ -24,9 +24,11 @@ _MAX_VERB: Final = 32
 _MAX_STATEMENTS: Final = 64
 
 
-def statement_verbs(sql: bytes) -> tuple[list[str], bool]:
+def statement_verbs(sql: bytes, *, backslash_escapes: bool = True) -> tuple[list[str], bool]:
     """The upper-cased verb of each statement of ``sql`` (``""`` for one that starts with no
-    word), and whether statements were left unread (over :data:`_MAX_STATEMENTS`)."""
+    word), and whether statements were left unread (over :data:`_MAX_STATEMENTS`).
+    ``backslash_escapes``: a backslash escapes the next character in a string literal (not in
+    the ``NO_BACKSLASH_ESCAPES`` SQL mode, which the server's status flags say)."""
     verbs: list[str] = []
     n = len(sql)
     i = 0
@@ -56,7 +58,7 @@ def statement_verbs(sql: bytes) -> tuple[list[str], bool]:
         elif c == 0x28 and at_start:  # "(SELECT ...)"
             i += 1
         elif c in (0x27, 0x22, 0x60):  # quotes
-            i = _quote_end(sql, i, c)
+            i = _quote_end(sql, i, c, backslash_escapes)
             if at_start:
                 verbs.append("")
                 at_start = False
@@ -67,8 +69,9 @@ def statement_verbs(sql: bytes) -> tuple[list[str], bool]:
             word = sql[start:i]
             verb = word.decode("ascii").upper() if 0 < len(word) <= _MAX_VERB else ""
             if verb == "SET" and _SET_STATEMENT.match(sql, i):
-                # MariaDB's SET STATEMENT var = value FOR <statement>: the statement's verb.
-                inner = _FOR_VERB.search(sql, i)
+                # MariaDB's SET STATEMENT var = value FOR <statement>: the statement's verb
+                # (a FOR inside a value's quotes is not it: they are blanked, same length).
+                inner = _FOR_VERB.search(blank_literals(sql, backslash_escapes), i)
                 verb = inner.group(1).decode("ascii").upper() if inner is not None else ""
                 i = inner.end() if inner is not None else n
             verbs.append(verb)
@@ -76,25 +79,39 @@ def statement_verbs(sql: bytes) -> tuple[list[str], bool]:
                 i += 1
             at_start = False
             if len(verbs) >= _MAX_STATEMENTS:
-                return verbs, _rest_has_statements(sql, i)
+                return verbs, _rest_has_statements(sql, i, backslash_escapes)
         else:
             i += 1
     return verbs, False
+
+
+#: Quoted string literals, with and without backslash escapes.
+_LITERAL: Final = re.compile(rb"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
+_PLAIN_LITERAL: Final = re.compile(rb"'[^']*'|\"[^\"]*\"")
+
+
+def blank_literals(sql: bytes, backslash_escapes: bool = True) -> bytes:
+    """``sql`` with every quoted string's contents replaced by spaces (same offsets): what a
+    word search must not look into (an ``@`` in an e-mail address, a ``FOR`` in a value)."""
+    literal = _LITERAL if backslash_escapes else _PLAIN_LITERAL
+    return literal.sub(lambda found: b"'" + b" " * (len(found[0]) - 2) + b"'", sql)
 
 
 _SET_STATEMENT: Final = re.compile(rb"\s+STATEMENT\b", re.IGNORECASE)
 _FOR_VERB: Final = re.compile(rb"\bFOR\s+([A-Za-z_]{1,32})", re.IGNORECASE)
 
 
-#: The statements a ``WITH`` (common table expressions) may lead into that write.
+#: Verbs whose statement may lead into a write: MySQL 8's ``WITH ... UPDATE``/``DELETE`` (the
+#: main statement comes after the expressions) and ``EXPLAIN ANALYZE UPDATE`` (which runs it).
+_LEADING: Final = frozenset({"WITH", "EXPLAIN", "DESCRIBE", "DESC"})
 _WRITE_WORD: Final = re.compile(rb"\b(?:UPDATE|DELETE|INSERT|REPLACE)\b", re.IGNORECASE)
 
 
-def with_writes(verbs: list[str], sql: bytes) -> bool:
-    """Whether a query with a ``WITH`` statement among its ``verbs`` may write: MySQL 8 runs
-    ``WITH ... UPDATE``/``DELETE`` (its main statement comes after the expressions, which are
-    not parsed here: any such word counts, on the safe side)."""
-    return "WITH" in verbs and _WRITE_WORD.search(sql) is not None
+def leads_to_write(verbs: list[str], sql: bytes) -> bool:
+    """Whether a query whose ``verbs`` include one that may lead into another statement
+    (``WITH``, ``EXPLAIN``) names a write: the statements are not parsed here, so any such
+    word counts, on the safe side."""
+    return not _LEADING.isdisjoint(verbs) and _WRITE_WORD.search(sql) is not None
 
 
 def _line_end(sql: bytes, i: int) -> int:
@@ -102,12 +119,12 @@ def _line_end(sql: bytes, i: int) -> int:
     return len(sql) if end < 0 else end + 1
 
 
-def _quote_end(sql: bytes, i: int, quote: int) -> int:
+def _quote_end(sql: bytes, i: int, quote: int, backslash_escapes: bool = True) -> int:
     n = len(sql)
     i += 1
     while i < n:
         c = sql[i]
-        if c == 0x5C and quote != 0x60:  # backslash escape (not in `names`)
+        if c == 0x5C and quote != 0x60 and backslash_escapes:  # not in `names`
             i += 2
         elif c == quote:
             if sql[i + 1 : i + 2] == bytes((quote,)):
@@ -119,8 +136,11 @@ def _quote_end(sql: bytes, i: int, quote: int) -> int:
     return n
 
 
-def _rest_has_statements(sql: bytes, i: int) -> bool:
-    verbs, _ = statement_verbs(sql[i:].split(b";", 1)[1]) if b";" in sql[i:] else ([], False)
+def _rest_has_statements(sql: bytes, i: int, backslash_escapes: bool) -> bool:
+    rest = sql[i:]
+    if b";" not in rest:
+        return False
+    verbs, _ = statement_verbs(rest.split(b";", 1)[1], backslash_escapes=backslash_escapes)
     return bool(verbs)
 
 
