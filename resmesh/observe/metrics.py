@@ -317,8 +317,7 @@ class ClusterMetrics:
         """The calls a node answered so far (OK, or the app's own error) per latency
         bucket (cumulative, over every node), of the idempotent operations ``counted``
         accepts by name (the ones a backup request may be sent for; not writes, not blocking
-        commands): what a hedge delay is read from (:class:`~resmesh.policies.hedge.
-        HedgeDelay`)."""
+        commands): what :class:`~resmesh.policies.hedge.HedgeDelay` reads."""
         total = [0] * (len(BUCKET_EDGES) + 1)
         for node, table in self._by_node.items():
             if node is not None:
