@@ -822,6 +822,8 @@ class MySQLSession(ClientSession):
         why = settings.unmovable or settings.home_only
         if why is None and self._statements:
             why = "prepared statements"
+        if why is None and settings.next_transaction:
+            why = "a SET TRANSACTION waiting for its transaction"
         if why is not None:
             await self._fatal(_must_reconnect(home, f"its state cannot move: {why}"))
             raise _Closing
