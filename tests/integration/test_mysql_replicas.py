@@ -148,18 +148,20 @@ def test_a_dead_replica_s_reads_are_answered_by_the_primary(
     servers: tuple[MariaDBServer, MariaDBServer], tmp_path: Path
 ) -> None:
     primary, _ = servers
-    second = start_replica(primary, tmp_path / "second", server_id=3)
-    gateway = Gateway(_config(primary, second), tmp_path)
-    try:
-        with _connect(gateway) as conn, _connect(gateway) as other:
-            assert _one(conn, "SELECT @@server_id") == (3,)
-            second.kill()
-            for _ in range(5):  # retried on the primary: nothing had reached the client
-                assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 1") == ("one", PRIMARY)
-            assert _one(other, "SELECT @@server_id") == (PRIMARY,)
-    finally:
-        second.stop()
-        assert gateway.terminate() == 0, gateway.log()
+    with start_replica(primary, tmp_path / "second", server_id=3) as second:
+        gateway = Gateway(_config(primary, second), tmp_path)
+        try:
+            with _connect(gateway) as conn, _connect(gateway) as other:
+                assert _one(conn, "SELECT @@server_id") == (3,)
+                second.kill()
+                for _ in range(5):  # retried on the primary: nothing had reached the client
+                    assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 1") == (
+                        "one",
+                        PRIMARY,
+                    )
+                assert _one(other, "SELECT @@server_id") == (PRIMARY,)
+        finally:
+            assert gateway.terminate() == 0, gateway.log()
 
 
 def _home_server(conn: pymysql.Connection[Any]) -> int:
@@ -278,26 +280,28 @@ def test_a_replica_that_stops_answering_has_its_reads_answered_by_the_primary(
     """A replica frozen mid-read (SIGSTOP): past ``backend.command_timeout`` the read, of
     which nothing reached the client, runs on the primary; the session goes on."""
     primary, _ = servers
-    frozen = start_replica(primary, tmp_path / "frozen", server_id=4)
-    config = _config(primary, frozen)
-    config["clusters"]["orders-db"]["backend"]["command_timeout"] = "1s"
-    gateway = Gateway(config, tmp_path)
-    process = frozen.process
-    assert process is not None
-    try:
-        with _connect(gateway) as conn:
-            for _ in range(3):  # the replica's lent connection is pooled and reused
-                assert _one(conn, "SELECT @@server_id") == (4,)
-            process.send_signal(signal.SIGSTOP)
-            try:
-                assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 1") == ("one", PRIMARY)
-            finally:
-                process.send_signal(signal.SIGCONT)
-            assert _one(conn, "SELECT @@server_id, CONNECTION_ID()")[0] == PRIMARY
-        assert f"no answer from 127.0.0.1:{frozen.port} within 1s" in gateway.log()
-    finally:
-        frozen.stop()
-        assert gateway.terminate() == 0, gateway.log()
+    with start_replica(primary, tmp_path / "frozen", server_id=4) as frozen:
+        config = _config(primary, frozen)
+        config["clusters"]["orders-db"]["backend"]["command_timeout"] = "1s"
+        gateway = Gateway(config, tmp_path)
+        process = frozen.process
+        assert process is not None
+        try:
+            with _connect(gateway) as conn:
+                for _ in range(3):  # the replica's lent connection is pooled and reused
+                    assert _one(conn, "SELECT @@server_id") == (4,)
+                process.send_signal(signal.SIGSTOP)
+                try:
+                    assert _one(conn, "SELECT v, @@server_id FROM kv WHERE k = 1") == (
+                        "one",
+                        PRIMARY,
+                    )
+                finally:
+                    process.send_signal(signal.SIGCONT)
+                assert _one(conn, "SELECT @@server_id, CONNECTION_ID()")[0] == PRIMARY
+            assert f"no answer from 127.0.0.1:{frozen.port} within 1s" in gateway.log()
+        finally:
+            assert gateway.terminate() == 0, gateway.log()
 
 
 def test_a_read_refused_by_a_limit_leaves_no_route_for_the_next_command(
