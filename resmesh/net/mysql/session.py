@@ -827,7 +827,7 @@ class MySQLSession(ClientSession):
         if why is not None:
             await self._fatal(_must_reconnect(home, f"its state cannot move: {why}"))
             raise _Closing
-        key = PoolKey(backend.key.capabilities, backend.key.charset, settings.database)
+        key = self._key_elsewhere(backend)
         statements = settings.statements
         if not backend.conn.status & ServerStatus.AUTOCOMMIT:
             statements = (*statements, b"SET autocommit = 0")
@@ -923,7 +923,7 @@ class MySQLSession(ClientSession):
         home = self.backend
         assert home is not None
         pool = runtime.pool(node)
-        key = PoolKey(home.key.capabilities, home.key.charset, self._settings.database)
+        key = self._key_elsewhere(home)
         settings = self._settings.statements
         try:
             conn = await runtime.engine.execute_pinned(
@@ -952,20 +952,25 @@ class MySQLSession(ClientSession):
             if self._received:
                 await self._fatal(_unavailable(exc))
                 raise _Closing from None
-            if runtime.policies.metrics is not None:
-                runtime.policies.metrics.spread(
-                    calls[0].op, home.node, retries=1, hedged=False, won=False
-                )
+            self._retried_home(calls[0].op, home.node)
             return False
         except MySQLLocalError as exc:
             await self._unrelayable(exc)
         finally:
-            self.lent = None
-            if relayed:
-                pool.take_back(conn)
-            else:
-                pool.discard(conn)
+            self._return_lent(conn, reusable=relayed)
         return True
+
+    def _retried_home(self, op: Operation, home: Node) -> None:
+        """A read that failed on another node before any reply byte runs on the session's
+        own node, ``home``: one retry there, in the metrics."""
+        metrics = self.runtime.policies.metrics
+        if metrics is not None:
+            metrics.spread(op, home, retries=1, hedged=False, won=False)
+
+    def _key_elsewhere(self, backend: BackendConnection) -> PoolKey:
+        """What a connection of another node's pool must match to take this session's
+        statements: its login's layout and charset, and its current database."""
+        return PoolKey(backend.key.capabilities, backend.key.charset, self._settings.database)
 
     async def _unrelayable(self, exc: MySQLLocalError) -> NoReturn:
         """A reply the client's codec refuses to relay (a bug): the client is told, and the
@@ -1198,9 +1203,9 @@ class MySQLSession(ClientSession):
         home = self.backend
         poller = self.poller
         assert home is not None and poller is not None
-        settings = self._settings
-        key = PoolKey(home.key.capabilities, home.key.charset, settings.database)
-        conn = self.runtime.pool(node).lend_nowait(key, settings.statements)
+        conn = self.runtime.pool(node).lend_nowait(
+            self._key_elsewhere(home), self._settings.statements
+        )
         if conn is None:
             return None
         try:
@@ -1212,8 +1217,8 @@ class MySQLSession(ClientSession):
         return conn
 
     def _return_lent(self, conn: BackendConnection, *, reusable: bool) -> None:
-        """The poller's task is done with a lent connection: back to its pool (``reusable``:
-        as it is; else closed)."""
+        """A lent connection's read is over: back to its pool (``reusable``: as it is; else
+        closed), and out of the poller if the poller's task relayed it."""
         fd, self._lent_fd = self._lent_fd, -1
         if fd >= 0 and self.poller is not None:
             self.poller.unregister(fd, self._lent_reader)
@@ -1384,12 +1389,9 @@ class MySQLSession(ClientSession):
                 retry = self._lent_event if not self._received else None
                 self._return_lent(backend, reusable=False)
                 if retry is not None and self._op is not None and self.backend is not None:
-                    metrics = policies.metrics
-                    if metrics is not None:
-                        metrics.attempt_failed(self._op, backend.node)
-                        metrics.spread(
-                            self._op, self.backend.node, retries=1, hedged=False, won=False
-                        )
+                    if policies.metrics is not None:
+                        policies.metrics.attempt_failed(self._op, backend.node)
+                    self._retried_home(self._op, self.backend.node)
                     self._read_home = True
                     self._handed = retry
                 else:
